@@ -1,0 +1,234 @@
+//! The proxy.yaml file format: serde types that mirror the file and nothing else.
+//!
+//! These types are the public interface users write; only `config::validate` reads them.
+//! Every value that validation may blame is wrapped in `Spanned` so errors can name
+//! `file:line:col`. Unknown keys are rejected (`deny_unknown_fields`) so a typo never
+//! silently falls back to a default.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A string value with its position (addresses, durations, names, paths).
+pub type Str = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Spanned<ListenFile>,
+    #[serde(default)]
+    pub tls: Option<Spanned<TlsFile>>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    #[serde(default)]
+    pub limits: Option<LimitsFile>,
+    #[serde(default)]
+    pub access_log: Option<Spanned<bool>>,
+    /// Worker threads of the proxy (default: one per CPU).
+    #[serde(default)]
+    pub threads: Option<Spanned<u64>>,
+    pub routes: Spanned<Vec<Spanned<RouteFile>>>,
+    #[serde(default)]
+    pub acme: Option<AcmeFile>,
+    pub backends: Spanned<IndexMap<String, Spanned<BackendFile>>>,
+    pub servers: Spanned<IndexMap<String, Spanned<ServerFile>>>,
+    #[serde(default)]
+    pub health: Option<Spanned<HealthFile>>,
+    #[serde(default)]
+    pub stats: Option<Spanned<StatsFile>>,
+    #[serde(default)]
+    pub sticky: Option<Spanned<StickyFile>>,
+    #[serde(default)]
+    pub reload: Option<ReloadFile>,
+    #[serde(default)]
+    pub workers: Option<Spanned<WorkersFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    #[serde(default)]
+    pub https: Option<Str>,
+    #[serde(default)]
+    pub http: Option<Str>,
+    #[serde(default)]
+    pub stats: Option<Str>,
+    /// Answer plain-http requests with a 308 to https (default: true when https is set).
+    #[serde(default)]
+    pub redirect: Option<Spanned<bool>>,
+    /// Port written into redirect URLs (default: the https listener's port).
+    #[serde(default)]
+    pub redirect_port: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Str,
+    pub key: Str,
+    /// Offer HTTP/2 through ALPN (default false: WebSockets need HTTP/1.1 anyway).
+    #[serde(default)]
+    pub h2: Option<Spanned<bool>>,
+    /// Poll the certificate files this often and reload them when they change.
+    #[serde(default)]
+    pub watch: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    #[serde(default)]
+    pub connect: Option<Str>,
+    #[serde(default)]
+    pub client: Option<Str>,
+    #[serde(default)]
+    pub server: Option<Str>,
+    #[serde(default)]
+    pub tunnel: Option<Str>,
+    #[serde(default)]
+    pub keepalive: Option<Str>,
+    #[serde(default)]
+    pub queue: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    #[serde(default)]
+    pub max_header_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_body_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    #[serde(default)]
+    pub host: Option<Str>,
+    #[serde(default)]
+    pub path_prefix: Option<Str>,
+    pub backend: Str,
+    #[serde(default)]
+    pub websocket: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    /// Backend that answers `/.well-known/acme-challenge/` on the http listener.
+    pub backend: Str,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    #[serde(default)]
+    pub balance: Option<Str>,
+    pub servers: Spanned<Vec<Str>>,
+    /// Sticky cookie name (balance: sticky).
+    #[serde(default)]
+    pub cookie: Option<Str>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Bounded-load factor for new sticky/source sessions (HAProxy hash-balance-factor / 100).
+    #[serde(default)]
+    pub hash_balance_factor: Option<Spanned<f64>>,
+    /// Retries on another server when a connection fails (default 3).
+    #[serde(default)]
+    pub retries: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub address: Str,
+    #[serde(default)]
+    pub weight: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    #[serde(default)]
+    pub path: Option<Str>,
+    #[serde(default)]
+    pub interval: Option<Str>,
+    #[serde(default)]
+    pub timeout: Option<Str>,
+    #[serde(default)]
+    pub rise: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub fall: Option<Spanned<u64>>,
+    /// Expected status range, e.g. "200-399".
+    #[serde(default)]
+    pub expect: Option<Str>,
+    /// `http` (default) or `tcp`.
+    #[serde(default)]
+    pub mode: Option<Str>,
+    /// Consecutive live-traffic failures that mark a server DOWN early (0 disables).
+    #[serde(default)]
+    pub passive_fall: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsFile {
+    #[serde(default)]
+    pub auth: Option<Spanned<AuthFile>>,
+    /// Default auto-refresh of the HTML page in seconds (0: off).
+    #[serde(default)]
+    pub refresh: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub user: Str,
+    #[serde(default)]
+    pub password_env: Option<Str>,
+    #[serde(default)]
+    pub password_file: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyFile {
+    /// Environment variable holding the key for cookie values.
+    #[serde(default)]
+    pub secret_env: Option<Str>,
+    /// `Lax` (default), `Strict` or `None`.
+    #[serde(default)]
+    pub same_site: Option<Str>,
+    /// Forget a Socket.IO session id not seen for this long.
+    #[serde(default)]
+    pub sid_ttl: Option<Str>,
+    /// Most session ids remembered at once.
+    #[serde(default)]
+    pub max_sids: Option<Spanned<u64>>,
+    /// Networks whose X-Forwarded-For is trusted as the client address.
+    #[serde(default)]
+    pub trusted_proxies: Option<Spanned<Vec<Str>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadFile {
+    /// How long a removed server keeps its open sessions after a reload.
+    #[serde(default)]
+    pub drain_timeout: Option<Str>,
+    /// Pidfile written by `run` and read by `edgepin reload`.
+    #[serde(default)]
+    pub pidfile: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersFile {
+    /// `spawn` (start redis-server) or a `redis://` URL.
+    #[serde(default)]
+    pub redis: Option<Str>,
+}

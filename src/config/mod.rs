@@ -1,0 +1,390 @@
+//! Configuration: proxy.yaml → checked [`Config`].
+//!
+//! The pipeline is parse (`file`, serde types with positions) → validate (`validate`,
+//! every rule, every error with `file:line:col`) → a [`Config`] whose fields are already
+//! checked: addresses are `SocketAddr`s, durations are `Duration`s, references resolve.
+//! Nothing after this module sees YAML. This module must not start anything or hold
+//! runtime state; `runtime` builds the running snapshot from a `Config`.
+
+mod file;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::parse_duration;
+
+/// Where a value came from in the file, for errors raised after validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+/// One problem in a config file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub pos: Pos,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.pos.line, self.pos.col, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{}", join_errors(.0))]
+    Invalid(Vec<ConfigError>),
+}
+
+impl LoadError {
+    /// The individual errors (one for a read failure).
+    pub fn errors(&self) -> Vec<String> {
+        match self {
+            LoadError::Read { .. } => vec![self.to_string()],
+            LoadError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+fn join_errors(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("\n")
+}
+
+/// A validated configuration. Every field is checked; see `validate` for the rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from (errors and `check --diff` name it).
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub tls: Option<TlsFiles>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub access_log: bool,
+    /// Proxy worker threads.
+    pub threads: usize,
+    pub routes: Vec<Route>,
+    /// Backend (index into `backends`) for ACME http-01 challenges on the http listener.
+    pub acme_backend: Option<usize>,
+    pub backends: Vec<Backend>,
+    pub servers: Vec<Server>,
+    pub health: Health,
+    pub stats: Stats,
+    pub sticky: Sticky,
+    pub reload: Reload,
+    pub workers: Workers,
+}
+
+impl Config {
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub stats: Option<SocketAddr>,
+    /// The http listener redirects to https (else it proxies like the https one).
+    pub redirect: bool,
+    /// Port written into redirect URLs.
+    pub redirect_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub h2: bool,
+    /// Poll interval for certificate rotation without SIGHUP.
+    pub watch: Option<Duration>,
+    /// Position of the `tls` section, for errors found when the files are loaded.
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Upstream TCP connect.
+    pub connect: Duration,
+    /// Downstream: longest wait for the client to send the next bytes of a request.
+    pub client: Duration,
+    /// Upstream: longest wait for the server's next bytes of a response.
+    pub server: Duration,
+    /// Idle timeout of an upgraded (WebSocket) tunnel, either direction.
+    pub tunnel: Duration,
+    /// Idle downstream keep-alive between requests.
+    pub keepalive: Duration,
+    /// Longest wait in a server's queue when it is at `max_connections`.
+    pub queue: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            client: Duration::from_secs(30),
+            server: Duration::from_secs(30),
+            tunnel: Duration::from_secs(3600),
+            keepalive: Duration::from_secs(60),
+            queue: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request head bigger than this gets 431.
+    pub max_header_bytes: usize,
+    /// Request body bigger than this gets 413.
+    pub max_body_bytes: u64,
+    /// Downstream connections open at once, all listeners.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Exact host match (lowercase, no port); `None` matches any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    /// Index into `Config::backends`.
+    pub backend: usize,
+    /// Whether WebSocket upgrades are allowed on this route.
+    pub websocket: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    /// Engine.IO sid, then cookie, then source hash.
+    Sticky,
+    /// Source hash only.
+    Source,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::Sticky => "sticky",
+            Balance::Source => "source",
+        }
+    }
+
+    pub fn is_hashed(self) -> bool {
+        matches!(self, Balance::Sticky | Balance::Source)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub balance: Balance,
+    /// Indexes into `Config::servers`.
+    pub servers: Vec<usize>,
+    /// Sticky cookie name (`balance: sticky` only).
+    pub cookie: Option<String>,
+    /// Global timeouts with this backend's overrides applied.
+    pub timeouts: Timeouts,
+    /// New hashed sessions skip a server above factor × average load.
+    pub hash_balance_factor: f64,
+    /// Attempts on other servers after a failed connection.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub name: String,
+    /// As written (host:port), for display.
+    pub address_text: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    /// Concurrent requests/tunnels sent to it; more wait in a queue.
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMode {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub mode: CheckMode,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Accepted status codes, inclusive.
+    pub expect: (u16, u16),
+    /// Consecutive live-traffic failures that mark a server DOWN (0: off).
+    pub passive_fall: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            mode: CheckMode::Http,
+            path: "/health".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect: (200, 399),
+            passive_fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub auth: Option<StatsAuth>,
+    /// Default auto-refresh of the HTML page, seconds (0: off).
+    pub refresh: u32,
+}
+
+/// Stats credentials. The password itself is read when the config is loaded, from the
+/// env var or file named in the YAML; it never comes from the YAML.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatsAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for StatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sticky {
+    /// Key for cookie values; `None`: plain hash of the server name.
+    pub secret: Option<Vec<u8>>,
+    pub same_site: SameSite,
+    pub sid_ttl: Duration,
+    pub max_sids: usize,
+    /// Peers whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<Network>,
+}
+
+impl fmt::Debug for Sticky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sticky")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("same_site", &self.same_site)
+            .field("sid_ttl", &self.sid_ttl)
+            .field("max_sids", &self.max_sids)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    pub drain_timeout: Duration,
+    pub pidfile: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisSource {
+    /// `edgepin up` starts its own redis-server.
+    Spawn,
+    Url(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workers {
+    pub redis: RedisSource,
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate config text; `path` names the file in errors and resolves
+/// relative cert/key paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, LoadError> {
+    validate::parse_and_validate(path, text, &|name| std::env::var(name).ok())
+        .map_err(LoadError::Invalid)
+}
