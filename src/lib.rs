@@ -1,6 +1,21 @@
 //! edgepin: an edge load balancer for Socket.IO fleets.
+//!
+//! `config` parses and validates proxy.yaml; `runtime` builds the running snapshot;
+//! `proxy` serves requests with `balance` and `sticky`; `health` checks servers; `stats`
+//! shows it all; `reload` swaps snapshots; `edge` assembles the process.
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod certs;
+pub mod check;
 pub mod config;
+pub mod edge;
+pub mod health;
+pub mod proxy;
+pub mod reload;
+pub mod runtime;
 pub mod state;
+pub mod stats;
+pub mod sticky;
+pub mod telemetry;
+pub mod tls;

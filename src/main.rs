@@ -1,1 +1,101 @@
-fn main() {}
+//! The `edgepin` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgepin::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "edgepin", version, about = "Edge load balancer for Socket.IO fleets")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text", value_parser = parse_format)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy in the foreground (SIGHUP reloads, SIGTERM drains, SIGINT stops).
+    Run {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config and print a summary.
+    Check {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+    },
+    /// Write a development CA and a localhost certificate.
+    Certs {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+    /// Ask a running proxy to reload (SIGHUP to the pid in `reload.pidfile`).
+    Reload {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn parse_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("use text or json".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Run { config } => match edgepin::edge::run(&config) {
+            Ok(never) => match never {},
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Check { config } => match edgepin::config::load(&config) {
+            Ok(c) => {
+                print!("{}", edgepin::check::summary(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Certs { out } => match edgepin::certs::generate(&out) {
+            Ok(c) => {
+                println!("wrote {} and {} (CA: {})", c.cert.display(), c.key.display(), c.ca_cert.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Reload { config } => reload(&config),
+    }
+}
+
+fn reload(config: &std::path::Path) -> ExitCode {
+    let c = match edgepin::config::load(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("not reloading: the new config is invalid\n{e}")),
+    };
+    let Some(pidfile) = c.reload.pidfile else {
+        return fail("reload.pidfile is not set in the config: no running proxy to find");
+    };
+    let pid = match std::fs::read_to_string(&pidfile).map(|s| s.trim().parse::<i32>()) {
+        Ok(Ok(pid)) => pid,
+        _ => return fail(&format!("cannot read a pid from {}", pidfile.display())),
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP) {
+        Ok(()) => {
+            println!("sent SIGHUP to {pid}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("signalling {pid}: {e}")),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::FAILURE
+}

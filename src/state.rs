@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -336,15 +336,16 @@ impl Drop for ActiveGuard {
 #[derive(Debug, Default)]
 pub struct TunnelSet {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, std::net::TcpStream>>,
+    open: Mutex<HashMap<u64, (std::net::TcpStream, Arc<AtomicBool>)>>,
 }
 
 impl TunnelSet {
     /// Remember an open tunnel; dropping the ticket forgets it (and closes the duplicate).
     pub fn register(self: &Arc<Self>, socket: std::net::TcpStream) -> TunnelTicket {
         let id = self.next.fetch_add(1, Relaxed);
-        lock(&self.open).insert(id, socket);
-        TunnelTicket { set: Arc::clone(self), id }
+        let closed = Arc::new(AtomicBool::new(false));
+        lock(&self.open).insert(id, (socket, Arc::clone(&closed)));
+        TunnelTicket { set: Arc::clone(self), id, closed }
     }
 
     pub fn len(&self) -> usize {
@@ -358,8 +359,9 @@ impl TunnelSet {
     /// Shut down every open tunnel's upstream socket; returns how many.
     pub fn close_all(&self) -> usize {
         let open = lock(&self.open);
-        for s in open.values() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
+        for (socket, closed) in open.values() {
+            closed.store(true, Relaxed);
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
         open.len()
     }
@@ -370,6 +372,14 @@ impl TunnelSet {
 pub struct TunnelTicket {
     set: Arc<TunnelSet>,
     id: u64,
+    closed: Arc<AtomicBool>,
+}
+
+impl TunnelTicket {
+    /// Whether edgepin closed this tunnel (MAINT, drain deadline), not one of its ends.
+    pub fn closed_by_edge(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
 }
 
 impl Drop for TunnelTicket {

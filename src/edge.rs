@@ -1,0 +1,183 @@
+//! `edgepin run`: assembles the pingora server from a config — the proxy service on the
+//! https and http listeners, the stats listener, health checks and reload — and runs it
+//! until a signal stops it.
+//!
+//! Signals: SIGHUP reloads (see `reload`). SIGTERM stops gracefully: new connections are
+//! refused, requests in flight finish (up to `STOP_TIMEOUT`), open tunnels get a
+//! WebSocket close frame, then the process exits. SIGINT stops at once.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{self, Config};
+use crate::health::check::Checker;
+use crate::proxy::{ConnectionLimit, EdgeProxy};
+use crate::reload::Reloader;
+use crate::runtime::Shared;
+use crate::stats::StatsService;
+use crate::tls::{SwappableCert, load_certified_key};
+
+/// Longest wait for requests in flight on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] config::LoadError),
+    #[error("{file}:{line}:{col}: {source}")]
+    Tls {
+        file: String,
+        line: u32,
+        col: u32,
+        source: crate::tls::TlsError,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("writing pidfile {path}: {source}")]
+    Pidfile { path: String, source: std::io::Error },
+}
+
+/// Load the config at `path` and serve it until stopped. Returns only on a start-up error.
+pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
+    let config = config::load(path)?;
+    let cert = match &config.tls {
+        Some(t) if config.listen.https.is_some() => {
+            let ck = load_certified_key(&t.cert, &t.key).map_err(|source| RunError::Tls {
+                file: path.display().to_string(),
+                line: t.pos.line,
+                col: t.pos.col,
+                source,
+            })?;
+            Some(SwappableCert::new(ck))
+        }
+        _ => None,
+    };
+    // Bind the listeners pingora does not own first, and check the others are free, so a
+    // taken port is a clear error before anything starts.
+    for (what, addr) in [("https", config.listen.https), ("http", config.listen.http)] {
+        if let Some(addr) = addr {
+            std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })?;
+        }
+    }
+    let stats_listener = match config.listen.stats {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind { what: "stats", addr, source })?;
+            l.set_nonblocking(true).map_err(|source| RunError::Bind { what: "stats", addr, source })?;
+            Some(l)
+        }
+        None => None,
+    };
+    if let Some(pidfile) = &config.reload.pidfile {
+        if let Some(dir) = pidfile.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(pidfile, format!("{}\n", std::process::id()))
+            .map_err(|source| RunError::Pidfile { path: pidfile.display().to_string(), source })?;
+    }
+
+    let shared = Shared::new(config.clone(), cert.clone());
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+    server.bootstrap();
+
+    let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
+    let limited = ConnectionLimit::new(proxy, Arc::clone(&shared), config.limits.max_connections, config.timeouts.client);
+    let mut service = Service::new("edgepin proxy".to_string(), limited);
+    service.threads = Some(config.threads);
+    if let Some(addr) = config.listen.http {
+        service.add_tcp(&addr.to_string());
+    }
+    if let (Some(addr), Some(cert), Some(t)) = (config.listen.https, cert, &config.tls) {
+        let mut settings = TlsSettings::intermediate("", "").expect("building empty TLS settings cannot fail");
+        settings.set_cert_resolver(cert);
+        settings.set_alpn(if t.h2 { ALPN::H2H1 } else { ALPN::H1 });
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    server.add_service(service);
+    server.add_service(background_service("health checks", Checker { shared: Arc::clone(&shared) }));
+    server.add_service(background_service("reload", Reloader { shared: Arc::clone(&shared), path: path.to_path_buf() }));
+    if let Some(listener) = stats_listener {
+        let stats = StatsService { shared: Arc::clone(&shared), listener: std::sync::Mutex::new(Some(listener)) };
+        server.add_service(background_service("stats", stats));
+    }
+    tracing::info!(
+        https = ?config.listen.https,
+        http = ?config.listen.http,
+        stats = ?config.listen.stats,
+        threads = config.threads,
+        "edgepin running"
+    );
+    server.run(RunArgs { shutdown_signal: Box::new(Signals { shared }) });
+    std::process::exit(0)
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.threads,
+        // Our SIGTERM handling drains before telling pingora; then exit promptly.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // One attempt plus the backend's retries; the budget decides below that.
+        max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    }
+}
+
+/// SIGTERM: drain then stop; SIGINT: stop now. SIGQUIT (pingora's socket handover) is
+/// treated as SIGTERM: edgepin reloads in place instead.
+struct Signals {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit()))
+        else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                return ShutdownSignal::FastShutdown;
+            }
+            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+            _ = quit.recv() => tracing::info!("SIGQUIT: stopping gracefully"),
+        }
+        self.shared.begin_stop();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let requests = self.shared.in_flight.get() as usize;
+            let tunnels = self.shared.open_tunnels();
+            if requests <= tunnels || Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+            }
+        }
+        let closed: usize = self.shared.registry.servers().iter().map(|s| s.tunnels.close_all()).sum();
+        if closed > 0 {
+            tracing::info!(tunnels = closed, "closing open tunnels");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}

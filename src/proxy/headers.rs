@@ -1,0 +1,132 @@
+//! Request headers the proxy owns: the client address (trusting X-Forwarded-For only
+//! from configured proxies), X-Forwarded-*, X-Real-IP, and the sticky cookie, which is
+//! removed before the request goes upstream.
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+use crate::config::Network;
+use crate::sticky::cookie;
+
+/// The client address: the TCP peer, unless the peer is a trusted proxy, then the
+/// rightmost X-Forwarded-For entry that is not itself a trusted proxy.
+pub fn client_ip(peer: Option<IpAddr>, xff: Option<&[u8]>, trusted: &[Network]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let Some(list) = xff.and_then(|x| std::str::from_utf8(x).ok()) else {
+        return Some(peer);
+    };
+    for entry in list.rsplit(',') {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return Some(ip),
+            Err(_) => break,
+        }
+    }
+    Some(peer)
+}
+
+/// Set the forwarding headers on the upstream request. Client-sent values are replaced,
+/// unless the peer is a trusted proxy, whose X-Forwarded-For is extended.
+pub fn set_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, peer: Option<IpAddr>, peer_trusted: bool, tls: bool, host: Option<&str>) -> Result<()> {
+    let xff = match (peer_trusted, req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), peer) {
+        (true, Some(existing), Some(peer)) => format!("{existing}, {peer}"),
+        (_, _, Some(peer)) => peer.to_string(),
+        _ => String::new(),
+    };
+    if xff.is_empty() {
+        req.remove_header("x-forwarded-for");
+    } else {
+        req.insert_header("x-forwarded-for", xff)?;
+    }
+    match client {
+        Some(ip) => req.insert_header("x-real-ip", ip.to_string())?,
+        None => {
+            req.remove_header("x-real-ip");
+        }
+    }
+    if !(peer_trusted && req.headers.contains_key("x-forwarded-proto")) {
+        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+    }
+    match host {
+        Some(h) if !(peer_trusted && req.headers.contains_key("x-forwarded-host")) => {
+            let original = req.headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or(h).to_string();
+            req.insert_header("x-forwarded-host", original)?;
+        }
+        Some(_) => {}
+        None => {
+            req.remove_header("x-forwarded-host");
+        }
+    }
+    Ok(())
+}
+
+/// The sticky cookie's value in the request, if any.
+pub fn sticky_cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers.get_all("cookie").iter().find_map(|v| cookie::find(v.as_bytes(), name))
+}
+
+/// Remove the sticky cookie from every Cookie header (HAProxy's `indirect`).
+pub fn strip_sticky_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
+    let values: Vec<Vec<u8>> = req.headers.get_all("cookie").iter().map(|v| v.as_bytes().to_vec()).collect();
+    if !values.iter().any(|v| cookie::find(v, name).is_some()) {
+        return Ok(());
+    }
+    req.remove_header("cookie");
+    for v in values {
+        if let Some(kept) = cookie::strip(&v, name) {
+            req.append_header("cookie", kept)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Network {
+        let (a, p) = s.split_once('/').unwrap();
+        Network { addr: a.parse().unwrap(), prefix: p.parse().unwrap() }
+    }
+
+    #[test]
+    fn xff_is_trusted_only_from_trusted_peers() {
+        let peer: IpAddr = "127.0.0.5".parse().unwrap();
+        let xff = Some(&b"1.2.3.4, 10.0.0.2"[..]);
+        assert_eq!(client_ip(Some(peer), xff, &[]), Some(peer), "not trusted: the peer");
+        let trusted = [net("127.0.0.0/8"), net("10.0.0.0/8")];
+        assert_eq!(client_ip(Some(peer), xff, &trusted), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(client_ip(Some(peer), Some(b"garbage"), &trusted), Some(peer));
+    }
+
+    #[test]
+    fn forwarded_headers_replace_client_values() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "example.com").unwrap();
+        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.insert_header("x-forwarded-proto", "gopher").unwrap();
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        set_forwarded(&mut req, Some(ip), Some(ip), false, true, Some("example.com")).unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(req.headers["x-real-ip"], "127.0.0.9");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert_eq!(req.headers["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn sticky_cookie_is_found_and_stripped() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("cookie", "a=1; EDGEPIN=abc").unwrap();
+        req.append_header("cookie", "b=2").unwrap();
+        assert_eq!(sticky_cookie(&req, "EDGEPIN"), Some(&b"abc"[..]));
+        strip_sticky_cookie(&mut req, "EDGEPIN").unwrap();
+        let all: Vec<&str> = req.headers.get_all("cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(all, vec!["a=1", "b=2"]);
+    }
+}

@@ -1,0 +1,677 @@
+//! The HTTP proxy: pingora's `ProxyHttp` for both listeners.
+//!
+//! Per request: load the snapshot once, enforce the request limits, redirect plain http
+//! (or serve ACME challenges), route by host and path, choose a server (`select`), wait
+//! for a slot if the server is at `max_connections`, forward with X-Forwarded-* set and
+//! the sticky cookie removed, learn Engine.IO session ids from handshake answers, retry
+//! failed connections on another server within the retry budget, and account for it all
+//! at the end. Policies live in the sibling modules; this file wires them to pingora.
+
+mod ctx;
+mod headers;
+mod limits;
+mod respond;
+mod route;
+mod select;
+mod tunnel;
+
+pub use ctx::RequestCtx;
+pub use limits::ConnectionLimit;
+pub use route::ACME_PREFIX;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::Balance;
+use crate::health;
+use crate::runtime::Shared;
+use crate::state::StickyDecision;
+use crate::sticky::{cookie, engineio};
+use crate::telemetry;
+
+use ctx::Pick;
+use select::Selection;
+
+/// Pool key for upgrade connections, so a tunnel never reuses a pooled connection (and
+/// so always goes through our connector, which keeps a handle to close it).
+const TUNNEL_GROUP: u64 = 0x7475_6e6e_656c;
+
+/// How long an idle pooled upstream connection is kept.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+
+/// Retry-After sent with 503s, seconds.
+const RETRY_AFTER: &str = "5";
+
+pub struct EdgeProxy {
+    pub shared: Arc<Shared>,
+}
+
+/// Why edgepin answered a request itself instead of proxying it.
+enum Refusal {
+    Status(u16, &'static str),
+    NoServer,
+    SessionGone,
+}
+
+impl EdgeProxy {
+    pub fn new(shared: Arc<Shared>) -> EdgeProxy {
+        EdgeProxy { shared }
+    }
+
+    fn frontend(&self, ctx: &RequestCtx) -> &crate::state::FrontendCounters {
+        if ctx.tls { &self.shared.https } else { &self.shared.http }
+    }
+
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, why: Refusal) -> Result<bool> {
+        ctx.local = true;
+        match why {
+            Refusal::Status(status, detail) => {
+                ctx.status = status;
+                if status == 431 || status == 413 || status == 400 {
+                    self.frontend(ctx).request_errors.inc();
+                } else if status == 403 {
+                    self.frontend(ctx).denied.inc();
+                }
+                respond::text(session, status, detail, &[]).await?;
+            }
+            Refusal::NoServer => {
+                ctx.status = 503;
+                if let Some(b) = ctx.backend_rt() {
+                    b.counters.no_server.inc();
+                }
+                respond::text(session, 503, "no server available", &[("retry-after", RETRY_AFTER)]).await?;
+            }
+            Refusal::SessionGone => {
+                ctx.status = 400;
+                if let Some(b) = ctx.backend_rt() {
+                    b.counters.sid_refused.inc();
+                    b.counters.traffic.sid_unknown.inc();
+                }
+                if let Some(sid) = &ctx.sticky.sid {
+                    self.shared.sids.forget(sid);
+                }
+                respond::session_unknown(session).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Wait until `select` finds a server with a free slot, or the queue timeout.
+    async fn acquire(&self, ctx: &mut RequestCtx, cookie: Option<Vec<u8>>) -> std::result::Result<Pick, Refusal> {
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return Err(Refusal::Status(500, "no snapshot"));
+        };
+        let Some(bi) = ctx.backend else {
+            return Err(Refusal::Status(500, "no backend"));
+        };
+        let b = &snapshot.backends[bi];
+        let deadline = tokio::time::Instant::now() + b.cfg.timeouts.queue;
+        loop {
+            let pick = match ctx.pick {
+                Some(p) => p,
+                None => {
+                    let req = select::Request {
+                        client: ctx.client,
+                        sid: ctx.sticky.sid.as_deref(),
+                        handshake: ctx.sticky.handshake,
+                        cookie: cookie.as_deref(),
+                        tried: &ctx.tried,
+                    };
+                    match select::select(b, &self.shared.sids, &req) {
+                        Selection::Picked(p) => p,
+                        Selection::NoServer => return Err(Refusal::NoServer),
+                        Selection::SessionGone => return Err(Refusal::SessionGone),
+                        Selection::Full => {
+                            b.queued.inc();
+                            let waited = tokio::time::timeout_at(deadline, b.slot_freed.notified()).await;
+                            b.queued.dec();
+                            if waited.is_err() {
+                                b.counters.queue_timeouts.inc();
+                                return Err(Refusal::Status(503, "queue timeout: every server is at max_connections"));
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let m = &b.members[pick.member];
+            let slot = match m.max_connections {
+                Some(limit) => m.state.try_acquire(limit).map(|g| g.wake_on_release(&b.slot_freed)),
+                None => Some(m.state.acquire()),
+            };
+            match slot {
+                Some(slot) => {
+                    ctx.slot = Some(slot);
+                    ctx.pick = Some(pick);
+                    return Ok(pick);
+                }
+                // Lost the race for the last slot: choose again.
+                None => ctx.pick = None,
+            }
+        }
+    }
+
+    /// Record the chosen server: counters, sticky decision, cookie, pending session.
+    fn commit_pick(&self, ctx: &mut RequestCtx, pick: Pick, cookie: Option<&[u8]>) {
+        let Some(b) = ctx.backend_rt() else { return };
+        let m = &b.members[pick.member];
+        m.traffic.sessions.inc();
+        m.traffic.sessions_total.inc();
+        if let Some(how) = pick.sticky {
+            m.traffic.sticky(how);
+            b.counters.traffic.sticky(how);
+        }
+        let cookie_differs = cookie != Some(m.cookie_id.as_bytes());
+        let set_cookie = b.cfg.balance == Balance::Sticky
+            && b.cfg.cookie.is_some()
+            && cookie_differs
+            && matches!(pick.sticky, Some(StickyDecision::Hash | StickyDecision::Redispatch | StickyDecision::Sid));
+        let pending = ctx.sticky.handshake.then(|| Arc::clone(&m.state));
+        ctx.sticky.set_cookie = set_cookie;
+        if let Some(state) = pending {
+            if let Some(old) = ctx.sticky.pending.replace(Arc::clone(&state)) {
+                old.add_sessions(-1);
+            }
+            state.add_sessions(1);
+        }
+    }
+
+    fn release_pick(&self, ctx: &mut RequestCtx) {
+        if let Some(m) = ctx.member() {
+            m.traffic.sessions.dec();
+        }
+        ctx.slot = None;
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = self.shared.snapshot();
+        ctx.snapshot = Some(Arc::clone(&snapshot));
+        let cfg = &snapshot.config;
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        self.frontend(ctx).requests_total.inc();
+        self.shared.in_flight.inc();
+        ctx.in_flight = true;
+        if self.shared.stopping() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(cfg.timeouts.keepalive.as_secs().max(1)));
+        }
+        session.set_read_timeout(Some(cfg.timeouts.client));
+
+        let req = session.req_header();
+        if limits::head_size(req) > cfg.limits.max_header_bytes {
+            return self.refuse(session, ctx, Refusal::Status(431, "request header too large")).await;
+        }
+        if limits::declared_body(req).is_some_and(|n| n > cfg.limits.max_body_bytes) {
+            return self.refuse(session, ctx, Refusal::Status(413, "request body too large")).await;
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+        ctx.client = headers::client_ip(peer, xff, &cfg.sticky.trusted_proxies);
+        let host = route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host()).map(|h| h.into_owned());
+        let path = req.uri.path().to_string();
+
+        let mut backend = None;
+        if !ctx.tls {
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            match route::plain_http(cfg, host.as_deref(), pq) {
+                route::PlainHttp::Proxy => {}
+                route::PlainHttp::Acme(b) => backend = Some(b),
+                route::PlainHttp::NotFound => return self.refuse(session, ctx, Refusal::Status(404, "no ACME backend configured")).await,
+                route::PlainHttp::Redirect(location) => {
+                    ctx.local = true;
+                    ctx.status = 308;
+                    self.frontend(ctx).redirects.inc();
+                    respond::redirect(session, &location).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        ctx.upgrade = session.is_upgrade_req();
+        let backend = match backend {
+            Some(b) => b,
+            None => {
+                let Some(r) = route::find(&cfg.routes, host.as_deref(), &path) else {
+                    return self.refuse(session, ctx, Refusal::Status(404, "no route")).await;
+                };
+                ctx.route = Some(r);
+                if ctx.upgrade && !cfg.routes[r].websocket {
+                    return self.refuse(session, ctx, Refusal::Status(403, "WebSocket upgrades are not allowed on this route")).await;
+                }
+                cfg.routes[r].backend
+            }
+        };
+        ctx.backend = Some(backend);
+        let b = &snapshot.backends[backend];
+        b.retry_budget.on_request();
+        b.counters.traffic.sessions.inc();
+        b.counters.traffic.sessions_total.inc();
+
+        let req = session.req_header();
+        if b.cfg.balance == Balance::Sticky {
+            let q = engineio::EngineQuery::parse(req.uri.query());
+            ctx.sticky.engine_io = q.eio;
+            ctx.sticky.handshake = q.is_handshake();
+            ctx.sticky.sid = q.sid.map(str::to_string);
+        }
+        let cookie = b.cfg.cookie.as_deref().and_then(|name| headers::sticky_cookie(req, name)).map(<[u8]>::to_vec);
+        let pick = match self.acquire(ctx, cookie.clone()).await {
+            Ok(p) => p,
+            Err(why) => return self.refuse(session, ctx, why).await,
+        };
+        self.commit_pick(ctx, pick, cookie.as_deref());
+
+        if ctx.upgrade {
+            session.set_read_timeout(Some(b.cfg.timeouts.tunnel));
+        } else {
+            session.as_mut().enable_retry_buffering();
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let n = body.as_ref().map_or(0, |b| b.len() as u64);
+        if session.was_upgraded() {
+            ctx.ws_bytes_in += n;
+            return Ok(());
+        }
+        ctx.body_bytes += n;
+        let max = ctx.snapshot().map_or(u64::MAX, |s| s.config.limits.max_body_bytes);
+        if ctx.body_bytes > max {
+            ctx.error = Some("request body too large".into());
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        if ctx.attempts > 0 {
+            // A retry: the previous server failed; choose another one.
+            if let Some(prev) = ctx.pick {
+                self.release_pick(ctx);
+                ctx.tried.push(prev.member);
+                ctx.pick = None;
+            }
+            if let Some(b) = ctx.backend_rt() {
+                b.counters.traffic.redispatches.inc();
+            }
+            match self.acquire(ctx, None).await {
+                Ok(pick) => self.commit_pick(ctx, pick, None),
+                Err(Refusal::SessionGone) => {
+                    ctx.error = Some("pinned server failed".into());
+                    return Error::e_explain(ErrorType::HTTPStatus(400), "session lost with its server");
+                }
+                Err(_) => return Error::e_explain(ErrorType::ConnectNoRoute, "no other server to retry on"),
+            }
+        }
+        ctx.attempts += 1;
+        let (Some(b), Some(m)) = (ctx.backend_rt(), ctx.member()) else {
+            return Error::e_explain(ErrorType::InternalError, "no server chosen");
+        };
+        let t = &b.cfg.timeouts;
+        let mut peer = HttpPeer::new(m.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        if ctx.upgrade {
+            let slot = Arc::new(tunnel::TunnelSlot::default());
+            peer.group_key = TUNNEL_GROUP;
+            peer.options.read_timeout = Some(t.tunnel);
+            peer.options.write_timeout = Some(t.tunnel);
+            peer.options.custom_l4 = Some(Arc::new(tunnel::TunnelConnector { slot: Arc::clone(&slot), timeout: t.connect }));
+            ctx.tunnel_slot = Some(slot);
+        } else {
+            peer.options.read_timeout = Some(t.server);
+            peer.options.write_timeout = Some(t.server);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(snapshot) = ctx.snapshot.clone() else { return Ok(()) };
+        let cfg = &snapshot.config;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = peer.is_some_and(|p| cfg.sticky.trusted_proxies.iter().any(|n| n.contains(p)));
+        let host = upstream.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_string).or_else(|| upstream.uri.host().map(str::to_string));
+        headers::set_forwarded(upstream, ctx.client, peer, trusted, ctx.tls, host.as_deref())?;
+        if let Some(name) = ctx.backend_rt().and_then(|b| b.cfg.cookie.as_deref()) {
+            headers::strip_sticky_cookie(upstream, name)?;
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.connected_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        if resp.status.is_informational() && resp.status.as_u16() != 101 {
+            return Ok(());
+        }
+        ctx.response_started = true;
+        ctx.first_byte_at = Some(Instant::now());
+        ctx.status = resp.status.as_u16();
+        let Some(snapshot) = ctx.snapshot.clone() else { return Ok(()) };
+        let (Some(bi), Some(pick)) = (ctx.backend, ctx.pick) else { return Ok(()) };
+        let b = &snapshot.backends[bi];
+        let m = &b.members[pick.member];
+        if ctx.sticky.set_cookie {
+            if let Some(name) = b.cfg.cookie.as_deref() {
+                let value = cookie::set_cookie(name, &m.cookie_id, ctx.tls, snapshot.config.sticky.same_site);
+                resp.append_header("set-cookie", value)?;
+            }
+        }
+        match ctx.status {
+            101 if ctx.upgrade => {
+                if let Some(socket) = ctx.tunnel_slot.as_ref().and_then(|s| s.take()) {
+                    ctx.tunnel = Some(m.state.tunnels.register(socket));
+                }
+                m.traffic.tunnels.inc();
+                m.traffic.tunnels_total.inc();
+                b.counters.traffic.tunnels.inc();
+                b.counters.traffic.tunnels_total.inc();
+                match &ctx.sticky.sid {
+                    // A WebSocket-first handshake: the sid is in the first frame.
+                    None if ctx.sticky.handshake => {}
+                    Some(sid) => {
+                        self.shared.sids.tunnel_opened(sid);
+                        ctx.sticky.scan_done = true;
+                    }
+                    None => ctx.sticky.scan_done = true,
+                }
+            }
+            200 if ctx.sticky.handshake => {}
+            400 if ctx.sticky.engine_io => ctx.sticky.check_unknown = true,
+            _ => ctx.sticky.scan_done = true,
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let upgraded = session.was_upgraded();
+        if let Some(data) = body.as_ref() {
+            if upgraded {
+                ctx.ws_bytes_out += data.len() as u64;
+            }
+            if !ctx.sticky.scan_done {
+                self.scan_answer(ctx, data, upgraded);
+            }
+        }
+        if end_of_stream && upgraded && ctx.tunnel.as_ref().is_some_and(|t| t.closed_by_edge()) {
+            // We cut the upstream side: tell the client properly.
+            let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
+            out.extend_from_slice(tunnel::CLOSE_GOING_AWAY);
+            *body = Some(Bytes::from(out));
+        }
+        Ok(None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("server: {peer}"));
+        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        if *e.esource() == ErrorSource::Upstream {
+            if let Some(m) = ctx.member() {
+                m.traffic.response_errors.inc();
+            }
+            self.passive_failure(ctx);
+        }
+        // A request whose answer has not started can go to another server if replaying
+        // it is safe; Engine.IO requests pinned to a session cannot.
+        let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
+        if replayable && !ctx.response_started && !ctx.upgrade && !pinned && self.may_retry(ctx) {
+            e.set_retry(true);
+        } else if replayable && !pinned {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        if let Some(m) = ctx.member() {
+            m.traffic.connect_errors.inc();
+        }
+        self.passive_failure(ctx);
+        // The request was never sent: any method may go elsewhere, unless its session
+        // lives on that server.
+        let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
+        if !pinned && self.may_retry(ctx) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ if pinned && ctx.sticky.engine_io && !ctx.response_started => 400,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == ErrorSource::Upstream || matches!(e.etype(), ErrorType::ConnectTimedout) =>
+            {
+                504
+            }
+            ErrorType::ConnectNoRoute => 503,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::ReadTimedout => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        ctx.error.get_or_insert_with(|| e.to_string());
+        if code > 0 && !ctx.response_started && session.response_written().is_none() {
+            ctx.status = code;
+            ctx.local = true;
+            let written = if code == 400 && ctx.sticky.engine_io && pinned {
+                if let Some(b) = ctx.backend_rt() {
+                    b.counters.sid_refused.inc();
+                }
+                if let Some(sid) = &ctx.sticky.sid {
+                    self.shared.sids.forget(sid);
+                }
+                respond::session_unknown(session).await
+            } else {
+                let detail = match code {
+                    502 => "the server could not be reached",
+                    503 => "no server available",
+                    504 => "the server did not answer in time",
+                    _ => "",
+                };
+                let extra: &[(&str, &str)] = if code == 503 { &[("retry-after", RETRY_AFTER)] } else { &[] };
+                respond::text(session, code, detail, extra).await
+            };
+            if let Err(err) = written {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.status == 0 {
+            ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        }
+        let frontend = self.frontend(ctx);
+        let bytes_in = session.body_bytes_read() as u64;
+        let bytes_out = session.body_bytes_sent() as u64;
+        frontend.responses.count(ctx.status);
+        frontend.bytes_in.add(bytes_in);
+        frontend.bytes_out.add(bytes_out);
+        let elapsed = ctx.started.elapsed();
+        if let Some(b) = ctx.backend_rt() {
+            let t = &b.counters.traffic;
+            t.sessions.dec();
+            t.responses.count(ctx.status);
+            t.bytes_in.add(bytes_in);
+            t.bytes_out.add(bytes_out);
+            t.time_us_total.add(elapsed.as_micros() as u64);
+            t.ws_bytes_in.add(ctx.ws_bytes_in);
+            t.ws_bytes_out.add(ctx.ws_bytes_out);
+            if ctx.tunnel_opened() {
+                t.tunnels.dec();
+            }
+        }
+        if let Some(m) = ctx.member() {
+            let t = &m.traffic;
+            t.sessions.dec();
+            t.responses.count(ctx.status);
+            t.bytes_in.add(bytes_in);
+            t.bytes_out.add(bytes_out);
+            t.time_us_total.add(elapsed.as_micros() as u64);
+            t.ws_bytes_in.add(ctx.ws_bytes_in);
+            t.ws_bytes_out.add(ctx.ws_bytes_out);
+            if ctx.tunnel_opened() {
+                t.tunnels.dec();
+            }
+            let upstream_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
+            if !ctx.local && !upstream_failed {
+                if ctx.status >= 500 {
+                    self.passive_failure(ctx);
+                } else if ctx.status > 0 {
+                    m.state.passive_success();
+                }
+            }
+        }
+        // A tunnel's end is its session's end.
+        if ctx.tunnel_opened() {
+            if let Some(sid) = &ctx.sticky.sid {
+                self.shared.sids.forget(sid);
+            }
+        }
+        if let Some(state) = ctx.sticky.pending.take() {
+            state.add_sessions(-1);
+        }
+        ctx.slot = None;
+        ctx.tunnel = None;
+        if std::mem::take(&mut ctx.in_flight) {
+            self.shared.in_flight.dec();
+        }
+        if ctx.snapshot().is_some_and(|s| s.config.access_log) {
+            telemetry::access_log(session, ctx, e, elapsed);
+        }
+    }
+}
+
+impl EdgeProxy {
+    fn may_retry(&self, ctx: &RequestCtx) -> bool {
+        let Some(b) = ctx.backend_rt() else { return false };
+        if ctx.attempts > b.cfg.retries {
+            return false;
+        }
+        if !b.retry_budget.try_retry() {
+            b.counters.retry_budget_exhausted.inc();
+            return false;
+        }
+        if let Some(m) = ctx.member() {
+            m.traffic.retries.inc();
+        }
+        b.counters.traffic.retries.inc();
+        true
+    }
+
+    fn passive_failure(&self, ctx: &RequestCtx) {
+        let (Some(s), Some(m)) = (ctx.snapshot(), ctx.member()) else { return };
+        health::passive_failure(&m.state, s.config.health.passive_fall);
+    }
+
+    /// Look at the start of an answer for what the sticky rules learn from it.
+    fn scan_answer(&self, ctx: &mut RequestCtx, data: &Bytes, upgraded: bool) {
+        let sticky = &mut ctx.sticky;
+        if sticky.scan.len() + data.len() > engineio::OPEN_SCAN_LIMIT {
+            sticky.scan_done = true;
+        } else {
+            sticky.scan.extend_from_slice(data);
+        }
+        if sticky.check_unknown {
+            if engineio::is_session_unknown(&sticky.scan) {
+                sticky.scan_done = true;
+                if let Some(m) = ctx.member() {
+                    m.traffic.sid_unknown.inc();
+                }
+                if let Some(b) = ctx.backend_rt() {
+                    b.counters.traffic.sid_unknown.inc();
+                }
+                if let Some(sid) = &ctx.sticky.sid {
+                    self.shared.sids.forget(sid);
+                }
+            }
+            return;
+        }
+        let learned = if upgraded {
+            match engineio::ws_first_frame(&sticky.scan) {
+                engineio::FirstFrame::Incomplete => return,
+                engineio::FirstFrame::Open(sid) => Some(sid.to_string()),
+                engineio::FirstFrame::Other => None,
+            }
+        } else {
+            engineio::open_packet_sid(&sticky.scan).map(str::to_string)
+        };
+        if learned.is_none() && !upgraded && !sticky.scan_done {
+            // The open packet may continue in the next chunk.
+            return;
+        }
+        let sticky = &mut ctx.sticky;
+        sticky.scan_done = true;
+        sticky.scan = Vec::new();
+        if let (Some(sid), Some(m)) = (learned, ctx.member()) {
+            self.shared.sids.learn(&sid, &m.state);
+            if upgraded {
+                self.shared.sids.tunnel_opened(&sid);
+                ctx.sticky.sid = Some(sid);
+            }
+        }
+    }
+}
+
+impl RequestCtx {
+    fn tunnel_opened(&self) -> bool {
+        self.upgrade && self.status == 101 && !self.local
+    }
+}

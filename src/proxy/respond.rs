@@ -1,0 +1,40 @@
+//! Answers edgepin writes itself: redirects, refusals, and the Engine.IO 400.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
+
+/// Write a complete response with a short body.
+pub async fn send(session: &mut Session, status: u16, content_type: &str, headers: &[(&str, &str)], body: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    resp.insert_header("content-type", content_type)?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    for (k, v) in headers {
+        resp.append_header(k.to_string(), *v)?;
+    }
+    session.write_response_header(Box::new(resp), body.is_empty()).await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true).await?;
+    }
+    Ok(())
+}
+
+/// A plain-text error answer: `<status> <reason>` plus an optional detail line.
+pub async fn text(session: &mut Session, status: u16, detail: &str, headers: &[(&str, &str)]) -> Result<()> {
+    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    let body = if detail.is_empty() { format!("{status} {reason}\n") } else { format!("{status} {reason}: {detail}\n") };
+    send(session, status, "text/plain; charset=utf-8", headers, &body).await
+}
+
+/// Engine.IO's own answer for a session id it does not know: the client re-handshakes.
+pub async fn session_unknown(session: &mut Session) -> Result<()> {
+    send(session, 400, "application/json", &[], SESSION_UNKNOWN_BODY).await
+}
+
+pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
+    send(session, 308, "text/plain; charset=utf-8", &[("location", location)], "").await
+}

@@ -1,0 +1,237 @@
+//! Choosing the server for a request: the balance algorithm of the backend, and for
+//! sticky backends the whole rule — Engine.IO sid first (the server that issued it),
+//! then the cookie (if its server can take it), else a bounded consistent hash of the
+//! client address.
+
+use std::net::IpAddr;
+
+use crate::balance::{HashCandidate, addr_key, pick_bounded};
+use crate::config::Balance;
+use crate::runtime::{BackendRt, Member};
+use crate::state::StickyDecision;
+use crate::sticky::sid::SidTable;
+
+use super::ctx::Pick;
+
+/// The outcome of a selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    Picked(Pick),
+    /// The server that must serve it (pinned session) or every server that could, is at
+    /// `max_connections`: wait for a slot, then select again.
+    Full,
+    /// No server can take it: 503.
+    NoServer,
+    /// The request's Engine.IO session lives on a server that cannot serve it any more:
+    /// answer `400 Session ID unknown` so the client opens a new session at once.
+    SessionGone,
+}
+
+/// What a request offers the selection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    pub client: Option<IpAddr>,
+    pub sid: Option<&'a str>,
+    /// Opens a new Engine.IO session.
+    pub handshake: bool,
+    pub cookie: Option<&'a [u8]>,
+    /// Members that already failed this request.
+    pub tried: &'a [usize],
+}
+
+pub fn select(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
+    match b.cfg.balance {
+        Balance::Sticky => sticky(b, sids, req),
+        Balance::Source => hashed(b, req, None, |m| m.state.active()),
+        Balance::RoundRobin => {
+            let pick = b.rr.pick(|i| weight(&b.members[i]), b.members.len(), |i| fresh(b, req, i));
+            found(b, req, pick, None)
+        }
+        Balance::LeastConn => {
+            let pick = b.least.pick(
+                b.members.len(),
+                |i| weight(&b.members[i]),
+                |i| b.members[i].state.active(),
+                |i| fresh(b, req, i),
+            );
+            found(b, req, pick, None)
+        }
+    }
+}
+
+fn weight(m: &Member) -> u32 {
+    if m.retired_until.is_some() { 0 } else { m.state.weight() }
+}
+
+/// Eligible for a new session: accepts new work, has a free slot, not tried yet.
+fn fresh(b: &BackendRt, req: &Request<'_>, i: usize) -> bool {
+    let m = &b.members[i];
+    m.accepts_new() && m.has_room() && !req.tried.contains(&i)
+}
+
+/// Turn an algorithm's answer into a selection, telling "all full" from "none up".
+fn found(b: &BackendRt, req: &Request<'_>, pick: Option<usize>, sticky: Option<StickyDecision>) -> Selection {
+    match pick {
+        Some(member) => Selection::Picked(Pick { member, sticky }),
+        None if b.members.iter().enumerate().any(|(i, m)| m.accepts_new() && weight(m) > 0 && !req.tried.contains(&i)) => {
+            Selection::Full
+        }
+        None => Selection::NoServer,
+    }
+}
+
+fn sticky(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
+    // 1. The server that issued the session id.
+    if let Some(sid) = req.sid {
+        if let Some(state) = sids.lookup(sid) {
+            return match b.member_of(&state) {
+                Some(i) if req.tried.contains(&i) => Selection::SessionGone,
+                Some(i) if b.members[i].serves_existing() => pinned(b, i, StickyDecision::Sid),
+                // DOWN, MAINT, or gone from this backend: the session is lost.
+                _ => Selection::SessionGone,
+            };
+        }
+    }
+    // 2. The cookie, if it names a server of this backend that can take the request:
+    // a request of an existing session may go to a DRAIN server, a new one may not.
+    let mut redispatch = false;
+    if let Some(value) = req.cookie {
+        if let Some(i) = b.members.iter().position(|m| m.cookie_id.as_bytes() == value) {
+            let m = &b.members[i];
+            let usable = if req.handshake { m.accepts_new() } else { m.serves_existing() };
+            if usable && !req.tried.contains(&i) {
+                return pinned(b, i, StickyDecision::Cookie);
+            }
+            redispatch = true;
+        }
+        // A value that names no server is forged or stale: ignored.
+    }
+    // 3. Bounded consistent hash of the client address.
+    let decision = if redispatch { StickyDecision::Redispatch } else { StickyDecision::Hash };
+    hashed(b, req, Some(decision), |m| m.state.sessions().max(0) as u64)
+}
+
+/// A pinned session's server: serve it there, or wait for a slot there.
+fn pinned(b: &BackendRt, i: usize, how: StickyDecision) -> Selection {
+    if b.members[i].has_room() {
+        Selection::Picked(Pick { member: i, sticky: Some(how) })
+    } else {
+        Selection::Full
+    }
+}
+
+fn hashed(b: &BackendRt, req: &Request<'_>, sticky: Option<StickyDecision>, load: impl Fn(&Member) -> u64) -> Selection {
+    let candidates: Vec<HashCandidate> = b
+        .members
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| fresh(b, req, i))
+        .map(|(i, m)| HashCandidate { index: i, id: m.hash_id, weight: weight(m), load: load(m) })
+        .collect();
+    let key = req.client.map(addr_key).unwrap_or(0);
+    let pick = pick_bounded(key, &candidates, b.cfg.hash_balance_factor);
+    found(b, req, pick, sticky)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::state::{Admin, Health, Registry};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn backend(balance: &str, n: usize) -> (Arc<crate::runtime::Shared>, Arc<crate::runtime::Snapshot>) {
+        let servers: Vec<String> = (1..=n).map(|i| format!("w{i}")).collect();
+        let text = format!(
+            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
+             backends: {{ b: {{ balance: {balance}, servers: [{}] }} }}\nservers:\n{}",
+            servers.join(", "),
+            servers.iter().enumerate().map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i)).collect::<String>()
+        );
+        let cfg = config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+        let shared = crate::runtime::Shared::new(cfg, None);
+        let snap = shared.snapshot();
+        (shared, snap)
+    }
+
+    fn picked(s: Selection) -> (usize, Option<StickyDecision>) {
+        match s {
+            Selection::Picked(p) => (p.member, p.sticky),
+            other => panic!("expected a pick, got {other:?}"),
+        }
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn sid_wins_over_cookie_and_address() {
+        let (shared, snap) = backend("sticky", 4);
+        let b = &snap.backends[0];
+        shared.sids.learn("S1", &b.members[2].state);
+        let cookie = b.members[0].cookie_id.clone();
+        let req = Request { client: ip("127.0.0.9"), sid: Some("S1"), cookie: Some(cookie.as_bytes()), ..Default::default() };
+        assert_eq!(picked(select(b, &shared.sids, &req)), (2, Some(StickyDecision::Sid)));
+    }
+
+    #[test]
+    fn sid_of_a_down_server_is_a_lost_session() {
+        let (shared, snap) = backend("sticky", 2);
+        let b = &snap.backends[0];
+        shared.sids.learn("S1", &b.members[1].state);
+        b.members[1].state.set_health(Health::Down, "test");
+        let req = Request { sid: Some("S1"), ..Default::default() };
+        assert_eq!(select(b, &shared.sids, &req), Selection::SessionGone);
+        // A DRAIN server keeps its sessions.
+        b.members[1].state.set_health(Health::Up, "test");
+        b.members[1].state.set_admin(Admin::Drain, "test");
+        assert_eq!(picked(select(b, &shared.sids, &req)).0, 1);
+    }
+
+    #[test]
+    fn cookie_of_a_down_server_falls_back_to_the_hash() {
+        let (shared, snap) = backend("sticky", 3);
+        let b = &snap.backends[0];
+        let cookie = b.members[1].cookie_id.clone();
+        let req = Request { client: ip("127.0.0.2"), handshake: true, cookie: Some(cookie.as_bytes()), ..Default::default() };
+        assert_eq!(picked(select(b, &shared.sids, &req)), (1, Some(StickyDecision::Cookie)));
+        b.members[1].state.set_health(Health::Down, "test");
+        let (m, how) = picked(select(b, &shared.sids, &req));
+        assert_ne!(m, 1);
+        assert_eq!(how, Some(StickyDecision::Redispatch));
+    }
+
+    #[test]
+    fn a_new_session_does_not_follow_a_cookie_to_a_drain_server() {
+        let (shared, snap) = backend("sticky", 2);
+        let b = &snap.backends[0];
+        b.members[0].state.set_admin(Admin::Drain, "test");
+        let cookie = b.members[0].cookie_id.clone();
+        let new = Request { handshake: true, cookie: Some(cookie.as_bytes()), ..Default::default() };
+        assert_eq!(picked(select(b, &shared.sids, &new)).0, 1);
+        let existing = Request { sid: Some("unknown-to-us"), cookie: Some(cookie.as_bytes()), ..Default::default() };
+        assert_eq!(picked(select(b, &shared.sids, &existing)).0, 0);
+    }
+
+    #[test]
+    fn forged_cookie_is_ignored() {
+        let (shared, snap) = backend("sticky", 3);
+        let b = &snap.backends[0];
+        let req = Request { client: ip("127.0.0.3"), handshake: true, cookie: Some(b"w1"), ..Default::default() };
+        assert_eq!(picked(select(b, &shared.sids, &req)).1, Some(StickyDecision::Hash));
+    }
+
+    #[test]
+    fn all_down_is_no_server_and_all_full_is_full() {
+        let (shared, snap) = backend("round_robin", 2);
+        let b = &snap.backends[0];
+        for m in &b.members {
+            m.state.set_health(Health::Down, "test");
+        }
+        assert_eq!(select(b, &shared.sids, &Request::default()), Selection::NoServer);
+        let _ = Duration::ZERO;
+        let _ = Registry::default();
+    }
+}

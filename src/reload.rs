@@ -1,0 +1,173 @@
+//! Reload: on SIGHUP read the config again, validate it, build a complete snapshot and
+//! swap it in with one store; on any error keep the running snapshot, log and count it.
+//! Optionally poll the certificate files and swap the certificate when they change.
+//!
+//! What cannot change without a restart (listener addresses, threads, connection cap,
+//! sid table size) is reported as a warning; the rest of the reload applies.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{self, Config};
+use crate::runtime::Shared;
+use crate::state::ReloadStatus;
+use crate::tls;
+
+/// The outcome of one reload.
+#[derive(Debug)]
+pub enum Outcome {
+    Applied { generation: u64, took: Duration, warnings: Vec<String> },
+    Rejected(Vec<String>),
+}
+
+/// Reload from `path` now.
+pub fn reload(shared: &Shared, path: &Path) -> Outcome {
+    let started = Instant::now();
+    let outcome = apply(shared, path, started);
+    let status = match &outcome {
+        Outcome::Applied { generation, took, warnings } => {
+            tracing::info!(generation, took_ms = took.as_secs_f64() * 1e3, warnings = warnings.len(), "config reloaded");
+            for w in warnings {
+                tracing::warn!(warning = %w, "reload");
+            }
+            ReloadStatus { generation: *generation, at: SystemTime::now(), ok: true, message: warnings.join("; ") }
+        }
+        Outcome::Rejected(errors) => {
+            for e in errors {
+                tracing::error!(error = %e, "reload rejected; the running config stays");
+            }
+            ReloadStatus {
+                generation: shared.snapshot().generation,
+                at: SystemTime::now(),
+                ok: false,
+                message: errors.join("\n"),
+            }
+        }
+    };
+    shared.registry.record_reload(status);
+    outcome
+}
+
+fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Rejected(e.errors()),
+    };
+    let mut warnings = restart_needed(&shared.snapshot().config, &config);
+    let cert = match (&config.tls, &shared.cert) {
+        (Some(t), Some(_)) => match tls::load_certified_key(&t.cert, &t.key) {
+            Ok(ck) => Some(ck),
+            Err(e) => {
+                return Outcome::Rejected(vec![format!("{}:{}:{}: {e}", path.display(), t.pos.line, t.pos.col)]);
+            }
+        },
+        (Some(_), None) => {
+            warnings.push("tls added: the https listener starts on restart".into());
+            None
+        }
+        _ => None,
+    };
+    let snapshot = shared.build(&config);
+    let generation = snapshot.generation;
+    shared.install(snapshot);
+    if let (Some(ck), Some(current)) = (cert, &shared.cert) {
+        current.store(ck);
+    }
+    shared.sids.set_ttl(config.sticky.sid_ttl);
+    Outcome::Applied { generation, took: started.elapsed(), warnings }
+}
+
+/// Settings a running process cannot take over.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    let mut note = |what: &str, changed: bool| {
+        if changed {
+            w.push(format!("{what} changed: takes effect on restart"));
+        }
+    };
+    note("listen.https", old.listen.https != new.listen.https);
+    note("listen.http", old.listen.http != new.listen.http);
+    note("listen.stats", old.listen.stats != new.listen.stats);
+    note("threads", old.threads != new.threads);
+    note("limits.max_connections", old.limits.max_connections != new.limits.max_connections);
+    note("sticky.max_sids", old.sticky.max_sids != new.sticky.max_sids);
+    note("tls.h2", old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2));
+    note("stats.auth", old.stats.auth != new.stats.auth);
+    w
+}
+
+/// Reloads on SIGHUP, and swaps the certificate when its files change (`tls.watch`).
+pub struct Reloader {
+    pub shared: Arc<Shared>,
+    pub path: PathBuf,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: reload disabled");
+                return;
+            }
+        };
+        let mut stamps = cert_stamps(&self.shared.snapshot().config);
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut last_poll = Instant::now();
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let shared = Arc::clone(&self.shared);
+                    let path = self.path.clone();
+                    // Reading files and building may block briefly: keep it off the reactor.
+                    let _ = tokio::task::spawn_blocking(move || reload(&shared, &path)).await;
+                    stamps = cert_stamps(&self.shared.snapshot().config);
+                }
+                _ = poll.tick() => {
+                    let config = self.shared.snapshot().config.clone();
+                    let Some(every) = config.tls.as_ref().and_then(|t| t.watch) else { continue };
+                    if last_poll.elapsed() < every {
+                        continue;
+                    }
+                    last_poll = Instant::now();
+                    let now = cert_stamps(&config);
+                    if now != stamps {
+                        stamps = now;
+                        self.rotate_cert(&config);
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl Reloader {
+    fn rotate_cert(&self, config: &Config) {
+        let (Some(t), Some(current)) = (&config.tls, &self.shared.cert) else { return };
+        match tls::load_certified_key(&t.cert, &t.key) {
+            Ok(ck) => {
+                current.store(ck);
+                tracing::info!(cert = %t.cert.display(), "certificate files changed: new certificate in use");
+            }
+            // Often the cert is written before the key: the next change retries.
+            Err(e) => tracing::warn!(error = %e, "certificate files changed but do not load yet; keeping the old one"),
+        }
+    }
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+fn cert_stamps(config: &Config) -> (Stamp, Stamp) {
+    match &config.tls {
+        Some(t) => (tls::file_stamp(&t.cert), tls::file_stamp(&t.key)),
+        None => (None, None),
+    }
+}
