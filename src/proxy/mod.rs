@@ -458,10 +458,12 @@ impl ProxyHttp for EdgeProxy {
             }
             self.passive_failure(ctx);
         }
-        // A request whose answer has not started can go to another server if replaying
-        // it is safe; Engine.IO requests pinned to a session cannot.
+        // A request whose connection broke before any answer can go to another server if
+        // replaying it is safe; Engine.IO requests pinned to a session cannot. A timeout is
+        // not retried: the server has the request and is slow, and a retry doubles its load.
         let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
-        if replayable && !ctx.response_started && !ctx.upgrade && !pinned && self.may_retry(ctx) {
+        let broken = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError);
+        if replayable && broken && !ctx.response_started && !ctx.upgrade && !pinned && self.may_retry(ctx) {
             e.set_retry(true);
         } else if replayable && !pinned {
             e.retry.decide_reuse(client_reused);
@@ -603,6 +605,16 @@ impl EdgeProxy {
     fn may_retry(&self, ctx: &RequestCtx) -> bool {
         let Some(b) = ctx.backend_rt() else { return false };
         if ctx.attempts > b.cfg.retries {
+            return false;
+        }
+        // Without another server to try, the original error is the honest answer.
+        let current = ctx.pick.map(|p| p.member);
+        let alternative = b
+            .members
+            .iter()
+            .enumerate()
+            .any(|(i, m)| Some(i) != current && !ctx.tried.contains(&i) && m.accepts_new() && m.state.weight() > 0);
+        if !alternative {
             return false;
         }
         if !b.retry_budget.try_retry() {

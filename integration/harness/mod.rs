@@ -1,0 +1,59 @@
+//! What every end-to-end test needs: the proxy binary on free ports, backends it talks
+//! to, a Redis, HTTP/WebSocket clients, and cleanup of everything started.
+
+pub mod backend;
+pub mod client;
+pub mod process;
+pub mod proxy;
+pub mod redis;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use backend::{Backend, HealthMode};
+pub use client::{Conn, Target};
+pub use process::Proc;
+pub use proxy::Proxy;
+
+/// Dev certificates shared by every test of this run.
+pub fn certs() -> &'static edgepin::certs::DevCerts {
+    static CERTS: OnceLock<(tempfile::TempDir, edgepin::certs::DevCerts)> = OnceLock::new();
+    &CERTS
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new().prefix("edgepin-certs-").tempdir().expect("temp dir");
+            let c = edgepin::certs::generate(dir.path()).expect("generate certs");
+            (dir, c)
+        })
+        .1
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+}
+
+/// A one-shot blocking GET (for readiness polls outside async code).
+pub fn blocking_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Poll `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check().await
+}

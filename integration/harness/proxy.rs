@@ -1,0 +1,141 @@
+//! The edgepin binary under test, on loopback ephemeral ports with a generated config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::client::{self, Target};
+use super::process::Proc;
+use super::{certs, free_port};
+
+/// How to start a proxy. `body` is the YAML after `listen:` and `tls:` (routes, backends,
+/// servers, health, ...); the harness adds listeners on free ports, TLS with the test
+/// certificates, and a pidfile.
+pub struct ProxyBuilder {
+    body: String,
+    redirect: bool,
+    https: bool,
+    extra_listen: String,
+    env: Vec<(String, String)>,
+}
+
+pub struct Proxy {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub stats: SocketAddr,
+    pub config: PathBuf,
+}
+
+impl ProxyBuilder {
+    /// The http listener redirects to https (default: it proxies, to keep tests short).
+    pub fn redirect(mut self, on: bool) -> Self {
+        self.redirect = on;
+        self
+    }
+    /// More keys under `listen:` (e.g. `redirect_port: 8443`).
+    pub fn listen(mut self, yaml: &str) -> Self {
+        self.extra_listen.push_str(yaml);
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn no_https(mut self) -> Self {
+        self.https = false;
+        self
+    }
+
+    pub fn start(self) -> Proxy {
+        let dir = tempfile::Builder::new().prefix("edgepin-test-").tempdir().expect("temp dir");
+        let (https, http, stats) = (free_addr(), free_addr(), free_addr());
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, self.render(https, http, stats, dir.path())).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
+        cmd.arg("run").arg("-c").arg(&config).env("RUST_LOG", "info,edgepin::access=warn,pingora=error");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let proc = Proc::spawn("edgepin", cmd, dir.path());
+        let mut proxy = Proxy { proc, dir, https, http, stats, config };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn render(&self, https: SocketAddr, http: SocketAddr, stats: SocketAddr, dir: &Path) -> String {
+        let c = certs();
+        let mut y = String::from("listen:\n");
+        if self.https {
+            y.push_str(&format!("  https: {https}\n"));
+        }
+        y.push_str(&format!("  http: {http}\n  stats: {stats}\n  redirect: {}\n{}", self.redirect, self.extra_listen));
+        if self.https {
+            y.push_str(&format!("tls: {{ cert: {}, key: {} }}\n", c.cert.display(), c.key.display()));
+        }
+        y.push_str(&format!("threads: 2\nreload: {{ pidfile: {}, drain_timeout: 5s }}\n", dir.join("edgepin.pid").display()));
+        y.push_str(&self.body);
+        y
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+impl Proxy {
+    pub fn builder(body: &str) -> ProxyBuilder {
+        ProxyBuilder { body: body.to_string(), redirect: false, https: true, extra_listen: String::new(), env: Vec::new() }
+    }
+
+    /// Start with the defaults (https + proxying http + stats).
+    pub fn start(body: &str) -> Proxy {
+        Proxy::builder(body).start()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            assert!(self.proc.alive(), "edgepin exited during start:\n{}", self.proc.log_tail(30));
+            let ok = super::blocking_get(self.stats, "/health").is_some_and(|(status, _)| status == 200);
+            if ok && std::net::TcpStream::connect(self.http).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("edgepin did not become ready:\n{}", self.proc.log_tail(30));
+    }
+
+    pub fn tls(&self) -> Target {
+        Target::tls(self.https)
+    }
+
+    pub fn plain(&self) -> Target {
+        Target::plain(self.http)
+    }
+
+    pub fn stats_target(&self) -> Target {
+        Target::plain(self.stats)
+    }
+
+    /// Replace the config file (the next SIGHUP loads it).
+    pub fn write_config(&self, body: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        // Keep the harness-made head (listen, tls, threads, reload), replace the body.
+        let head_end = text.find("\nreload: ").and_then(|i| text[i + 1..].find('\n').map(|j| i + 1 + j + 1)).expect("config head");
+        std::fs::write(&self.config, format!("{}{body}", &text[..head_end])).expect("write config");
+    }
+
+    pub fn sighup(&self) {
+        self.proc.signal(Signal::SIGHUP);
+    }
+
+    /// The proxy's own status (`/health` on the stats listener).
+    pub async fn status(&self) -> serde_json::Value {
+        client::get(&self.stats_target(), "/health").await.expect("stats /health").json()
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real binary on loopback, with backends, Redis and clients the
+//! tests start themselves. One test binary; run with `--test-threads=1` (heavy cases are
+//! serialised on purpose).
+
+#[allow(dead_code, unused_imports)]
+mod harness;
+
+mod foundation;
