@@ -71,12 +71,20 @@ async fn plain_http_is_redirected_to_https_except_acme_challenges() {
         app.addr, acme.addr
     );
     let proxy = Proxy::builder(&body).redirect(true).start();
-    let r = Conn::open(&proxy.plain()).await.unwrap().with_host("example.test:80").get("/a/b?c=1&d=2").await.unwrap();
+    let r = Conn::open(&proxy.plain())
+        .await
+        .unwrap()
+        .with_host("example.test:80")
+        .get("/a/b?c=1&d=2")
+        .await
+        .unwrap();
     assert_eq!(r.status, 308);
     let expected = format!("https://example.test:{}/a/b?c=1&d=2", proxy.https.port());
     assert_eq!(r.header("location"), Some(expected.as_str()));
 
-    let r = client::get(&proxy.plain(), "/.well-known/acme-challenge/token123").await.unwrap();
+    let r = client::get(&proxy.plain(), "/.well-known/acme-challenge/token123")
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "ACME challenges are proxied, not redirected");
     assert_eq!(r.json()["server"], "acme");
     assert_eq!(app.hits(), 0);
@@ -85,11 +93,20 @@ async fn plain_http_is_redirected_to_https_except_acme_challenges() {
 #[tokio::test(flavor = "multi_thread")]
 async fn acme_without_backend_is_404_and_redirect_port_is_configurable() {
     let app = Backend::start("app");
-    let proxy = Proxy::builder(&api_body(&[&app], &[])).redirect(true).listen("  redirect_port: 443\n").start();
-    let r = client::get(&proxy.plain(), "/.well-known/acme-challenge/x").await.unwrap();
+    let proxy = Proxy::builder(&api_body(&[&app], &[]))
+        .redirect(true)
+        .listen("  redirect_port: 443\n")
+        .start();
+    let r = client::get(&proxy.plain(), "/.well-known/acme-challenge/x")
+        .await
+        .unwrap();
     assert_eq!(r.status, 404);
     let r = client::get(&proxy.plain(), "/p").await.unwrap();
-    assert_eq!(r.header("location"), Some("https://localhost/p"), "port 443 is left out");
+    assert_eq!(
+        r.header("location"),
+        Some("https://localhost/p"),
+        "port 443 is left out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,7 +121,11 @@ async fn websocket_echo_1000_messages_over_ws_and_wss() {
             ws.send(Message::Text(format!("m{i}").into())).await.unwrap();
         }
         for i in 0..1000 {
-            let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             assert_eq!(m.into_text().unwrap().as_str(), format!("m{i}"));
         }
         ws.close(None).await.unwrap();
@@ -120,7 +141,11 @@ async fn idle_websocket_outlives_the_client_timeout_but_not_the_tunnel_timeout()
     ws.next().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(2000)).await;
     ws.send(Message::Text("still here".into())).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(m.into_text().unwrap().as_str(), "still here");
     // Now idle past the tunnel timeout: the proxy closes it.
     let closed = tokio::time::timeout(Duration::from_secs(8), async {
@@ -138,9 +163,15 @@ async fn idle_websocket_outlives_the_client_timeout_but_not_the_tunnel_timeout()
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_upgrade_refused_on_a_route_that_disallows_it() {
     let a = Backend::start("a");
-    let body = api_body(&[&a], &[]).replace("- { path_prefix: /, backend: api }", "- { path_prefix: /, backend: api, websocket: false }");
+    let body = api_body(&[&a], &[]).replace(
+        "- { path_prefix: /, backend: api }",
+        "- { path_prefix: /, backend: api, websocket: false }",
+    );
     let proxy = Proxy::start(&body);
-    let err = client::websocket(&proxy.plain(), "/ws").await.err().expect("upgrade must fail");
+    let err = client::websocket(&proxy.plain(), "/ws")
+        .await
+        .err()
+        .expect("upgrade must fail");
     assert!(err.to_string().contains("403"), "{err}");
     assert_eq!(a.open_websockets(), 0);
 }
@@ -149,8 +180,15 @@ async fn websocket_upgrade_refused_on_a_route_that_disallows_it() {
 async fn forwarded_headers_carry_the_real_client_and_ignore_client_values() {
     let a = Backend::start("a");
     let proxy = Proxy::start(&api_body(&[&a], &[]));
-    let mut conn = Conn::open(&proxy.plain().from("127.0.0.7")).await.unwrap().with_host("shop.test");
-    let forged = ["X-Forwarded-For: 6.6.6.6".to_string(), "X-Real-IP: 6.6.6.6".to_string(), "X-Forwarded-Proto: https".to_string()];
+    let mut conn = Conn::open(&proxy.plain().from("127.0.0.7"))
+        .await
+        .unwrap()
+        .with_host("shop.test");
+    let forged = [
+        "X-Forwarded-For: 6.6.6.6".to_string(),
+        "X-Real-IP: 6.6.6.6".to_string(),
+        "X-Forwarded-Proto: https".to_string(),
+    ];
     let r = conn.request("GET", "/", &forged, b"").await.unwrap();
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "127.0.0.7");
@@ -161,7 +199,10 @@ async fn forwarded_headers_carry_the_real_client_and_ignore_client_values() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_is_not_listening_gives_502_or_503_within_the_connect_timeout() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let body = format!(
         "timeouts: {{ connect: 1s }}\nroutes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [gone] }}\n\
          servers:\n  gone: {{ address: {dead} }}\nhealth: {{ interval: 10s, timeout: 1s }}\n"
@@ -170,7 +211,11 @@ async fn a_server_that_is_not_listening_gives_502_or_503_within_the_connect_time
     let started = Instant::now();
     let r = client::get(&proxy.plain(), "/").await.unwrap();
     assert!(r.status == 502 || r.status == 503, "status {}", r.status);
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,7 +226,11 @@ async fn a_server_that_does_not_answer_gives_504_after_the_server_timeout() {
     let started = Instant::now();
     let r = client::get(&proxy.plain(), "/slow/5000").await.unwrap();
     assert_eq!(r.status, 504);
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,9 +242,19 @@ async fn a_64k_request_header_gets_431_and_a_big_body_413() {
     let big = format!("X-Big: {}", "a".repeat(64 * 1024));
     let r = conn.request("GET", "/", &[big], b"").await.unwrap();
     assert_eq!(r.status, 431);
-    let r = Conn::open(&proxy.plain()).await.unwrap().request("POST", "/", &[], &[b'x'; 2000]).await.unwrap();
+    let r = Conn::open(&proxy.plain())
+        .await
+        .unwrap()
+        .request("POST", "/", &[], &[b'x'; 2000])
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
-    let r = Conn::open(&proxy.plain()).await.unwrap().request("POST", "/", &[], &[b'x'; 900]).await.unwrap();
+    let r = Conn::open(&proxy.plain())
+        .await
+        .unwrap()
+        .request("POST", "/", &[], &[b'x'; 900])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(a.hits(), 1, "refused requests never reach the server");
 }
@@ -210,8 +269,20 @@ async fn host_routing_sends_each_host_to_its_backend() {
         shop.addr, blog.addr, rest.addr
     );
     let proxy = Proxy::start(&body);
-    for (host, expect) in [("shop.test", "shop"), ("SHOP.test:8443", "shop"), ("a.blog.test", "blog"), ("blog.test", "rest"), ("other", "rest")] {
-        let r = Conn::open(&proxy.tls()).await.unwrap().with_host(host).get("/").await.unwrap();
+    for (host, expect) in [
+        ("shop.test", "shop"),
+        ("SHOP.test:8443", "shop"),
+        ("a.blog.test", "blog"),
+        ("blog.test", "rest"),
+        ("other", "rest"),
+    ] {
+        let r = Conn::open(&proxy.tls())
+            .await
+            .unwrap()
+            .with_host(host)
+            .get("/")
+            .await
+            .unwrap();
         assert_eq!(r.json()["server"], expect, "host {host}");
     }
 }
@@ -232,8 +303,15 @@ fn check_accepts_the_shipped_config_shape_and_rejects_ten_bad_ones_with_position
     let check = |text: &str| {
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin")).args(["check", "-c"]).arg(&path).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (code, out) = check(&good);
     assert_eq!(code, Some(0), "{out}");
@@ -243,27 +321,58 @@ fn check_accepts_the_shipped_config_shape_and_rejects_ten_bad_ones_with_position
     let bad: [(&str, &str, &str, &str); 10] = [
         ("listen: {", "listen: {{", "1:10", "expected"),
         ("backend: api }", "backend: apy }", "5:32", "\"apy\" is not defined"),
-        ("[w1, w2] }\n  sockets", "[w1, w9] }\n  sockets", "7:24", "\"w9\" is not defined"),
+        (
+            "[w1, w2] }\n  sockets",
+            "[w1, w9] }\n  sockets",
+            "7:24",
+            "\"w9\" is not defined",
+        ),
         ("127.0.0.1:3002", "127.0.0.1", "11:18", "HOST:PORT"),
         ("server: 60s", "server: soon", "8:70", "invalid duration \"soon\""),
-        ("https: 127.0.0.1:8443", "https: localhost", "1:18", "\"localhost\" must be IP:PORT"),
-        ("  w2: { address: 127.0.0.1:3002 }\n", "  w1: { address: 127.0.0.1:3002 }\n", "11:3", "duplicate mapping key: w1"),
+        (
+            "https: 127.0.0.1:8443",
+            "https: localhost",
+            "1:18",
+            "\"localhost\" must be IP:PORT",
+        ),
+        (
+            "  w2: { address: 127.0.0.1:3002 }\n",
+            "  w1: { address: 127.0.0.1:3002 }\n",
+            "11:3",
+            "duplicate mapping key: w1",
+        ),
         ("  - { path_prefix: /, backend: api }\n", "", "4:3", "catch-all"),
-        ("api: { servers: [w1, w2] }", "api: { servers: [] }", "7:19", "has no servers"),
-        ("balance: sticky", "balance: sticky, wieght: 2", "8:31", "unknown field `wieght`"),
+        (
+            "api: { servers: [w1, w2] }",
+            "api: { servers: [] }",
+            "7:19",
+            "has no servers",
+        ),
+        (
+            "balance: sticky",
+            "balance: sticky, wieght: 2",
+            "8:31",
+            "unknown field `wieght`",
+        ),
     ];
     for (from, to, at, word) in bad {
         assert!(good.contains(from), "test setup: {from:?} not in config");
         let (code, out) = check(&good.replacen(from, to, 1));
         assert_eq!(code, Some(1), "{from:?} -> {to:?} should fail: {out}");
         let expected = format!("c.yaml:{at}: ");
-        assert!(out.contains(&expected), "{from:?} -> {to:?}: expected {expected} in:\n{out}");
+        assert!(
+            out.contains(&expected),
+            "{from:?} -> {to:?}: expected {expected} in:\n{out}"
+        );
         assert!(out.contains(word), "{from:?} -> {to:?}: expected {word:?} in:\n{out}");
     }
     // A missing certificate file is named with its position.
     let (code, out) = check(&good.replace(&certs.key.display().to_string(), "/nonexistent/edge.key"));
     assert_eq!(code, Some(1));
-    assert!(out.contains("c.yaml:2:") && out.contains("/nonexistent/edge.key"), "{out}");
+    assert!(
+        out.contains("c.yaml:2:") && out.contains("/nonexistent/edge.key"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -276,7 +385,10 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits() {
     proxy.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "the request in flight completes");
-    let status = proxy.proc.wait_exit(Duration::from_secs(5)).expect("exits after draining");
+    let status = proxy
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after draining");
     assert!(status.success(), "{status:?}");
     assert!(blocking_get(proxy.http, "/").is_none(), "no longer serving");
 }

@@ -33,7 +33,10 @@ struct Sequence {
 impl Default for RoundRobin {
     fn default() -> Self {
         RoundRobin {
-            seq: ArcSwap::from_pointee(Sequence { epoch: u64::MAX, ..Default::default() }),
+            seq: ArcSwap::from_pointee(Sequence {
+                epoch: u64::MAX,
+                ..Default::default()
+            }),
             next: AtomicUsize::new(0),
         }
     }
@@ -69,7 +72,11 @@ impl RoundRobin {
         if seq.weights == weights {
             return seq;
         }
-        let fresh = Arc::new(Sequence { epoch, order: smooth_sequence(&weights), weights });
+        let fresh = Arc::new(Sequence {
+            epoch,
+            order: smooth_sequence(&weights),
+            weights,
+        });
         self.seq.store(Arc::clone(&fresh));
         fresh
     }
@@ -319,7 +326,12 @@ mod tests {
         names
             .iter()
             .enumerate()
-            .map(|(i, n)| HashCandidate { index: i, id: name_id(n), weight: 1, load: loads[i] })
+            .map(|(i, n)| HashCandidate {
+                index: i,
+                id: name_id(n),
+                weight: 1,
+                load: loads[i],
+            })
             .collect()
     }
 
@@ -332,8 +344,12 @@ mod tests {
         let names = ["w1", "w2", "w3", "w4", "w5"];
         let all = cands(&names, &[0; 5]);
         let four: Vec<HashCandidate> = all.iter().copied().filter(|c| c.index != 2).collect();
-        let before: Vec<usize> = (0..1000).map(|i| pick_bounded(addr_key(ip(i)), &all, f64::INFINITY).unwrap()).collect();
-        let after: Vec<usize> = (0..1000).map(|i| pick_bounded(addr_key(ip(i)), &four, f64::INFINITY).unwrap()).collect();
+        let before: Vec<usize> = (0..1000)
+            .map(|i| pick_bounded(addr_key(ip(i)), &all, f64::INFINITY).unwrap())
+            .collect();
+        let after: Vec<usize> = (0..1000)
+            .map(|i| pick_bounded(addr_key(ip(i)), &four, f64::INFINITY).unwrap())
+            .collect();
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         // Exactly the keys that were on w3 move, and nothing else.
         let on_w3 = before.iter().filter(|&&s| s == 2).count();

@@ -8,8 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -18,10 +17,7 @@ pub enum CertsError {
     #[error("generating certificate: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("writing {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// The files written by [`generate`].
@@ -47,19 +43,30 @@ impl DevCerts {
 /// Write a dev CA and a localhost server certificate into `dir`.
 pub fn generate(dir: &Path) -> Result<DevCerts, CertsError> {
     let paths = DevCerts::paths(dir);
-    fs::create_dir_all(dir).map_err(|source| CertsError::Write { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| CertsError::Write {
+        path: dir.into(),
+        source,
+    })?;
     let now = OffsetDateTime::now_utc();
 
     let mut ca = CertificateParams::new(Vec::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name.push(DnType::CommonName, "edgepin development CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     ca.not_before = now - Duration::days(1);
     ca.not_after = now + Duration::days(3650);
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
 
-    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])?;
+    let mut leaf = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
     leaf.distinguished_name.push(DnType::CommonName, "localhost");
     leaf.use_authority_key_identifier_extension = true;
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -73,15 +80,27 @@ pub fn generate(dir: &Path) -> Result<DevCerts, CertsError> {
 
     write(&paths.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
     write(&paths.ca_key, issuer.key().serialize_pem().as_bytes(), 0o600)?;
-    write(&paths.cert, format!("{}{}", leaf_cert.pem(), ca_cert.pem()).as_bytes(), 0o644)?;
+    write(
+        &paths.cert,
+        format!("{}{}", leaf_cert.pem(), ca_cert.pem()).as_bytes(),
+        0o644,
+    )?;
     write(&paths.key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
     Ok(paths)
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertsError> {
-    let err = |source| CertsError::Write { path: path.into(), source };
+    let err = |source| CertsError::Write {
+        path: path.into(),
+        source,
+    };
     let _ = fs::remove_file(path);
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(err)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(err)?;
     f.write_all(bytes).map_err(err)
 }
 

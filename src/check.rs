@@ -11,14 +11,42 @@ pub fn summary(c: &Config) -> String {
     let show = |a: Option<std::net::SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
     let _ = writeln!(out, "listeners:");
     let _ = writeln!(out, "  https  {}", show(c.listen.https));
-    let http_mode = if c.listen.redirect { format!("(redirects to https, port {})", c.listen.redirect_port) } else { "(proxies)".into() };
-    let _ = writeln!(out, "  http   {} {}", show(c.listen.http), if c.listen.http.is_some() { http_mode.as_str() } else { "" });
-    let auth = if c.stats.auth.is_some() { "(auth)" } else { "(no auth, loopback only)" };
-    let _ = writeln!(out, "  stats  {} {}", show(c.listen.stats), if c.listen.stats.is_some() { auth } else { "" });
+    let http_mode = if c.listen.redirect {
+        format!("(redirects to https, port {})", c.listen.redirect_port)
+    } else {
+        "(proxies)".into()
+    };
+    let _ = writeln!(
+        out,
+        "  http   {} {}",
+        show(c.listen.http),
+        if c.listen.http.is_some() {
+            http_mode.as_str()
+        } else {
+            ""
+        }
+    );
+    let auth = if c.stats.auth.is_some() {
+        "(auth)"
+    } else {
+        "(no auth, loopback only)"
+    };
+    let _ = writeln!(
+        out,
+        "  stats  {} {}",
+        show(c.listen.stats),
+        if c.listen.stats.is_some() { auth } else { "" }
+    );
     let _ = writeln!(out, "routes:");
     for r in &c.routes {
         let ws = if r.websocket { "" } else { " (no websocket)" };
-        let _ = writeln!(out, "  {}{} -> {}{ws}", r.host.as_deref().unwrap_or("*"), r.path_prefix, c.backends[r.backend].name);
+        let _ = writeln!(
+            out,
+            "  {}{} -> {}{ws}",
+            r.host.as_deref().unwrap_or("*"),
+            r.path_prefix,
+            c.backends[r.backend].name
+        );
     }
     let _ = writeln!(out, "backends:");
     for b in &c.backends {
@@ -31,7 +59,13 @@ pub fn summary(c: &Config) -> String {
             })
             .collect();
         let cookie = b.cookie.as_deref().map(|c| format!(", cookie {c}")).unwrap_or_default();
-        let _ = writeln!(out, "  {} ({}{cookie}): {}", b.name, b.balance.as_str(), servers.join(", "));
+        let _ = writeln!(
+            out,
+            "  {} ({}{cookie}): {}",
+            b.name,
+            b.balance.as_str(),
+            servers.join(", ")
+        );
     }
     out
 }

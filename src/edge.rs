@@ -75,8 +75,16 @@ pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
     }
     let stats_listener = match config.listen.stats {
         Some(addr) => {
-            let l = std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind { what: "stats", addr, source })?;
-            l.set_nonblocking(true).map_err(|source| RunError::Bind { what: "stats", addr, source })?;
+            let l = std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind {
+                what: "stats",
+                addr,
+                source,
+            })?;
+            l.set_nonblocking(true).map_err(|source| RunError::Bind {
+                what: "stats",
+                addr,
+                source,
+            })?;
             Some(l)
         }
         None => None,
@@ -85,8 +93,10 @@ pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
         if let Some(dir) = pidfile.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        std::fs::write(pidfile, format!("{}\n", std::process::id()))
-            .map_err(|source| RunError::Pidfile { path: pidfile.display().to_string(), source })?;
+        std::fs::write(pidfile, format!("{}\n", std::process::id())).map_err(|source| RunError::Pidfile {
+            path: pidfile.display().to_string(),
+            source,
+        })?;
     }
 
     let shared = Shared::new(config.clone(), cert.clone());
@@ -94,7 +104,12 @@ pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
     server.bootstrap();
 
     let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
-    let limited = ConnectionLimit::new(proxy, Arc::clone(&shared), config.limits.max_connections, config.timeouts.client);
+    let limited = ConnectionLimit::new(
+        proxy,
+        Arc::clone(&shared),
+        config.limits.max_connections,
+        config.timeouts.client,
+    );
     let mut service = Service::new("edgepin proxy".to_string(), limited);
     service.threads = Some(config.threads);
     if let Some(addr) = config.listen.http {
@@ -107,10 +122,24 @@ pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
         service.add_tls_with_settings(&addr.to_string(), None, settings);
     }
     server.add_service(service);
-    server.add_service(background_service("health checks", Checker { shared: Arc::clone(&shared) }));
-    server.add_service(background_service("reload", Reloader { shared: Arc::clone(&shared), path: path.to_path_buf() }));
+    server.add_service(background_service(
+        "health checks",
+        Checker {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
+        "reload",
+        Reloader {
+            shared: Arc::clone(&shared),
+            path: path.to_path_buf(),
+        },
+    ));
     if let Some(listener) = stats_listener {
-        let stats = StatsService { shared: Arc::clone(&shared), listener: std::sync::Mutex::new(Some(listener)) };
+        let stats = StatsService {
+            shared: Arc::clone(&shared),
+            listener: std::sync::Mutex::new(Some(listener)),
+        };
         server.add_service(background_service("stats", stats));
     }
     tracing::info!(
@@ -120,7 +149,9 @@ pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
         threads = config.threads,
         "edgepin running"
     );
-    server.run(RunArgs { shutdown_signal: Box::new(Signals { shared }) });
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { shared }),
+    });
     std::process::exit(0)
 }
 
@@ -146,9 +177,11 @@ struct Signals {
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) =
-            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit()))
-        else {
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
             tracing::error!("cannot install signal handlers; stopping");
             return ShutdownSignal::FastShutdown;
         };
@@ -173,7 +206,13 @@ impl ShutdownSignalWatch for Signals {
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
             }
         }
-        let closed: usize = self.shared.registry.servers().iter().map(|s| s.tunnels.close_all()).sum();
+        let closed: usize = self
+            .shared
+            .registry
+            .servers()
+            .iter()
+            .map(|s| s.tunnels.close_all())
+            .sum();
         if closed > 0 {
             tracing::info!(tunnels = closed, "closing open tunnels");
             tokio::time::sleep(Duration::from_millis(200)).await;

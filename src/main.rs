@@ -65,7 +65,12 @@ fn main() -> ExitCode {
         },
         Command::Certs { out } => match edgepin::certs::generate(&out) {
             Ok(c) => {
-                println!("wrote {} and {} (CA: {})", c.cert.display(), c.key.display(), c.ca_cert.display());
+                println!(
+                    "wrote {} and {} (CA: {})",
+                    c.cert.display(),
+                    c.key.display(),
+                    c.ca_cert.display()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),

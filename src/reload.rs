@@ -22,7 +22,11 @@ use crate::tls;
 /// The outcome of one reload.
 #[derive(Debug)]
 pub enum Outcome {
-    Applied { generation: u64, took: Duration, warnings: Vec<String> },
+    Applied {
+        generation: u64,
+        took: Duration,
+        warnings: Vec<String>,
+    },
     Rejected(Vec<String>),
 }
 
@@ -31,12 +35,26 @@ pub fn reload(shared: &Shared, path: &Path) -> Outcome {
     let started = Instant::now();
     let outcome = apply(shared, path, started);
     let status = match &outcome {
-        Outcome::Applied { generation, took, warnings } => {
-            tracing::info!(generation, took_ms = took.as_secs_f64() * 1e3, warnings = warnings.len(), "config reloaded");
+        Outcome::Applied {
+            generation,
+            took,
+            warnings,
+        } => {
+            tracing::info!(
+                generation,
+                took_ms = took.as_secs_f64() * 1e3,
+                warnings = warnings.len(),
+                "config reloaded"
+            );
             for w in warnings {
                 tracing::warn!(warning = %w, "reload");
             }
-            ReloadStatus { generation: *generation, at: SystemTime::now(), ok: true, message: warnings.join("; ") }
+            ReloadStatus {
+                generation: *generation,
+                at: SystemTime::now(),
+                ok: true,
+                message: warnings.join("; "),
+            }
         }
         Outcome::Rejected(errors) => {
             for e in errors {
@@ -80,7 +98,11 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         current.store(ck);
     }
     shared.sids.set_ttl(config.sticky.sid_ttl);
-    Outcome::Applied { generation, took: started.elapsed(), warnings }
+    Outcome::Applied {
+        generation,
+        took: started.elapsed(),
+        warnings,
+    }
 }
 
 /// Settings a running process cannot take over.
@@ -95,9 +117,15 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     note("listen.http", old.listen.http != new.listen.http);
     note("listen.stats", old.listen.stats != new.listen.stats);
     note("threads", old.threads != new.threads);
-    note("limits.max_connections", old.limits.max_connections != new.limits.max_connections);
+    note(
+        "limits.max_connections",
+        old.limits.max_connections != new.limits.max_connections,
+    );
     note("sticky.max_sids", old.sticky.max_sids != new.sticky.max_sids);
-    note("tls.h2", old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2));
+    note(
+        "tls.h2",
+        old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2),
+    );
     note("stats.auth", old.stats.auth != new.stats.auth);
     w
 }
@@ -151,7 +179,9 @@ impl BackgroundService for Reloader {
 
 impl Reloader {
     fn rotate_cert(&self, config: &Config) {
-        let (Some(t), Some(current)) = (&config.tls, &self.shared.cert) else { return };
+        let (Some(t), Some(current)) = (&config.tls, &self.shared.cert) else {
+            return;
+        };
         match tls::load_certified_key(&t.cert, &t.key) {
             Ok(ck) => {
                 current.store(ck);

@@ -268,5 +268,10 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
             }
         })
         .collect();
-    Snapshot { generation, config: Arc::new(config.clone()), backends, built_at: Instant::now() }
+    Snapshot {
+        generation,
+        config: Arc::new(config.clone()),
+        backends,
+        built_at: Instant::now(),
+    }
 }

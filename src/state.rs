@@ -203,7 +203,10 @@ impl ServerState {
     /// Take a connection slot; the guard gives it back.
     pub fn acquire(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Relaxed);
-        ActiveGuard { server: Arc::clone(self), wake: None }
+        ActiveGuard {
+            server: Arc::clone(self),
+            wake: None,
+        }
     }
 
     /// Take a slot only if fewer than `limit` are in use.
@@ -212,7 +215,10 @@ impl ServerState {
         self.active
             .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
             .ok()
-            .map(|_| ActiveGuard { server: Arc::clone(self), wake: None })
+            .map(|_| ActiveGuard {
+                server: Arc::clone(self),
+                wake: None,
+            })
     }
 
     pub fn detail(&self) -> MutexGuard<'_, StateDetail> {
@@ -345,7 +351,11 @@ impl TunnelSet {
         let id = self.next.fetch_add(1, Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
         lock(&self.open).insert(id, (socket, Arc::clone(&closed)));
-        TunnelTicket { set: Arc::clone(self), id, closed }
+        TunnelTicket {
+            set: Arc::clone(self),
+            id,
+            closed,
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use pingora::proxy::Session;
 use pingora::Error;
+use pingora::proxy::Session;
 use tracing_subscriber::EnvFilter;
 
 use crate::proxy::RequestCtx;
@@ -20,9 +20,13 @@ pub enum LogFormat {
 /// Install the global subscriber. `RUST_LOG` overrides the default filter
 /// (`info`, with pingora's own logs at `warn`).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=error"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=error"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -36,12 +40,20 @@ fn ms(d: Duration) -> f64 {
 /// One access log line for a finished request.
 pub fn access_log(session: &Session, ctx: &RequestCtx, e: Option<&Error>, elapsed: Duration) {
     let req = session.req_header();
-    let route = ctx.snapshot().zip(ctx.route).map(|(s, r)| s.config.routes[r].path_prefix.as_str()).unwrap_or("-");
+    let route = ctx
+        .snapshot()
+        .zip(ctx.route)
+        .map(|(s, r)| s.config.routes[r].path_prefix.as_str())
+        .unwrap_or("-");
     let backend = ctx.backend_rt().map(|b| b.name()).unwrap_or("-");
     let server = ctx.member().map(|m| &*m.name).unwrap_or("-");
     let sticky = ctx.pick.and_then(|p| p.sticky).map(|d| format!("{d:?}").to_lowercase());
     let since_start = |t: Option<std::time::Instant>| t.map(|t| ms(t.duration_since(ctx.started)));
-    let error = ctx.error.as_deref().map(str::to_string).or_else(|| e.map(|e| e.to_string()));
+    let error = ctx
+        .error
+        .as_deref()
+        .map(str::to_string)
+        .or_else(|| e.map(|e| e.to_string()));
     tracing::info!(
         target: "edgepin::access",
         client = %ctx.client.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),

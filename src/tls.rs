@@ -16,10 +16,7 @@ use rustls::sign::CertifiedKey;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path} holds no PEM certificate")]
     NoCertificate { path: String },
     #[error("{path} holds no PEM private key")]
@@ -33,20 +30,31 @@ pub enum TlsError {
 /// Load a PEM chain and its private key, checking that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read { path: p.display().to_string(), source })
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.display().to_string(),
+            source,
+        })
     };
     let cert_pem = read(cert)?;
     let key_pem = read(key)?;
-    let chain: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..]).filter_map(Result::ok).collect();
+    let chain: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .filter_map(Result::ok)
+        .collect();
     if chain.is_empty() {
-        return Err(TlsError::NoCertificate { path: cert.display().to_string() });
+        return Err(TlsError::NoCertificate {
+            path: cert.display().to_string(),
+        });
     }
     let der = rustls_pemfile::private_key(&mut &key_pem[..])
         .ok()
         .flatten()
-        .ok_or_else(|| TlsError::NoKey { path: key.display().to_string() })?;
-    let signing = any_supported_type(&der)
-        .map_err(|e| TlsError::BadKey { path: key.display().to_string(), reason: e.to_string() })?;
+        .ok_or_else(|| TlsError::NoKey {
+            path: key.display().to_string(),
+        })?;
+    let signing = any_supported_type(&der).map_err(|e| TlsError::BadKey {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|_| TlsError::Mismatch {
         cert: cert.display().to_string(),
@@ -63,7 +71,9 @@ pub struct SwappableCert {
 
 impl SwappableCert {
     pub fn new(initial: CertifiedKey) -> Arc<SwappableCert> {
-        Arc::new(SwappableCert { current: ArcSwap::from_pointee(initial) })
+        Arc::new(SwappableCert {
+            current: ArcSwap::from_pointee(initial),
+        })
     }
 
     pub fn store(&self, ck: CertifiedKey) {

@@ -46,9 +46,17 @@ impl Backend {
     }
 
     pub fn start_on(name: &str, addr: SocketAddr) -> Backend {
-        let shared = Arc::new(Shared { name: name.to_string(), ..Default::default() });
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            ..Default::default()
+        });
         let (runtime, addr) = serve(Arc::clone(&shared), addr);
-        Backend { name: name.to_string(), addr, shared, runtime: Some(runtime) }
+        Backend {
+            name: name.to_string(),
+            addr,
+            shared,
+            runtime: Some(runtime),
+        }
     }
 
     /// Requests served, not counting health checks.
@@ -132,7 +140,10 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         };
     }
     s.hits.fetch_add(1, Relaxed);
-    let is_ws = req.headers().get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let is_ws = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_ws {
         return match WebSocketUpgrade::from_request(req, &s).await {
             Ok(ws) => {
@@ -147,7 +158,10 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     }
     let headers = req.headers().clone();
     let method = req.method().to_string();
-    let body = axum::body::to_bytes(req.into_body(), 64 << 20).await.map(|b| b.len()).unwrap_or(0);
+    let body = axum::body::to_bytes(req.into_body(), 64 << 20)
+        .await
+        .map(|b| b.len())
+        .unwrap_or(0);
     let json = serde_json::json!({
         "server": s.name,
         "method": method,
@@ -161,7 +175,10 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
 fn header_json(h: &HeaderMap) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (k, v) in h {
-        m.insert(k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string()));
+        m.insert(
+            k.to_string(),
+            serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+        );
     }
     serde_json::Value::Object(m)
 }

@@ -79,10 +79,18 @@ pub struct Target {
 
 impl Target {
     pub fn plain(addr: SocketAddr) -> Target {
-        Target { addr, tls: None, source: None }
+        Target {
+            addr,
+            tls: None,
+            source: None,
+        }
     }
     pub fn tls(addr: SocketAddr) -> Target {
-        Target { addr, tls: Some("localhost".into()), source: None }
+        Target {
+            addr,
+            tls: Some("localhost".into()),
+            source: None,
+        }
     }
     pub fn from(mut self, ip: &str) -> Target {
         self.source = Some(ip.parse().expect("source ip"));
@@ -138,11 +146,20 @@ pub struct Conn {
 
 impl Conn {
     pub async fn open(t: &Target) -> std::io::Result<Conn> {
-        Ok(Conn { io: BufReader::new(connect(t).await?), host: "localhost".into() })
+        Ok(Conn {
+            io: BufReader::new(connect(t).await?),
+            host: "localhost".into(),
+        })
     }
 
     /// Send a request (`extra` are full header lines without CRLF) and read the answer.
-    pub async fn request(&mut self, method: &str, path: &str, extra: &[String], body: &[u8]) -> std::io::Result<Response> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        extra: &[String],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.host);
         for h in extra {
             head.push_str(h);
@@ -174,7 +191,10 @@ impl Conn {
 async fn read_response(io: &mut BufReader<Stream>, head_only: bool) -> std::io::Result<Response> {
     let mut line = String::new();
     if io.read_line(&mut line).await? == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed",
+        ));
     }
     let status: u16 = line
         .split_whitespace()
@@ -205,7 +225,8 @@ async fn read_response(io: &mut BufReader<Stream>, head_only: bool) -> std::io::
         loop {
             line.clear();
             io.read_line(&mut line).await?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).map_err(std::io::Error::other)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(std::io::Error::other)?;
             if size == 0 {
                 line.clear();
                 io.read_line(&mut line).await?;
@@ -229,7 +250,10 @@ pub async fn get(t: &Target, path: &str) -> std::io::Result<Response> {
 }
 
 /// A WebSocket through `t` at `path`.
-pub async fn websocket(t: &Target, path: &str) -> Result<tokio_tungstenite::WebSocketStream<Stream>, tokio_tungstenite::tungstenite::Error> {
+pub async fn websocket(
+    t: &Target,
+    path: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<Stream>, tokio_tungstenite::tungstenite::Error> {
     let stream = connect(t).await?;
     let scheme = if t.tls.is_some() { "wss" } else { "ws" };
     let url = format!("{scheme}://localhost{path}");

@@ -22,7 +22,10 @@ pub fn certs() -> &'static edgepin::certs::DevCerts {
     static CERTS: OnceLock<(tempfile::TempDir, edgepin::certs::DevCerts)> = OnceLock::new();
     &CERTS
         .get_or_init(|| {
-            let dir = tempfile::Builder::new().prefix("edgepin-certs-").tempdir().expect("temp dir");
+            let dir = tempfile::Builder::new()
+                .prefix("edgepin-certs-")
+                .tempdir()
+                .expect("temp dir");
             let c = edgepin::certs::generate(dir.path()).expect("generate certs");
             (dir, c)
         })
@@ -31,7 +34,11 @@ pub fn certs() -> &'static edgepin::certs::DevCerts {
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A one-shot blocking GET (for readiness polls outside async code).
@@ -42,7 +49,10 @@ pub fn blocking_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 

@@ -52,17 +52,30 @@ impl ProxyBuilder {
     }
 
     pub fn start(self) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("edgepin-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("edgepin-test-")
+            .tempdir()
+            .expect("temp dir");
         let (https, http, stats) = (free_addr(), free_addr(), free_addr());
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, self.render(https, http, stats, dir.path())).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
-        cmd.arg("run").arg("-c").arg(&config).env("RUST_LOG", "info,edgepin::access=warn,pingora=error");
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "info,edgepin::access=warn,pingora=error");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let proc = Proc::spawn("edgepin", cmd, dir.path());
-        let mut proxy = Proxy { proc, dir, https, http, stats, config };
+        let mut proxy = Proxy {
+            proc,
+            dir,
+            https,
+            http,
+            stats,
+            config,
+        };
         proxy.wait_ready();
         proxy
     }
@@ -73,11 +86,21 @@ impl ProxyBuilder {
         if self.https {
             y.push_str(&format!("  https: {https}\n"));
         }
-        y.push_str(&format!("  http: {http}\n  stats: {stats}\n  redirect: {}\n{}", self.redirect, self.extra_listen));
+        y.push_str(&format!(
+            "  http: {http}\n  stats: {stats}\n  redirect: {}\n{}",
+            self.redirect, self.extra_listen
+        ));
         if self.https {
-            y.push_str(&format!("tls: {{ cert: {}, key: {} }}\n", c.cert.display(), c.key.display()));
+            y.push_str(&format!(
+                "tls: {{ cert: {}, key: {} }}\n",
+                c.cert.display(),
+                c.key.display()
+            ));
         }
-        y.push_str(&format!("threads: 2\nreload: {{ pidfile: {}, drain_timeout: 5s }}\n", dir.join("edgepin.pid").display()));
+        y.push_str(&format!(
+            "threads: 2\nreload: {{ pidfile: {}, drain_timeout: 5s }}\n",
+            dir.join("edgepin.pid").display()
+        ));
         y.push_str(&self.body);
         y
     }
@@ -89,7 +112,13 @@ fn free_addr() -> SocketAddr {
 
 impl Proxy {
     pub fn builder(body: &str) -> ProxyBuilder {
-        ProxyBuilder { body: body.to_string(), redirect: false, https: true, extra_listen: String::new(), env: Vec::new() }
+        ProxyBuilder {
+            body: body.to_string(),
+            redirect: false,
+            https: true,
+            extra_listen: String::new(),
+            env: Vec::new(),
+        }
     }
 
     /// Start with the defaults (https + proxying http + stats).
@@ -100,7 +129,11 @@ impl Proxy {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            assert!(self.proc.alive(), "edgepin exited during start:\n{}", self.proc.log_tail(30));
+            assert!(
+                self.proc.alive(),
+                "edgepin exited during start:\n{}",
+                self.proc.log_tail(30)
+            );
             let ok = super::blocking_get(self.stats, "/health").is_some_and(|(status, _)| status == 200);
             if ok && std::net::TcpStream::connect(self.http).is_ok() {
                 return;
@@ -126,7 +159,10 @@ impl Proxy {
     pub fn write_config(&self, body: &str) {
         let text = std::fs::read_to_string(&self.config).expect("read config");
         // Keep the harness-made head (listen, tls, threads, reload), replace the body.
-        let head_end = text.find("\nreload: ").and_then(|i| text[i + 1..].find('\n').map(|j| i + 1 + j + 1)).expect("config head");
+        let head_end = text
+            .find("\nreload: ")
+            .and_then(|i| text[i + 1..].find('\n').map(|j| i + 1 + j + 1))
+            .expect("config head");
         std::fs::write(&self.config, format!("{}{body}", &text[..head_end])).expect("write config");
     }
 
@@ -136,6 +172,9 @@ impl Proxy {
 
     /// The proxy's own status (`/health` on the stats listener).
     pub async fn status(&self) -> serde_json::Value {
-        client::get(&self.stats_target(), "/health").await.expect("stats /health").json()
+        client::get(&self.stats_target(), "/health")
+            .await
+            .expect("stats /health")
+            .json()
     }
 }

@@ -13,15 +13,27 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let dir = tempfile::Builder::new().prefix("edgepin-redis-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("edgepin-redis-")
+            .tempdir()
+            .expect("temp dir");
         Redis::start_on(super::free_port(), dir)
     }
 
     fn start_on(port: u16, dir: tempfile::TempDir) -> Redis {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path());
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path());
         let proc = Proc::spawn(&format!("redis-{port}"), cmd, dir.path());
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -41,10 +41,7 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: cannot read config: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{}", join_errors(.0))]
     Invalid(Vec<ConfigError>),
 }
@@ -385,6 +382,5 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
 /// Parse and validate config text; `path` names the file in errors and resolves
 /// relative cert/key paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, LoadError> {
-    validate::parse_and_validate(path, text, &|name| std::env::var(name).ok())
-        .map_err(LoadError::Invalid)
+    validate::parse_and_validate(path, text, &|name| std::env::var(name).ok()).map_err(LoadError::Invalid)
 }

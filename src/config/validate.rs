@@ -26,11 +26,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-pub(super) fn parse_and_validate(
-    path: &Path,
-    text: &str,
-    env: EnvLookup<'_>,
-) -> Result<Config, Vec<ConfigError>> {
+pub(super) fn parse_and_validate(path: &Path, text: &str, env: EnvLookup<'_>) -> Result<Config, Vec<ConfigError>> {
     let mut v = Validator {
         file: path.display().to_string(),
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -160,7 +156,10 @@ impl Validator<'_> {
             let s = value.as_ref()?;
             let a = v.check(s, |s| parse_listen_addr(s))?;
             if let Some((_, other)) = seen.iter().find(|(o, _)| *o == a) {
-                v.err(s.referenced, format!("listen.{what} {a} is already used by listen.{other}"));
+                v.err(
+                    s.referenced,
+                    format!("listen.{what} {a} is already used by listen.{other}"),
+                );
             }
             seen.push((a, what));
             Some(a)
@@ -173,7 +172,10 @@ impl Validator<'_> {
         }
         let redirect = match &l.value.redirect {
             Some(r) if r.value && l.value.https.is_none() => {
-                self.err(r.referenced, "listen.redirect: true needs an `https` listener to redirect to");
+                self.err(
+                    r.referenced,
+                    "listen.redirect: true needs an `https` listener to redirect to",
+                );
                 false
             }
             Some(r) => r.value,
@@ -187,22 +189,43 @@ impl Validator<'_> {
             Some(p) => p.value,
             None => https.map(|a| a.port()).unwrap_or(443),
         };
-        Listen { https, http, stats, redirect, redirect_port }
+        Listen {
+            https,
+            http,
+            stats,
+            redirect,
+            redirect_port,
+        }
     }
 
-    fn tls(&mut self, t: Option<&Spanned<file::TlsFile>>, listen: &Listen, l: &Spanned<file::ListenFile>) -> Option<TlsFiles> {
+    fn tls(
+        &mut self,
+        t: Option<&Spanned<file::TlsFile>>,
+        listen: &Listen,
+        l: &Spanned<file::ListenFile>,
+    ) -> Option<TlsFiles> {
         let Some(t) = t else {
             if let Some(https) = &l.value.https {
-                self.err(https.referenced, "listen.https needs a `tls` section with `cert` and `key`");
+                self.err(
+                    https.referenced,
+                    "listen.https needs a `tls` section with `cert` and `key`",
+                );
             }
             return None;
         };
         if listen.https.is_none() && l.value.https.is_none() {
-            self.err(t.referenced, "`tls` is set but there is no `listen.https` listener to use it");
+            self.err(
+                t.referenced,
+                "`tls` is set but there is no `listen.https` listener to use it",
+            );
         }
         let cert = self.pem_file(&t.value.cert, PemKind::Certificate);
         let key = self.pem_file(&t.value.key, PemKind::PrivateKey);
-        let watch = t.value.watch.as_ref().and_then(|w| self.check(w, |s| parse_duration(s)));
+        let watch = t
+            .value
+            .watch
+            .as_ref()
+            .and_then(|w| self.check(w, |s| parse_duration(s)));
         Some(TlsFiles {
             cert: cert.unwrap_or_default(),
             key: key.unwrap_or_default(),
@@ -219,24 +242,38 @@ impl Validator<'_> {
 
     fn timeouts(&mut self, t: Option<&TimeoutsFile>, base: Timeouts) -> Timeouts {
         let Some(t) = t else { return base };
-        let timeouts = Timeouts {
+        Timeouts {
             connect: self.duration(&t.connect, base.connect),
             client: self.duration(&t.client, base.client),
             server: self.duration(&t.server, base.server),
             tunnel: self.duration(&t.tunnel, base.tunnel),
             keepalive: self.duration(&t.keepalive, base.keepalive),
             queue: self.duration(&t.queue, base.queue),
-        };
-        timeouts
+        }
     }
 
     fn limits(&mut self, l: Option<&file::LimitsFile>) -> Limits {
         let d = Limits::default();
         let Some(l) = l else { return d };
         Limits {
-            max_header_bytes: self.count(&l.max_header_bytes, "limits.max_header_bytes", (1024, 1 << 20), d.max_header_bytes as u64) as usize,
-            max_body_bytes: self.count(&l.max_body_bytes, "limits.max_body_bytes", (0, u64::MAX), d.max_body_bytes),
-            max_connections: self.count(&l.max_connections, "limits.max_connections", (1, 1_000_000), d.max_connections as u64) as usize,
+            max_header_bytes: self.count(
+                &l.max_header_bytes,
+                "limits.max_header_bytes",
+                (1024, 1 << 20),
+                d.max_header_bytes as u64,
+            ) as usize,
+            max_body_bytes: self.count(
+                &l.max_body_bytes,
+                "limits.max_body_bytes",
+                (0, u64::MAX),
+                d.max_body_bytes,
+            ),
+            max_connections: self.count(
+                &l.max_connections,
+                "limits.max_connections",
+                (1, 1_000_000),
+                d.max_connections as u64,
+            ) as usize,
         }
     }
 
@@ -268,9 +305,14 @@ impl Validator<'_> {
     fn name(&mut self, name: &str, loc: Location, what: &str) {
         let ok = !name.is_empty()
             && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !ok {
-            self.err(loc, format!("{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ ."));
+            self.err(
+                loc,
+                format!("{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ ."),
+            );
         }
     }
 
@@ -305,7 +347,13 @@ impl Validator<'_> {
             let cookie = match (&bf.cookie, balance) {
                 (Some(c), Balance::Sticky) => self.check(c, |c| check_cookie_name(c)),
                 (Some(c), _) => {
-                    self.err(c.referenced, format!("`cookie` needs `balance: sticky` (backend {name:?} is {})", balance.as_str()));
+                    self.err(
+                        c.referenced,
+                        format!(
+                            "`cookie` needs `balance: sticky` (backend {name:?} is {})",
+                            balance.as_str()
+                        ),
+                    );
                     None
                 }
                 (None, Balance::Sticky) => Some("EDGEPIN".to_string()),
@@ -344,9 +392,10 @@ impl Validator<'_> {
         let mut members = Vec::new();
         for s in &list.value {
             match servers.iter().position(|x| x.name == s.value) {
-                Some(i) if members.contains(&i) => {
-                    self.err(s.referenced, format!("server {:?} is listed twice in backend {backend:?}", s.value))
-                }
+                Some(i) if members.contains(&i) => self.err(
+                    s.referenced,
+                    format!("server {:?} is listed twice in backend {backend:?}", s.value),
+                ),
                 Some(i) => members.push(i),
                 None => {
                     let known: Vec<&str> = servers.iter().map(|x| x.name.as_str()).collect();
@@ -358,7 +407,10 @@ impl Validator<'_> {
             }
         }
         if !members.is_empty() && members.iter().all(|&i| servers[i].weight == 0) {
-            self.err(list.referenced, format!("backend {backend:?}: every server has weight 0, so it can serve nothing"));
+            self.err(
+                list.referenced,
+                format!("backend {backend:?}: every server has weight 0, so it can serve nothing"),
+            );
         }
         members
     }
@@ -369,7 +421,11 @@ impl Validator<'_> {
             let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
             self.err(
                 name.referenced,
-                format!("backend {:?} is not defined (defined: {})", name.value, known.join(", ")),
+                format!(
+                    "backend {:?} is not defined (defined: {})",
+                    name.value,
+                    known.join(", ")
+                ),
             );
         }
         found
@@ -381,7 +437,10 @@ impl Validator<'_> {
         for route in &r.value {
             let rf = &route.value;
             if catch_all_seen {
-                self.err(route.referenced, "this route is never used: an earlier route (path_prefix \"/\" without host) matches every request");
+                self.err(
+                    route.referenced,
+                    "this route is never used: an earlier route (path_prefix \"/\" without host) matches every request",
+                );
             }
             let host = rf.host.as_ref().and_then(|h| self.check(h, |h| check_host(h)));
             let path_prefix = match &rf.path_prefix {
@@ -391,7 +450,9 @@ impl Validator<'_> {
                         if p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_whitespace() || b == b'?' || b == b'#') {
                             Ok(p.clone())
                         } else {
-                            Err(format!("path_prefix {p:?} must start with / and hold no spaces, ? or #"))
+                            Err(format!(
+                                "path_prefix {p:?} must start with / and hold no spaces, ? or #"
+                            ))
                         }
                     })
                     .unwrap_or_else(|| "/".into()),
@@ -408,7 +469,10 @@ impl Validator<'_> {
             });
         }
         if !catch_all_seen {
-            self.err(r.referenced, "routes need a catch-all: add `- { path_prefix: /, backend: NAME }` as the last route");
+            self.err(
+                r.referenced,
+                "routes need a catch-all: add `- { path_prefix: /, backend: NAME }` as the last route",
+            );
         }
         out
     }
@@ -443,7 +507,10 @@ impl Validator<'_> {
         let timeout = self.duration(&hf.timeout, d.timeout);
         if timeout >= interval {
             let at = hf.timeout.as_ref().map(|t| t.referenced).unwrap_or(h.referenced);
-            self.err(at, format!("health timeout ({timeout:?}) must be shorter than the interval ({interval:?})"));
+            self.err(
+                at,
+                format!("health timeout ({timeout:?}) must be shorter than the interval ({interval:?})"),
+            );
         }
         let rise = self.count(&hf.rise, "rise", (1, 100), u64::from(d.rise)) as u32;
         let fall = self.count(&hf.fall, "fall", (1, 100), u64::from(d.fall)) as u32;
@@ -452,19 +519,30 @@ impl Validator<'_> {
             None => d.expect,
             Some(e) => self.check(e, |e| parse_status_range(e)).unwrap_or(d.expect),
         };
-        Health { mode, path, interval, timeout, rise, fall, expect, passive_fall }
+        Health {
+            mode,
+            path,
+            interval,
+            timeout,
+            rise,
+            fall,
+            expect,
+            passive_fall,
+        }
     }
 
     fn stats(&mut self, s: Option<&Spanned<file::StatsFile>>, listen: &Listen, l: &Spanned<file::ListenFile>) -> Stats {
         let declared = s.and_then(|s| s.value.auth.as_ref());
         let auth = declared.and_then(|a| self.auth(a));
-        if let (Some(addr), None) = (listen.stats, declared) {
-            if !addr.ip().is_loopback() {
-                let at = l.value.stats.as_ref().map(|s| s.referenced).unwrap_or(l.referenced);
-                self.err(at, format!("listen.stats {addr} is not loopback: set stats.auth (user + password_env or password_file) or listen on 127.0.0.1"));
-            }
+        if let (Some(addr), None) = (listen.stats, declared)
+            && !addr.ip().is_loopback()
+        {
+            let at = l.value.stats.as_ref().map(|s| s.referenced).unwrap_or(l.referenced);
+            self.err(at, format!("listen.stats {addr} is not loopback: set stats.auth (user + password_env or password_file) or listen on 127.0.0.1"));
         }
-        let refresh = s.map(|s| self.count(&s.value.refresh, "stats.refresh", (0, 3600), 5)).unwrap_or(5) as u32;
+        let refresh = s
+            .map(|s| self.count(&s.value.refresh, "stats.refresh", (0, 3600), 5))
+            .unwrap_or(5) as u32;
         Stats { auth, refresh }
     }
 
@@ -488,7 +566,10 @@ impl Validator<'_> {
                 None
             }
         };
-        Some(StatsAuth { user: user?, password: password? })
+        Some(StatsAuth {
+            user: user?,
+            password: password?,
+        })
     }
 
     fn secret_from_env(&mut self, name: &Str) -> Option<String> {
@@ -502,7 +583,11 @@ impl Validator<'_> {
     fn sticky(&mut self, s: Option<&Spanned<file::StickyFile>>) -> Sticky {
         let d = file::StickyFile::default();
         let sf = s.map(|s| &s.value).unwrap_or(&d);
-        let secret = sf.secret_env.as_ref().and_then(|n| self.secret_from_env(n)).map(String::into_bytes);
+        let secret = sf
+            .secret_env
+            .as_ref()
+            .and_then(|n| self.secret_from_env(n))
+            .map(String::into_bytes);
         let same_site = match &sf.same_site {
             None => SameSite::Lax,
             Some(v) => self
@@ -524,7 +609,13 @@ impl Validator<'_> {
                 }
             }
         }
-        Sticky { secret, same_site, sid_ttl, max_sids, trusted_proxies }
+        Sticky {
+            secret,
+            same_site,
+            sid_ttl,
+            max_sids,
+            trusted_proxies,
+        }
     }
 
     fn reload(&mut self, r: Option<&file::ReloadFile>) -> Reload {
@@ -567,7 +658,10 @@ fn default_threads() -> usize {
 }
 
 fn pos(loc: Location) -> Pos {
-    Pos { line: loc.line() as u32, col: loc.column() as u32 }
+    Pos {
+        line: loc.line() as u32,
+        col: loc.column() as u32,
+    }
 }
 
 fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
@@ -589,7 +683,9 @@ fn resolve_server_addr(s: &str) -> Result<SocketAddr, String> {
     let mut addrs = s
         .to_socket_addrs()
         .map_err(|e| format!("server address {s:?} does not resolve: {e}"))?;
-    let first = addrs.next().ok_or_else(|| format!("server address {s:?} resolves to nothing"))?;
+    let first = addrs
+        .next()
+        .ok_or_else(|| format!("server address {s:?} resolves to nothing"))?;
     check_port(first, s)
 }
 
@@ -604,7 +700,8 @@ fn check_port(a: SocketAddr, s: &str) -> Result<SocketAddr, String> {
 fn check_host(h: &str) -> Result<String, String> {
     let ok = !h.is_empty()
         && h.len() <= 253
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*'));
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'*'));
     if ok {
         Ok(h.to_ascii_lowercase())
     } else {
@@ -616,11 +713,14 @@ fn check_host(h: &str) -> Result<String, String> {
 fn check_cookie_name(c: &str) -> Result<String, String> {
     let ok = !c.is_empty()
         && c.len() <= 64
-        && c.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if ok {
         Ok(c.to_string())
     } else {
-        Err(format!("cookie name {c:?} must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"))
+        Err(format!(
+            "cookie name {c:?} must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
+        ))
     }
 }
 
@@ -679,7 +779,8 @@ fn check_pem(path: &Path, kind: PemKind) -> Result<(), String> {
 }
 
 fn read_secret_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
     let secret = text.trim();
     if secret.is_empty() {
         return Err(format!("password file {} is empty", path.display()));
@@ -737,7 +838,10 @@ servers:
         let text = MINIMAL.replace("[a, b]", "[a, c]");
         let errs = check(&text).unwrap_err();
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with("t.yaml:5:23: server \"c\" is not defined"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.yaml:5:23: server \"c\" is not defined"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -765,14 +869,23 @@ servers:
         let lines: Vec<&str> = errs.iter().map(|e| e.split(": ").next().unwrap()).collect();
         assert_eq!(
             lines,
-            vec!["t.yaml:1:17", "t.yaml:2:22", "t.yaml:4:20", "t.yaml:6:19", "t.yaml:8:17"],
+            vec![
+                "t.yaml:1:17",
+                "t.yaml:2:22",
+                "t.yaml:4:20",
+                "t.yaml:6:19",
+                "t.yaml:8:17"
+            ],
             "{errs:#?}"
         );
     }
 
     #[test]
     fn missing_catch_all_and_unreachable_routes_are_errors() {
-        let text = MINIMAL.replace("- { path_prefix: /, backend: api }", "- { path_prefix: /x, backend: api }");
+        let text = MINIMAL.replace(
+            "- { path_prefix: /, backend: api }",
+            "- { path_prefix: /x, backend: api }",
+        );
         let errs = check(&text).unwrap_err();
         assert!(errs[0].contains("catch-all"), "{errs:?}");
 
@@ -786,9 +899,15 @@ servers:
 
     #[test]
     fn duplicate_server_names_are_rejected() {
-        let text = MINIMAL.replace("  b: { address: 127.0.0.1:3002, weight: 3 }", "  a: { address: 127.0.0.1:3002 }");
+        let text = MINIMAL.replace(
+            "  b: { address: 127.0.0.1:3002, weight: 3 }",
+            "  a: { address: 127.0.0.1:3002 }",
+        );
         let errs = check(&text).unwrap_err();
-        assert_eq!(errs, vec!["t.yaml:8:3: duplicate mapping key: a (names must be unique)"]);
+        assert_eq!(
+            errs,
+            vec!["t.yaml:8:3: duplicate mapping key: a (names must be unique)"]
+        );
     }
 
     #[test]
@@ -803,9 +922,15 @@ servers:
 
     #[test]
     fn stats_off_loopback_needs_auth_and_password_comes_from_env() {
-        let text = MINIMAL.replace("{ http: 127.0.0.1:8080 }", "{ http: 127.0.0.1:8080, stats: 0.0.0.0:8404 }");
+        let text = MINIMAL.replace(
+            "{ http: 127.0.0.1:8080 }",
+            "{ http: 127.0.0.1:8080, stats: 0.0.0.0:8404 }",
+        );
         let errs = check(&text).unwrap_err();
-        assert!(errs[0].starts_with("t.yaml:1:40: listen.stats 0.0.0.0:8404 is not loopback"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.yaml:1:40: listen.stats 0.0.0.0:8404 is not loopback"),
+            "{errs:?}"
+        );
 
         let with_auth = format!("{text}stats: {{ auth: {{ user: admin, password_env: PW }} }}\n");
         let errs = check(&with_auth).unwrap_err();

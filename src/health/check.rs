@@ -42,7 +42,12 @@ pub async fn probe(addr: SocketAddr, h: &Health) -> CheckResult {
             }
         },
     };
-    CheckResult { ok, detail, duration: started.elapsed(), at: SystemTime::now() }
+    CheckResult {
+        ok,
+        detail,
+        duration: started.elapsed(),
+        at: SystemTime::now(),
+    }
 }
 
 /// Send `GET path` and read the status code of the answer.
@@ -82,7 +87,9 @@ async fn check_loop(shared: Arc<Shared>, name: String) {
     loop {
         tokio::time::sleep(delay).await;
         let snapshot = shared.snapshot();
-        let Some(server) = snapshot.config.server(&name) else { return };
+        let Some(server) = snapshot.config.server(&name) else {
+            return;
+        };
         let h = snapshot.config.health.clone();
         let state = shared.registry.server(&name, server.weight);
         let result = probe(server.address, &h).await;
@@ -135,7 +142,11 @@ mod tests {
     use super::*;
 
     fn health(mode: CheckMode) -> Health {
-        Health { mode, timeout: Duration::from_millis(500), ..Health::default() }
+        Health {
+            mode,
+            timeout: Duration::from_millis(500),
+            ..Health::default()
+        }
     }
 
     async fn answer_once(status: &'static str) -> SocketAddr {
@@ -145,7 +156,9 @@ mod tests {
             if let Ok((mut s, _)) = l.accept().await {
                 let mut buf = [0u8; 512];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await;
             }
         });
         addr
@@ -180,7 +193,10 @@ mod tests {
         let mut seed = 42;
         for _ in 0..1000 {
             let d = jittered(Duration::from_secs(2), &mut seed);
-            assert!(d >= Duration::from_millis(1800) && d < Duration::from_millis(2200), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(1800) && d < Duration::from_millis(2200),
+                "{d:?}"
+            );
         }
     }
 }

@@ -22,7 +22,10 @@ pub struct Streak {
 pub fn apply_check(state: &ServerState, streak: &mut Streak, result: CheckResult, rise: u32, fall: u32) {
     let current = state.health();
     if streak.seen != Some(current) {
-        *streak = Streak { seen: Some(current), ..Streak::default() };
+        *streak = Streak {
+            seen: Some(current),
+            ..Streak::default()
+        };
     }
     let ok = result.ok;
     let detail = result.detail.clone();
@@ -51,7 +54,11 @@ pub fn apply_check(state: &ServerState, streak: &mut Streak, result: CheckResult
 pub fn passive_failure(state: &ServerState, passive_fall: u32) {
     let n = state.passive_failure();
     if passive_fall > 0 && n >= passive_fall && state.health() != Health::Down {
-        transition(state, Health::Down, &format!("{n} consecutive failures on live traffic"));
+        transition(
+            state,
+            Health::Down,
+            &format!("{n} consecutive failures on live traffic"),
+        );
     }
 }
 
@@ -88,7 +95,12 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     fn result(ok: bool) -> CheckResult {
-        CheckResult { ok, detail: if ok { "L7OK 200" } else { "L4CON" }.into(), duration: Duration::ZERO, at: SystemTime::now() }
+        CheckResult {
+            ok,
+            detail: if ok { "L7OK 200" } else { "L4CON" }.into(),
+            duration: Duration::ZERO,
+            at: SystemTime::now(),
+        }
     }
 
     #[test]

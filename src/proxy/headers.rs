@@ -4,8 +4,8 @@
 
 use std::net::IpAddr;
 
-use pingora::http::RequestHeader;
 use pingora::Result;
+use pingora::http::RequestHeader;
 
 use crate::config::Network;
 use crate::sticky::cookie;
@@ -33,8 +33,19 @@ pub fn client_ip(peer: Option<IpAddr>, xff: Option<&[u8]>, trusted: &[Network]) 
 
 /// Set the forwarding headers on the upstream request. Client-sent values are replaced,
 /// unless the peer is a trusted proxy, whose X-Forwarded-For is extended.
-pub fn set_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, peer: Option<IpAddr>, peer_trusted: bool, tls: bool, host: Option<&str>) -> Result<()> {
-    let xff = match (peer_trusted, req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()), peer) {
+pub fn set_forwarded(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    peer: Option<IpAddr>,
+    peer_trusted: bool,
+    tls: bool,
+    host: Option<&str>,
+) -> Result<()> {
+    let xff = match (
+        peer_trusted,
+        req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+        peer,
+    ) {
         (true, Some(existing), Some(peer)) => format!("{existing}, {peer}"),
         (_, _, Some(peer)) => peer.to_string(),
         _ => String::new(),
@@ -55,7 +66,12 @@ pub fn set_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, peer: Opti
     }
     match host {
         Some(h) if !(peer_trusted && req.headers.contains_key("x-forwarded-host")) => {
-            let original = req.headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or(h).to_string();
+            let original = req
+                .headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(h)
+                .to_string();
             req.insert_header("x-forwarded-host", original)?;
         }
         Some(_) => {}
@@ -68,12 +84,20 @@ pub fn set_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, peer: Opti
 
 /// The sticky cookie's value in the request, if any.
 pub fn sticky_cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers.get_all("cookie").iter().find_map(|v| cookie::find(v.as_bytes(), name))
+    req.headers
+        .get_all("cookie")
+        .iter()
+        .find_map(|v| cookie::find(v.as_bytes(), name))
 }
 
 /// Remove the sticky cookie from every Cookie header (HAProxy's `indirect`).
 pub fn strip_sticky_cookie(req: &mut RequestHeader, name: &str) -> Result<()> {
-    let values: Vec<Vec<u8>> = req.headers.get_all("cookie").iter().map(|v| v.as_bytes().to_vec()).collect();
+    let values: Vec<Vec<u8>> = req
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
     if !values.iter().any(|v| cookie::find(v, name).is_some()) {
         return Ok(());
     }
@@ -92,7 +116,10 @@ mod tests {
 
     fn net(s: &str) -> Network {
         let (a, p) = s.split_once('/').unwrap();
-        Network { addr: a.parse().unwrap(), prefix: p.parse().unwrap() }
+        Network {
+            addr: a.parse().unwrap(),
+            prefix: p.parse().unwrap(),
+        }
     }
 
     #[test]
@@ -126,7 +153,12 @@ mod tests {
         req.append_header("cookie", "b=2").unwrap();
         assert_eq!(sticky_cookie(&req, "EDGEPIN"), Some(&b"abc"[..]));
         strip_sticky_cookie(&mut req, "EDGEPIN").unwrap();
-        let all: Vec<&str> = req.headers.get_all("cookie").iter().map(|v| v.to_str().unwrap()).collect();
+        let all: Vec<&str> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(all, vec!["a=1", "b=2"]);
     }
 }

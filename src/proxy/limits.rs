@@ -16,7 +16,9 @@ use crate::runtime::Shared;
 /// Size of the request head as received: request line and headers.
 pub fn head_size(req: &RequestHeader) -> usize {
     let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    req.headers.iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// The body length the request declares, if any.
@@ -36,7 +38,12 @@ pub struct ConnectionLimit<A> {
 
 impl<A> ConnectionLimit<A> {
     pub fn new(inner: A, shared: Arc<Shared>, max: usize, wait: Duration) -> ConnectionLimit<A> {
-        ConnectionLimit { inner: Arc::new(inner), shared, permits: Arc::new(Semaphore::new(max)), wait }
+        ConnectionLimit {
+            inner: Arc::new(inner),
+            shared,
+            permits: Arc::new(Semaphore::new(max)),
+            wait,
+        }
     }
 }
 
@@ -49,7 +56,10 @@ struct Open<'a> {
 impl<'a> Open<'a> {
     fn new(counters: &'a crate::state::FrontendCounters, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
         counters.connections.inc();
-        Open { counters, _permit: permit }
+        Open {
+            counters,
+            _permit: permit,
+        }
     }
 }
 
@@ -62,7 +72,11 @@ impl Drop for Open<'_> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let counters = if stream.get_ssl_digest().is_some() { &self.shared.https } else { &self.shared.http };
+        let counters = if stream.get_ssl_digest().is_some() {
+            &self.shared.https
+        } else {
+            &self.shared.http
+        };
         if self.shared.stopping() {
             counters.connections_refused.inc();
             return None;

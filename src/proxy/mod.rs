@@ -134,7 +134,10 @@ impl EdgeProxy {
                             b.queued.dec();
                             if waited.is_err() {
                                 b.counters.queue_timeouts.inc();
-                                return Err(Refusal::Status(503, "queue timeout: every server is at max_connections"));
+                                return Err(Refusal::Status(
+                                    503,
+                                    "queue timeout: every server is at max_connections",
+                                ));
                             }
                             continue;
                         }
@@ -172,7 +175,10 @@ impl EdgeProxy {
         let set_cookie = b.cfg.balance == Balance::Sticky
             && b.cfg.cookie.is_some()
             && cookie_differs
-            && matches!(pick.sticky, Some(StickyDecision::Hash | StickyDecision::Redispatch | StickyDecision::Sid));
+            && matches!(
+                pick.sticky,
+                Some(StickyDecision::Hash | StickyDecision::Redispatch | StickyDecision::Sid)
+            );
         let pending = ctx.sticky.handshake.then(|| Arc::clone(&m.state));
         ctx.sticky.set_cookie = set_cookie;
         if let Some(state) = pending {
@@ -216,15 +222,20 @@ impl ProxyHttp for EdgeProxy {
 
         let req = session.req_header();
         if limits::head_size(req) > cfg.limits.max_header_bytes {
-            return self.refuse(session, ctx, Refusal::Status(431, "request header too large")).await;
+            return self
+                .refuse(session, ctx, Refusal::Status(431, "request header too large"))
+                .await;
         }
         if limits::declared_body(req).is_some_and(|n| n > cfg.limits.max_body_bytes) {
-            return self.refuse(session, ctx, Refusal::Status(413, "request body too large")).await;
+            return self
+                .refuse(session, ctx, Refusal::Status(413, "request body too large"))
+                .await;
         }
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
         ctx.client = headers::client_ip(peer, xff, &cfg.sticky.trusted_proxies);
-        let host = route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host()).map(|h| h.into_owned());
+        let host =
+            route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host()).map(|h| h.into_owned());
         let path = req.uri.path().to_string();
 
         let mut backend = None;
@@ -233,7 +244,11 @@ impl ProxyHttp for EdgeProxy {
             match route::plain_http(cfg, host.as_deref(), pq) {
                 route::PlainHttp::Proxy => {}
                 route::PlainHttp::Acme(b) => backend = Some(b),
-                route::PlainHttp::NotFound => return self.refuse(session, ctx, Refusal::Status(404, "no ACME backend configured")).await,
+                route::PlainHttp::NotFound => {
+                    return self
+                        .refuse(session, ctx, Refusal::Status(404, "no ACME backend configured"))
+                        .await;
+                }
                 route::PlainHttp::Redirect(location) => {
                     ctx.local = true;
                     ctx.status = 308;
@@ -252,7 +267,13 @@ impl ProxyHttp for EdgeProxy {
                 };
                 ctx.route = Some(r);
                 if ctx.upgrade && !cfg.routes[r].websocket {
-                    return self.refuse(session, ctx, Refusal::Status(403, "WebSocket upgrades are not allowed on this route")).await;
+                    return self
+                        .refuse(
+                            session,
+                            ctx,
+                            Refusal::Status(403, "WebSocket upgrades are not allowed on this route"),
+                        )
+                        .await;
                 }
                 cfg.routes[r].backend
             }
@@ -270,7 +291,12 @@ impl ProxyHttp for EdgeProxy {
             ctx.sticky.handshake = q.is_handshake();
             ctx.sticky.sid = q.sid.map(str::to_string);
         }
-        let cookie = b.cfg.cookie.as_deref().and_then(|name| headers::sticky_cookie(req, name)).map(<[u8]>::to_vec);
+        let cookie = b
+            .cfg
+            .cookie
+            .as_deref()
+            .and_then(|name| headers::sticky_cookie(req, name))
+            .map(<[u8]>::to_vec);
         let pick = match self.acquire(ctx, cookie.clone()).await {
             Ok(p) => p,
             Err(why) => return self.refuse(session, ctx, why).await,
@@ -339,7 +365,10 @@ impl ProxyHttp for EdgeProxy {
             peer.group_key = TUNNEL_GROUP;
             peer.options.read_timeout = Some(t.tunnel);
             peer.options.write_timeout = Some(t.tunnel);
-            peer.options.custom_l4 = Some(Arc::new(tunnel::TunnelConnector { slot: Arc::clone(&slot), timeout: t.connect }));
+            peer.options.custom_l4 = Some(Arc::new(tunnel::TunnelConnector {
+                slot: Arc::clone(&slot),
+                timeout: t.connect,
+            }));
             ctx.tunnel_slot = Some(slot);
         } else {
             peer.options.read_timeout = Some(t.server);
@@ -348,12 +377,24 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(snapshot) = ctx.snapshot.clone() else { return Ok(()) };
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return Ok(());
+        };
         let cfg = &snapshot.config;
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let trusted = peer.is_some_and(|p| cfg.sticky.trusted_proxies.iter().any(|n| n.contains(p)));
-        let host = upstream.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_string).or_else(|| upstream.uri.host().map(str::to_string));
+        let host = upstream
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| upstream.uri.host().map(str::to_string));
         headers::set_forwarded(upstream, ctx.client, peer, trusted, ctx.tls, host.as_deref())?;
         if let Some(name) = ctx.backend_rt().and_then(|b| b.cfg.cookie.as_deref()) {
             headers::strip_sticky_cookie(upstream, name)?;
@@ -374,22 +415,31 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         if resp.status.is_informational() && resp.status.as_u16() != 101 {
             return Ok(());
         }
         ctx.response_started = true;
         ctx.first_byte_at = Some(Instant::now());
         ctx.status = resp.status.as_u16();
-        let Some(snapshot) = ctx.snapshot.clone() else { return Ok(()) };
-        let (Some(bi), Some(pick)) = (ctx.backend, ctx.pick) else { return Ok(()) };
+        let Some(snapshot) = ctx.snapshot.clone() else {
+            return Ok(());
+        };
+        let (Some(bi), Some(pick)) = (ctx.backend, ctx.pick) else {
+            return Ok(());
+        };
         let b = &snapshot.backends[bi];
         let m = &b.members[pick.member];
-        if ctx.sticky.set_cookie {
-            if let Some(name) = b.cfg.cookie.as_deref() {
-                let value = cookie::set_cookie(name, &m.cookie_id, ctx.tls, snapshot.config.sticky.same_site);
-                resp.append_header("set-cookie", value)?;
-            }
+        if ctx.sticky.set_cookie
+            && let Some(name) = b.cfg.cookie.as_deref()
+        {
+            let value = cookie::set_cookie(name, &m.cookie_id, ctx.tls, snapshot.config.sticky.same_site);
+            resp.append_header("set-cookie", value)?;
         }
         match ctx.status {
             101 if ctx.upgrade => {
@@ -462,7 +512,10 @@ impl ProxyHttp for EdgeProxy {
         // replaying it is safe; Engine.IO requests pinned to a session cannot. A timeout is
         // not retried: the server has the request and is slow, and a retry doubles its load.
         let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
-        let broken = matches!(e.etype(), ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError);
+        let broken = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
         if replayable && broken && !ctx.response_started && !ctx.upgrade && !pinned && self.may_retry(ctx) {
             e.set_retry(true);
         } else if replayable && !pinned {
@@ -473,7 +526,13 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(m) = ctx.member() {
             m.traffic.connect_errors.inc();
         }
@@ -501,7 +560,10 @@ impl ProxyHttp for EdgeProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::ReadTimedout => 0,
+                    ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::ReadTimedout => 0,
                     _ => 400,
                 },
                 _ => 500,
@@ -526,14 +588,21 @@ impl ProxyHttp for EdgeProxy {
                     504 => "the server did not answer in time",
                     _ => "",
                 };
-                let extra: &[(&str, &str)] = if code == 503 { &[("retry-after", RETRY_AFTER)] } else { &[] };
+                let extra: &[(&str, &str)] = if code == 503 {
+                    &[("retry-after", RETRY_AFTER)]
+                } else {
+                    &[]
+                };
                 respond::text(session, code, detail, extra).await
             };
             if let Err(err) = written {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -582,10 +651,10 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         // A tunnel's end is its session's end.
-        if ctx.tunnel_opened() {
-            if let Some(sid) = &ctx.sticky.sid {
-                self.shared.sids.forget(sid);
-            }
+        if ctx.tunnel_opened()
+            && let Some(sid) = &ctx.sticky.sid
+        {
+            self.shared.sids.forget(sid);
         }
         if let Some(state) = ctx.sticky.pending.take() {
             state.add_sessions(-1);
@@ -629,7 +698,9 @@ impl EdgeProxy {
     }
 
     fn passive_failure(&self, ctx: &RequestCtx) {
-        let (Some(s), Some(m)) = (ctx.snapshot(), ctx.member()) else { return };
+        let (Some(s), Some(m)) = (ctx.snapshot(), ctx.member()) else {
+            return;
+        };
         health::passive_failure(&m.state, s.config.health.passive_fall);
     }
 

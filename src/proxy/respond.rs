@@ -1,14 +1,20 @@
 //! Answers edgepin writes itself: redirects, refusals, and the Engine.IO 400.
 
 use bytes::Bytes;
+use pingora::Result;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
 
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
 
 /// Write a complete response with a short body.
-pub async fn send(session: &mut Session, status: u16, content_type: &str, headers: &[(&str, &str)], body: &str) -> Result<()> {
+pub async fn send(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4 + headers.len()))?;
     resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -18,15 +24,24 @@ pub async fn send(session: &mut Session, status: u16, content_type: &str, header
     }
     session.write_response_header(Box::new(resp), body.is_empty()).await?;
     if !body.is_empty() {
-        session.write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true).await?;
+        session
+            .write_response_body(Some(Bytes::copy_from_slice(body.as_bytes())), true)
+            .await?;
     }
     Ok(())
 }
 
 /// A plain-text error answer: `<status> <reason>` plus an optional detail line.
 pub async fn text(session: &mut Session, status: u16, detail: &str, headers: &[(&str, &str)]) -> Result<()> {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    let body = if detail.is_empty() { format!("{status} {reason}\n") } else { format!("{status} {reason}: {detail}\n") };
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let body = if detail.is_empty() {
+        format!("{status} {reason}\n")
+    } else {
+        format!("{status} {reason}: {detail}\n")
+    };
     send(session, status, "text/plain; charset=utf-8", headers, &body).await
 }
 

@@ -37,7 +37,11 @@ fn strip_port(h: &str) -> &str {
 fn host_matches(pattern: &str, host: Option<&str>) -> bool {
     let Some(host) = host else { return false };
     match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        }
         None => pattern == host,
     }
 }
@@ -73,7 +77,11 @@ pub fn plain_http(config: &Config, host: Option<&str>, path_and_query: &str) -> 
         };
     }
     let host = host.unwrap_or("localhost");
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
     let port = match config.listen.redirect_port {
         443 => String::new(),
         p => format!(":{p}"),
@@ -86,7 +94,12 @@ mod tests {
     use super::*;
 
     fn route(host: Option<&str>, prefix: &str, backend: usize) -> Route {
-        Route { host: host.map(str::to_string), path_prefix: prefix.into(), backend, websocket: true }
+        Route {
+            host: host.map(str::to_string),
+            path_prefix: prefix.into(),
+            backend,
+            websocket: true,
+        }
     }
 
     #[test]
@@ -100,13 +113,20 @@ mod tests {
         assert_eq!(find(&routes, Some("api.example.com"), "/socket.io/"), Some(0));
         assert_eq!(find(&routes, Some("x.example.com"), "/socket.io/?EIO=4"), Some(1));
         assert_eq!(find(&routes, Some("x.example.com"), "/a"), Some(2));
-        assert_eq!(find(&routes, Some("example.com"), "/a"), Some(3), "wildcard needs a label");
+        assert_eq!(
+            find(&routes, Some("example.com"), "/a"),
+            Some(3),
+            "wildcard needs a label"
+        );
         assert_eq!(find(&routes, None, "/a"), Some(3));
     }
 
     #[test]
     fn host_is_normalised() {
-        assert_eq!(request_host(Some(b"Example.COM:8443"), None).as_deref(), Some("example.com"));
+        assert_eq!(
+            request_host(Some(b"Example.COM:8443"), None).as_deref(),
+            Some("example.com")
+        );
         assert_eq!(request_host(Some(b"[::1]:443"), None).as_deref(), Some("::1"));
         assert_eq!(request_host(None, Some("h2.example")).as_deref(), Some("h2.example"));
         assert_eq!(request_host(Some(b""), None), None);

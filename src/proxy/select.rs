@@ -44,7 +44,8 @@ pub fn select(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
         Balance::Sticky => sticky(b, sids, req),
         Balance::Source => hashed(b, req, None, |m| m.state.active()),
         Balance::RoundRobin => {
-            let pick = b.rr.pick(|i| weight(&b.members[i]), b.members.len(), |i| fresh(b, req, i));
+            let pick =
+                b.rr.pick(|i| weight(&b.members[i]), b.members.len(), |i| fresh(b, req, i));
             found(b, req, pick, None)
         }
         Balance::LeastConn => {
@@ -73,7 +74,12 @@ fn fresh(b: &BackendRt, req: &Request<'_>, i: usize) -> bool {
 fn found(b: &BackendRt, req: &Request<'_>, pick: Option<usize>, sticky: Option<StickyDecision>) -> Selection {
     match pick {
         Some(member) => Selection::Picked(Pick { member, sticky }),
-        None if b.members.iter().enumerate().any(|(i, m)| m.accepts_new() && weight(m) > 0 && !req.tried.contains(&i)) => {
+        None if b
+            .members
+            .iter()
+            .enumerate()
+            .any(|(i, m)| m.accepts_new() && weight(m) > 0 && !req.tried.contains(&i)) =>
+        {
             Selection::Full
         }
         None => Selection::NoServer,
@@ -82,51 +88,72 @@ fn found(b: &BackendRt, req: &Request<'_>, pick: Option<usize>, sticky: Option<S
 
 fn sticky(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
     // 1. The server that issued the session id.
-    if let Some(sid) = req.sid {
-        if let Some(state) = sids.lookup(sid) {
-            return match b.member_of(&state) {
-                Some(i) if req.tried.contains(&i) => Selection::SessionGone,
-                Some(i) if b.members[i].serves_existing() => pinned(b, i, StickyDecision::Sid),
-                // DOWN, MAINT, or gone from this backend: the session is lost.
-                _ => Selection::SessionGone,
-            };
-        }
+    if let Some(sid) = req.sid
+        && let Some(state) = sids.lookup(sid)
+    {
+        return match b.member_of(&state) {
+            Some(i) if req.tried.contains(&i) => Selection::SessionGone,
+            Some(i) if b.members[i].serves_existing() => pinned(b, i, StickyDecision::Sid),
+            // DOWN, MAINT, or gone from this backend: the session is lost.
+            _ => Selection::SessionGone,
+        };
     }
     // 2. The cookie, if it names a server of this backend that can take the request:
     // a request of an existing session may go to a DRAIN server, a new one may not.
     let mut redispatch = false;
-    if let Some(value) = req.cookie {
-        if let Some(i) = b.members.iter().position(|m| m.cookie_id.as_bytes() == value) {
-            let m = &b.members[i];
-            let usable = if req.handshake { m.accepts_new() } else { m.serves_existing() };
-            if usable && !req.tried.contains(&i) {
-                return pinned(b, i, StickyDecision::Cookie);
-            }
-            redispatch = true;
+    // A value that names no server is forged or stale: ignored.
+    if let Some(value) = req.cookie
+        && let Some(i) = b.members.iter().position(|m| m.cookie_id.as_bytes() == value)
+    {
+        let m = &b.members[i];
+        let usable = if req.handshake {
+            m.accepts_new()
+        } else {
+            m.serves_existing()
+        };
+        if usable && !req.tried.contains(&i) {
+            return pinned(b, i, StickyDecision::Cookie);
         }
-        // A value that names no server is forged or stale: ignored.
+        redispatch = true;
     }
     // 3. Bounded consistent hash of the client address.
-    let decision = if redispatch { StickyDecision::Redispatch } else { StickyDecision::Hash };
+    let decision = if redispatch {
+        StickyDecision::Redispatch
+    } else {
+        StickyDecision::Hash
+    };
     hashed(b, req, Some(decision), |m| m.state.sessions().max(0) as u64)
 }
 
 /// A pinned session's server: serve it there, or wait for a slot there.
 fn pinned(b: &BackendRt, i: usize, how: StickyDecision) -> Selection {
     if b.members[i].has_room() {
-        Selection::Picked(Pick { member: i, sticky: Some(how) })
+        Selection::Picked(Pick {
+            member: i,
+            sticky: Some(how),
+        })
     } else {
         Selection::Full
     }
 }
 
-fn hashed(b: &BackendRt, req: &Request<'_>, sticky: Option<StickyDecision>, load: impl Fn(&Member) -> u64) -> Selection {
+fn hashed(
+    b: &BackendRt,
+    req: &Request<'_>,
+    sticky: Option<StickyDecision>,
+    load: impl Fn(&Member) -> u64,
+) -> Selection {
     let candidates: Vec<HashCandidate> = b
         .members
         .iter()
         .enumerate()
         .filter(|&(i, _)| fresh(b, req, i))
-        .map(|(i, m)| HashCandidate { index: i, id: m.hash_id, weight: weight(m), load: load(m) })
+        .map(|(i, m)| HashCandidate {
+            index: i,
+            id: m.hash_id,
+            weight: weight(m),
+            load: load(m),
+        })
         .collect();
     let key = req.client.map(addr_key).unwrap_or(0);
     let pick = pick_bounded(key, &candidates, b.cfg.hash_balance_factor);
@@ -147,7 +174,11 @@ mod tests {
             "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
              backends: {{ b: {{ balance: {balance}, servers: [{}] }} }}\nservers:\n{}",
             servers.join(", "),
-            servers.iter().enumerate().map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i)).collect::<String>()
+            servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i))
+                .collect::<String>()
         );
         let cfg = config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
         let shared = crate::runtime::Shared::new(cfg, None);
@@ -172,7 +203,12 @@ mod tests {
         let b = &snap.backends[0];
         shared.sids.learn("S1", &b.members[2].state);
         let cookie = b.members[0].cookie_id.clone();
-        let req = Request { client: ip("127.0.0.9"), sid: Some("S1"), cookie: Some(cookie.as_bytes()), ..Default::default() };
+        let req = Request {
+            client: ip("127.0.0.9"),
+            sid: Some("S1"),
+            cookie: Some(cookie.as_bytes()),
+            ..Default::default()
+        };
         assert_eq!(picked(select(b, &shared.sids, &req)), (2, Some(StickyDecision::Sid)));
     }
 
@@ -182,7 +218,10 @@ mod tests {
         let b = &snap.backends[0];
         shared.sids.learn("S1", &b.members[1].state);
         b.members[1].state.set_health(Health::Down, "test");
-        let req = Request { sid: Some("S1"), ..Default::default() };
+        let req = Request {
+            sid: Some("S1"),
+            ..Default::default()
+        };
         assert_eq!(select(b, &shared.sids, &req), Selection::SessionGone);
         // A DRAIN server keeps its sessions.
         b.members[1].state.set_health(Health::Up, "test");
@@ -195,7 +234,12 @@ mod tests {
         let (shared, snap) = backend("sticky", 3);
         let b = &snap.backends[0];
         let cookie = b.members[1].cookie_id.clone();
-        let req = Request { client: ip("127.0.0.2"), handshake: true, cookie: Some(cookie.as_bytes()), ..Default::default() };
+        let req = Request {
+            client: ip("127.0.0.2"),
+            handshake: true,
+            cookie: Some(cookie.as_bytes()),
+            ..Default::default()
+        };
         assert_eq!(picked(select(b, &shared.sids, &req)), (1, Some(StickyDecision::Cookie)));
         b.members[1].state.set_health(Health::Down, "test");
         let (m, how) = picked(select(b, &shared.sids, &req));
@@ -209,9 +253,17 @@ mod tests {
         let b = &snap.backends[0];
         b.members[0].state.set_admin(Admin::Drain, "test");
         let cookie = b.members[0].cookie_id.clone();
-        let new = Request { handshake: true, cookie: Some(cookie.as_bytes()), ..Default::default() };
+        let new = Request {
+            handshake: true,
+            cookie: Some(cookie.as_bytes()),
+            ..Default::default()
+        };
         assert_eq!(picked(select(b, &shared.sids, &new)).0, 1);
-        let existing = Request { sid: Some("unknown-to-us"), cookie: Some(cookie.as_bytes()), ..Default::default() };
+        let existing = Request {
+            sid: Some("unknown-to-us"),
+            cookie: Some(cookie.as_bytes()),
+            ..Default::default()
+        };
         assert_eq!(picked(select(b, &shared.sids, &existing)).0, 0);
     }
 
@@ -219,7 +271,12 @@ mod tests {
     fn forged_cookie_is_ignored() {
         let (shared, snap) = backend("sticky", 3);
         let b = &snap.backends[0];
-        let req = Request { client: ip("127.0.0.3"), handshake: true, cookie: Some(b"w1"), ..Default::default() };
+        let req = Request {
+            client: ip("127.0.0.3"),
+            handshake: true,
+            cookie: Some(b"w1"),
+            ..Default::default()
+        };
         assert_eq!(picked(select(b, &shared.sids, &req)).1, Some(StickyDecision::Hash));
     }
 

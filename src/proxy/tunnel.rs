@@ -42,7 +42,10 @@ impl L4Connect for TunnelConnector {
         };
         let stream = match tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(inet)).await {
             Err(_) => {
-                return Error::e_explain(ErrorType::ConnectTimedout, format!("timeout {:?} connecting to {inet}", self.timeout));
+                return Error::e_explain(
+                    ErrorType::ConnectTimedout,
+                    format!("timeout {:?} connecting to {inet}", self.timeout),
+                );
             }
             Ok(Err(e)) => {
                 let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {

@@ -16,9 +16,7 @@ use crate::runtime::Shared;
 
 /// The stats HTTP app.
 pub fn app(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .with_state(shared)
+    Router::new().route("/health", get(health)).with_state(shared)
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -53,7 +51,9 @@ pub struct StatsService {
 #[async_trait]
 impl BackgroundService for StatsService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => serve(listener, Arc::clone(&self.shared), shutdown).await,
             Err(e) => tracing::error!(error = %e, "stats listener failed"),

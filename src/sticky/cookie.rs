@@ -78,7 +78,10 @@ fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -93,7 +96,11 @@ fn unquote(v: &[u8]) -> &[u8] {
 /// The `Set-Cookie` value that pins a client to server id `id`.
 pub fn set_cookie(name: &str, id: &str, secure: bool, same_site: SameSite) -> String {
     // SameSite=None is only honoured by browsers on Secure cookies.
-    let same_site = if same_site == SameSite::None && !secure { SameSite::Lax } else { same_site };
+    let same_site = if same_site == SameSite::None && !secure {
+        SameSite::Lax
+    } else {
+        same_site
+    };
     let mut v = format!("{name}={id}; Path=/; HttpOnly; SameSite={}", same_site.as_str());
     if secure {
         v.push_str("; Secure");

@@ -113,7 +113,14 @@ mod tests {
     #[test]
     fn parses_query() {
         let q = EngineQuery::parse(Some("EIO=4&transport=polling&t=abc&sid=Ab_-9"));
-        assert_eq!(q, EngineQuery { eio: true, sid: Some("Ab_-9"), websocket: false });
+        assert_eq!(
+            q,
+            EngineQuery {
+                eio: true,
+                sid: Some("Ab_-9"),
+                websocket: false
+            }
+        );
         assert!(!q.is_handshake());
         let q = EngineQuery::parse(Some("EIO=4&transport=websocket"));
         assert!(q.is_handshake() && q.websocket);

@@ -74,7 +74,9 @@ impl SidTable {
         for b in sid.bytes() {
             h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
         }
-        self.shards[h as usize % SHARDS].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[h as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn expired(&self, e: &Entry, now: u32) -> bool {
@@ -92,7 +94,11 @@ impl SidTable {
         if !shard.map.contains_key(sid) && shard.map.len() >= self.per_shard {
             self.make_room(&mut shard, now);
         }
-        let entry = Entry { server: Arc::clone(server), seen: now, tunnels: 0 };
+        let entry = Entry {
+            server: Arc::clone(server),
+            seen: now,
+            tunnels: 0,
+        };
         server.add_sessions(1);
         if let Some(old) = shard.map.insert(sid.into(), entry) {
             old.server.add_sessions(-1);

@@ -1,0 +1,57 @@
+# edgepin — `make run` starts the local stack, `make test` runs every check.
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+NODE_DIR := integration/node
+
+.PHONY: run test lint build release certs check deps node-deps unit integration bench clean
+
+## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
+## tests). Installed only when missing.
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+## Node.js packages for the real socket.io / socket.io-client tests.
+node-deps:
+	@if [ -f $(NODE_DIR)/package-lock.json ] && [ ! -d $(NODE_DIR)/node_modules ]; then \
+	  cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+build: deps
+	$(CARGO) build --bins
+
+release: deps
+	$(CARGO) build --release --bins
+
+## Development certificates (a local CA + localhost), made once.
+certs: build
+	@[ -f certs/edge.crt ] && [ -f certs/edge.key ] || ./target/debug/edgepin certs --out certs
+
+check: certs
+	./target/debug/edgepin check -c proxy.yaml
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --lib --bins
+
+## End-to-end tests run one at a time: they start processes and measure behaviour.
+integration: deps node-deps
+	$(CARGO) test --test integration -- --test-threads=1
+
+test: lint check unit integration
+
+run: release
+	@[ -f certs/edge.crt ] && [ -f certs/edge.key ] || ./target/release/edgepin certs --out certs
+	./target/release/edgepin run -c proxy.yaml
+
+clean:
+	$(CARGO) clean
