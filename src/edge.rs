@@ -51,8 +51,35 @@ pub enum RunError {
     Pidfile { path: String, source: std::io::Error },
 }
 
-/// Load the config at `path` and serve it until stopped. Returns only on a start-up error.
-pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
+/// A proxy ready to serve: listeners checked, services assembled.
+pub struct Edge {
+    server: Server,
+    shared: Arc<Shared>,
+}
+
+impl Edge {
+    /// The process state, for a supervisor running beside the proxy (`edgepin up`).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Serve until a signal stops the proxy (see the module docs), then return.
+    pub fn serve(self) {
+        let shared = Arc::clone(&self.shared);
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(Signals { shared }),
+        });
+    }
+}
+
+/// Load the config at `path` and serve it until stopped.
+pub fn run(path: &Path) -> Result<(), RunError> {
+    start(path)?.serve();
+    Ok(())
+}
+
+/// Load the config at `path` and assemble the proxy; a taken port or a bad file fails here.
+pub fn start(path: &Path) -> Result<Edge, RunError> {
     let config = config::load(path)?;
     let cert = match &config.tls {
         Some(t) if config.listen.https.is_some() => {
@@ -149,10 +176,7 @@ pub fn run(path: &Path) -> Result<std::convert::Infallible, RunError> {
         threads = config.threads,
         "edgepin running"
     );
-    server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { shared }),
-    });
-    std::process::exit(0)
+    Ok(Edge { server, shared })
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Run { config } => match edgepin::edge::run(&config) {
-            Ok(never) => match never {},
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         },
         Command::Check { config } => match edgepin::config::load(&config) {
