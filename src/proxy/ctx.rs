@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::runtime::Snapshot;
 use crate::state::{ActiveGuard, StickyDecision, TunnelTicket};
 
-use super::tunnel::TunnelSlot;
+use super::tunnel::{BodyEndGate, TunnelSlot};
 
 /// The server chosen for the request (an index into the backend's members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct RequestCtx {
     pub upgrade: bool,
     /// The upstream socket of a tunnel, deposited by our connector.
     pub tunnel_slot: Option<Arc<TunnelSlot>>,
+    /// Holds back the server's bytes until the upgrade request's body end has passed.
+    pub tunnel_gate: Option<Arc<BodyEndGate>>,
     pub tunnel: Option<TunnelTicket>,
     /// Status sent downstream (0 if none).
     pub status: u16,
@@ -78,6 +80,8 @@ pub struct RequestCtx {
     pub error: Option<String>,
     /// Counted in `Shared::in_flight`.
     pub in_flight: bool,
+    /// The server ended the tunnel (not the client).
+    pub upstream_ended: bool,
 }
 
 impl Default for RequestCtx {
@@ -96,6 +100,7 @@ impl Default for RequestCtx {
             sticky: StickyCtx::default(),
             upgrade: false,
             tunnel_slot: None,
+            tunnel_gate: None,
             tunnel: None,
             status: 0,
             local: false,
@@ -107,6 +112,7 @@ impl Default for RequestCtx {
             ws_bytes_out: 0,
             error: None,
             in_flight: false,
+            upstream_ended: false,
         }
     }
 }

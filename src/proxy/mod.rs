@@ -315,13 +315,16 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let n = body.as_ref().map_or(0, |b| b.len() as u64);
         if session.was_upgraded() {
             ctx.ws_bytes_in += n;
             return Ok(());
+        }
+        if end_of_stream && let Some(gate) = &ctx.tunnel_gate {
+            gate.open();
         }
         ctx.body_bytes += n;
         let max = ctx.snapshot().map_or(u64::MAX, |s| s.config.limits.max_body_bytes);
@@ -362,14 +365,17 @@ impl ProxyHttp for EdgeProxy {
         peer.options.idle_timeout = Some(UPSTREAM_IDLE);
         if ctx.upgrade {
             let slot = Arc::new(tunnel::TunnelSlot::default());
+            let gate = Arc::new(tunnel::BodyEndGate::default());
             peer.group_key = TUNNEL_GROUP;
             peer.options.read_timeout = Some(t.tunnel);
             peer.options.write_timeout = Some(t.tunnel);
             peer.options.custom_l4 = Some(Arc::new(tunnel::TunnelConnector {
                 slot: Arc::clone(&slot),
+                gate: Arc::clone(&gate),
                 timeout: t.connect,
             }));
             ctx.tunnel_slot = Some(slot);
+            ctx.tunnel_gate = Some(gate);
         } else {
             peer.options.read_timeout = Some(t.server);
             peer.options.write_timeout = Some(t.server);
@@ -475,6 +481,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let upgraded = session.was_upgraded();
+        if upgraded && end_of_stream {
+            ctx.upstream_ended = true;
+        }
         if let Some(data) = body.as_ref() {
             if upgraded {
                 ctx.ws_bytes_out += data.len() as u64;
@@ -512,10 +521,11 @@ impl ProxyHttp for EdgeProxy {
         // replaying it is safe; Engine.IO requests pinned to a session cannot. A timeout is
         // not retried: the server has the request and is slow, and a retry doubles its load.
         let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
-        let broken = matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-        );
+        let broken = *e.esource() == ErrorSource::Upstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
         if replayable && broken && !ctx.response_started && !ctx.upgrade && !pinned && self.may_retry(ctx) {
             e.set_retry(true);
         } else if replayable && !pinned {
@@ -603,6 +613,11 @@ impl ProxyHttp for EdgeProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A client that goes away is normal for a proxy: it is in the access log, not an error.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        *e.esource() == ErrorSource::Downstream
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
