@@ -1,0 +1,328 @@
+//! Sticky Socket.IO routing with real clients and servers: sid first, then cookie, then a
+//! bounded hash of the client address; and the negative control that proves the test
+//! can fail.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::node::{NodeWorker, run_clients};
+use crate::harness::redis::Redis;
+use crate::harness::{Backend, Conn, Proxy, Target, certs, client};
+
+/// Redis, Node.js Socket.IO workers on it, and edgepin in front.
+struct Fleet {
+    workers: Vec<NodeWorker>,
+    redis: Redis,
+    proxy: Proxy,
+}
+
+fn fleet_yaml(workers: &[NodeWorker], sockets_balance: &str) -> String {
+    let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+    let mut y = format!(
+        "access_log: false\nroutes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ servers: [{list}] }}\n  sockets: {{ balance: {sockets_balance}, servers: [{list}], timeouts: {{ server: 60s }} }}\n\
+         health: {{ interval: 500ms, timeout: 400ms, rise: 1, fall: 2 }}\nservers:\n",
+        list = names.join(", ")
+    );
+    for w in workers {
+        y.push_str(&format!("  {}: {{ address: {} }}\n", w.id, w.addr));
+    }
+    y
+}
+
+fn node_fleet(n: usize, sockets_balance: &str) -> Fleet {
+    let redis = Redis::start();
+    let workers: Vec<NodeWorker> = (1..=n)
+        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+        .collect();
+    let proxy = Proxy::start(&fleet_yaml(&workers, sockets_balance));
+    Fleet { workers, redis, proxy }
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Everything the issue requires of a run; the broken invariants, or nothing.
+fn judge(r: &Value, clients: u64, rest: u64, workers: usize) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut expect = |ok: bool, what: String| {
+        if !ok {
+            bad.push(what);
+        }
+    };
+    expect(
+        n(&r["connected"]) == clients,
+        format!("connected {} of {clients}", r["connected"]),
+    );
+    expect(
+        n(&r["upgraded"]) == clients,
+        format!("upgraded to websocket {} of {clients}", r["upgraded"]),
+    );
+    expect(n(&r["disconnects"]) == 0, format!("{} disconnects", r["disconnects"]));
+    expect(n(&r["reconnects"]) == 0, format!("{} reconnects", r["reconnects"]));
+    expect(
+        n(&r["connectErrors"]) == 0,
+        format!("{} connect errors", r["connectErrors"]),
+    );
+    let b = &r["broadcasts"];
+    expect(
+        n(&b["received"]) == n(&b["expected"]) && n(&b["expected"]) == clients,
+        format!("broadcasts {b}"),
+    );
+    expect(
+        n(&b["foreign"]) == 0,
+        format!("{} messages from other rooms", b["foreign"]),
+    );
+    let rest_counts: Vec<u64> = r["rest"]["perWorker"]
+        .as_object()
+        .map(|m| m.values().map(n).collect())
+        .unwrap_or_default();
+    expect(
+        rest_counts.len() == workers && rest_counts.iter().all(|&c| c == rest / workers as u64),
+        format!("REST spread {}", r["rest"]),
+    );
+    let sessions: Vec<u64> = r["perWorker"]
+        .as_object()
+        .map(|m| m.values().map(n).collect())
+        .unwrap_or_default();
+    let (max, min) = (
+        sessions.iter().copied().max().unwrap_or(0),
+        sessions.iter().copied().min().unwrap_or(0),
+    );
+    expect(
+        sessions.len() == workers && min > 0 && max as f64 / min as f64 <= 1.5,
+        format!("sessions per worker {}", r["perWorker"]),
+    );
+    bad
+}
+
+fn five_hundred_clients(proxy: &Proxy, timeout: Duration) -> Value {
+    let url = format!("https://127.0.0.1:{}", proxy.https.port());
+    let ca = certs().ca_cert.display().to_string();
+    let args = [
+        "--url",
+        &url,
+        "--ca",
+        &ca,
+        "--clients",
+        "500",
+        "--addresses",
+        "20",
+        "--rooms",
+        "50",
+        "--rest",
+        "400",
+    ];
+    run_clients(&args, timeout)
+}
+
+#[test]
+fn five_hundred_real_clients_stay_pinned_through_tls_to_node_workers() {
+    let fleet = node_fleet(4, "sticky");
+    let report = five_hundred_clients(&fleet.proxy, Duration::from_secs(90));
+    let broken = judge(&report, 500, 400, 4);
+    assert!(broken.is_empty(), "broken: {broken:#?}\nreport: {report}");
+    drop(fleet);
+}
+
+#[test]
+fn without_stickiness_the_same_clients_break() {
+    // Negative control: the same run with round robin on /socket.io/ must fail the checks.
+    let fleet = node_fleet(4, "round_robin");
+    let report = five_hundred_clients(&fleet.proxy, Duration::from_secs(20));
+    let broken = judge(&report, 500, 400, 4);
+    let sticky_symptom = |b: &String| {
+        ["connect errors", "reconnects", "upgraded", "connected"]
+            .iter()
+            .any(|s| b.contains(s))
+    };
+    assert!(
+        broken.iter().any(sticky_symptom),
+        "round robin passed the sticky checks: {broken:?} {report}"
+    );
+    drop(fleet);
+}
+
+/// Engine.IO over raw HTTP: handshake, then a POST on the session.
+async fn handshake(t: &Target, cookie: Option<&str>) -> (u16, Option<String>, Option<String>) {
+    let mut conn = Conn::open(t).await.expect("connect");
+    let extra: Vec<String> = cookie.map(|c| vec![format!("Cookie: EDGEPIN={c}")]).unwrap_or_default();
+    let r = conn
+        .request("GET", "/socket.io/?EIO=4&transport=polling", &extra, b"")
+        .await
+        .expect("handshake");
+    let sid = edgepin::sticky::engineio::open_packet_sid(&r.body).map(str::to_string);
+    let set = r
+        .header("set-cookie")
+        .and_then(|v| v.strip_prefix("EDGEPIN="))
+        .map(|v| v.split(';').next().unwrap_or("").to_string());
+    (r.status, sid, set)
+}
+
+async fn post_on_session(t: &Target, sid: &str, cookie: Option<&str>) -> client::Response {
+    let mut conn = Conn::open(t).await.expect("connect");
+    let extra: Vec<String> = cookie.map(|c| vec![format!("Cookie: EDGEPIN={c}")]).unwrap_or_default();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    conn.request("POST", &path, &extra, b"40").await.expect("post")
+}
+
+/// Which server a cookie id names.
+fn cookie_owner(id: &str, fleet: &Fleet) -> Option<String> {
+    fleet
+        .workers
+        .iter()
+        .map(|w| w.id.clone())
+        .find(|name| edgepin::sticky::cookie::server_id(name, None) == id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sid_wins_over_a_cookie_for_another_server_and_a_new_client_address() {
+    let fleet = node_fleet(4, "sticky");
+    let (status, sid, cookie) = handshake(&fleet.proxy.tls().from("127.0.0.2"), None).await;
+    assert_eq!(status, 200);
+    let (sid, cookie) = (sid.expect("sid"), cookie.expect("a hash decision sets the cookie"));
+    // A valid cookie for another server.
+    let other = fleet
+        .workers
+        .iter()
+        .map(|w| edgepin::sticky::cookie::server_id(&w.id, None))
+        .find(|id| *id != cookie)
+        .expect("another server");
+    let r = post_on_session(&fleet.proxy.tls().from("127.0.0.99"), &sid, Some(&other)).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "the session's own worker answered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cookie_for_a_down_server_falls_back_to_the_hash_and_gets_a_fresh_cookie() {
+    let mut fleet = node_fleet(3, "sticky");
+    let t = fleet.proxy.tls().from("127.0.0.3");
+    let (_, _, cookie) = handshake(&t, None).await;
+    let cookie = cookie.expect("cookie");
+    let owner = cookie_owner(&cookie, &fleet).expect("the cookie names a server");
+    // Following the cookie while its server is up.
+    let (status, _, set) = handshake(&t, Some(&cookie)).await;
+    assert_eq!((status, set), (200, None), "a valid cookie is followed and not re-set");
+
+    fleet.workers.iter_mut().find(|w| w.id == owner).expect("owner").kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let (status, sid, set) = handshake(&t, Some(&cookie)).await;
+        if status == 200 && sid.is_some() && set.is_some() {
+            break set.expect("set-cookie");
+        }
+        assert!(Instant::now() < deadline, "never re-pinned (last status {status})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(fresh, cookie);
+    let new_owner = cookie_owner(&fresh, &fleet).expect("the fresh cookie names a server");
+    assert_ne!(new_owner, owner);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_cookie_is_ignored_and_replaced() {
+    let fleet = node_fleet(2, "sticky");
+    let (status, sid, set) = handshake(&fleet.proxy.tls(), Some("n1")).await;
+    assert_eq!(status, 200);
+    assert!(sid.is_some());
+    let set = set.expect("a forged value gets a real cookie");
+    assert!(cookie_owner(&set, &fleet).is_some(), "{set}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_on_a_down_server_gets_engine_io_400_from_the_proxy_at_once() {
+    let mut fleet = node_fleet(2, "sticky");
+    let t = fleet.proxy.tls();
+    let (_, sid, cookie) = handshake(&t, None).await;
+    let (sid, cookie) = (sid.expect("sid"), cookie.expect("cookie"));
+    let owner = cookie_owner(&cookie, &fleet).expect("owner");
+    fleet.workers.iter_mut().find(|w| w.id == owner).expect("owner").kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let started = Instant::now();
+        let r = post_on_session(&t, &sid, Some(&cookie)).await;
+        if r.status == 400 && r.text() == r#"{"code":1,"message":"Session ID unknown"}"# {
+            assert!(started.elapsed() < Duration::from_secs(1), "answered at once");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Engine.IO 400 (last {} {})",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The client's re-handshake lands on the live worker.
+    let (status, sid2, _) = handshake(&t, Some(&cookie)).await;
+    assert_eq!(status, 200);
+    assert!(sid2.is_some_and(|s| s != sid));
+}
+
+/// Which backend answers each of `addrs` (one request per address, fresh connections).
+async fn owners(proxy: &Proxy, addrs: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        let r = client::get(&proxy.plain().from(a), "/").await.expect("request");
+        out.push(r.header("x-server").unwrap_or("?").to_string());
+    }
+    out
+}
+
+async fn wait_generation(proxy: &Proxy, generation: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.status().await["generation"] != generation {
+        assert!(
+            Instant::now() < deadline,
+            "reload to generation {generation} did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_one_of_five_servers_moves_only_its_clients_and_adding_it_back_restores_them() {
+    let backends: Vec<Backend> = (1..=5).map(|i| Backend::start(&format!("s{i}"))).collect();
+    let body = |names: &[&str]| {
+        let mut y = format!(
+            "access_log: false\nroutes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ balance: source, servers: [{}] }}\nservers:\n",
+            names.join(", ")
+        );
+        for b in &backends {
+            y.push_str(&format!("  {}: {{ address: {} }}\n", b.name, b.addr));
+        }
+        y
+    };
+    let all = ["s1", "s2", "s3", "s4", "s5"];
+    let proxy = Proxy::start(&body(&all));
+    let addrs: Vec<String> = (0..1000u32)
+        .map(|i| format!("127.1.{}.{}", i / 250, 1 + i % 250))
+        .collect();
+    let before = owners(&proxy, &addrs).await;
+    let mut per_server: HashMap<&str, usize> = HashMap::new();
+    for o in &before {
+        *per_server.entry(o.as_str()).or_default() += 1;
+    }
+    assert!(per_server.values().all(|&c| (120..=280).contains(&c)), "{per_server:?}");
+
+    proxy.write_config(&body(&["s1", "s2", "s4", "s5"]));
+    proxy.sighup();
+    wait_generation(&proxy, 2).await;
+    let without = owners(&proxy, &addrs).await;
+    let moved: Vec<usize> = (0..addrs.len()).filter(|&i| before[i] != without[i]).collect();
+    assert!(moved.len() <= 300, "{} of 1000 moved", moved.len());
+    assert!(moved.iter().all(|&i| before[i] == "s3"), "only s3's clients move");
+    assert!(without.iter().all(|o| o != "s3"));
+
+    proxy.write_config(&body(&all));
+    proxy.sighup();
+    wait_generation(&proxy, 3).await;
+    let restored = owners(&proxy, &addrs).await;
+    assert_eq!(restored, before, "adding s3 back restores every client");
+}
