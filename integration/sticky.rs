@@ -14,7 +14,8 @@ use crate::harness::{Backend, Conn, Proxy, Target, certs, client};
 /// Redis, Node.js Socket.IO workers on it, and edgepin in front.
 struct Fleet {
     workers: Vec<NodeWorker>,
-    redis: Redis,
+    /// Kept for the fleet's lifetime: the workers share rooms through it.
+    _redis: Redis,
     proxy: Proxy,
 }
 
@@ -38,7 +39,7 @@ fn node_fleet(n: usize, sockets_balance: &str) -> Fleet {
         .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
         .collect();
     let proxy = Proxy::start(&fleet_yaml(&workers, sockets_balance));
-    Fleet { workers, redis, proxy }
+    Fleet { workers, _redis: redis, proxy }
 }
 
 fn n(v: &Value) -> u64 {
@@ -214,8 +215,8 @@ async fn a_cookie_for_a_down_server_falls_back_to_the_hash_and_gets_a_fresh_cook
     let deadline = Instant::now() + Duration::from_secs(10);
     let fresh = loop {
         let (status, sid, set) = handshake(&t, Some(&cookie)).await;
-        if status == 200 && sid.is_some() && set.is_some() {
-            break set.expect("set-cookie");
+        if let (200, Some(_), Some(set)) = (status, sid, set) {
+            break set;
         }
         assert!(Instant::now() < deadline, "never re-pinned (last status {status})");
         tokio::time::sleep(Duration::from_millis(100)).await;
