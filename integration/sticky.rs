@@ -39,7 +39,11 @@ fn node_fleet(n: usize, sockets_balance: &str) -> Fleet {
         .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
         .collect();
     let proxy = Proxy::start(&fleet_yaml(&workers, sockets_balance));
-    Fleet { workers, _redis: redis, proxy }
+    Fleet {
+        workers,
+        _redis: redis,
+        proxy,
+    }
 }
 
 fn n(v: &Value) -> u64 {
