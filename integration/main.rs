@@ -6,4 +6,5 @@
 mod harness;
 
 mod foundation;
+mod health;
 mod sticky;

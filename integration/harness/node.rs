@@ -99,3 +99,61 @@ pub fn run_clients(args: &[&str], timeout: Duration) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no report from clients.js:\n{log}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("bad report ({e}): {line}"))
 }
+
+/// clients.js running in the background with `--hold`: the test acts between rounds.
+pub struct HeldClients {
+    proc: Proc,
+    hold: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HeldClients {
+    pub fn start(args: &[&str], timeout: Duration) -> HeldClients {
+        let dir = tempfile::Builder::new()
+            .prefix("edgepin-clients-")
+            .tempdir()
+            .expect("temp dir");
+        let hold = dir.path().join("release");
+        let mut cmd = Command::new("node");
+        cmd.arg(node_dir().join("clients.js"))
+            .args(args)
+            .args(["--timeout", &timeout.as_millis().to_string()])
+            .arg("--hold")
+            .arg(&hold);
+        let proc = Proc::spawn("clients", cmd, dir.path());
+        HeldClients { proc, hold, _dir: dir }
+    }
+
+    /// Wait for the first round; returns its report line.
+    pub fn wait_held(&mut self, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.proc.log().lines().find(|l| l.starts_with("{\"held\"")) {
+                return serde_json::from_str(line).expect("held line");
+            }
+            assert!(
+                self.proc.alive() && Instant::now() < deadline,
+                "clients never held:\n{}",
+                self.proc.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Let the clients go on, and wait for the final report.
+    pub fn release_and_finish(mut self, timeout: Duration) -> serde_json::Value {
+        std::fs::write(&self.hold, b"go").expect("release");
+        assert!(
+            self.proc.wait_exit(timeout).is_some(),
+            "clients did not finish:\n{}",
+            self.proc.log_tail(20)
+        );
+        let log = self.proc.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("{\"clients\""))
+            .expect("final report");
+        serde_json::from_str(line).expect("report")
+    }
+}

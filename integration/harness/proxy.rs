@@ -170,6 +170,29 @@ impl Proxy {
         self.proc.signal(Signal::SIGHUP);
     }
 
+    /// A server's health as last logged by the proxy (`Up`, `Down`, `Checking`).
+    pub fn logged_health(&self, server: &str) -> Option<String> {
+        let needle = format!("server state changed server={server} ");
+        let log = self.proc.log();
+        let line = log.lines().rev().find(|l| l.contains(&needle))?;
+        let to = line.split(" to=").nth(1)?;
+        Some(to.split_whitespace().next()?.trim_matches('"').to_string())
+    }
+
+    /// Wait until the proxy logs `server` going to `health`; how long it took.
+    pub async fn wait_health(&self, server: &str, health: &str, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        while self.logged_health(server).as_deref() != Some(health) {
+            assert!(
+                started.elapsed() < timeout,
+                "{server} not {health} after {timeout:?}:\n{}",
+                self.proc.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        started.elapsed()
+    }
+
     /// The proxy's own status (`/health` on the stats listener).
     pub async fn status(&self) -> serde_json::Value {
         client::get(&self.stats_target(), "/health")

@@ -28,6 +28,10 @@ const rooms = Number(arg("rooms", "1"));
 const restCount = Number(arg("rest", "0"));
 const timeout = Number(arg("timeout", "60000"));
 const transports = arg("transports", "polling,websocket").split(",");
+// With --hold FILE: after the first round, print a "held" line and wait for FILE to
+// exist (the test kills a worker meanwhile), then wait until every client is connected
+// and in its room again before the broadcast round.
+const hold = arg("hold");
 const started = Date.now();
 
 const result = {
@@ -131,6 +135,30 @@ async function main() {
     ),
   );
   mark("whoami");
+
+  if (hold) {
+    result.held = { perWorker: { ...result.perWorker } };
+    process.stdout.write(JSON.stringify({ held: true, perWorker: result.perWorker }) + "\n");
+    await until(() => fs.existsSync(hold), left());
+    mark("released");
+    for (const s of sockets) s.joined = false;
+    const rejoined = () => sockets.every((s) => s.socket.connected && s.joined);
+    // Clients that reconnect rejoin in their "connect" handler; the others rejoin here.
+    for (const s of sockets) {
+      if (s.socket.connected) s.socket.emit("join", s.room, () => { s.joined = true; });
+    }
+    await until(rejoined, left());
+    result.rejoined = sockets.filter((s) => s.socket.connected && s.joined).length;
+    mark("rejoined");
+    result.perWorker = {};
+    await Promise.all(sockets.map((s) => new Promise((resolve) => {
+      if (!s.socket.connected) return resolve();
+      s.socket.timeout(5000).emit("whoami", (err, r) => {
+        if (!err) result.perWorker[r.id] = (result.perWorker[r.id] || 0) + 1;
+        resolve();
+      });
+    })));
+  }
 
   // One broadcast per room, from its first member; every member must get it.
   const members = {};

@@ -1,0 +1,300 @@
+//! Health checks, failover and limits: a dead worker costs no failed request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::harness::node::{HeldClients, NodeWorker};
+use crate::harness::redis::Redis;
+use crate::harness::{Backend, Conn, HealthMode, Proxy, certs, client};
+
+fn body(backends: &[&Backend], health: &str, extra: &str) -> String {
+    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let mut y = format!(
+        "access_log: false\n{extra}routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\n\
+         health: {health}\nservers:\n",
+        names.join(", ")
+    );
+    for b in backends {
+        y.push_str(&format!("  {}: {{ address: {} }}\n", b.name, b.addr));
+    }
+    y
+}
+
+const FAST_CHECKS: &str = "{ interval: 500ms, timeout: 300ms, rise: 2, fall: 2 }";
+
+/// Steady GET load from `clients` keep-alive connections until `stop`; returns
+/// (requests, failures, answers per server).
+async fn steady_load(proxy: &Proxy, clients: usize, stop: Arc<AtomicBool>) -> (u64, Vec<String>, HashMap<String, u64>) {
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let target = proxy.plain().from(&format!("127.0.0.{}", 10 + i));
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let (mut sent, mut failures, mut per) = (0u64, Vec::new(), HashMap::<String, u64>::new());
+            let mut conn = Conn::open(&target).await.ok();
+            // Bounded: the test stops it; 20,000 requests per client at most.
+            while !stop.load(Ordering::Relaxed) && sent < 20_000 {
+                sent += 1;
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => {
+                        conn = Conn::open(&target).await.ok();
+                        failures.push("connect".to_string());
+                        continue;
+                    }
+                };
+                match c.get("/api").await {
+                    Ok(r) if r.status == 200 => {
+                        *per.entry(r.header("x-server").unwrap_or("?").to_string()).or_default() += 1
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status)),
+                    Err(e) => {
+                        failures.push(format!("io {e}"));
+                        conn = Conn::open(&target).await.ok();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (sent, failures, per)
+        }));
+    }
+    let mut total = (0, Vec::new(), HashMap::new());
+    for t in tasks {
+        let (sent, failures, per) = t.await.expect("load task");
+        total.0 += sent;
+        total.1.extend(failures);
+        for (k, v) in per {
+            *total.2.entry(k).or_default() += v;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_a_worker_under_load_costs_no_failed_get_and_it_returns_after_restart() {
+    let mut backends: Vec<Backend> = (1..=4).map(|i| Backend::start(&format!("w{i}"))).collect();
+    let proxy = Proxy::start(&body(&backends.iter().collect::<Vec<_>>(), FAST_CHECKS, ""));
+    for b in &backends {
+        proxy.wait_health(&b.name, "Up", Duration::from_secs(10)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // The load runs concurrently with the fault injection below.
+    let load = steady_load(&proxy, 6, Arc::clone(&stop));
+    let faults = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        backends[1].kill();
+        let killed_at = Instant::now();
+        // fall × interval + timeout = 2 × 500 ms + 300 ms; allow twice that plus jitter.
+        let down_after = proxy.wait_health("w2", "Down", Duration::from_secs(4)).await;
+        assert!(down_after <= Duration::from_millis(2600), "DOWN after {down_after:?}");
+        let hits_while_down: Vec<u64> = backends.iter().map(Backend::hits).collect();
+        tokio::time::sleep(Duration::from_secs(6).saturating_sub(killed_at.elapsed())).await;
+        let spread: Vec<u64> = backends
+            .iter()
+            .zip(&hits_while_down)
+            .map(|(b, h)| b.hits() - h)
+            .collect();
+        backends[1].restart();
+        let up_after = proxy.wait_health("w2", "Up", Duration::from_secs(5)).await;
+        let before_return = backends[1].hits();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stop.store(true, Ordering::Relaxed);
+        (spread, up_after, backends[1].hits() - before_return)
+    };
+    let ((sent, failures, per), (spread, up_after, returned)) = tokio::join!(load, faults);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} GETs failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(sent > 1000, "load too small: {sent}");
+    // While w2 was down, the other three shared its traffic.
+    assert_eq!(spread[1], 0, "no traffic to the dead worker: {spread:?}");
+    let others = [spread[0], spread[2], spread[3]];
+    let (max, min) = (*others.iter().max().unwrap(), *others.iter().min().unwrap());
+    assert!(
+        min > 0 && max as f64 / min as f64 <= 1.5,
+        "uneven while down: {spread:?}"
+    );
+    assert!(
+        up_after < Duration::from_secs(3),
+        "UP after {up_after:?} (rise 2 × 500 ms)"
+    );
+    assert!(returned > 0, "w2 gets traffic again after it returns: {per:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_failing_its_checks_is_taken_out_and_a_hanging_one_by_timeout() {
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let proxy = Proxy::start(&body(&[&a, &b, &c], FAST_CHECKS, ""));
+    for s in ["a", "b", "c"] {
+        proxy.wait_health(s, "Up", Duration::from_secs(10)).await;
+    }
+    b.set_health(HealthMode::Fail);
+    c.set_health(HealthMode::Hang);
+    proxy.wait_health("b", "Down", Duration::from_secs(5)).await;
+    proxy.wait_health("c", "Down", Duration::from_secs(5)).await;
+    assert!(proxy.proc.log().contains("L7STS 500"), "the 500 is the reason");
+    assert!(proxy.proc.log().contains("L7TOUT"), "the timeout is the reason");
+    let (b0, c0) = (b.hits(), c.hits());
+    let mut conn = Conn::open(&proxy.plain()).await.unwrap();
+    for _ in 0..30 {
+        assert_eq!(conn.get("/").await.unwrap().header("x-server"), Some("a"));
+    }
+    assert_eq!((b.hits(), c.hits()), (b0, c0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_servers_down_is_503_with_retry_after_at_once_without_touching_them() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    a.set_health(HealthMode::Fail);
+    b.set_health(HealthMode::Fail);
+    let proxy = Proxy::start(&body(&[&a, &b], FAST_CHECKS, ""));
+    proxy.wait_health("a", "Down", Duration::from_secs(5)).await;
+    proxy.wait_health("b", "Down", Duration::from_secs(5)).await;
+    let started = Instant::now();
+    let r = client::get(&proxy.plain(), "/").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!((a.hits(), b.hits()), (0, 0), "no request was sent to a DOWN server");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_at_max_connections_queues_the_next_request_until_a_slot_frees() {
+    let a = Backend::start("a");
+    let yaml = body(&[&a], FAST_CHECKS, "timeouts: { queue: 3s }\n").replace(
+        &format!("address: {} }}", a.addr),
+        &format!("address: {}, max_connections: 1 }}", a.addr),
+    );
+    let proxy = Proxy::start(&yaml);
+    let t = proxy.plain();
+    let slow = tokio::spawn(async move { client::get(&t, "/slow/1000").await.map(|r| r.status) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = client::get(&proxy.plain(), "/queued").await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        waited >= Duration::from_millis(600),
+        "it waited for the slot: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(2500),
+        "served when the slot freed: {waited:?}"
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_queue_gives_up_with_503_after_its_timeout() {
+    let a = Backend::start("a");
+    let yaml = body(&[&a], FAST_CHECKS, "timeouts: { queue: 400ms }\n").replace(
+        &format!("address: {} }}", a.addr),
+        &format!("address: {}, max_connections: 1 }}", a.addr),
+    );
+    let proxy = Proxy::start(&yaml);
+    let t = proxy.plain();
+    let slow = tokio::spawn(async move { client::get(&t, "/slow/2000").await.map(|r| r.status) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = client::get(&proxy.plain(), "/").await.unwrap();
+    assert_eq!(r.status, 503);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_refused_by_one_server_is_retried_on_another_for_any_method() {
+    let a = Backend::start("a");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // Health checks would take `dead` out; make them slow so the retry path is what we see.
+    let mut yaml = body(&[&a], "{ interval: 30s, timeout: 1s, passive_fall: 0 }", "");
+    yaml = yaml.replace("servers: [a]", "servers: [a, gone]");
+    yaml.push_str(&format!("  gone: {{ address: {dead} }}\n"));
+    let proxy = Proxy::start(&yaml);
+    let mut conn = Conn::open(&proxy.plain()).await.unwrap();
+    for i in 0..10 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r = conn.request(method, "/", &[], b"x").await.unwrap();
+        assert_eq!(r.status, 200, "{method} was retried on the live server");
+    }
+    assert_eq!(a.hits(), 10);
+}
+
+#[test]
+fn a_hundred_socket_io_clients_move_off_a_killed_worker_and_broadcasts_reach_all_again() {
+    let redis = Redis::start();
+    let mut workers: Vec<NodeWorker> = (1..=3)
+        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+        .collect();
+    let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+    let mut yaml = format!(
+        "access_log: false\nroutes:\n  - {{ path_prefix: /, backend: sockets }}\nbackends:\n  sockets: {{ balance: sticky, servers: [{}], timeouts: {{ server: 60s }} }}\n\
+         health: {FAST_CHECKS}\nservers:\n",
+        names.join(", ")
+    );
+    for w in &workers {
+        yaml.push_str(&format!("  {}: {{ address: {} }}\n", w.id, w.addr));
+    }
+    let proxy = Proxy::start(&yaml);
+    let url = format!("https://127.0.0.1:{}", proxy.https.port());
+    let ca = certs().ca_cert.display().to_string();
+    let args = [
+        "--url",
+        &url,
+        "--ca",
+        &ca,
+        "--clients",
+        "100",
+        "--addresses",
+        "10",
+        "--rooms",
+        "10",
+    ];
+    let mut clients = HeldClients::start(&args, Duration::from_secs(60));
+    let held = clients.wait_held(Duration::from_secs(40));
+    // Kill the worker with the most clients.
+    let per: HashMap<String, u64> = serde_json::from_value(held["perWorker"].clone()).expect("per worker");
+    assert_eq!(per.values().sum::<u64>(), 100, "{held}");
+    let (victim, on_victim) = per
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, n)| (k.clone(), *n))
+        .expect("a worker");
+    workers.iter_mut().find(|w| w.id == victim).expect("victim").kill();
+    let report = clients.release_and_finish(Duration::from_secs(60));
+    assert_eq!(report["rejoined"], 100, "{report}");
+    let after: HashMap<String, u64> = serde_json::from_value(report["perWorker"].clone()).expect("per worker");
+    assert_eq!(after.values().sum::<u64>(), 100, "{report}");
+    assert!(!after.contains_key(&victim), "nobody on the killed worker: {report}");
+    assert!(report["reconnects"].as_u64().unwrap_or(0) >= on_victim, "{report}");
+    assert_eq!(
+        report["broadcasts"]["received"], 100,
+        "every member got its room's broadcast: {report}"
+    );
+    // Reconnection is quick: the client's delay is 200 ms to 1 s.
+    let released = report["phases"]["released"].as_u64().unwrap_or(0);
+    let rejoined = report["phases"]["rejoined"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        rejoined - released < 5000,
+        "rejoined {}ms after the kill: {report}",
+        rejoined - released
+    );
+    drop(proxy);
+    drop(redis);
+}
