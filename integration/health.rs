@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::harness::load::steady_load;
 use crate::harness::node::{HeldClients, NodeWorker};
 use crate::harness::redis::Redis;
 use crate::harness::{Backend, Conn, HealthMode, Proxy, certs, client};
@@ -23,54 +24,6 @@ fn body(backends: &[&Backend], health: &str, extra: &str) -> String {
 }
 
 const FAST_CHECKS: &str = "{ interval: 500ms, timeout: 300ms, rise: 2, fall: 2 }";
-
-/// Steady GET load from `clients` keep-alive connections until `stop`; returns
-/// (requests, failures, answers per server).
-async fn steady_load(proxy: &Proxy, clients: usize, stop: Arc<AtomicBool>) -> (u64, Vec<String>, HashMap<String, u64>) {
-    let mut tasks = Vec::new();
-    for i in 0..clients {
-        let target = proxy.plain().from(&format!("127.0.0.{}", 10 + i));
-        let stop = Arc::clone(&stop);
-        tasks.push(tokio::spawn(async move {
-            let (mut sent, mut failures, mut per) = (0u64, Vec::new(), HashMap::<String, u64>::new());
-            let mut conn = Conn::open(&target).await.ok();
-            // Bounded: the test stops it; 20,000 requests per client at most.
-            while !stop.load(Ordering::Relaxed) && sent < 20_000 {
-                sent += 1;
-                let c = match conn.as_mut() {
-                    Some(c) => c,
-                    None => {
-                        conn = Conn::open(&target).await.ok();
-                        failures.push("connect".to_string());
-                        continue;
-                    }
-                };
-                match c.get("/api").await {
-                    Ok(r) if r.status == 200 => {
-                        *per.entry(r.header("x-server").unwrap_or("?").to_string()).or_default() += 1
-                    }
-                    Ok(r) => failures.push(format!("status {}", r.status)),
-                    Err(e) => {
-                        failures.push(format!("io {e}"));
-                        conn = Conn::open(&target).await.ok();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (sent, failures, per)
-        }));
-    }
-    let mut total = (0, Vec::new(), HashMap::new());
-    for t in tasks {
-        let (sent, failures, per) = t.await.expect("load task");
-        total.0 += sent;
-        total.1.extend(failures);
-        for (k, v) in per {
-            *total.2.entry(k).or_default() += v;
-        }
-    }
-    total
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_a_worker_under_load_costs_no_failed_get_and_it_returns_after_restart() {

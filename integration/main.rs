@@ -7,4 +7,5 @@ mod harness;
 
 mod foundation;
 mod health;
+mod reload;
 mod sticky;

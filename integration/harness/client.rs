@@ -16,7 +16,11 @@ use tokio_rustls::client::TlsStream;
 
 /// A client TLS config trusting the test CA.
 pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    let ca = super::certs().ca_cert.clone();
+    tls_config_trusting(&super::certs().ca_cert)
+}
+
+/// A client TLS config trusting the CA in `ca`.
+pub fn tls_config_trusting(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
     let pem = std::fs::read(ca).expect("read CA");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
@@ -75,6 +79,8 @@ pub struct Target {
     pub tls: Option<String>,
     /// Bind this source address (e.g. 127.0.0.7) to look like another client.
     pub source: Option<IpAddr>,
+    /// Trust this CA instead of the shared test CA.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -83,6 +89,7 @@ impl Target {
             addr,
             tls: None,
             source: None,
+            ca: None,
         }
     }
     pub fn tls(addr: SocketAddr) -> Target {
@@ -90,7 +97,12 @@ impl Target {
             addr,
             tls: Some("localhost".into()),
             source: None,
+            ca: None,
         }
+    }
+    pub fn trusting(mut self, ca: &std::path::Path) -> Target {
+        self.ca = Some(ca.to_path_buf());
+        self
     }
     pub fn from(mut self, ip: &str) -> Target {
         self.source = Some(ip.parse().expect("source ip"));
@@ -110,7 +122,11 @@ pub async fn connect(t: &Target) -> std::io::Result<Stream> {
     match &t.tls {
         None => Ok(Stream::Plain(tcp)),
         Some(name) => {
-            let connector = TlsConnector::from(tls_config());
+            let config = match &t.ca {
+                Some(ca) => tls_config_trusting(ca),
+                None => tls_config(),
+            };
+            let connector = TlsConnector::from(config);
             let name = ServerName::try_from(name.clone()).map_err(std::io::Error::other)?;
             Ok(Stream::Tls(Box::new(connector.connect(name, tcp).await?)))
         }

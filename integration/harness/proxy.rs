@@ -20,6 +20,8 @@ pub struct ProxyBuilder {
     https: bool,
     extra_listen: String,
     env: Vec<(String, String)>,
+    drain_timeout: String,
+    tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 pub struct Proxy {
@@ -44,6 +46,16 @@ impl ProxyBuilder {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    /// `reload.drain_timeout` (default 5s).
+    pub fn drain_timeout(mut self, d: &str) -> Self {
+        self.drain_timeout = d.to_string();
+        self
+    }
+    /// Serve this certificate and key instead of the shared test ones.
+    pub fn tls_files(mut self, cert: &Path, key: &Path) -> Self {
+        self.tls_files = Some((cert.to_path_buf(), key.to_path_buf()));
         self
     }
     pub fn no_https(mut self) -> Self {
@@ -91,15 +103,17 @@ impl ProxyBuilder {
             self.redirect, self.extra_listen
         ));
         if self.https {
+            let (cert, key) = self.tls_files.clone().unwrap_or((c.cert.clone(), c.key.clone()));
             y.push_str(&format!(
                 "tls: {{ cert: {}, key: {} }}\n",
-                c.cert.display(),
-                c.key.display()
+                cert.display(),
+                key.display()
             ));
         }
         y.push_str(&format!(
-            "threads: 2\nreload: {{ pidfile: {}, drain_timeout: 5s }}\n",
-            dir.join("edgepin.pid").display()
+            "threads: 2\nreload: {{ pidfile: {}, drain_timeout: {} }}\n",
+            dir.join("edgepin.pid").display(),
+            self.drain_timeout
         ));
         y.push_str(&self.body);
         y
@@ -118,6 +132,8 @@ impl Proxy {
             https: true,
             extra_listen: String::new(),
             env: Vec::new(),
+            drain_timeout: "5s".into(),
+            tls_files: None,
         }
     }
 

@@ -151,10 +151,14 @@ async function main() {
     result.rejoined = sockets.filter((s) => s.socket.connected && s.joined).length;
     mark("rejoined");
     result.perWorker = {};
+    result.moved = 0;
     await Promise.all(sockets.map((s) => new Promise((resolve) => {
       if (!s.socket.connected) return resolve();
       s.socket.timeout(5000).emit("whoami", (err, r) => {
-        if (!err) result.perWorker[r.id] = (result.perWorker[r.id] || 0) + 1;
+        if (!err) {
+          result.perWorker[r.id] = (result.perWorker[r.id] || 0) + 1;
+          if (r.id !== s.worker) result.moved++;
+        }
         resolve();
       });
     })));

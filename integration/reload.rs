@@ -1,0 +1,240 @@
+//! Hot reload on SIGHUP: nothing in flight is dropped, a bad file changes nothing, a
+//! removed server drains, certificates rotate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::load::{echoing_websockets, steady_load};
+use crate::harness::node::{HeldClients, NodeWorker};
+use crate::harness::redis::Redis;
+use crate::harness::{Backend, Proxy, Target, certs, client};
+
+async fn generation(proxy: &Proxy) -> u64 {
+    proxy.status().await["generation"].as_u64().expect("generation")
+}
+
+async fn wait_generation(proxy: &Proxy, generation_wanted: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while generation(proxy).await != generation_wanted {
+        assert!(
+            Instant::now() < deadline,
+            "generation {generation_wanted} never came:\n{}",
+            proxy.proc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Config body number `k` of the storm: w5 in every other one, w1's weight cycling.
+fn storm_body(k: usize, api: &[Backend], nodes: &[NodeWorker]) -> String {
+    let mut names: Vec<&str> = api.iter().take(4).map(|b| b.name.as_str()).collect();
+    if k % 2 == 1 {
+        names.push(api[4].name.as_str());
+    }
+    let node_names: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    let mut y = format!(
+        "access_log: false\nroutes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ servers: [{}] }}\n  sockets: {{ balance: sticky, servers: [{}], timeouts: {{ server: 60s }} }}\n\
+         health: {{ interval: 500ms, timeout: 300ms }}\nservers:\n",
+        names.join(", "),
+        node_names.join(", ")
+    );
+    for (i, b) in api.iter().enumerate() {
+        if names.contains(&b.name.as_str()) {
+            let weight = if i == 0 { 1 + k % 3 } else { 1 };
+            y.push_str(&format!("  {}: {{ address: {}, weight: {weight} }}\n", b.name, b.addr));
+        }
+    }
+    for n in nodes {
+        y.push_str(&format!("  {}: {{ address: {} }}\n", n.id, n.addr));
+    }
+    y
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
+    let api: Vec<Backend> = (1..=5).map(|i| Backend::start(&format!("w{i}"))).collect();
+    let redis = Redis::start();
+    let nodes: Vec<NodeWorker> = (1..=2)
+        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+        .collect();
+    // Certificates the test rotates in place: A (the shared test CA) now, B later.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("edge.crt"), dir.path().join("edge.key"));
+    std::fs::copy(&certs().cert, &cert).unwrap();
+    std::fs::copy(&certs().key, &key).unwrap();
+    let other = edgepin::certs::generate(&dir.path().join("b")).unwrap();
+
+    let proxy = Proxy::builder(&storm_body(0, &api, &nodes))
+        .drain_timeout("60s")
+        .tls_files(&cert, &key)
+        .start();
+    let url = format!("http://127.0.0.1:{}", proxy.http.port());
+    let polling = [
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--addresses",
+        "5",
+        "--rooms",
+        "4",
+        "--transports",
+        "polling",
+    ];
+    let mut clients = HeldClients::start(&polling, Duration::from_secs(90));
+    clients.wait_held(Duration::from_secs(30));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rest = steady_load(&proxy, 4, Arc::clone(&stop));
+    let plain = proxy.plain();
+    let sockets = echoing_websockets(&plain, "/ws", 200, Arc::clone(&stop));
+    let storm = async {
+        let mut expected = 1;
+        for k in 1..=20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if k == 10 {
+                // Valid YAML, wrong meaning: a route to a backend that does not exist.
+                proxy.write_config(&storm_body(k, &api, &nodes).replace("backend: api }", "backend: nope }"));
+            } else {
+                proxy.write_config(&storm_body(k, &api, &nodes));
+            }
+            if k == 15 {
+                std::fs::copy(&other.cert, &cert).unwrap();
+                std::fs::copy(&other.key, &key).unwrap();
+            }
+            let before = Instant::now();
+            proxy.sighup();
+            if k == 10 {
+                // Rejected: the old config stays; the error names the file position.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !proxy.proc.log().contains("reload rejected") {
+                    assert!(Instant::now() < deadline, "no rejection logged");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(generation(&proxy).await, expected);
+            } else {
+                expected += 1;
+                wait_generation(&proxy, expected).await;
+                assert!(
+                    before.elapsed() < Duration::from_secs(2),
+                    "reload {k} took {:?}",
+                    before.elapsed()
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        expected
+    };
+    let ((sent, failures, per), (echoed, ws_problems), last) = tokio::join!(rest, sockets, storm);
+    let report = clients.release_and_finish(Duration::from_secs(60));
+
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        ws_problems.is_empty(),
+        "{} websocket problems: {:?}",
+        ws_problems.len(),
+        &ws_problems[..ws_problems.len().min(10)]
+    );
+    assert!(echoed > 200 * 50, "websockets kept echoing: {echoed}");
+    assert_eq!(last, 20, "19 reloads applied, 1 rejected");
+    assert!(
+        per.get("w5").copied().unwrap_or(0) > 0,
+        "w5 served while it was in the config: {per:?}"
+    );
+    let log = proxy.proc.log();
+    let rejected = log.lines().find(|l| l.contains("reload rejected")).expect("rejection");
+    assert!(
+        rejected.contains("proxy.yaml:") && rejected.contains("\"nope\" is not defined"),
+        "{rejected}"
+    );
+    // Polling sessions stayed on their worker through it all.
+    assert_eq!(report["reconnects"], 0, "{report}");
+    assert_eq!(report["disconnects"], 0, "{report}");
+    assert_eq!(report["moved"], 0, "{report}");
+    assert_eq!(report["broadcasts"]["received"], 20, "{report}");
+    // The rotated certificate is served to new connections.
+    assert!(
+        client::get(&proxy.tls().trusting(&other.ca_cert), "/").await.is_ok(),
+        "new certificate in use"
+    );
+    assert!(
+        client::get(&proxy.tls(), "/").await.is_err(),
+        "old certificate no longer served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_cleanly() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let body = |servers: &[&Backend]| {
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        let mut y = format!(
+            "routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\nservers:\n",
+            names.join(", ")
+        );
+        for s in servers {
+            y.push_str(&format!("  {}: {{ address: {} }}\n", s.name, s.addr));
+        }
+        y
+    };
+    let proxy = Proxy::builder(&body(&[&a, &b])).drain_timeout("2s").start();
+    // Open WebSockets until one lands on b.
+    let mut ws = None;
+    for _ in 0..10 {
+        let mut s = client::websocket(&proxy.plain(), "/ws").await.unwrap();
+        let hello = s.next().await.unwrap().unwrap().into_text().unwrap();
+        if hello.as_str() == "hello from b" {
+            ws = Some(s);
+            break;
+        }
+    }
+    let mut ws = ws.expect("a websocket on b");
+    proxy.write_config(&body(&[&a]));
+    proxy.sighup();
+    wait_generation(&proxy, 2).await;
+    let removed_at = Instant::now();
+    // New traffic avoids b at once.
+    for _ in 0..10 {
+        assert_eq!(
+            client::get(&proxy.plain(), "/").await.unwrap().header("x-server"),
+            Some("a")
+        );
+    }
+    // The open tunnel keeps flowing until the drain timeout...
+    let mut echoed = 0;
+    let close = loop {
+        assert!(removed_at.elapsed() < Duration::from_secs(6), "tunnel never closed");
+        if ws.send(Message::Text(format!("m{echoed}").into())).await.is_err() {
+            break None;
+        }
+        match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                assert_eq!(t.as_str(), format!("m{echoed}"));
+                echoed += 1;
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let closed_after = removed_at.elapsed();
+    assert!(echoed >= 10, "kept flowing while draining: {echoed} echoes");
+    assert!(
+        closed_after >= Duration::from_millis(1800),
+        "closed too early: {closed_after:?}"
+    );
+    // ...then closes cleanly, with a close frame saying the server is going away.
+    let frame = close.expect("a close frame, not a bare disconnect");
+    assert_eq!(u16::from(frame.code), 1001);
+    let _ = Target::plain(proxy.http);
+}
