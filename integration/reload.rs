@@ -238,3 +238,51 @@ async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_c
     assert_eq!(u16::from(frame.code), 1001);
     let _ = Target::plain(proxy.http);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_diff_shows_what_a_reload_would_change_and_edgepin_reload_applies_it() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let body = |servers: &[&Backend]| {
+        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+        let mut y = format!(
+            "routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\nservers:\n",
+            names.join(", ")
+        );
+        for s in servers {
+            y.push_str(&format!("  {}: {{ address: {} }}\n", s.name, s.addr));
+        }
+        y
+    };
+    let proxy = Proxy::start(&body(&[&a]));
+    let edgepin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin"))
+            .args(args)
+            .arg("-c")
+            .arg(&proxy.config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = edgepin(&["check", "--diff"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("no changes"), "{out}");
+
+    proxy.write_config(&body(&[&a, &b]));
+    let (code, out) = edgepin(&["check", "--diff"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("+ server b {}", b.addr)), "{out}");
+    assert!(out.contains("~ backend api servers: a -> a, b"), "{out}");
+    assert_eq!(generation(&proxy).await, 1, "check changes nothing");
+
+    let (code, out) = edgepin(&["reload"]);
+    assert_eq!(code, Some(0), "{out}");
+    wait_generation(&proxy, 2).await;
+    let (_, out) = edgepin(&["check", "--diff"]);
+    assert!(
+        out.contains("no changes"),
+        "the reload is now the running config: {out}"
+    );
+}

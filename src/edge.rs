@@ -80,7 +80,7 @@ pub fn run(path: &Path) -> Result<(), RunError> {
 
 /// Load the config at `path` and assemble the proxy; a taken port or a bad file fails here.
 pub fn start(path: &Path) -> Result<Edge, RunError> {
-    let config = config::load(path)?;
+    let (text, config) = config::read(path)?;
     let cert = match &config.tls {
         Some(t) if config.listen.https.is_some() => {
             let ck = load_certified_key(&t.cert, &t.key).map_err(|source| RunError::Tls {
@@ -124,6 +124,9 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             path: pidfile.display().to_string(),
             source,
         })?;
+        if let Err(e) = crate::diff::save_loaded(pidfile, path, &text) {
+            tracing::warn!(error = %e, "cannot save the loaded config for `check --diff`");
+        }
     }
 
     let shared = Shared::new(config.clone(), cert.clone());

@@ -9,6 +9,7 @@ pub mod balance;
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod diff;
 pub mod edge;
 pub mod health;
 pub mod proxy;

@@ -23,10 +23,13 @@ enum Command {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
     },
-    /// Validate a config and print a summary.
+    /// Validate a config and print a summary (or, with --diff, what a reload would change).
     Check {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
+        /// Compare with the config the running proxy loaded (found through reload.pidfile).
+        #[arg(long)]
+        diff: bool,
     },
     /// Write a development CA and a localhost certificate.
     Certs {
@@ -56,7 +59,8 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         },
-        Command::Check { config } => match edgepin::config::load(&config) {
+        Command::Check { config, diff } => match edgepin::config::load(&config) {
+            Ok(c) if diff => check_diff(&c),
             Ok(c) => {
                 print!("{}", edgepin::check::summary(&c));
                 ExitCode::SUCCESS
@@ -76,6 +80,27 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Reload { config } => reload(&config),
+    }
+}
+
+fn check_diff(new: &edgepin::config::Config) -> ExitCode {
+    let Some(pidfile) = &new.reload.pidfile else {
+        return fail("reload.pidfile is not set in the config: no running proxy to compare with");
+    };
+    match edgepin::diff::running_config(pidfile) {
+        Ok(old) => {
+            let changes = edgepin::diff::diff(&old, new);
+            if changes.is_empty() {
+                println!("{}: valid, no changes from the running config", new.source.display());
+            } else {
+                println!("{}: valid; a reload would change:", new.source.display());
+                for c in changes {
+                    println!("  {c}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
     }
 }
 

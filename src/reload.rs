@@ -73,8 +73,8 @@ pub fn reload(shared: &Shared, path: &Path) -> Outcome {
 }
 
 fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
-    let config = match config::load(path) {
-        Ok(c) => c,
+    let (text, config) = match config::read(path) {
+        Ok(read) => read,
         Err(e) => return Outcome::Rejected(e.errors()),
     };
     let mut warnings = restart_needed(&shared.snapshot().config, &config);
@@ -98,6 +98,11 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         current.store(ck);
     }
     shared.sids.set_ttl(config.sticky.sid_ttl);
+    if let Some(pidfile) = &config.reload.pidfile
+        && let Err(e) = crate::diff::save_loaded(pidfile, path, &text)
+    {
+        warnings.push(format!("cannot save the loaded config for `check --diff`: {e}"));
+    }
     Outcome::Applied {
         generation,
         took: started.elapsed(),

@@ -372,11 +372,17 @@ pub struct Workers {
 
 /// Read, parse and validate a config file.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
+    read(path).map(|(_, config)| config)
+}
+
+/// Like [`load`], also returning the text that was validated.
+pub fn read(path: &Path) -> Result<(String, Config), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(path, &text)
+    let config = parse(path, &text)?;
+    Ok((text, config))
 }
 
 /// Parse and validate config text; `path` names the file in errors and resolves
