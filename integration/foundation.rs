@@ -415,3 +415,26 @@ async fn the_proxy_reports_its_own_health_on_the_stats_listener() {
     assert_eq!(s["generation"], 1);
     let _ = Target::plain(proxy.stats);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_protocol_names_the_client_only_for_trusted_peers() {
+    let a = Backend::start("a");
+    let body = api_body(&[&a], &[]).replace("routes:", "trusted_proxies: [127.0.0.5/32]\nroutes:");
+    let proxy = Proxy::builder(&body).listen("  proxy_protocol: true\n").start();
+    let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 443\r\n";
+    for target in [proxy.plain(), proxy.tls()] {
+        let r = client::get(&target.from("127.0.0.5").preface(v1), "/").await.unwrap();
+        assert_eq!(r.json()["headers"]["x-real-ip"], "203.0.113.7");
+        assert_eq!(r.json()["headers"]["x-forwarded-for"], "203.0.113.7");
+    }
+    // Anyone else is served as themselves, and cannot claim another address.
+    let r = client::get(&proxy.plain().from("127.0.0.6"), "/").await.unwrap();
+    assert_eq!(r.json()["headers"]["x-real-ip"], "127.0.0.6");
+    let r = client::get(&proxy.plain().from("127.0.0.6").preface(v1), "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "a PROXY line from an untrusted peer is not HTTP");
+    // A trusted peer must send the header.
+    assert!(client::get(&proxy.plain().from("127.0.0.5"), "/").await.is_err());
+    assert_eq!(a.hits(), 3);
+}

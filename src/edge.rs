@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::listeners::Listeners;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
@@ -21,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
 use crate::health::check::Checker;
-use crate::proxy::{ConnectionLimit, EdgeProxy};
+use crate::proxy::{ConnectionLimit, EdgeProxy, ProxyProtocolAcceptor};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
@@ -140,17 +141,22 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         config.limits.max_connections,
         config.timeouts.client,
     );
-    let mut service = Service::new("edgepin proxy".to_string(), limited);
-    service.threads = Some(config.threads);
+    let mut listeners = Listeners::new();
+    // Reads the PROXY header of trusted peers when the (reloadable) config asks for it.
+    listeners.set_pre_tls_callback(Arc::new(ProxyProtocolAcceptor {
+        shared: Arc::clone(&shared),
+    }));
     if let Some(addr) = config.listen.http {
-        service.add_tcp(&addr.to_string());
+        listeners.add_tcp(&addr.to_string());
     }
     if let (Some(addr), Some(cert), Some(t)) = (config.listen.https, cert, &config.tls) {
         let mut settings = TlsSettings::intermediate("", "").expect("building empty TLS settings cannot fail");
         settings.set_cert_resolver(cert);
         settings.set_alpn(if t.h2 { ALPN::H2H1 } else { ALPN::H1 });
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        listeners.add_tls_with_settings(&addr.to_string(), None, settings);
     }
+    let mut service = Service::with_listeners("edgepin proxy".to_string(), listeners, limited);
+    service.threads = Some(config.threads);
     server.add_service(service);
     server.add_service(background_service(
         "health checks",

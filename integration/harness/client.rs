@@ -81,6 +81,8 @@ pub struct Target {
     pub source: Option<IpAddr>,
     /// Trust this CA instead of the shared test CA.
     pub ca: Option<std::path::PathBuf>,
+    /// Bytes sent first, before TLS or HTTP (a PROXY protocol header).
+    pub preface: Option<Vec<u8>>,
 }
 
 impl Target {
@@ -90,6 +92,7 @@ impl Target {
             tls: None,
             source: None,
             ca: None,
+            preface: None,
         }
     }
     pub fn tls(addr: SocketAddr) -> Target {
@@ -98,7 +101,12 @@ impl Target {
             tls: Some("localhost".into()),
             source: None,
             ca: None,
+            preface: None,
         }
+    }
+    pub fn preface(mut self, bytes: &[u8]) -> Target {
+        self.preface = Some(bytes.to_vec());
+        self
     }
     pub fn trusting(mut self, ca: &std::path::Path) -> Target {
         self.ca = Some(ca.to_path_buf());
@@ -119,6 +127,10 @@ pub async fn connect(t: &Target) -> std::io::Result<Stream> {
         .await
         .map_err(|_| std::io::Error::other("connect timeout"))??;
     tcp.set_nodelay(true)?;
+    let mut tcp = tcp;
+    if let Some(p) = &t.preface {
+        tcp.write_all(p).await?;
+    }
     match &t.tls {
         None => Ok(Stream::Plain(tcp)),
         Some(name) => {

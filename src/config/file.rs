@@ -38,6 +38,10 @@ pub struct FileConfig {
     pub stats: Option<Spanned<StatsFile>>,
     #[serde(default)]
     pub sticky: Option<Spanned<StickyFile>>,
+    /// Peers (other proxies, L4 balancers) that may name the client: by X-Forwarded-For,
+    /// or by the PROXY protocol when `listen.proxy_protocol` is on.
+    #[serde(default)]
+    pub trusted_proxies: Option<Spanned<Vec<Str>>>,
     #[serde(default)]
     pub reload: Option<ReloadFile>,
     #[serde(default)]
@@ -59,6 +63,9 @@ pub struct ListenFile {
     /// Port written into redirect URLs (default: the https listener's port).
     #[serde(default)]
     pub redirect_port: Option<Spanned<u16>>,
+    /// Trusted peers send a PROXY protocol header first (https and http listeners).
+    #[serde(default)]
+    pub proxy_protocol: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,9 +216,6 @@ pub struct StickyFile {
     /// Most session ids remembered at once.
     #[serde(default)]
     pub max_sids: Option<Spanned<u64>>,
-    /// Networks whose X-Forwarded-For is trusted as the client address.
-    #[serde(default)]
-    pub trusted_proxies: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

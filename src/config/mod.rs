@@ -81,6 +81,8 @@ pub struct Config {
     pub health: Health,
     pub stats: Stats,
     pub sticky: Sticky,
+    /// Peers whose X-Forwarded-For (or PROXY header) names the client.
+    pub trusted_proxies: Vec<Network>,
     pub reload: Reload,
     pub workers: Workers,
 }
@@ -104,6 +106,8 @@ pub struct Listen {
     pub redirect: bool,
     /// Port written into redirect URLs.
     pub redirect_port: u16,
+    /// Trusted peers must open with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,8 +299,6 @@ pub struct Sticky {
     pub same_site: SameSite,
     pub sid_ttl: Duration,
     pub max_sids: usize,
-    /// Peers whose X-Forwarded-For names the client.
-    pub trusted_proxies: Vec<Network>,
 }
 
 impl fmt::Debug for Sticky {
@@ -306,7 +308,6 @@ impl fmt::Debug for Sticky {
             .field("same_site", &self.same_site)
             .field("sid_ttl", &self.sid_ttl)
             .field("max_sids", &self.max_sids)
-            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }

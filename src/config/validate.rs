@@ -126,6 +126,15 @@ impl Validator<'_> {
         let stats = self.stats(f.stats.as_ref(), &listen, &f.listen);
         let limits = self.limits(f.limits.as_ref());
         let health = self.health(f.health.as_ref());
+        let trusted_proxies = self.trusted_proxies(f.trusted_proxies.as_ref());
+        if let Some(pp) = f.listen.value.proxy_protocol.as_ref().filter(|p| p.value)
+            && trusted_proxies.is_empty()
+        {
+            self.err(
+                pp.referenced,
+                "listen.proxy_protocol needs `trusted_proxies`: only those peers may send the header",
+            );
+        }
         let sticky = self.sticky(f.sticky.as_ref());
         let threads = self.count(&f.threads, "threads", (1, 256), default_threads() as u64) as usize;
         let reload = self.reload(f.reload.as_ref());
@@ -145,6 +154,7 @@ impl Validator<'_> {
             health,
             stats,
             sticky,
+            trusted_proxies,
             reload,
             workers,
         }
@@ -195,6 +205,7 @@ impl Validator<'_> {
             stats,
             redirect,
             redirect_port,
+            proxy_protocol: l.value.proxy_protocol.as_ref().is_some_and(|p| p.value),
         }
     }
 
@@ -601,21 +612,20 @@ impl Validator<'_> {
         };
         let sid_ttl = self.duration(&sf.sid_ttl, Duration::from_secs(120));
         let max_sids = self.count(&sf.max_sids, "max_sids", (16, 10_000_000), 100_000) as usize;
-        let mut trusted_proxies = Vec::new();
-        if let Some(list) = &sf.trusted_proxies {
-            for net in &list.value {
-                if let Some(n) = self.check(net, |n| parse_network(n)) {
-                    trusted_proxies.push(n);
-                }
-            }
-        }
         Sticky {
             secret,
             same_site,
             sid_ttl,
             max_sids,
-            trusted_proxies,
         }
+    }
+
+    fn trusted_proxies(&mut self, list: Option<&Spanned<Vec<Str>>>) -> Vec<Network> {
+        let Some(list) = list else { return Vec::new() };
+        list.value
+            .iter()
+            .filter_map(|net| self.check(net, |n| parse_network(n)))
+            .collect()
     }
 
     fn reload(&mut self, r: Option<&file::ReloadFile>) -> Reload {

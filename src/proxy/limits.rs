@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::http::RequestHeader;
 use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::server::ShutdownWatch;
 use tokio::sync::Semaphore;
 
@@ -69,6 +70,28 @@ impl Drop for Open<'_> {
     }
 }
 
+impl<A> ConnectionLimit<A> {
+    /// On the plain listener, a trusted peer's PROXY header (the https listener reads it
+    /// before the TLS handshake instead). None: the header was bad; drop the connection.
+    async fn read_proxy_header(&self, stream: Stream) -> Option<Stream> {
+        let snapshot = self.shared.snapshot();
+        let cfg = &snapshot.config;
+        if !cfg.listen.proxy_protocol || stream.get_ssl_digest().is_some() {
+            return Some(stream);
+        }
+        let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
+            return None;
+        };
+        match super::proxy_protocol::accept(&mut l4, &cfg.trusted_proxies, cfg.timeouts.client).await {
+            Ok(()) => Some(l4),
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping connection: bad PROXY header");
+                None
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
@@ -90,6 +113,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         };
         counters.connections_total.inc();
         let _open = Open::new(counters, permit);
+        let stream = match self.read_proxy_header(stream).await {
+            Some(stream) => stream,
+            None => {
+                counters.request_errors.inc();
+                return None;
+            }
+        };
         self.inner.process_new(stream, shutdown).await
     }
 

@@ -10,6 +10,7 @@
 mod ctx;
 mod headers;
 mod limits;
+mod proxy_protocol;
 mod respond;
 mod route;
 mod select;
@@ -17,6 +18,7 @@ mod tunnel;
 
 pub use ctx::RequestCtx;
 pub use limits::ConnectionLimit;
+pub use proxy_protocol::ProxyProtocolAcceptor;
 pub use route::ACME_PREFIX;
 
 use std::sync::Arc;
@@ -233,7 +235,7 @@ impl ProxyHttp for EdgeProxy {
         }
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
-        ctx.client = headers::client_ip(peer, xff, &cfg.sticky.trusted_proxies);
+        ctx.client = headers::client_ip(peer, xff, &cfg.trusted_proxies);
         let host =
             route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host()).map(|h| h.into_owned());
         let path = req.uri.path().to_string();
@@ -394,7 +396,7 @@ impl ProxyHttp for EdgeProxy {
         };
         let cfg = &snapshot.config;
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let trusted = peer.is_some_and(|p| cfg.sticky.trusted_proxies.iter().any(|n| n.contains(p)));
+        let trusted = peer.is_some_and(|p| cfg.trusted_proxies.iter().any(|n| n.contains(p)));
         let host = upstream
             .headers
             .get("host")

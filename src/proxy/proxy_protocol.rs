@@ -1,0 +1,226 @@
+//! The PROXY protocol (v1 text and v2 binary), as sent by an L4 load balancer in front
+//! of edgepin: the real client address arrives before any HTTP or TLS byte.
+//!
+//! Only peers in `trusted_proxies` are read this way, and from them the header is
+//! required (like HAProxy's `accept-proxy` limited to known sources); a connection from
+//! anyone else is served as it is, so nobody outside can claim another address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::listeners::PreTlsProcess;
+
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::{Error, ErrorType, OrErr, Result};
+use tokio::io::AsyncReadExt;
+
+use crate::config::Network;
+
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// A v1 line is at most 107 bytes; v2 headers we accept are at most this long.
+const MAX_HEADER: usize = 1024;
+
+/// The result of looking at the first bytes of a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Header {
+    /// More bytes are needed.
+    Incomplete,
+    /// Not a PROXY header.
+    Invalid(&'static str),
+    /// A header of `len` bytes; `source` is the client (None for LOCAL / UNKNOWN).
+    Complete { len: usize, source: Option<SocketAddr> },
+}
+
+pub fn parse(buf: &[u8]) -> Header {
+    if buf.len() >= 12 && &buf[..12] == V2_SIGNATURE {
+        return parse_v2(buf);
+    }
+    if !V2_SIGNATURE.starts_with(&buf[..buf.len().min(12)]) || buf.is_empty() {
+        return parse_v1(buf);
+    }
+    Header::Incomplete
+}
+
+fn parse_v1(buf: &[u8]) -> Header {
+    if !b"PROXY ".starts_with(&buf[..buf.len().min(6)]) {
+        return Header::Invalid("not a PROXY protocol header");
+    }
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return if buf.len() > 107 {
+            Header::Invalid("PROXY v1 line too long")
+        } else {
+            Header::Incomplete
+        };
+    };
+    let Ok(line) = std::str::from_utf8(&buf[..end]) else {
+        return Header::Invalid("PROXY v1 line is not text");
+    };
+    let parts: Vec<&str> = line.split(' ').collect();
+    let len = end + 2;
+    match parts.as_slice() {
+        ["PROXY", "UNKNOWN", ..] => Header::Complete { len, source: None },
+        ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => match (src.parse::<IpAddr>(), sport.parse::<u16>()) {
+            (Ok(ip), Ok(port)) => Header::Complete {
+                len,
+                source: Some(SocketAddr::new(ip, port)),
+            },
+            _ => Header::Invalid("PROXY v1 addresses do not parse"),
+        },
+        _ => Header::Invalid("PROXY v1 line is malformed"),
+    }
+}
+
+fn parse_v2(buf: &[u8]) -> Header {
+    if buf.len() < 16 {
+        return Header::Incomplete;
+    }
+    let (ver_cmd, family) = (buf[12], buf[13]);
+    if ver_cmd >> 4 != 2 {
+        return Header::Invalid("PROXY v2 version is not 2");
+    }
+    let body = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    let len = 16 + body;
+    if len > MAX_HEADER {
+        return Header::Invalid("PROXY v2 header too long");
+    }
+    if buf.len() < len {
+        return Header::Incomplete;
+    }
+    let addrs = &buf[16..len];
+    let source = match (ver_cmd & 0x0f, family >> 4) {
+        // LOCAL: the balancer's own health check; keep the peer address.
+        (0, _) => None,
+        (1, 1) if addrs.len() >= 12 => {
+            let ip = Ipv4Addr::new(addrs[0], addrs[1], addrs[2], addrs[3]);
+            Some(SocketAddr::new(
+                IpAddr::V4(ip),
+                u16::from_be_bytes([addrs[8], addrs[9]]),
+            ))
+        }
+        (1, 2) if addrs.len() >= 36 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&addrs[..16]);
+            Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(octets)),
+                u16::from_be_bytes([addrs[32], addrs[33]]),
+            ))
+        }
+        (1, _) => None,
+        _ => return Header::Invalid("PROXY v2 command is unknown"),
+    };
+    Header::Complete { len, source }
+}
+
+/// If the peer of `stream` is trusted, read its PROXY header (within `timeout`) and make
+/// the declared client the connection's peer address. Bytes after the header are kept.
+pub async fn accept(stream: &mut L4Stream, trusted: &[Network], timeout: Duration) -> Result<()> {
+    let Some(digest) = stream.get_socket_digest() else {
+        return Ok(());
+    };
+    let Some(peer) = digest.peer_addr().and_then(|a| a.as_inet()).copied() else {
+        return Ok(());
+    };
+    if !trusted.iter().any(|n| n.contains(peer.ip())) {
+        return Ok(());
+    }
+    let read = async {
+        let mut buf = Vec::with_capacity(128);
+        let mut chunk = [0u8; 256];
+        loop {
+            match parse(&buf) {
+                Header::Complete { len, source } => return Ok((buf, len, source)),
+                Header::Invalid(why) => return Error::e_explain(ErrorType::InvalidHTTPHeader, why),
+                Header::Incomplete if buf.len() >= MAX_HEADER => {
+                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "PROXY header too long");
+                }
+                Header::Incomplete => {}
+            }
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .or_err(ErrorType::ReadError, "reading the PROXY header")?;
+            if n == 0 {
+                return Error::e_explain(ErrorType::ConnectionClosed, "closed before the PROXY header");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let (buf, len, source) = tokio::time::timeout(timeout, read)
+        .await
+        .or_err(ErrorType::ReadTimedout, "waiting for the PROXY header")??;
+    stream.rewind(&buf[len..]);
+    if let Some(source) = source {
+        let replaced = SocketDigest::from_raw_fd(std::os::unix::io::AsRawFd::as_raw_fd(stream));
+        let _ = replaced.peer_addr.set(Some(source.into()));
+        let _ = replaced.local_addr.set(digest.local_addr().cloned());
+        stream.set_socket_digest(replaced);
+    }
+    Ok(())
+}
+
+/// Reads PROXY headers on the https listener, before the TLS handshake.
+pub struct ProxyProtocolAcceptor {
+    pub shared: Arc<crate::runtime::Shared>,
+}
+
+#[async_trait]
+impl PreTlsProcess for ProxyProtocolAcceptor {
+    async fn process(&self, stream: &mut L4Stream) -> Result<()> {
+        let snapshot = self.shared.snapshot();
+        let cfg = &snapshot.config;
+        if !cfg.listen.proxy_protocol {
+            return Ok(());
+        }
+        accept(stream, &cfg.trusted_proxies, cfg.timeouts.client).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v1() {
+        let h = b"PROXY TCP4 192.0.2.7 10.0.0.1 51234 443\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(
+            parse(h),
+            Header::Complete {
+                len: 41,
+                source: Some("192.0.2.7:51234".parse().unwrap())
+            }
+        );
+        assert_eq!(
+            parse(b"PROXY TCP6 2001:db8::1 ::1 5 443\r\n"),
+            Header::Complete {
+                len: 34,
+                source: Some("[2001:db8::1]:5".parse().unwrap())
+            }
+        );
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Header::Complete { len: 15, source: None });
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Header::Incomplete);
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Header::Invalid(_)));
+        assert!(matches!(parse(b"PROXY TCP4 nope 1.2.3.4 1 2\r\n"), Header::Invalid(_)));
+    }
+
+    #[test]
+    fn parses_v2() {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 9, 10, 0, 0, 1, 0x1f, 0x90, 1, 187]);
+        h.extend_from_slice(b"rest");
+        assert_eq!(
+            parse(&h),
+            Header::Complete {
+                len: 28,
+                source: Some("192.0.2.9:8080".parse().unwrap())
+            }
+        );
+        assert_eq!(parse(&h[..20]), Header::Incomplete);
+        let mut local = V2_SIGNATURE.to_vec();
+        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(parse(&local), Header::Complete { len: 16, source: None });
+        assert_eq!(parse(&V2_SIGNATURE[..5]), Header::Incomplete);
+    }
+}
