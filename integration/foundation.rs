@@ -438,3 +438,101 @@ async fn proxy_protocol_names_the_client_only_for_trusted_peers() {
     assert!(client::get(&proxy.plain().from("127.0.0.5"), "/").await.is_err());
     assert_eq!(a.hits(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_is_offered_by_alpn_only_when_enabled() {
+    let a = Backend::start("a");
+    let offered = |addr: std::net::SocketAddr| async move {
+        let mut config = (*crate::harness::client::tls_config()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    };
+    let h1 = Proxy::start(&api_body(&[&a], &[]));
+    assert_eq!(offered(h1.https).await.as_deref(), Some("http/1.1"));
+    let h2 = Proxy::builder(&api_body(&[&a], &[])).h2().start();
+    assert_eq!(offered(h2.https).await.as_deref(), Some("h2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_max_connections_wait_and_are_closed() {
+    let a = Backend::start("a");
+    let body = api_body(&[&a], &[]).replace(
+        "routes:",
+        "limits: { max_connections: 2 }\ntimeouts: { client: 1s }\nroutes:",
+    );
+    let proxy = Proxy::start(&body);
+    let mut c1 = Conn::open(&proxy.plain()).await.unwrap();
+    let mut c2 = Conn::open(&proxy.plain()).await.unwrap();
+    assert_eq!(c1.get("/").await.unwrap().status, 200);
+    assert_eq!(c2.get("/").await.unwrap().status, 200);
+    // A third connection is accepted by the kernel but not served while two are open...
+    let started = Instant::now();
+    let third = client::get(&proxy.plain(), "/").await;
+    assert!(third.is_err(), "served beyond max_connections: {third:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited for a place first"
+    );
+    // ...and is served once one closes.
+    drop(c1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(client::get(&proxy.plain(), "/").await.unwrap().status, 200);
+    assert_eq!(c2.get("/").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_has_one_structured_line_per_request() {
+    let a = Backend::start("a");
+    let proxy = Proxy::builder(&api_body(&[&a], &[]))
+        .env("RUST_LOG", "info,pingora=error")
+        .start();
+    client::get(&proxy.plain().from("127.0.0.8"), "/hello?secret=1")
+        .await
+        .unwrap();
+    // The line is written when the request ends, just after the answer.
+    crate::harness::eventually(Duration::from_secs(3), async || {
+        proxy.proc.log().contains("edgepin::access")
+    })
+    .await;
+    let log = proxy.proc.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("edgepin::access")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let line = lines[0];
+    for field in [
+        "client=127.0.0.8",
+        "listener=\"http\"",
+        "method=GET",
+        "path=\"/hello\"",
+        "route=\"/\"",
+        "backend=\"api\"",
+        "server=\"a\"",
+        "status=200",
+        "bytes_out=",
+        "duration_ms=",
+        "connect_ms=",
+        "ttfb_ms=",
+        "upgrade=false",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    assert!(!line.contains("secret"), "query strings stay out of the log: {line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_can_be_turned_off() {
+    let a = Backend::start("a");
+    let body = format!("access_log: false\n{}", api_body(&[&a], &[]));
+    let proxy = Proxy::builder(&body).env("RUST_LOG", "info,pingora=error").start();
+    client::get(&proxy.plain(), "/").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!proxy.proc.log().contains("edgepin::access"));
+}

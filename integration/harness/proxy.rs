@@ -22,6 +22,7 @@ pub struct ProxyBuilder {
     env: Vec<(String, String)>,
     drain_timeout: String,
     tls_files: Option<(PathBuf, PathBuf)>,
+    h2: bool,
 }
 
 pub struct Proxy {
@@ -56,6 +57,11 @@ impl ProxyBuilder {
     /// Serve this certificate and key instead of the shared test ones.
     pub fn tls_files(mut self, cert: &Path, key: &Path) -> Self {
         self.tls_files = Some((cert.to_path_buf(), key.to_path_buf()));
+        self
+    }
+    /// Offer HTTP/2 by ALPN on the https listener.
+    pub fn h2(mut self) -> Self {
+        self.h2 = true;
         self
     }
     pub fn no_https(mut self) -> Self {
@@ -105,9 +111,10 @@ impl ProxyBuilder {
         if self.https {
             let (cert, key) = self.tls_files.clone().unwrap_or((c.cert.clone(), c.key.clone()));
             y.push_str(&format!(
-                "tls: {{ cert: {}, key: {} }}\n",
+                "tls: {{ cert: {}, key: {}, h2: {} }}\n",
                 cert.display(),
-                key.display()
+                key.display(),
+                self.h2
             ));
         }
         y.push_str(&format!(
@@ -134,6 +141,7 @@ impl Proxy {
             env: Vec::new(),
             drain_timeout: "5s".into(),
             tls_files: None,
+            h2: false,
         }
     }
 
