@@ -19,7 +19,7 @@ pub const MAX_REFRESH: u32 = 3600;
 const REFRESH_CHOICES: [u32; 5] = [0, 2, 5, 10, 30];
 
 const STYLE: &str = r#"
-body { font: 12px/1.35 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0; color: #1d2330; background: #f4f5f7; }
+body { font: 11px/1.35 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0; color: #1d2330; background: #f4f5f7; }
 header { display: flex; align-items: baseline; gap: 18px; padding: 10px 16px; background: #1f2a44; color: #fff; }
 header h1 { font-size: 18px; margin: 0; font-weight: 600; }
 header h1 span { font-weight: 400; color: #aab6d3; }
@@ -38,7 +38,7 @@ main { padding: 10px 16px 24px; }
 h2 { font-size: 14px; margin: 14px 0 4px; }
 h2 small { font-weight: 400; color: #5a6478; margin-left: 6px; }
 table { border-collapse: collapse; background: #fff; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #d3d8e0; padding: 2px 5px; }
+th, td { border: 1px solid #d3d8e0; padding: 1px 3px; }
 thead th { background: #e4e8f0; font-weight: 600; white-space: nowrap; }
 thead tr.groups th { background: #cfd6e4; }
 td { text-align: right; white-space: nowrap; }
@@ -82,9 +82,12 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-/// `512 B`, `1.5 KiB`, `3.2 MiB`.
+/// `0`, `512 B`, `1.5 KiB`, `3.2 MiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n == 0 {
+        return "0".into();
+    }
     if n < 1024 {
         return format!("{n} B");
     }
@@ -272,7 +275,11 @@ impl Page<'_> {
     }
 
     fn backend(&self, b: &BackendView) -> Markup {
-        let sticky = b.counters.sticky.is_some();
+        let cols = Columns {
+            sticky: b.counters.sticky.is_some(),
+            // Requests queue only for servers with `max_connections`.
+            queue: b.servers.iter().any(|s| s.counters.sessions_limit.is_some()),
+        };
         html! {
             h2 id=(format!("backend-{}", b.name)) {
                 "Backend " (b.name)
@@ -282,15 +289,17 @@ impl Page<'_> {
                 thead {
                     tr.groups {
                         th rowspan="2" { "Server" }
-                        th colspan="2" { "Queue" } th colspan="2" { "Session rate" } th colspan="4" { "Sessions" }
+                        @if cols.queue { th colspan="2" { "Queue" } }
+                        th colspan="2" { "Session rate" } th colspan="4" { "Sessions" }
                         th colspan="2" { "Bytes" } th colspan="2" { "Errors" } th colspan="2" { "Warnings" }
-                        th colspan="6" { "Server" } th colspan="5" { "HTTP responses" }
+                        th colspan="6" { "Health" } th colspan="5" { "HTTP responses" }
                         th colspan="4" { "WebSocket" }
-                        @if sticky { th colspan="4" { "Sticky decisions" } }
-                        th rowspan="2" title="Engine.IO 400 Session ID unknown" { "SID" br; "unknown" }
+                        @if cols.sticky { th colspan="4" { "Sticky decisions" } }
+                        th title="Engine.IO" { "EIO" }
                     }
                     tr {
-                        th { "Cur" } th { "Max" } th { "Cur" } th { "Max" }
+                        @if cols.queue { th { "Cur" } th { "Max" } }
+                        th { "Cur" } th { "Max" }
                         th { "Cur" } th { "Max" } th { "Limit" } th { "Total" }
                         th { "In" } th { "Out" }
                         th title="Connection errors" { "Conn" } th title="Response errors" { "Resp" }
@@ -300,16 +309,17 @@ impl Page<'_> {
                         th { "1xx" } th { "2xx" } th { "3xx" } th { "4xx" } th { "5xx" }
                         th title="Open tunnels" { "Cur" } th title="Tunnels opened" { "Total" }
                         th title="Client to server" { "In" } th title="Server to client" { "Out" }
-                        @if sticky { th { "sid" } th { "cookie" } th { "hash" } th title="Redispatched" { "redisp." } }
+                        @if cols.sticky { th { "sid" } th { "cookie" } th { "hash" } th title="Redispatched" { "redisp." } }
+                        th title="400 Session ID unknown" { "unkn." }
                     }
                 }
                 tbody {
                     @for s in &b.servers {
-                        (self.server_row(b, s, sticky))
+                        (self.server_row(b, s, cols))
                     }
                     tr class=(format!("total {}", status_class(b.status))) data-status=(b.status) {
                         td.name { "Backend" }
-                        (traffic_cells(&b.counters, sticky, html! {
+                        (traffic_cells(&b.counters, cols, html! {
                             td.text.status { (b.status) }
                             td.last_chk {}
                             (count("weight", b.weight))
@@ -328,12 +338,12 @@ impl Page<'_> {
         }
     }
 
-    fn server_row(&self, b: &BackendView, s: &ServerView, sticky: bool) -> Markup {
+    fn server_row(&self, b: &BackendView, s: &ServerView, cols: Columns) -> Markup {
         html! {
             tr class=(format!("server {}", status_class(s.status)))
                 id=(format!("server-{}-{}", b.name, s.name)) data-status=(s.status) {
                 td.name title=(s.address) { (s.name) }
-                (traffic_cells(&s.counters, sticky, html! {
+                (traffic_cells(&s.counters, cols, html! {
                     td.text.status title=(s.status_reason) {
                         b { (s.status) } " " (human_duration(s.status_seconds))
                         @if s.retired { " (removed)" }
@@ -416,7 +426,7 @@ fn check_cell(s: &ServerView) -> Markup {
             td.last_chk title=(format!("{} · {} s ago", c.detail, c.ago_seconds)) {
                 span class=[(!c.ok).then_some("bad")] { (c.status) }
                 @if let Some(code) = c.code { " " (code) }
-                " in " (format!("{:.0}", c.duration_ms)) "ms"
+                " · " (format!("{:.0}", c.duration_ms)) "ms"
             }
         },
         None => html! { td.last_chk { "not checked yet" } },
@@ -431,13 +441,20 @@ fn responses(c: &Counters) -> Markup {
     }
 }
 
+/// Optional column groups of a backend table.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    sticky: bool,
+    queue: bool,
+}
+
 /// The cells a server row and a backend total share, with `status` (six cells) between
 /// the warnings and the HTTP responses.
-fn traffic_cells(c: &Counters, sticky: bool, status: Markup) -> Markup {
+fn traffic_cells(c: &Counters, cols: Columns, status: Markup) -> Markup {
     let ws = c.websocket.unwrap_or_default();
     let st = c.sticky.unwrap_or_default();
     html! {
-        (maybe("qcur", c.queue_current)) (maybe("qmax", c.queue_max))
+        @if cols.queue { (maybe("qcur", c.queue_current)) (maybe("qmax", c.queue_max)) }
         (count("rate", c.session_rate.current)) (count("rate_max", c.session_rate.max))
         (count("scur", c.sessions_current)) (count("smax", c.sessions_max))
         (maybe("slim", c.sessions_limit)) (count("stot", c.sessions_total))
@@ -450,7 +467,7 @@ fn traffic_cells(c: &Counters, sticky: bool, status: Markup) -> Markup {
         (count("hrsp_5xx", c.responses.r5xx))
         (count("ws_cur", ws.open)) (count("ws_tot", ws.total))
         (bytes("ws_bin", ws.bytes_in)) (bytes("ws_bout", ws.bytes_out))
-        @if sticky {
+        @if cols.sticky {
             (count("sticky_sid", st.sid)) (count("sticky_cookie", st.cookie))
             (count("sticky_hash", st.hash)) (count("sticky_redispatch", st.redispatch))
         }
@@ -471,6 +488,7 @@ mod tests {
         assert_eq!(human_duration(62), "1m2s");
         assert_eq!(human_duration(2 * 3600 + 5 * 60 + 9), "2h5m");
         assert_eq!(human_duration(3 * 86_400 + 4 * 3600), "3d4h");
+        assert_eq!(human_bytes(0), "0");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MiB");

@@ -555,7 +555,7 @@ mod tests {
             "edgepin_server_check_up_down_total{proxy=\"api\",server=\"b\"} 1",
             "edgepin_backend_redispatch_warnings_total{proxy=\"api\"} 3",
             "edgepin_backend_status{proxy=\"ws\",state=\"DOWN\"} 1",
-            "edgepin_frontend_http_responses_total{code=\"2xx\",proxy=\"https\"} 0",
+            "edgepin_frontend_http_responses_total{code=\"2xx\",proxy=\"http\"} 0",
             "edgepin_server_sticky_decisions_total{decision=\"sid\",proxy=\"ws\",server=\"b\"} 0",
             "edgepin_sticktable_used{name=\"engineio_sid\"} 0",
             "# TYPE edgepin_server_sessions_total counter",

@@ -257,10 +257,15 @@ impl StatsView {
             limit: config.limits.max_connections as u64,
             stopping: shared.stopping(),
         };
-        let frontends = vec![
-            frontend(listener("https", config.listen.https, &shared.https), rates),
-            frontend(listener("http", config.listen.http, &shared.http), rates),
-        ];
+        // Only the listeners this process has.
+        let frontends = [
+            listener("https", config.listen.https, &shared.https),
+            listener("http", config.listen.http, &shared.http),
+        ]
+        .into_iter()
+        .filter(|l| l.address.is_some())
+        .map(|l| frontend(l, rates))
+        .collect();
         let backends = snapshot.backends.iter().map(|b| backend(b, config, rates)).collect();
         let last = registry.last_reload().map(|r| LastReload {
             generation: r.generation,
@@ -571,12 +576,13 @@ pub(crate) mod tests {
         api.members[0].traffic.responses.count(200);
         api.counters.traffic.sessions_total.add(5);
         api.members[1].state.set_health(Health::Down, "3 failed checks");
-        shared.https.requests_total.add(9);
+        shared.http.requests_total.add(9);
 
         let view = StatsView::gather(&shared, &Rates::default());
-        assert_eq!(view.frontends.len(), 2);
-        assert_eq!(view.frontends[0].requests_total, 9);
-        assert_eq!(view.frontends[1].address.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(view.frontends.len(), 1, "only the listeners configured");
+        let http = &view.frontends[0];
+        assert_eq!((http.name, http.requests_total), ("http", 9));
+        assert_eq!(http.address.as_deref(), Some("127.0.0.1:1"));
         let api = &view.backends[0];
         assert_eq!((api.name.as_str(), api.status, api.servers_up), ("api", "UP", 1));
         assert_eq!(api.counters.sessions_total, 5);
