@@ -20,6 +20,7 @@ use ring::rand::SystemRandom;
 use crate::config::StatsAuth;
 
 use super::StatsApp;
+use super::admin::Peer;
 
 /// The realm browsers show in their login dialog.
 const REALM: &str = "Basic realm=\"edgepin stats\", charset=\"UTF-8\"";
@@ -126,7 +127,8 @@ pub async fn require_user(State(app): State<StatsApp>, mut req: Request, next: N
         }
         None => {
             if req.headers().contains_key(AUTHORIZATION) {
-                tracing::warn!(path = %req.uri().path(), "stats: wrong credentials");
+                let client = req.extensions().get::<Peer>().map(|p| p.0);
+                tracing::warn!(client = ?client, path = %req.uri().path(), "stats: wrong credentials");
             }
             (
                 StatusCode::UNAUTHORIZED,

@@ -129,8 +129,8 @@ pub fn render(view: &StatsView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::gather::tests::shared;
     use crate::stats::rates::Rates;
-    use crate::stats::view::tests::shared;
 
     #[test]
     fn one_line_per_listener_server_and_backend_with_haproxy_names() {

@@ -18,49 +18,8 @@ pub const MAX_REFRESH: u32 = 3600;
 /// Refresh choices linked in the header, seconds (0: off).
 const REFRESH_CHOICES: [u32; 5] = [0, 2, 5, 10, 30];
 
-const STYLE: &str = r#"
-body { font: 11px/1.35 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0; color: #1d2330; background: #f4f5f7; }
-header { display: flex; align-items: baseline; gap: 18px; padding: 10px 16px; background: #1f2a44; color: #fff; }
-header h1 { font-size: 18px; margin: 0; font-weight: 600; }
-header h1 span { font-weight: 400; color: #aab6d3; }
-header .meta { color: #c9d2e8; }
-header nav { margin-left: auto; }
-header nav a { color: #c9d2e8; margin-left: 6px; text-decoration: none; padding: 1px 6px; border-radius: 3px; }
-header nav a.on { background: #fff; color: #1f2a44; font-weight: 600; }
-main { padding: 10px 16px 24px; }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; margin-bottom: 6px; }
-.card { background: #fff; border: 1px solid #d8dce4; border-radius: 4px; padding: 6px 10px; min-width: 200px; }
-.card h3 { margin: 0 0 4px; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #5a6478; }
-.card dl { display: grid; grid-template-columns: auto auto; gap: 1px 12px; margin: 0; }
-.card dt { color: #5a6478; }
-.card dd { margin: 0; font-variant-numeric: tabular-nums; }
-.card .err { color: #b00020; white-space: pre-wrap; max-width: 420px; }
-h2 { font-size: 14px; margin: 14px 0 4px; }
-h2 small { font-weight: 400; color: #5a6478; margin-left: 6px; }
-table { border-collapse: collapse; background: #fff; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #d3d8e0; padding: 1px 3px; }
-thead th { background: #e4e8f0; font-weight: 600; white-space: nowrap; }
-thead tr.groups th { background: #cfd6e4; }
-td { text-align: right; white-space: nowrap; }
-td.name, td.text { text-align: left; }
-td.name { font-weight: 600; }
-td[data-zero] { color: #a3aab8; }
-td.last_chk { max-width: 190px; overflow: hidden; text-overflow: ellipsis; text-align: left; }
-td.reason { max-width: 260px; overflow: hidden; text-overflow: ellipsis; text-align: left; }
-tr.st-up td.status, tr.st-up td.name { background: #cdf0cd; }
-tr.st-down td { background: #fbd3d3; }
-tr.st-drain td.status, tr.st-drain td.name { background: #cfe0ff; }
-tr.st-maint td { background: #eadcc2; }
-tr.total td { background: #eef1f6; font-weight: 600; border-top: 2px solid #9aa5ba; }
-tr.total.st-down td { background: #f5b5b5; }
-.bad { color: #b00020; font-weight: 600; }
-.legend span { display: inline-block; padding: 0 6px; margin-right: 4px; border: 1px solid #c3c9d4; border-radius: 3px; }
-form.inline { display: inline; margin: 0; }
-form.inline button { font-size: 11px; padding: 1px 6px; }
-form.inline input[type=number] { width: 48px; font-size: 11px; }
-footer { padding: 8px 16px; color: #5a6478; }
-footer a { color: #2a4a9a; }
-"#;
+/// The page's styles, inlined into it (no request for outside resources).
+const STYLE: &str = include_str!("dashboard.css");
 
 /// What the page needs besides the numbers.
 pub struct Page<'a> {
@@ -479,8 +438,8 @@ fn traffic_cells(c: &Counters, cols: Columns, status: Markup) -> Markup {
 mod tests {
     use super::*;
     use crate::state::Health;
+    use crate::stats::gather::tests::shared;
     use crate::stats::rates::Rates;
-    use crate::stats::view::tests::shared;
 
     #[test]
     fn durations_and_bytes_read_like_haproxy() {

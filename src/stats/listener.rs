@@ -22,26 +22,44 @@ use tower::ServiceExt;
 
 use super::admin::Peer;
 
-/// Stats connections open at once.
-pub const MAX_CONNECTIONS: usize = 64;
-/// Longest wait for a request head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest time for one request, body included, until its answer is ready.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest life of a connection (keep-alive included); browsers reconnect.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// What one client may take of the stats listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: usize,
+    /// Longest wait for a request head.
+    pub header_timeout: Duration,
+    /// Longest time for one request, body included, until its answer is ready.
+    pub request_timeout: Duration,
+    /// Longest life of a connection (keep-alive included); browsers reconnect.
+    pub connection_lifetime: Duration,
+}
 
-async fn request_deadline(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(15),
+            connection_lifetime: Duration::from_secs(120),
+        }
+    }
+}
+
+async fn request_deadline(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => (StatusCode::REQUEST_TIMEOUT, "request took too long\n").into_response(),
     }
 }
 
-/// Serve `router` on `listener` until `stop` resolves.
-pub async fn run(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
-    let router = router.layer(middleware::from_fn(request_deadline));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Serve `router` on `listener` within `limits` until `stop` resolves.
+pub async fn run(listener: TcpListener, router: Router, limits: Limits, stop: impl Future<Output = ()>) {
+    let request_timeout = limits.request_timeout;
+    let router = router.layer(middleware::from_fn(move |req: Request, next: Next| {
+        request_deadline(request_timeout, req, next)
+    }));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -57,7 +75,7 @@ pub async fn run(listener: TcpListener, router: Router, stop: impl Future<Output
             _ = &mut stop => return,
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(client = %peer, limit = MAX_CONNECTIONS, "stats listener: too many connections, closing one");
+            tracing::warn!(client = %peer, limit = limits.max_connections, "stats listener: too many connections, closing one");
             continue;
         };
         let router = router.clone();
@@ -69,13 +87,93 @@ pub async fn run(listener: TcpListener, router: Router, stop: impl Future<Output
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+            match tokio::time::timeout(limits.connection_lifetime, connection).await {
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "stats connection ended with an error"),
                 Ok(Ok(())) => {}
                 Err(_) => tracing::debug!(client = %peer, "stats connection reached its lifetime"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A listener on 127.0.0.1:0 serving `/` → "ok" and `/slow` (never answers) within
+    /// `limits`; stops when the returned sender is dropped.
+    async fn start(limits: Limits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "ok" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(run(listener, router, limits, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx)
+    }
+
+    /// Everything the server sends until it closes, within 5 s.
+    async fn read_to_close(stream: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the server closed the connection in time");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_too_slow_with_its_head_is_cut_off() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let answer = read_to_close(&mut slow).await;
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_takes_too_long_gets_408() {
+        let limits = Limits {
+            request_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut s).await.starts_with("HTTP/1.1 408"));
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_closed_and_the_others_served() {
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let (addr, _stop) = start(limits).await;
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = first.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "the first is served");
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let _ = second.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(read_to_close(&mut second).await, "", "the second is closed unanswered");
+        drop(first);
     }
 }

@@ -12,10 +12,12 @@
 mod admin;
 mod auth;
 mod csv;
+mod gather;
 mod html;
 mod listener;
 mod prometheus;
 mod rates;
+mod row_metrics;
 mod view;
 
 use std::sync::Arc;
@@ -172,7 +174,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
     let sampler = tokio::spawn(rates::run(shared, Arc::clone(&app.rates), async move {
         let _ = sampler_stop.changed().await;
     }));
-    listener::run(listener, app.router(), async move {
+    listener::run(listener, app.router(), listener::Limits::default(), async move {
         let _ = shutdown.changed().await;
     })
     .await;
@@ -211,7 +213,7 @@ mod tests {
     use crate::state::Admin;
 
     fn app(auth: bool) -> StatsApp {
-        let shared = view::tests::shared_with(auth.then(|| StatsAuth {
+        let shared = gather::tests::shared_with(auth.then(|| StatsAuth {
             user: "admin".into(),
             password: "pw".into(),
         }));
