@@ -93,6 +93,22 @@ fn refuse(status: StatusCode, message: &str) -> Refusal {
     }
 }
 
+impl<T> Action<T> {
+    /// Log the action done: who, from where, how, on what, from which value to which.
+    fn log(&self, server: &str, what: &'static str, from: impl std::fmt::Debug, to: impl std::fmt::Debug) {
+        tracing::info!(
+            action = what,
+            server,
+            from = ?from,
+            to = ?to,
+            user = %self.user.0,
+            client = ?self.peer,
+            via = self.via.as_str(),
+            "stats admin action"
+        );
+    }
+}
+
 /// Decode the body (JSON or form) and apply the checks its kind needs.
 async fn action<T: DeserializeOwned>(
     app: &StatsApp,
@@ -167,16 +183,7 @@ pub async fn set_state(
     let server = find_server(&app, &name)?;
     let previous = server.admin();
     let changed = health::set_admin(&server, admin, &a.user.0);
-    tracing::info!(
-        server = %server.name,
-        from = ?previous,
-        to = ?admin,
-        changed,
-        user = %a.user.0,
-        client = ?a.peer,
-        via = a.via.as_str(),
-        "stats admin: server state set"
-    );
+    a.log(&server.name, "state", previous, admin);
     Ok(done(
         a.via,
         serde_json::json!({
@@ -201,15 +208,7 @@ pub async fn set_weight(
     let server = find_server(&app, &name)?;
     let previous = server.weight();
     server.set_weight(a.body.weight);
-    tracing::info!(
-        server = %server.name,
-        from = previous,
-        to = a.body.weight,
-        user = %a.user.0,
-        client = ?a.peer,
-        via = a.via.as_str(),
-        "stats admin: server weight set"
-    );
+    a.log(&server.name, "weight", previous, a.body.weight);
     Ok(done(
         a.via,
         serde_json::json!({ "server": server.name, "weight": a.body.weight, "previous": previous }),
