@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps node-deps unit integration bench clean
+.PHONY: run test lint build release certs check deps node-deps chromium unit integration bench clean
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -15,6 +15,14 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+## Headless Chromium for the stats dashboard test (Debian's package). Installed only
+## when missing.
+chromium:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  echo "installing: chromium"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; \
 	fi
 
 ## Node.js packages for the real socket.io / socket.io-client tests.
@@ -44,7 +52,7 @@ unit: deps
 	$(CARGO) test --lib --bins
 
 ## End-to-end tests run one at a time: they start processes and measure behaviour.
-integration: deps node-deps
+integration: deps node-deps chromium
 	$(CARGO) test --test integration -- --test-threads=1
 
 test: lint check unit integration

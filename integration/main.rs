@@ -8,4 +8,5 @@ mod harness;
 mod foundation;
 mod health;
 mod reload;
+mod stats;
 mod sticky;

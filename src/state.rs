@@ -110,6 +110,8 @@ pub struct ServerState {
     passive_failures: AtomicU32,
     /// UP→DOWN transitions.
     pub up_down_total: AtomicU64,
+    /// Active checks that failed (HAProxy `chkfail`).
+    pub checks_failed: Counter,
     /// Requests waiting for a free connection slot.
     pub queued: AtomicU64,
     pub queue_max: AtomicU64,
@@ -129,6 +131,7 @@ impl ServerState {
             sessions: AtomicI64::new(0),
             passive_failures: AtomicU32::new(0),
             up_down_total: AtomicU64::new(0),
+            checks_failed: Counter::default(),
             queued: AtomicU64::new(0),
             queue_max: AtomicU64::new(0),
             tunnels: Arc::default(),
@@ -269,6 +272,9 @@ impl ServerState {
     }
 
     pub fn set_last_check(&self, r: CheckResult) {
+        if !r.ok {
+            self.checks_failed.inc();
+        }
         self.detail().last_check = Some(r);
     }
 

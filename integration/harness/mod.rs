@@ -2,6 +2,7 @@
 //! to, a Redis, HTTP/WebSocket clients, and cleanup of everything started.
 
 pub mod backend;
+pub mod browser;
 pub mod client;
 pub mod load;
 pub mod node;

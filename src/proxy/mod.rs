@@ -341,6 +341,10 @@ impl ProxyHttp for EdgeProxy {
         if ctx.attempts > 0 {
             // A retry: the previous server failed; choose another one.
             if let Some(prev) = ctx.pick {
+                // HAProxy counts a redispatch on the server switched away from, too.
+                if let Some(m) = ctx.member() {
+                    m.traffic.redispatches.inc();
+                }
                 self.release_pick(ctx);
                 ctx.tried.push(prev.member);
                 ctx.pick = None;
@@ -517,6 +521,9 @@ impl ProxyHttp for EdgeProxy {
             if let Some(m) = ctx.member() {
                 m.traffic.response_errors.inc();
             }
+            if let Some(b) = ctx.backend_rt() {
+                b.counters.traffic.response_errors.inc();
+            }
             self.passive_failure(ctx);
         }
         // A request whose connection broke before any answer can go to another server if
@@ -547,6 +554,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Box<Error> {
         if let Some(m) = ctx.member() {
             m.traffic.connect_errors.inc();
+        }
+        if let Some(b) = ctx.backend_rt() {
+            b.counters.traffic.connect_errors.inc();
         }
         self.passive_failure(ctx);
         // The request was never sent: any method may go elsewhere, unless its session

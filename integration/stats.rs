@@ -1,0 +1,697 @@
+//! The stats listener end to end: the dashboard in a real browser, Prometheus text read
+//! by a real parser, JSON/CSV/page agreement, counters across reloads, basic auth, and
+//! admin actions (CSRF-checked forms, JSON with basic auth).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::browser::{self, Browser};
+use crate::harness::client::Response;
+use crate::harness::{Backend, Conn, Proxy, Target, client, eventually};
+
+const PASSWORD_ENV: &str = "EDGEPIN_TEST_STATS_PASSWORD";
+const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// Backends `api` (round robin) and `sockets` (sticky, WebSocket route) over `servers`,
+/// with quick health checks so a killed server is DOWN within a second or two.
+fn body(servers: &[&Backend], extra: &str) -> String {
+    let names: Vec<&str> = servers.iter().map(|b| b.name.as_str()).collect();
+    let list = names.join(", ");
+    let mut y = format!(
+        "routes:\n  - {{ path_prefix: /socket.io/, backend: sockets, websocket: true }}\n  - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ servers: [{list}] }}\n  sockets: {{ balance: sticky, servers: [{list}] }}\nservers:\n"
+    );
+    for b in servers {
+        y.push_str(&format!("  {}: {{ address: {} }}\n", b.name, b.addr));
+    }
+    y.push_str("health: { interval: 300ms, timeout: 200ms, rise: 1, fall: 1 }\n");
+    y.push_str(extra);
+    y
+}
+
+fn with_auth() -> String {
+    format!("stats: {{ auth: {{ user: admin, password_env: {PASSWORD_ENV} }} }}\n")
+}
+
+/// Start with stats auth, once every server passed its first check (so no check result
+/// replaces the reason an admin action gives).
+async fn start_with_auth(servers: &[&Backend]) -> Proxy {
+    let proxy = Proxy::builder(&body(servers, &with_auth()))
+        .env(PASSWORD_ENV, PASSWORD)
+        .start();
+    let checked = eventually(Duration::from_secs(10), async || {
+        let stats = stats_json(&proxy, Some(("admin", PASSWORD))).await;
+        stats["backends"][0]["servers"]
+            .as_array()
+            .is_some_and(|ss| ss.iter().all(|s| s["health"] == "UP"))
+    })
+    .await;
+    assert!(checked, "every server checked UP");
+    proxy
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {token}")
+}
+
+/// GET `path` on the stats listener, with credentials when given.
+async fn stats_get(proxy: &Proxy, path: &str, auth: Option<(&str, &str)>) -> Response {
+    let headers: Vec<String> = auth.map(|(u, p)| basic(u, p)).into_iter().collect();
+    Conn::open(&proxy.stats_target())
+        .await
+        .expect("connect to stats")
+        .request("GET", path, &headers, b"")
+        .await
+        .expect("stats answer")
+}
+
+/// POST to the stats listener as `admin` with the right password.
+async fn stats_post(proxy: &Proxy, path: &str, content_type: &str, extra: &[&str], body: &str) -> Response {
+    let mut headers = vec![basic("admin", PASSWORD), format!("Content-Type: {content_type}")];
+    headers.extend(extra.iter().map(|h| h.to_string()));
+    Conn::open(&proxy.stats_target())
+        .await
+        .expect("connect to stats")
+        .request("POST", path, &headers, body.as_bytes())
+        .await
+        .expect("stats answer")
+}
+
+/// POST JSON to the stats listener without credentials.
+async fn post_json_without_credentials(proxy: &Proxy, path: &str, body: &str) -> Response {
+    Conn::open(&proxy.stats_target())
+        .await
+        .expect("connect to stats")
+        .request(
+            "POST",
+            path,
+            &["Content-Type: application/json".into()],
+            body.as_bytes(),
+        )
+        .await
+        .expect("stats answer")
+}
+
+async fn stats_json(proxy: &Proxy, auth: Option<(&str, &str)>) -> serde_json::Value {
+    let r = stats_get(proxy, "/stats.json", auth).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Wait until no request is in progress: the proxy counts a request's bytes and status
+/// after its answer went out, so a client may see the answer before the counters move.
+async fn settled(proxy: &Proxy, auth: Option<(&str, &str)>) {
+    let idle = eventually(Duration::from_secs(10), async || {
+        stats_json(proxy, auth).await["process"]["requests_in_flight"] == 0
+    })
+    .await;
+    assert!(idle, "requests still in flight");
+}
+
+/// The JSON of server `server` in backend `backend`.
+fn server_json<'a>(stats: &'a serde_json::Value, backend: &str, server: &str) -> &'a serde_json::Value {
+    stats["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["name"] == backend))
+        .and_then(|b| b["servers"].as_array())
+        .and_then(|ss| ss.iter().find(|s| s["name"] == server))
+        .unwrap_or_else(|| panic!("no server {backend}/{server} in {stats}"))
+}
+
+/// The opening tag of the element with `id` in `html`.
+fn tag_with_id<'a>(html: &'a str, id: &str) -> Option<&'a str> {
+    let at = html.find(&format!("id=\"{id}\""))?;
+    let start = html[..at].rfind('<')?;
+    let end = at + html[at..].find('>')?;
+    Some(&html[start..=end])
+}
+
+/// An attribute of an opening tag.
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let at = tag.find(&key)? + key.len();
+    Some(&tag[at..at + tag[at..].find('"')?])
+}
+
+/// `data-status` of the row with `id`.
+fn row_status<'a>(html: &'a str, id: &str) -> Option<&'a str> {
+    attr(tag_with_id(html, id)?, "data-status")
+}
+
+/// The row with `id`, from its `<tr` to its `</tr>`.
+fn row<'a>(html: &'a str, id: &str) -> &'a str {
+    let tag = tag_with_id(html, id).unwrap_or_else(|| panic!("no row {id}"));
+    let start = html.find(tag).unwrap_or(0);
+    let end = start + html[start..].find("</tr>").unwrap_or(html.len() - start);
+    &html[start..end]
+}
+
+/// The number in the cell of class `class` of a row: its `title` (exact bytes) if it has
+/// one, else its text.
+fn cell(row: &str, class: &str) -> u64 {
+    let at = row
+        .find(&format!("class=\"{class}\""))
+        .unwrap_or_else(|| panic!("no cell {class} in {row}"));
+    let start = row[..at].rfind('<').unwrap_or(0);
+    let end = at + row[at..].find('>').unwrap_or(0);
+    let tag = &row[start..=end];
+    let text = match attr(tag, "title") {
+        Some(title) => title,
+        None => {
+            let rest = &row[end + 1..];
+            &rest[..rest.find('<').unwrap_or(rest.len())]
+        }
+    };
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("cell {class} is {text:?}"))
+}
+
+/// The CSV as (pxname, svname) → column → value.
+fn csv_rows(text: &str) -> HashMap<(String, String), HashMap<String, String>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .expect("csv header")
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    lines
+        .map(|line| {
+            // Quoted cells only hold check details, which come after every number compared.
+            let cells: Vec<&str> = line.split(',').collect();
+            let map: HashMap<String, String> = header
+                .iter()
+                .zip(cells.iter())
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect();
+            ((map["pxname"].clone(), map["svname"].clone()), map)
+        })
+        .collect()
+}
+
+/// Parse `/metrics` with a Prometheus text-format parser.
+async fn scrape(proxy: &Proxy) -> prometheus_parse::Scrape {
+    let r = stats_get(proxy, "/metrics", None).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain; version=0.0.4"))
+    );
+    let text = r.text();
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text")
+}
+
+/// The value of `metric` with exactly these `labels` (and maybe others).
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {metric}{labels:?}"));
+    match found.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{metric} is {other:?}"),
+    }
+}
+
+fn is_counter(scrape: &prometheus_parse::Scrape, metric: &str) -> bool {
+    scrape
+        .samples
+        .iter()
+        .any(|s| s.metric == metric && matches!(s.value, prometheus_parse::Value::Counter(_)))
+}
+
+async fn get_ok(target: &Target, path: &str, n: usize) {
+    let mut conn = Conn::open(target).await.expect("connect");
+    for _ in 0..n {
+        assert_eq!(conn.get(path).await.expect("answer").status, 200);
+    }
+}
+
+fn screenshot_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_in_chromium_lists_every_server_and_shows_a_killed_one_down_after_refresh() {
+    let (b0, mut b1, b2) = (Backend::start("b0"), Backend::start("b1"), Backend::start("b2"));
+    let proxy = Proxy::start(&body(&[&b0, &b1, &b2], ""));
+    get_ok(&proxy.tls(), "/hello", 12).await;
+    let mut ws = client::websocket(&proxy.tls(), "/socket.io/?EIO=4&transport=websocket")
+        .await
+        .expect("websocket through the proxy");
+    assert!(ws.next().await.is_some(), "hello from the backend");
+
+    let url = format!("http://{}/?refresh=1", proxy.stats);
+    let page = Browser::open(&url);
+    let ids: Vec<String> = ["api", "sockets"]
+        .iter()
+        .flat_map(|b| ["b0", "b1", "b2"].map(|s| format!("server-{b}-{s}")))
+        .collect();
+    let mut first_load = None;
+    let all_up = eventually(Duration::from_secs(15), async || {
+        let Some(dom) = page.dom().await else { return false };
+        let up = dom.contains("id=\"backend-api\"")
+            && dom.contains("id=\"backend-sockets\"")
+            && ids.iter().all(|id| row_status(&dom, id) == Some("UP"));
+        if up {
+            first_load = page.eval("performance.timeOrigin").await;
+        }
+        up && first_load.is_some()
+    })
+    .await;
+    assert!(all_up, "every server UP in the page:\n{}", page.log_tail(20));
+    let dom = page.dom().await.unwrap_or_default();
+    assert!(dom.contains("<meta http-equiv=\"refresh\" content=\"1\">"));
+    assert!(cell(row(&dom, "frontend-https"), "stot") >= 1, "connections counted");
+
+    b1.kill();
+    let mut last = String::new();
+    let down = eventually(Duration::from_secs(20), async || {
+        let Some(dom) = page.dom().await else { return false };
+        let reloaded = page.eval("performance.timeOrigin").await;
+        last = dom;
+        reloaded.is_some()
+            && reloaded != first_load
+            && row_status(&last, "server-api-b1") == Some("DOWN")
+            && row_status(&last, "server-sockets-b1") == Some("DOWN")
+            && row_status(&last, "admin-b1") == Some("DOWN")
+    })
+    .await;
+    assert!(down, "b1 DOWN after the page refreshed itself; last DOM:\n{last}");
+    for id in [
+        "server-api-b0",
+        "server-api-b2",
+        "server-sockets-b0",
+        "server-sockets-b2",
+    ] {
+        assert_eq!(row_status(&last, id), Some("UP"), "{id}");
+    }
+    assert!(
+        row(&last, "server-api-b1").contains("L4CON"),
+        "the failed check is shown"
+    );
+
+    let shot = screenshot_path("stats-dashboard.png");
+    browser::screenshot(&format!("http://{}/?refresh=0", proxy.stats), &shot, (1400, 1000));
+    let _ = ws.send(Message::Close(None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_as_prometheus_text_and_counters_move_with_traffic() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&body(&[&a, &b], ""));
+    let before = scrape(&proxy).await;
+    for metric in [
+        "edgepin_server_sessions_total",
+        "edgepin_server_bytes_out_total",
+        "edgepin_server_check_up_down_total",
+        "edgepin_backend_redispatch_warnings_total",
+        "edgepin_frontend_http_responses_total",
+        "edgepin_server_websocket_tunnels_total",
+    ] {
+        assert!(is_counter(&before, metric), "{metric} is a counter");
+    }
+    assert!(!is_counter(&before, "edgepin_server_current_sessions"), "a gauge");
+    let api_a = [("proxy", "api"), ("server", "a")];
+    assert_eq!(
+        sample(
+            &before,
+            "edgepin_server_status",
+            &[("proxy", "api"), ("server", "a"), ("state", "UP")]
+        ),
+        1.0
+    );
+    let sessions_a = sample(&before, "edgepin_server_sessions_total", &api_a);
+    let responses = sample(
+        &before,
+        "edgepin_backend_http_responses_total",
+        &[("proxy", "api"), ("code", "2xx")],
+    );
+    let requests = sample(&before, "edgepin_frontend_http_requests_total", &[("proxy", "https")]);
+
+    get_ok(&proxy.tls(), "/x", 10).await;
+    settled(&proxy, None).await;
+    let after = scrape(&proxy).await;
+    assert_eq!(
+        sample(&after, "edgepin_server_sessions_total", &api_a),
+        sessions_a + 5.0,
+        "round robin: 5 of 10"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "edgepin_backend_http_responses_total",
+            &[("proxy", "api"), ("code", "2xx")]
+        ),
+        responses + 10.0
+    );
+    assert_eq!(
+        sample(&after, "edgepin_frontend_http_requests_total", &[("proxy", "https")]),
+        requests + 10.0
+    );
+    assert!(sample(&after, "edgepin_server_bytes_out_total", &api_a) > 0.0);
+
+    let mut ws = client::websocket(&proxy.tls(), "/socket.io/?EIO=4&transport=websocket")
+        .await
+        .expect("websocket");
+    assert!(ws.next().await.is_some());
+    ws.send(Message::Text("ping".into())).await.expect("send");
+    assert!(ws.next().await.is_some(), "echo");
+    let during = scrape(&proxy).await;
+    assert_eq!(
+        sample(
+            &during,
+            "edgepin_backend_websocket_tunnels_current",
+            &[("proxy", "sockets")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&during, "edgepin_process_current_tunnels", &[]), 1.0);
+    assert_eq!(
+        sample(
+            &during,
+            "edgepin_backend_sticky_decisions_total",
+            &[("proxy", "sockets"), ("decision", "hash")]
+        ),
+        1.0
+    );
+    assert!(sample(&during, "edgepin_process_resident_memory_bytes", &[]) > 1e6);
+
+    ws.send(Message::Close(None)).await.expect("close");
+    drop(ws);
+    let closed = eventually(Duration::from_secs(10), async || {
+        let s = scrape(&proxy).await;
+        sample(&s, "edgepin_backend_websocket_tunnels_current", &[("proxy", "sockets")]) == 0.0
+            && sample(&s, "edgepin_backend_websocket_bytes_in_total", &[("proxy", "sockets")]) > 0.0
+            && sample(&s, "edgepin_backend_websocket_bytes_out_total", &[("proxy", "sockets")]) > 0.0
+    })
+    .await;
+    assert!(closed, "the closed tunnel's bytes are counted per direction");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_csv_metrics_and_page_hold_the_same_numbers() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&body(&[&a, &b], ""));
+    get_ok(&proxy.tls(), "/one", 7).await;
+    get_ok(&proxy.plain(), "/two", 4).await;
+    let nothing = client::get(&proxy.tls(), "/socket.io/?EIO=4&transport=polling")
+        .await
+        .expect("poll");
+    assert_eq!(nothing.status, 200);
+
+    settled(&proxy, None).await;
+    let json = stats_json(&proxy, None).await;
+    let csv = csv_rows(&stats_get(&proxy, "/stats.csv", None).await.text());
+    let page = stats_get(&proxy, "/", None).await.text();
+    let metrics = scrape(&proxy).await;
+    for (backend, server) in [("api", "a"), ("api", "b"), ("sockets", "a"), ("sockets", "b")] {
+        let j = &server_json(&json, backend, server)["counters"];
+        let c = &csv[&(backend.to_string(), server.to_string())];
+        let r = row(&page, &format!("server-{backend}-{server}"));
+        let labels = [("proxy", backend), ("server", server)];
+        for (csv_name, json_value, metric) in [
+            ("stot", &j["sessions_total"], "edgepin_server_sessions_total"),
+            ("bout", &j["bytes_out"], "edgepin_server_bytes_out_total"),
+            ("bin", &j["bytes_in"], "edgepin_server_bytes_in_total"),
+        ] {
+            let v = json_value.as_u64().expect("a number");
+            assert_eq!(c[csv_name], v.to_string(), "{backend}/{server} {csv_name} CSV vs JSON");
+            assert_eq!(cell(r, csv_name), v, "{backend}/{server} {csv_name} page vs JSON");
+            assert_eq!(
+                sample(&metrics, metric, &labels),
+                v as f64,
+                "{backend}/{server} {metric}"
+            );
+        }
+        let ok = j["responses"]["r2xx"].as_u64().expect("2xx");
+        assert_eq!(c["hrsp_2xx"], ok.to_string());
+        assert_eq!(cell(r, "hrsp_2xx"), ok);
+    }
+    let api_total: u64 = ["a", "b"]
+        .iter()
+        .map(|s| {
+            server_json(&json, "api", s)["counters"]["sessions_total"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(api_total, 11, "7 over TLS and 4 over plain http");
+    for listener in ["https", "http"] {
+        let f = json["frontends"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == listener))
+            .expect("listener in JSON");
+        let c = &csv[&(listener.to_string(), "FRONTEND".to_string())];
+        let r = row(&page, &format!("frontend-{listener}"));
+        let total = f["requests_total"].as_u64().expect("requests");
+        assert_eq!(c["req_tot"], total.to_string());
+        assert_eq!(cell(r, "req_tot"), total);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_survive_reloads_and_the_page_shows_the_last_outcome() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&body(&[&a, &b], ""));
+    get_ok(&proxy.plain(), "/", 20).await;
+    settled(&proxy, None).await;
+    let before = stats_json(&proxy, None).await;
+    assert_eq!(server_json(&before, "api", "a")["counters"]["sessions_total"], 10);
+
+    // An applied reload: a third server joins; a and b keep their counters.
+    let c = Backend::start("c");
+    proxy.write_config(&body(&[&a, &b, &c], ""));
+    proxy.sighup();
+    assert!(
+        eventually(Duration::from_secs(10), async || proxy.status().await["generation"]
+            == 2)
+        .await,
+        "reload applied"
+    );
+    let after = stats_json(&proxy, None).await;
+    assert_eq!(after["process"]["generation"], 2);
+    assert_eq!(after["reload"]["last"]["ok"], true);
+    for s in ["a", "b"] {
+        for counter in ["sessions_total", "bytes_out", "responses"] {
+            assert_eq!(
+                server_json(&after, "api", s)["counters"][counter],
+                server_json(&before, "api", s)["counters"][counter],
+                "{s} keeps {counter} across the reload"
+            );
+        }
+    }
+    assert_eq!(server_json(&after, "api", "c")["counters"]["sessions_total"], 0);
+    get_ok(&proxy.plain(), "/", 30).await;
+    settled(&proxy, None).await;
+    let grown = stats_json(&proxy, None).await;
+    assert_eq!(
+        server_json(&grown, "api", "a")["counters"]["sessions_total"],
+        20,
+        "counting on"
+    );
+
+    // A rejected reload: the running config stays and the page says why.
+    let broken = body(&[&a, &b, &c], "").replace("backend: api }", "backend: nowhere }");
+    proxy.write_config(&broken);
+    proxy.sighup();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            stats_json(&proxy, None).await["reload"]["reloads_failed"] == 1
+        })
+        .await,
+        "the failed reload is counted"
+    );
+    let failed = stats_json(&proxy, None).await;
+    assert_eq!(failed["process"]["generation"], 2);
+    assert_eq!(failed["reload"]["last"]["ok"], false);
+    let message = failed["reload"]["last"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("nowhere"), "{message}");
+    let page = stats_get(&proxy, "/", None).await.text();
+    assert!(page.contains("FAILED"));
+    assert!(
+        page.contains("backend \"nowhere\"") || page.contains("backend &quot;nowhere&quot;"),
+        "{message}"
+    );
+    let metrics = scrape(&proxy).await;
+    assert_eq!(
+        sample(&metrics, "edgepin_process_reloads_total", &[("result", "failed")]),
+        1.0
+    );
+    assert_eq!(sample(&metrics, "edgepin_process_last_reload_success", &[]), 0.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "edgepin_server_sessions_total",
+            &[("proxy", "api"), ("server", "a")]
+        ),
+        20.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_auth_answers_401_without_or_with_wrong_credentials() {
+    let a = Backend::start("a");
+    let proxy = start_with_auth(&[&a]).await;
+    for path in ["/", "/stats.json", "/stats.csv", "/metrics"] {
+        let none = stats_get(&proxy, path, None).await;
+        assert_eq!(none.status, 401, "{path} without credentials");
+        assert!(
+            none.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Basic realm="))
+        );
+        assert_eq!(
+            stats_get(&proxy, path, Some(("admin", "wrong"))).await.status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            stats_get(&proxy, path, Some(("root", PASSWORD))).await.status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            stats_get(&proxy, path, Some(("admin", PASSWORD))).await.status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        stats_get(&proxy, "/health", None).await.status,
+        200,
+        "probes need no password"
+    );
+    let log = proxy.proc.log();
+    assert!(!log.contains(PASSWORD), "the password is never logged");
+}
+
+/// The CSRF token in the page's admin forms.
+fn csrf_token(page: &str) -> String {
+    let key = "name=\"csrf\" value=\"";
+    let at = page.find(key).expect("an admin form") + key.len();
+    page[at..at + page[at..].find('"').unwrap_or(0)].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_form_without_csrf_token_is_403_and_with_it_drain_sends_new_traffic_elsewhere() {
+    let (a, b, c) = (Backend::start("a"), Backend::start("b"), Backend::start("c"));
+    let proxy = start_with_auth(&[&a, &b, &c]).await;
+    let page = stats_get(&proxy, "/", Some(("admin", PASSWORD))).await.text();
+    assert!(page.contains("action=\"/admin/servers/a/state\""));
+    let token = csrf_token(&page);
+    let form = "application/x-www-form-urlencoded";
+    let path = "/admin/servers/a/state";
+    let ours = "Origin: http://localhost";
+
+    let r = stats_post(&proxy, path, form, &[ours], "state=drain").await;
+    assert_eq!(r.status, 403, "no token: {}", r.text());
+    let r = stats_post(&proxy, path, form, &[ours], &format!("state=drain&csrf={token}A")).await;
+    assert_eq!(r.status, 403, "wrong token");
+    let r = stats_post(
+        &proxy,
+        path,
+        form,
+        &["Origin: http://evil.test"],
+        &format!("state=drain&csrf={token}"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "another site's form");
+    assert_eq!(
+        server_json(&stats_json(&proxy, Some(("admin", PASSWORD))).await, "api", "a")["admin"],
+        "READY"
+    );
+
+    let r = stats_post(&proxy, path, form, &[ours], &format!("state=drain&csrf={token}")).await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/"));
+    let stats = stats_json(&proxy, Some(("admin", PASSWORD))).await;
+    let drained = server_json(&stats, "api", "a");
+    assert_eq!(
+        (drained["status"].as_str(), drained["admin"].as_str()),
+        (Some("DRAIN"), Some("DRAIN"))
+    );
+    assert!(
+        drained["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("by admin")
+    );
+
+    let a_before = a.hits();
+    get_ok(&proxy.tls(), "/after-drain", 30).await;
+    assert_eq!(a.hits(), a_before, "a DRAIN server takes no new requests");
+    assert_eq!(b.hits() + c.hits(), 30);
+    let logged = proxy.proc.log();
+    assert!(
+        logged.contains("stats admin action action=\"state\" server=\"a\" from=Ready to=Drain user=admin"),
+        "the action is logged with who and what:\n{logged}"
+    );
+
+    let page = stats_get(&proxy, "/", Some(("admin", PASSWORD))).await.text();
+    assert_eq!(row_status(&page, "server-api-a"), Some("DRAIN"));
+    let shot = screenshot_path("stats-dashboard-admin.png");
+    browser::screenshot(
+        &format!("http://admin:{PASSWORD}@{}/?refresh=0", proxy.stats),
+        &shot,
+        (1400, 1000),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_admin_with_basic_auth_sets_weight_and_maint() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = start_with_auth(&[&a, &b]).await;
+    let json = "application/json";
+    let r = stats_post(&proxy, "/admin/servers/a/weight", json, &[], r#"{"weight":3}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["previous"], 1);
+    let (a0, b0) = (a.hits(), b.hits());
+    get_ok(&proxy.plain(), "/weighted", 40).await;
+    assert_eq!((a.hits() - a0, b.hits() - b0), (30, 10), "weights 3:1");
+
+    let r = stats_post(&proxy, "/admin/servers/a/state", json, &[], r#"{"state":"maint"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "MAINT");
+    let a1 = a.hits();
+    get_ok(&proxy.plain(), "/maint", 10).await;
+    assert_eq!(a.hits(), a1, "MAINT takes nothing");
+    let r = stats_post(&proxy, "/admin/servers/a/state", json, &[], r#"{"state":"ready"}"#).await;
+    assert_eq!(r.json()["status"], "UP");
+
+    let no_auth = post_json_without_credentials(&proxy, "/admin/servers/a/state", r#"{"state":"drain"}"#).await;
+    assert_eq!(no_auth.status, 401);
+    let r = stats_post(&proxy, "/admin/servers/zz/state", json, &[], r#"{"state":"drain"}"#).await;
+    assert_eq!(r.status, 404);
+    let metrics = stats_get(&proxy, "/metrics", Some(("admin", PASSWORD))).await.text();
+    assert!(
+        metrics.contains("edgepin_server_weight{proxy=\"api\",server=\"a\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_actions_do_not_exist_without_auth() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&body(&[&a], ""));
+    let r = post_json_without_credentials(&proxy, "/admin/servers/a/state", r#"{"state":"maint"}"#).await;
+    assert_eq!(r.status, 404);
+    let page = stats_get(&proxy, "/", None).await.text();
+    assert!(!page.contains("<form"), "no admin forms");
+    assert_eq!(
+        server_json(&stats_json(&proxy, None).await, "api", "a")["admin"],
+        "READY"
+    );
+}

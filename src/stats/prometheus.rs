@@ -1,0 +1,347 @@
+//! `/metrics`: the view in Prometheus text format, named like HAProxy's built-in exporter
+//! (`addons/promex`) with `edgepin_` for `haproxy_`: `edgepin_frontend_*{proxy}`,
+//! `edgepin_backend_*{proxy}`, `edgepin_server_*{proxy,server}`, `edgepin_process_*`,
+//! `edgepin_sticktable_*{name}`, with the same `state` and `code` labels. Metrics only
+//! edgepin has (WebSocket tunnels, sticky decisions, Engine.IO) use the same prefixes.
+//! The README maps every name. A fresh `prometheus::Registry` is filled per scrape from
+//! the one view, so the numbers are those of the page and the CSV.
+
+use std::collections::HashMap;
+
+use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
+
+use super::row_metrics::{Kind, ROW_METRICS};
+use super::view::{Row, RowKind, StatsView};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Server states of `*_server_status`, as HAProxy's exporter lists them.
+const SERVER_STATES: [&str; 5] = ["DOWN", "UP", "MAINT", "DRAIN", "NOLB"];
+/// Check results edgepin reports, in HAProxy's `check_status` names.
+const CHECK_STATES: [&str; 8] = ["UNK", "L4OK", "L4TOUT", "L4CON", "L7OK", "L7TOUT", "L7RSP", "L7STS"];
+
+enum Family {
+    Gauge(GaugeVec),
+    Counter(CounterVec),
+}
+
+/// The metric families of one scrape, created on first use.
+#[derive(Default)]
+struct Families {
+    registry: Registry,
+    by_name: HashMap<String, Family>,
+}
+
+impl Families {
+    fn put(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) -> prometheus::Result<()> {
+        let family = match self.by_name.get(name) {
+            Some(f) => f,
+            None => {
+                let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+                let opts = Opts::new(name, help);
+                let family = match kind {
+                    Kind::Gauge => {
+                        let g = GaugeVec::new(opts, &names)?;
+                        self.registry.register(Box::new(g.clone()))?;
+                        Family::Gauge(g)
+                    }
+                    Kind::Counter => {
+                        let c = CounterVec::new(opts, &names)?;
+                        self.registry.register(Box::new(c.clone()))?;
+                        Family::Counter(c)
+                    }
+                };
+                self.by_name.entry(name.to_string()).or_insert(family)
+            }
+        };
+        let values: Vec<&str> = labels.iter().map(|(_, v)| *v).collect();
+        match family {
+            Family::Gauge(g) => g.get_metric_with_label_values(&values)?.set(value),
+            Family::Counter(c) => c.get_metric_with_label_values(&values)?.inc_by(value.max(0.0)),
+        }
+        Ok(())
+    }
+}
+
+fn prefix(kind: RowKind) -> &'static str {
+    match kind {
+        RowKind::Frontend => "edgepin_frontend_",
+        RowKind::Backend => "edgepin_backend_",
+        RowKind::Server => "edgepin_server_",
+    }
+}
+
+fn row(families: &mut Families, r: &Row<'_>) -> prometheus::Result<()> {
+    let pre = prefix(r.kind);
+    let server = r.server.map(|s| s.name.as_str());
+    let mut labels = vec![("proxy", r.proxy)];
+    if let Some(s) = server {
+        labels.push(("server", s));
+    }
+    for (name, help, kind, value) in ROW_METRICS {
+        if let Some(v) = value(r) {
+            families.put(&format!("{pre}{name}"), help, *kind, &labels, v)?;
+        }
+    }
+    let with = |k: &'static str, v: &'static str| {
+        let mut l = labels.clone();
+        l.push((k, v));
+        l
+    };
+    let states: &[&str] = match r.kind {
+        RowKind::Server => &SERVER_STATES,
+        _ => &["DOWN", "UP"],
+    };
+    let up = match r.kind {
+        RowKind::Server => r.status,
+        _ if matches!(r.status, "UP" | "OPEN") => "UP",
+        _ => "DOWN",
+    };
+    let status_help = "Current status, per state label value.";
+    for state in states {
+        let v = if *state == up { 1.0 } else { 0.0 };
+        families.put(
+            &format!("{pre}status"),
+            status_help,
+            Kind::Gauge,
+            &with("state", state),
+            v,
+        )?;
+    }
+    for (code, v) in r.counters.responses.classes() {
+        let name = format!("{pre}http_responses_total");
+        families.put(
+            &name,
+            "HTTP responses by class.",
+            Kind::Counter,
+            &with("code", code),
+            v as f64,
+        )?;
+    }
+    if let Some(sticky) = r.counters.sticky {
+        for (decision, v) in sticky.decisions() {
+            let name = format!("{pre}sticky_decisions_total");
+            let help = "How sticky requests were placed: by sid, cookie, hash, or redispatched.";
+            families.put(&name, help, Kind::Counter, &with("decision", decision), v as f64)?;
+        }
+    }
+    if let Some(s) = r.server {
+        let current = s.last_check.as_ref().map_or("UNK", |c| c.status.as_str());
+        for state in CHECK_STATES {
+            let v = if state == current { 1.0 } else { 0.0 };
+            let help = "Status of the last health check, per state label value.";
+            families.put(
+                &format!("{pre}check_status"),
+                help,
+                Kind::Gauge,
+                &with("state", state),
+                v,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn process(families: &mut Families, view: &StatsView) -> prometheus::Result<()> {
+    let p = &view.process;
+    let g = Kind::Gauge;
+    let c = Kind::Counter;
+    let mut put = |name: &str, help: &str, kind: Kind, v: f64| families.put(name, help, kind, &[], v);
+    put(
+        "edgepin_process_uptime_seconds",
+        "Seconds since start.",
+        g,
+        p.uptime_seconds as f64,
+    )?;
+    put(
+        "edgepin_process_start_time_seconds",
+        "Start time, Unix seconds.",
+        g,
+        p.started_unix as f64,
+    )?;
+    put("edgepin_process_nbthread", "Proxy worker threads.", g, p.threads as f64)?;
+    put(
+        "edgepin_process_current_connections",
+        "Client connections open.",
+        g,
+        p.connections as f64,
+    )?;
+    put(
+        "edgepin_process_max_connections",
+        "Client connection limit.",
+        g,
+        p.connections_limit as f64,
+    )?;
+    put(
+        "edgepin_process_current_requests",
+        "Requests in progress.",
+        g,
+        p.requests_in_flight as f64,
+    )?;
+    put(
+        "edgepin_process_current_tunnels",
+        "WebSocket tunnels open.",
+        g,
+        p.open_tunnels as f64,
+    )?;
+    put(
+        "edgepin_process_stopping",
+        "1 while stopping.",
+        g,
+        f64::from(u8::from(p.stopping)),
+    )?;
+    put(
+        "edgepin_process_config_generation",
+        "Config generation in use.",
+        g,
+        p.generation as f64,
+    )?;
+    if let Some(rss) = p.rss_bytes {
+        put(
+            "edgepin_process_resident_memory_bytes",
+            "Resident memory.",
+            g,
+            rss as f64,
+        )?;
+    }
+    let r = &view.reload;
+    if let Some(last) = &r.last {
+        put(
+            "edgepin_process_last_reload_success",
+            "1 if the last reload applied.",
+            g,
+            f64::from(u8::from(last.ok)),
+        )?;
+        put(
+            "edgepin_process_last_reload_timestamp_seconds",
+            "Time of the last reload.",
+            g,
+            last.at_unix as f64,
+        )?;
+    }
+    let reloads = "Reloads by result.";
+    families.put(
+        "edgepin_process_reloads_total",
+        reloads,
+        c,
+        &[("result", "ok")],
+        r.reloads_ok as f64,
+    )?;
+    families.put(
+        "edgepin_process_reloads_total",
+        reloads,
+        c,
+        &[("result", "failed")],
+        r.reloads_failed as f64,
+    )?;
+    let build = [("version", p.version)];
+    families.put("edgepin_process_build_info", "Build information.", g, &build, 1.0)?;
+
+    let s = &view.sids;
+    let table = [("name", "engineio_sid")];
+    families.put(
+        "edgepin_sticktable_size",
+        "Stick table size.",
+        g,
+        &table,
+        s.capacity as f64,
+    )?;
+    families.put(
+        "edgepin_sticktable_used",
+        "Entries used in the stick table.",
+        g,
+        &table,
+        s.entries as f64,
+    )?;
+    let lookups = "Sid lookups by result.";
+    for (result, v) in [("hit", s.hits), ("miss", s.misses)] {
+        let labels = [("name", "engineio_sid"), ("result", result)];
+        families.put("edgepin_sticktable_lookups_total", lookups, c, &labels, v as f64)?;
+    }
+    for (name, help, v) in [
+        (
+            "edgepin_sticktable_learned_total",
+            "Sids learned from handshakes.",
+            s.learned,
+        ),
+        (
+            "edgepin_sticktable_expired_total",
+            "Sids dropped after their idle TTL.",
+            s.expired,
+        ),
+        (
+            "edgepin_sticktable_evicted_total",
+            "Sids dropped to make room.",
+            s.evicted,
+        ),
+        (
+            "edgepin_sticktable_forgotten_total",
+            "Sids forgotten when their session ended.",
+            s.forgotten,
+        ),
+    ] {
+        families.put(name, help, c, &table, v as f64)?;
+    }
+    Ok(())
+}
+
+/// The Prometheus text for `view`.
+pub fn render(view: &StatsView) -> prometheus::Result<String> {
+    let mut families = Families::default();
+    process(&mut families, view)?;
+    for r in view.rows() {
+        row(&mut families, &r)?;
+    }
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&families.registry.gather(), &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Health;
+    use crate::stats::gather::tests::shared;
+    use crate::stats::rates::Rates;
+
+    #[test]
+    fn names_and_labels_follow_haproxy_exporter() {
+        let shared = shared();
+        let snapshot = shared.snapshot();
+        let api = snapshot.backend("api").unwrap();
+        api.members[0].traffic.sessions.inc();
+        api.members[1].state.set_health(Health::Down, "checks");
+        api.counters.traffic.redispatches.add(3);
+        let text = render(&StatsView::gather(&shared, &Rates::default())).unwrap();
+        for line in [
+            "edgepin_server_current_sessions{proxy=\"api\",server=\"a\"} 1",
+            "edgepin_server_status{proxy=\"api\",server=\"b\",state=\"DOWN\"} 1",
+            "edgepin_server_status{proxy=\"api\",server=\"b\",state=\"UP\"} 0",
+            "edgepin_server_check_up_down_total{proxy=\"api\",server=\"b\"} 1",
+            "edgepin_backend_redispatch_warnings_total{proxy=\"api\"} 3",
+            "edgepin_backend_status{proxy=\"ws\",state=\"DOWN\"} 1",
+            "edgepin_frontend_http_responses_total{code=\"2xx\",proxy=\"http\"} 0",
+            "edgepin_server_sticky_decisions_total{decision=\"sid\",proxy=\"ws\",server=\"b\"} 0",
+            "edgepin_sticktable_used{name=\"engineio_sid\"} 0",
+            "# TYPE edgepin_server_sessions_total counter",
+            "# TYPE edgepin_server_current_sessions gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("edgepin_frontend_connection_errors_total"),
+            "a listener has no connection errors"
+        );
+        assert!(
+            !text.contains("edgepin_server_sticky_decisions_total{decision=\"sid\",proxy=\"api\""),
+            "round robin makes no sticky decisions"
+        );
+    }
+}

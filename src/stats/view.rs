@@ -1,0 +1,290 @@
+//! The stats view model: every number the stats listener shows, as plain values
+//! (`gather` fills it from `Shared` once per request), and its rows for the outputs that
+//! list rows.
+//!
+//! The HTML page, JSON (this model serialised), CSV and Prometheus text all render one
+//! [`StatsView`], so they hold the same numbers. Columns that a kind of row does not have
+//! (a listener has no connection errors, a backend no check result) are `None` here and
+//! blank or absent in every output.
+
+use serde::Serialize;
+
+use super::rates::Rate;
+
+/// Everything the stats listener shows, at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    pub process: ProcessView,
+    pub reload: ReloadView,
+    pub sids: SidView,
+    pub frontends: Vec<FrontendView>,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub version: &'static str,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub started_unix: u64,
+    /// Config generation serving new requests (1 at start, +1 per applied reload).
+    pub generation: u64,
+    pub threads: usize,
+    /// Client connections open on both listeners.
+    pub connections: u64,
+    pub connections_limit: u64,
+    pub requests_in_flight: u64,
+    /// WebSocket tunnels open over all servers.
+    pub open_tunnels: u64,
+    /// Resident memory (VmRSS), when /proc tells.
+    pub rss_bytes: Option<u64>,
+    pub stopping: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadView {
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last: Option<LastReload>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    /// The generation serving after it (unchanged when it failed).
+    pub generation: u64,
+    pub at_unix: u64,
+    pub ago_seconds: u64,
+    pub ok: bool,
+    /// Warnings of an applied reload, or the errors of a rejected one.
+    pub message: String,
+}
+
+/// The Engine.IO sid table.
+#[derive(Debug, Clone, Serialize)]
+pub struct SidView {
+    pub entries: u64,
+    pub capacity: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub learned: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub forgotten: u64,
+}
+
+/// HTTP responses by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Responses {
+    pub r1xx: u64,
+    pub r2xx: u64,
+    pub r3xx: u64,
+    pub r4xx: u64,
+    pub r5xx: u64,
+    /// No response sent (client gone, connection cut).
+    pub other: u64,
+}
+
+impl Responses {
+    /// (label, value) pairs in HAProxy's order, labels as its `code` label values.
+    pub fn classes(&self) -> [(&'static str, u64); 6] {
+        [
+            ("1xx", self.r1xx),
+            ("2xx", self.r2xx),
+            ("3xx", self.r3xx),
+            ("4xx", self.r4xx),
+            ("5xx", self.r5xx),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// The columns listener, backend and server rows share, named as HAProxy's stats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counters {
+    pub queue_current: Option<u64>,
+    pub queue_max: Option<u64>,
+    /// Sessions: requests in progress and open tunnels (connections, for a listener).
+    pub sessions_current: u64,
+    pub sessions_max: u64,
+    pub sessions_limit: Option<u64>,
+    pub sessions_total: u64,
+    pub session_rate: Rate,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub denied: Option<u64>,
+    pub request_errors: Option<u64>,
+    pub connect_errors: Option<u64>,
+    pub response_errors: Option<u64>,
+    pub retries: Option<u64>,
+    pub redispatches: Option<u64>,
+    pub responses: Responses,
+    /// Average request time in milliseconds (whole request, tunnels included).
+    pub avg_time_ms: Option<f64>,
+    pub websocket: Option<WebSocketView>,
+    pub sticky: Option<StickyView>,
+    /// Engine.IO `400 Session ID unknown` answers.
+    pub sid_unknown: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WebSocketView {
+    pub open: u64,
+    pub max: u64,
+    pub total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// How sticky requests were placed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StickyView {
+    pub sid: u64,
+    pub cookie: u64,
+    pub hash: u64,
+    pub redispatch: u64,
+}
+
+impl StickyView {
+    /// (label, value) pairs, labels as the `decision` label values.
+    pub fn decisions(&self) -> [(&'static str, u64); 4] {
+        [
+            ("sid", self.sid),
+            ("cookie", self.cookie),
+            ("hash", self.hash),
+            ("redispatch", self.redispatch),
+        ]
+    }
+}
+
+/// A listener (HAProxy frontend): `https` or `http`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontendView {
+    pub name: &'static str,
+    pub address: Option<String>,
+    /// OPEN, or STOP while stopping.
+    pub status: &'static str,
+    pub requests_total: u64,
+    pub request_rate: Rate,
+    pub connections_refused: u64,
+    pub redirects: u64,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    pub name: String,
+    pub balance: &'static str,
+    /// UP while some server takes new sessions, else DOWN.
+    pub status: &'static str,
+    pub servers_up: u64,
+    pub servers_total: u64,
+    /// Sum of the weights of servers taking new sessions.
+    pub weight: u64,
+    /// 503s because no server could take the request.
+    pub no_server: u64,
+    /// Engine.IO 400s edgepin sent itself because the pinned server was gone.
+    pub sid_refused: u64,
+    pub queue_timeouts: u64,
+    pub retry_budget_exhausted: u64,
+    pub counters: Counters,
+    pub servers: Vec<ServerView>,
+}
+
+/// A server as one backend lists it: its shared state and this pair's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerView {
+    pub name: String,
+    pub address: String,
+    /// UP, DOWN, DRAIN or MAINT (DRAIN too while a reload's removal drains it).
+    pub status: &'static str,
+    pub health: &'static str,
+    pub admin: &'static str,
+    /// Removed by a reload; serves its existing sessions until its drain deadline.
+    pub retired: bool,
+    pub status_seconds: u64,
+    pub status_reason: String,
+    pub last_check: Option<CheckView>,
+    pub checks_failed: u64,
+    pub up_down_total: u64,
+    pub downtime_seconds: f64,
+    pub weight: u64,
+    /// Requests in flight and tunnels on this server over all backends.
+    pub active: u64,
+    /// Sticky sessions pinned to it (sids known, handshakes in flight).
+    pub sticky_sessions: u64,
+    pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckView {
+    pub ok: bool,
+    /// HAProxy-style check status: L4OK, L4CON, L4TOUT, L7OK, L7STS, L7RSP, L7TOUT.
+    pub status: String,
+    /// The HTTP status of an HTTP check, when it got one.
+    pub code: Option<u16>,
+    pub detail: String,
+    pub duration_ms: f64,
+    pub ago_seconds: u64,
+}
+
+/// What a row of the stats is about (HAProxy's `type`: 0, 1, 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKind {
+    Frontend = 0,
+    Backend = 1,
+    Server = 2,
+}
+
+/// One row of the stats — a listener, a backend, or a server of a backend — with the
+/// view it comes from, for outputs that list rows (CSV, Prometheus).
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    pub kind: RowKind,
+    /// The listener or backend name (HAProxy's `proxy` label, `pxname`).
+    pub proxy: &'a str,
+    pub status: &'a str,
+    pub counters: &'a Counters,
+    pub frontend: Option<&'a FrontendView>,
+    pub backend: Option<&'a BackendView>,
+    pub server: Option<&'a ServerView>,
+}
+
+impl StatsView {
+    /// Listeners, then each backend's servers followed by the backend (HAProxy's order).
+    pub fn rows(&self) -> Vec<Row<'_>> {
+        let mut rows: Vec<Row<'_>> = self
+            .frontends
+            .iter()
+            .map(|f| Row {
+                kind: RowKind::Frontend,
+                proxy: f.name,
+                status: f.status,
+                counters: &f.counters,
+                frontend: Some(f),
+                backend: None,
+                server: None,
+            })
+            .collect();
+        for b in &self.backends {
+            rows.extend(b.servers.iter().map(|s| Row {
+                kind: RowKind::Server,
+                proxy: &b.name,
+                status: s.status,
+                counters: &s.counters,
+                frontend: None,
+                backend: None,
+                server: Some(s),
+            }));
+            rows.push(Row {
+                kind: RowKind::Backend,
+                proxy: &b.name,
+                status: b.status,
+                counters: &b.counters,
+                frontend: None,
+                backend: Some(b),
+                server: None,
+            });
+        }
+        rows
+    }
+}
