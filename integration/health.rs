@@ -251,3 +251,84 @@ fn a_hundred_socket_io_clients_move_off_a_killed_worker_and_broadcasts_reach_all
     drop(proxy);
     drop(redis);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_keeps_an_open_websocket_flowing_while_new_sessions_go_elsewhere_and_maint_closes_it() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::builder(&body(&[&a, &b], FAST_CHECKS, ""))
+        .stats_auth("admin", "pw")
+        .start();
+    // Open WebSockets until one lands on b.
+    let mut on_b = None;
+    for _ in 0..10 {
+        let mut ws = client::websocket(&proxy.plain(), "/ws").await.unwrap();
+        if ws.next().await.unwrap().unwrap().into_text().unwrap().as_str() == "hello from b" {
+            on_b = Some(ws);
+            break;
+        }
+    }
+    let mut ws = on_b.expect("a websocket on b");
+    let r = proxy.admin("/admin/servers/b/state", r#"{"state":"drain"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(proxy.server_stats("api", "b").await["status"], "DRAIN");
+    // New sessions go to a, HTTP and WebSocket alike...
+    let b_hits = b.hits();
+    for _ in 0..20 {
+        assert_eq!(
+            client::get(&proxy.plain(), "/").await.unwrap().header("x-server"),
+            Some("a")
+        );
+    }
+    let mut fresh = client::websocket(&proxy.plain(), "/ws").await.unwrap();
+    assert_eq!(
+        fresh.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
+        "hello from a"
+    );
+    assert_eq!(b.hits(), b_hits);
+    // ...while the open one on b keeps flowing.
+    for i in 0..10 {
+        ws.send(Message::Text(format!("d{i}").into())).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(3), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("d{i}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // MAINT: nothing goes there, and its open tunnel is closed with a close frame.
+    let r = proxy.admin("/admin/servers/b/state", r#"{"state":"maint"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let close = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed at once");
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    assert_eq!(b.open_websockets(), 0);
+    let _ = fresh.close(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_weight_change_takes_effect_at_once() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::builder(&body(&[&a, &b], FAST_CHECKS, ""))
+        .stats_auth("admin", "pw")
+        .start();
+    let r = proxy.admin("/admin/servers/a/weight", r#"{"weight":3}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut conn = Conn::open(&proxy.plain()).await.unwrap();
+    let (a0, b0) = (a.hits(), b.hits());
+    for _ in 0..400 {
+        conn.get("/").await.unwrap();
+    }
+    assert_eq!((a.hits() - a0, b.hits() - b0), (300, 100));
+}

@@ -29,6 +29,20 @@ async fn wait_generation(proxy: &Proxy, generation_wanted: u64) {
     }
 }
 
+/// sessions_total of every backend and (backend, server) the stats list now.
+async fn totals(proxy: &Proxy) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    for b in proxy.stats().await["backends"].as_array().cloned().unwrap_or_default() {
+        let name = b["name"].as_str().unwrap_or("?").to_string();
+        out.insert(name.clone(), b["counters"]["sessions_total"].as_u64().unwrap_or(0));
+        for s in b["servers"].as_array().cloned().unwrap_or_default() {
+            let key = format!("{name}/{}", s["name"].as_str().unwrap_or("?"));
+            out.insert(key, s["counters"]["sessions_total"].as_u64().unwrap_or(0));
+        }
+    }
+    out
+}
+
 /// Config body number `k` of the storm: w5 in every other one, w1's weight cycling.
 fn storm_body(k: usize, api: &[Backend], nodes: &[NodeWorker]) -> String {
     let mut names: Vec<&str> = api.iter().take(4).map(|b| b.name.as_str()).collect();
@@ -108,6 +122,7 @@ async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
                 std::fs::copy(&other.key, &key).unwrap();
             }
             let before = Instant::now();
+            let counted_before = totals(&proxy).await;
             proxy.sighup();
             if k == 10 {
                 // Rejected: the old config stays; the error names the file position.
@@ -117,6 +132,16 @@ async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 assert_eq!(generation(&proxy).await, expected);
+                // The stats page shows the generation and the failed reload with its error.
+                let page = client::get(&proxy.stats_target(), "/").await.unwrap().text();
+                assert!(
+                    page.contains("\"nope\" is not defined") || page.contains("&quot;nope&quot; is not defined"),
+                    "failed reload not on the page"
+                );
+                let reload = &proxy.stats().await["reload"];
+                assert_eq!(reload["reloads_failed"], 1, "{reload}");
+                assert_eq!(reload["last"]["ok"], false, "{reload}");
+                assert_eq!(reload["last"]["generation"], expected, "{reload}");
             } else {
                 expected += 1;
                 wait_generation(&proxy, expected).await;
@@ -125,6 +150,13 @@ async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
                     "reload {k} took {:?}",
                     before.elapsed()
                 );
+            }
+            // Counters of what stays in the config only grow.
+            let counted_after = totals(&proxy).await;
+            for (key, was) in &counted_before {
+                if let Some(now) = counted_after.get(key) {
+                    assert!(now >= was, "{key} went from {was} to {now} across reload {k}");
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::node::{NodeWorker, run_clients};
+use crate::harness::node::{HeldClients, NodeWorker, run_clients};
 use crate::harness::redis::Redis;
 use crate::harness::{Backend, Conn, Proxy, Target, certs, client};
 
@@ -130,6 +130,18 @@ fn five_hundred_real_clients_stay_pinned_through_tls_to_node_workers() {
     let report = five_hundred_clients(&fleet.proxy, Duration::from_secs(90));
     let broken = judge(&report, 500, 400, 4);
     assert!(broken.is_empty(), "broken: {broken:#?}\nreport: {report}");
+    // The proxy saw no `Session ID unknown`, from the workers or of its own.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sockets = rt.block_on(fleet.proxy.backend_stats("sockets"));
+    assert_eq!(sockets["counters"]["sid_unknown"], 0, "{sockets}");
+    assert_eq!(sockets["sid_refused"], 0, "{sockets}");
+    assert!(
+        sockets["counters"]["sticky"]["sid"].as_u64().unwrap_or(0) > 1000,
+        "sessions were routed by sid: {sockets}"
+    );
     drop(fleet);
 }
 
@@ -139,6 +151,15 @@ fn without_stickiness_the_same_clients_break() {
     let fleet = node_fleet(4, "round_robin");
     let report = five_hundred_clients(&fleet.proxy, Duration::from_secs(20));
     let broken = judge(&report, 500, 400, 4);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sockets = rt.block_on(fleet.proxy.backend_stats("sockets"));
+    assert!(
+        sockets["counters"]["sid_unknown"].as_u64().unwrap_or(0) > 0,
+        "the proxy counts the breakage: {sockets}"
+    );
     let sticky_symptom = |b: &String| {
         ["connect errors", "reconnects", "upgraded", "connected"]
             .iter()
@@ -330,4 +351,69 @@ async fn removing_one_of_five_servers_moves_only_its_clients_and_adding_it_back_
     wait_generation(&proxy, 3).await;
     let restored = owners(&proxy, &addrs).await;
     assert_eq!(restored, before, "adding s3 back restores every client");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sid_table_stays_under_its_bound_in_a_handshake_flood() {
+    let redis = Redis::start();
+    let workers: Vec<NodeWorker> = (1..=2)
+        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+        .collect();
+    let yaml = fleet_yaml(&workers, "sticky").replace("health:", "sticky: { max_sids: 32 }\nhealth:");
+    let proxy = Proxy::start(&yaml);
+    let t = proxy.plain();
+    let mut last = None;
+    for _ in 0..300 {
+        let (status, sid, _) = handshake(&t, None).await;
+        assert_eq!(status, 200);
+        last = sid;
+    }
+    let sids = &proxy.stats().await["sids"];
+    let (entries, capacity) = (sids["entries"].as_u64().unwrap(), sids["capacity"].as_u64().unwrap());
+    assert!(entries <= capacity && capacity <= 48, "{sids}");
+    assert!(sids["evicted"].as_u64().unwrap() >= 250, "{sids}");
+    // The newest session is still routed by its sid.
+    let r = post_on_session(&t, &last.expect("sid"), None).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_first_handshakes_are_learned_and_forgotten_when_they_close() {
+    let fleet = node_fleet(2, "sticky");
+    let url = format!("http://127.0.0.1:{}", fleet.proxy.http.port());
+    let args = [
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--rooms",
+        "2",
+        "--transports",
+        "websocket",
+    ];
+    let mut clients = HeldClients::start(&args, Duration::from_secs(30));
+    let held = clients.wait_held(Duration::from_secs(20));
+    assert_eq!(
+        held["perWorker"].as_object().map(|m| m.values().map(n).sum::<u64>()),
+        Some(20),
+        "{held}"
+    );
+    let sids = fleet.proxy.stats().await["sids"].clone();
+    assert_eq!(
+        sids["entries"], 20,
+        "each WebSocket-first session was learned from its first frame: {sids}"
+    );
+    let report = clients.release_and_finish(Duration::from_secs(30));
+    assert_eq!(report["broadcasts"]["received"], 20, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fleet.proxy.stats().await["sids"]["entries"] != 0 {
+        if Instant::now() >= deadline {
+            let s = fleet.proxy.stats().await;
+            panic!(
+                "closed sessions were not forgotten: {} tunnels open {} ws {}",
+                s["sids"], s["process"]["open_tunnels"], s["backends"][1]["counters"]["websocket"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -23,6 +23,7 @@ pub struct ProxyBuilder {
     drain_timeout: String,
     tls_files: Option<(PathBuf, PathBuf)>,
     h2: bool,
+    stats_auth: Option<(String, String)>,
 }
 
 pub struct Proxy {
@@ -32,6 +33,8 @@ pub struct Proxy {
     pub http: SocketAddr,
     pub stats: SocketAddr,
     pub config: PathBuf,
+    /// `Authorization` header value for the stats listener, when auth is on.
+    pub stats_authorization: Option<String>,
 }
 
 impl ProxyBuilder {
@@ -59,6 +62,14 @@ impl ProxyBuilder {
         self.tls_files = Some((cert.to_path_buf(), key.to_path_buf()));
         self
     }
+    /// Protect the stats listener with basic auth (the password goes by env var); the
+    /// harness's own stats requests then authenticate.
+    pub fn stats_auth(mut self, user: &str, password: &str) -> Self {
+        self.stats_auth = Some((user.into(), password.into()));
+        self.env.push(("EDGEPIN_TEST_STATS_PASSWORD".into(), password.into()));
+        self
+    }
+
     /// Offer HTTP/2 by ALPN on the https listener.
     pub fn h2(mut self) -> Self {
         self.h2 = true;
@@ -86,6 +97,13 @@ impl ProxyBuilder {
             cmd.env(k, v);
         }
         let proc = Proc::spawn("edgepin", cmd, dir.path());
+        let stats_authorization = self.stats_auth.as_ref().map(|(user, password)| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )
+        });
         let mut proxy = Proxy {
             proc,
             dir,
@@ -93,6 +111,7 @@ impl ProxyBuilder {
             http,
             stats,
             config,
+            stats_authorization,
         };
         proxy.wait_ready();
         proxy
@@ -122,6 +141,11 @@ impl ProxyBuilder {
             dir.join("edgepin.pid").display(),
             self.drain_timeout
         ));
+        if let Some((user, _)) = &self.stats_auth {
+            y.push_str(&format!(
+                "stats: {{ auth: {{ user: {user}, password_env: EDGEPIN_TEST_STATS_PASSWORD }} }}\n"
+            ));
+        }
         y.push_str(&self.body);
         y
     }
@@ -142,6 +166,7 @@ impl Proxy {
             drain_timeout: "5s".into(),
             tls_files: None,
             h2: false,
+            stats_auth: None,
         }
     }
 
@@ -215,6 +240,56 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         started.elapsed()
+    }
+
+    /// `/stats.json` (the harness configures no stats auth unless a test does).
+    pub async fn stats(&self) -> serde_json::Value {
+        let headers: Vec<String> = self
+            .stats_authorization
+            .iter()
+            .map(|a| format!("Authorization: {a}"))
+            .collect();
+        let mut conn = client::Conn::open(&self.stats_target()).await.expect("stats listener");
+        conn.request("GET", "/stats.json", &headers, b"")
+            .await
+            .expect("stats.json")
+            .json()
+    }
+
+    /// POST `json` to an admin endpoint of the stats listener (needs `stats_auth`).
+    pub async fn admin(&self, path: &str, json: &str) -> client::Response {
+        let auth = self
+            .stats_authorization
+            .as_ref()
+            .expect("admin actions need stats_auth");
+        let headers = [
+            format!("Authorization: {auth}"),
+            "Content-Type: application/json".to_string(),
+        ];
+        let mut conn = client::Conn::open(&self.stats_target()).await.expect("stats listener");
+        conn.request("POST", path, &headers, json.as_bytes())
+            .await
+            .expect("admin request")
+    }
+
+    /// One backend's entry in `/stats.json`.
+    pub async fn backend_stats(&self, backend: &str) -> serde_json::Value {
+        let s = self.stats().await;
+        s["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["name"] == backend))
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend {backend} in {s}"))
+    }
+
+    /// One (backend, server) entry in `/stats.json`.
+    pub async fn server_stats(&self, backend: &str, server: &str) -> serde_json::Value {
+        let b = self.backend_stats(backend).await;
+        b["servers"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == server))
+            .cloned()
+            .unwrap_or_else(|| panic!("no server {server} in {b}"))
     }
 
     /// The proxy's own status (`/health` on the stats listener).

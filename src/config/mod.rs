@@ -216,7 +216,8 @@ pub struct Backend {
     pub cookie: Option<String>,
     /// Global timeouts with this backend's overrides applied.
     pub timeouts: Timeouts,
-    /// New hashed sessions skip a server above factor × average load.
+    /// New hashed sessions skip a server above factor × its share of the load
+    /// (infinite: plain consistent hashing).
     pub hash_balance_factor: f64,
     /// Attempts on other servers after a failed connection.
     pub retries: u32,

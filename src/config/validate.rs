@@ -370,8 +370,15 @@ impl Validator<'_> {
                 (None, Balance::Sticky) => Some("EDGEPIN".to_string()),
                 (None, _) => None,
             };
+            // Bounded loads protect long-lived sticky sessions from piling up behind a NAT;
+            // `source` hashes each request, where users expect a fixed mapping (HAProxy's
+            // hash-balance-factor is off by default too).
+            let default_factor = match balance {
+                Balance::Sticky => DEFAULT_HASH_BALANCE_FACTOR,
+                _ => f64::INFINITY,
+            };
             let hash_balance_factor = match &bf.hash_balance_factor {
-                None => DEFAULT_HASH_BALANCE_FACTOR,
+                None => default_factor,
                 Some(f) => self
                     .check(f, |f| {
                         if *f >= 1.0 && *f <= 100.0 {
@@ -380,7 +387,7 @@ impl Validator<'_> {
                             Err(format!("hash_balance_factor {f} must be between 1.0 and 100.0"))
                         }
                     })
-                    .unwrap_or(DEFAULT_HASH_BALANCE_FACTOR),
+                    .unwrap_or(default_factor),
             };
             let retries = self.count(&bf.retries, "retries", (0, 10), 3) as u32;
             out.push(Backend {
@@ -955,6 +962,19 @@ servers:
         assert!(check(&text).unwrap_err()[0].contains("needs `balance: sticky`"));
         let text = MINIMAL.replace("{ servers: [a, b] }", "{ balance: sticky, servers: [a, b] }");
         assert_eq!(check(&text).unwrap().backends[0].cookie.as_deref(), Some("EDGEPIN"));
+    }
+
+    #[test]
+    fn bounded_loads_default_on_for_sticky_and_off_for_source() {
+        let sticky = MINIMAL.replace("{ servers: [a, b] }", "{ balance: sticky, servers: [a, b] }");
+        assert_eq!(check(&sticky).unwrap().backends[0].hash_balance_factor, 1.05);
+        let source = MINIMAL.replace("{ servers: [a, b] }", "{ balance: source, servers: [a, b] }");
+        assert!(check(&source).unwrap().backends[0].hash_balance_factor.is_infinite());
+        let set = MINIMAL.replace(
+            "{ servers: [a, b] }",
+            "{ balance: source, servers: [a, b], hash_balance_factor: 1.5 }",
+        );
+        assert_eq!(check(&set).unwrap().backends[0].hash_balance_factor, 1.5);
     }
 
     #[test]

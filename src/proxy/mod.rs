@@ -287,11 +287,15 @@ impl ProxyHttp for EdgeProxy {
         b.counters.traffic.sessions_total.inc();
 
         let req = session.req_header();
-        if b.cfg.balance == Balance::Sticky {
-            let q = engineio::EngineQuery::parse(req.uri.query());
+        // Engine.IO requests are recognised on every backend: a `Session ID unknown` from a
+        // non-sticky one is exactly what tells an operator stickiness is missing.
+        if let Some(query) = req.uri.query().filter(|q| q.contains("EIO=")) {
+            let q = engineio::EngineQuery::parse(Some(query));
             ctx.sticky.engine_io = q.eio;
-            ctx.sticky.handshake = q.is_handshake();
-            ctx.sticky.sid = q.sid.map(str::to_string);
+            if b.cfg.balance == Balance::Sticky {
+                ctx.sticky.handshake = q.is_handshake();
+                ctx.sticky.sid = q.sid.map(str::to_string);
+            }
         }
         let cookie = b
             .cfg
@@ -481,12 +485,14 @@ impl ProxyHttp for EdgeProxy {
 
     fn response_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let upgraded = session.was_upgraded();
+        // Our own record of the 101, not `session.was_upgraded()`: pingora flips that only
+        // when the 101 is written downstream, which can be after the first frame is filtered.
+        let upgraded = ctx.tunnel_opened();
         if upgraded && end_of_stream {
             ctx.upstream_ended = true;
         }
