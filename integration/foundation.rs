@@ -536,3 +536,46 @@ async fn the_access_log_can_be_turned_off() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!proxy.proc.log().contains("edgepin::access"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_header_client_is_cut_at_the_header_deadline_but_keepalive_and_tunnels_are_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a");
+    let body = api_body(&[&a], &[]).replace(
+        "routes:",
+        "timeouts: { header: 1500ms, client: 10s, keepalive: 10s }\nroutes:",
+    );
+    let proxy = Proxy::start(&body);
+    for target in [proxy.plain(), proxy.tls()] {
+        // One header byte every 300 ms: every read is quick, the head never completes.
+        let mut s = client::connect(&target).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let started = Instant::now();
+        let cut = loop {
+            if s.write_all(b"X").await.is_err() {
+                break started.elapsed();
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+                _ => {}
+            }
+            assert!(started.elapsed() < Duration::from_secs(6), "slow head never cut");
+        };
+        assert!(
+            cut >= Duration::from_millis(1300) && cut < Duration::from_secs(4),
+            "cut after {cut:?}"
+        );
+    }
+    // A kept-alive connection may idle between requests longer than the head deadline.
+    let mut conn = Conn::open(&proxy.plain()).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(conn.get("/").await.unwrap().status, 200);
+    // And a WebSocket is not an HTTP head: quiet for longer than the deadline, it lives on.
+    let mut ws = client::websocket(&proxy.plain(), "/ws").await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    ws.send(Message::Text("late".into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "late");
+}

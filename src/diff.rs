@@ -49,6 +49,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ("tunnel", old.timeouts.tunnel, new.timeouts.tunnel),
         ("keepalive", old.timeouts.keepalive, new.timeouts.keepalive),
         ("queue", old.timeouts.queue, new.timeouts.queue),
+        ("header", old.timeouts.header, new.timeouts.header),
     ] {
         out.changed(format!("timeouts.{name}"), &d(a), &d(b));
     }

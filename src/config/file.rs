@@ -96,6 +96,8 @@ pub struct TimeoutsFile {
     pub keepalive: Option<Str>,
     #[serde(default)]
     pub queue: Option<Str>,
+    #[serde(default)]
+    pub header: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -135,6 +135,8 @@ pub struct Timeouts {
     pub keepalive: Duration,
     /// Longest wait in a server's queue when it is at `max_connections`.
     pub queue: Duration,
+    /// A whole request head (request line and headers) must arrive within this.
+    pub header: Duration,
 }
 
 impl Default for Timeouts {
@@ -146,6 +148,7 @@ impl Default for Timeouts {
             tunnel: Duration::from_secs(3600),
             keepalive: Duration::from_secs(60),
             queue: Duration::from_secs(5),
+            header: Duration::from_secs(10),
         }
     }
 }

@@ -260,7 +260,28 @@ impl Validator<'_> {
             tunnel: self.duration(&t.tunnel, base.tunnel),
             keepalive: self.duration(&t.keepalive, base.keepalive),
             queue: self.duration(&t.queue, base.queue),
+            header: self.duration(&t.header, base.header),
         }
+    }
+
+    /// A backend may override the timeouts of its server side; the client side ones
+    /// apply before a request is routed, so they are global only.
+    fn backend_timeouts(&mut self, backend: &str, t: Option<&TimeoutsFile>, base: &Timeouts) -> Timeouts {
+        if let Some(t) = t {
+            for (key, value) in [
+                ("client", &t.client),
+                ("keepalive", &t.keepalive),
+                ("header", &t.header),
+            ] {
+                if let Some(v) = value {
+                    self.err(
+                        v.referenced,
+                        format!("timeouts.{key} applies before routing: set it in the top-level timeouts, not in backend {backend:?}"),
+                    );
+                }
+            }
+        }
+        self.timeouts(t, *base)
     }
 
     fn limits(&mut self, l: Option<&file::LimitsFile>) -> Limits {
@@ -395,7 +416,7 @@ impl Validator<'_> {
                 balance,
                 servers: members,
                 cookie,
-                timeouts: self.timeouts(bf.timeouts.as_ref(), *timeouts),
+                timeouts: self.backend_timeouts(name, bf.timeouts.as_ref(), timeouts),
                 hash_balance_factor,
                 retries,
             });
@@ -975,6 +996,13 @@ servers:
             "{ balance: source, servers: [a, b], hash_balance_factor: 1.5 }",
         );
         assert_eq!(check(&set).unwrap().backends[0].hash_balance_factor, 1.5);
+    }
+
+    #[test]
+    fn client_side_timeouts_are_global_only() {
+        let text = MINIMAL.replace("{ servers: [a, b] }", "{ servers: [a, b], timeouts: { header: 5s } }");
+        let errs = check(&text).unwrap_err();
+        assert!(errs[0].contains("timeouts.header applies before routing"), "{errs:?}");
     }
 
     #[test]

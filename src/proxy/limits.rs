@@ -114,7 +114,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         counters.connections_total.inc();
         let _open = Open::new(counters, permit);
         let stream = match self.read_proxy_header(stream).await {
-            Some(stream) => stream,
+            Some(stream) => super::head_deadline::wrap(stream, self.shared.snapshot().config.timeouts.header),
             None => {
                 counters.request_errors.inc();
                 return None;

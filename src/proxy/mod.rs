@@ -8,6 +8,7 @@
 //! at the end. Policies live in the sibling modules; this file wires them to pingora.
 
 mod ctx;
+mod head_deadline;
 mod headers;
 mod limits;
 mod proxy_protocol;
