@@ -38,6 +38,18 @@ enum Command {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
     },
+    /// Run the reference Socket.IO worker (rooms over Redis) until SIGTERM or SIGINT.
+    Worker {
+        /// Address to listen on, e.g. 127.0.0.1:3001.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Name shown by /api/whoami and in messages (e.g. the server name in proxy.yaml).
+        #[arg(long)]
+        id: String,
+        /// Redis shared by every worker, e.g. redis://127.0.0.1:6379.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+    },
 }
 
 fn parse_format(s: &str) -> Result<LogFormat, String> {
@@ -76,6 +88,12 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Reload { config } => reload(&config),
+        Command::Worker { listen, id, redis } => {
+            match edgepin::worker::run(listen, edgepin::worker::WorkerOptions { id, redis_url: redis }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
     }
 }
 
