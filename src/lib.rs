@@ -21,4 +21,5 @@ pub mod stats;
 pub mod sticky;
 pub mod telemetry;
 pub mod tls;
+pub mod up;
 pub mod worker;

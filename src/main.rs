@@ -38,6 +38,12 @@ enum Command {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
     },
+    /// Run the local stack: redis-server, one worker per server, and the proxy
+    /// (SIGHUP: rolling worker restart + proxy reload; Ctrl-C or SIGTERM: stop everything).
+    Up {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+    },
     /// Run the reference Socket.IO worker (rooms over Redis) until SIGTERM or SIGINT.
     Worker {
         /// Address to listen on, e.g. 127.0.0.1:3001.
@@ -88,6 +94,10 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Reload { config } => reload(&config),
+        Command::Up { config } => match edgepin::up::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Worker { listen, id, redis } => {
             match edgepin::worker::run(listen, edgepin::worker::WorkerOptions { id, redis_url: redis }) {
                 Ok(()) => ExitCode::SUCCESS,
