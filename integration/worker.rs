@@ -217,3 +217,166 @@ fn node_and_edgepin_workers_share_rooms_both_ways() {
     assert!(c.received("outsider", "said").is_empty());
     assert!(c.received("outsider", "news").is_empty());
 }
+
+/// proxy.yaml for `edgepin up`: an http listener, stats, two workers, a spawned Redis.
+fn up_config(dir: &std::path::Path) -> (std::path::PathBuf, std::net::SocketAddr, [std::net::SocketAddr; 2]) {
+    use crate::harness::free_port;
+    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+    let (http, stats) = (addr(free_port()), addr(free_port()));
+    let workers = [addr(free_port()), addr(free_port())];
+    let yaml = format!(
+        "listen: {{ http: {http}, stats: {stats} }}\n\
+         routes:\n  - {{ path_prefix: /socket.io/, backend: sockets, websocket: true }}\n  \
+         - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ servers: [w1, w2] }}\n  sockets: {{ balance: sticky, servers: [w1, w2] }}\n\
+         servers:\n  w1: {{ address: {} }}\n  w2: {{ address: {} }}\n\
+         health: {{ interval: 1s, timeout: 500ms }}\n\
+         workers: {{ redis: spawn, redis_port: {} }}\n",
+        workers[0],
+        workers[1],
+        free_port()
+    );
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, yaml).expect("write proxy.yaml");
+    (path, http, workers)
+}
+
+fn up_command(config: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin"));
+    cmd.arg("up")
+        .arg("-c")
+        .arg(config)
+        .env("RUST_LOG", "info,edgepin::access=warn,pingora=warn");
+    cmd
+}
+
+/// `started name=NAME pid=PID` lines of `up`'s log, in order.
+fn started_pids(log: &str) -> Vec<(String, i32)> {
+    log.lines()
+        .filter(|l| l.contains("started name="))
+        .filter_map(|l| {
+            let field = |key: &str| l.split(key).nth(1)?.split_whitespace().next().map(str::to_string);
+            Some((field("name=")?, field("pid=")?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn whoami_through(http: std::net::SocketAddr) -> Option<String> {
+    let (status, body) = crate::harness::blocking_get(http, "/api/whoami")?;
+    let v: Json = serde_json::from_str(&body).ok()?;
+    (status == 200).then(|| v["id"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn edgepin_up_runs_the_stack_restarts_workers_and_leaves_no_process_behind() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, http, _) = up_config(dir.path());
+    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
+
+    // REST through the proxy rotates over both workers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while whoami_through(http).is_none() {
+        assert!(up.alive(), "up exited:\n{}", up.log_tail(40));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stack not up:\n{}",
+            up.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ids: std::collections::BTreeSet<String> = (0..6).filter_map(|_| whoami_through(http)).collect();
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["w1", "w2"]);
+    let first = started_pids(&up.log());
+    let names: Vec<&str> = first.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["redis", "w1", "w2"], "{}", up.log());
+    assert!(first.iter().all(|(_, pid)| alive(*pid)));
+    // Children's lines are prefixed with their names.
+    assert!(
+        up.log()
+            .lines()
+            .any(|l| l.starts_with("w2      | ") && l.contains("worker listening"))
+    );
+
+    // Socket.IO clients through the proxy land on both workers and share a room.
+    let mut c = SioClients::start();
+    let proxy = format!("http://{http}");
+    let mut on = std::collections::BTreeSet::new();
+    for name in ["a", "b", "c", "d"] {
+        c.connect(name, &proxy);
+        on.insert(
+            c.call(name, "whoami", json!([]))["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        c.join(name, "lobby");
+    }
+    assert_eq!(on.len(), 2, "sessions spread over both workers: {on:?}");
+    c.emit("a", "say", json!(["lobby", "hi all"]));
+    for name in ["a", "b", "c", "d"] {
+        assert!(c.wait_event(name, "said", WAIT, said("lobby", "hi all")), "{name}");
+    }
+    drop(c);
+
+    // A crashed worker is started again.
+    let w1 = first[1].1;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w1), Signal::SIGKILL).expect("kill w1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started_pids(&up.log()).iter().any(|(n, pid)| n == "w1" && *pid != w1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "w1 not restarted:\n{}",
+            up.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGHUP: a rolling restart; REST keeps answering throughout.
+    let before = started_pids(&up.log()).len();
+    up.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut answered = 0;
+    while answered < 20 || !up.log().contains("rolling restart done") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rolling restart:\n{}",
+            up.log_tail(30)
+        );
+        assert!(
+            whoami_through(http).is_some(),
+            "a request failed during the rolling restart"
+        );
+        answered += 1;
+    }
+    let restarted: Vec<String> = started_pids(&up.log())[before..]
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(restarted, ["w1", "w2"], "one at a time, in order");
+
+    // SIGTERM: everything stops, every child (old and new) is gone.
+    up.signal(Signal::SIGTERM);
+    let status = up.wait_exit(Duration::from_secs(30)).expect("up did not exit");
+    assert!(status.success(), "{status}:\n{}", up.log_tail(30));
+    for (name, pid) in started_pids(&up.log()) {
+        assert!(!alive(pid), "{name} (pid {pid}) outlived edgepin up");
+    }
+}
+
+#[test]
+fn edgepin_up_refuses_a_taken_port_before_starting_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, _, workers) = up_config(dir.path());
+    let _squatter = std::net::TcpListener::bind(workers[1]).expect("hold w2's port");
+    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
+    let status = up.wait_exit(Duration::from_secs(20)).expect("up should refuse at once");
+    assert!(!status.success());
+    let log = up.log();
+    assert!(log.contains(&format!("worker w2 needs {}", workers[1])), "{log}");
+    assert!(started_pids(&log).is_empty(), "nothing was started: {log}");
+}
