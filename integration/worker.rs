@@ -380,3 +380,50 @@ fn edgepin_up_refuses_a_taken_port_before_starting_anything() {
     assert!(log.contains(&format!("worker w2 needs {}", workers[1])), "{log}");
     assert!(started_pids(&log).is_empty(), "nothing was started: {log}");
 }
+
+#[test]
+fn acknowledgements_cross_workers_both_ways() {
+    let redis = Redis::start();
+    let (w1, w2) = (Worker::start("w1", &redis.url()), Worker::start("w2", &redis.url()));
+    let n1 = Worker::start_node("n1", &redis.url());
+    let mut c = SioClients::start();
+    for (name, w) in [("a", &w1), ("b", &w2), ("n", &n1)] {
+        c.connect(name, &w.url());
+        c.join(name, "polls");
+    }
+
+    // edgepin asks (REST emit with acks): every member answers, wherever it is connected.
+    let r = emit(&w1, "polls", r#"{"event":"poll","data":1,"ack_timeout_ms":3000}"#);
+    let mut from: Vec<&str> = r["acks"]
+        .as_array()
+        .expect("acks")
+        .iter()
+        .filter_map(|a| a["from"].as_str())
+        .collect();
+    from.sort();
+    assert_eq!(from, ["a", "b", "n"], "{r}");
+
+    // Node asks (io.to(room).timeout().emit(.., cb)): edgepin workers relay their clients' acks.
+    let out = std::process::Command::new("node")
+        .arg(crate::harness::worker::node_dir().join("emit-with-ack.js"))
+        .args(["--redis", &redis.url(), "--room", "polls", "--timeout", "3000"])
+        .current_dir(crate::harness::worker::node_dir())
+        .output()
+        .expect("node emit-with-ack.js");
+    let result: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(result["error"], Json::Null, "{result}");
+    let mut from: Vec<&str> = result["acks"]
+        .as_array()
+        .expect("acks")
+        .iter()
+        .filter_map(|a| a["from"].as_str())
+        .collect();
+    from.sort();
+    assert_eq!(from, ["a", "b", "n"], "{result}");
+}

@@ -8,7 +8,8 @@
 //   {"op":"close","name":"a"}    {"op":"exit"}
 //
 // Every event a socket receives is printed: {"name":"a","event":"said","args":[...]}, and
-// so is each disconnect: {"name":"a","event":"disconnect","reason":"..."}.
+// so is each disconnect: {"name":"a","event":"disconnect","reason":"..."}. An event that
+// asks for an acknowledgement is answered with {"from": name}.
 "use strict";
 const readline = require("readline");
 const { io } = require("socket.io-client");
@@ -29,7 +30,11 @@ function handle(cmd) {
       socket.on("connect", () => out({ name: cmd.name, event: "connect", id: socket.id }));
       socket.on("connect_error", (e) => out({ name: cmd.name, event: "connect_error", error: String(e.message) }));
       socket.on("disconnect", (reason) => out({ name: cmd.name, event: "disconnect", reason }));
-      socket.onAny((event, ...args) => out({ name: cmd.name, event, args }));
+      socket.onAny((event, ...args) => {
+        // An event that wants an acknowledgement gets {from: name}.
+        if (typeof args[args.length - 1] === "function") args.pop()({ from: cmd.name });
+        out({ name: cmd.name, event, args });
+      });
       break;
     }
     case "emit":

@@ -1,13 +1,11 @@
 //! `NodeRedisAdapter`: a socketioxide adapter whose rooms span every server on one Redis,
 //! edgepin and Node.js workers (`@socket.io/redis-adapter` 8.x) alike.
 //!
-//! What crosses servers: room broadcasts both ways; `fetch_sockets` (ids and rooms from
+//! What crosses servers: room broadcasts both ways; broadcasts with acks both ways (acks
+//! relayed back to the emitting server, see `acks`); `fetch_sockets` (ids and rooms from
 //! every server, so member counts include Node sockets); remote join, leave and disconnect
-//! both ways; `server_count`. Answered for Node servers: `allRooms`, `allSockets`, and
-//! broadcasts with acks (our clients' acks go back to the Node requester). Not crossing:
-//! `serverSideEmit` (socketioxide has no server-side event API) and the acks of *our*
-//! `emit_with_ack`, which reach this worker's sockets only (socketioxide gives an adapter
-//! no way to fold acks from other servers into its ack stream type).
+//! both ways; `server_count`. Answered for Node servers: `allRooms` and `allSockets`. Not
+//! supported: `serverSideEmit` (socketioxide has no server-side event API).
 //!
 //! A broadcast is delivered to this worker's sockets first, then queued for Redis, so
 //! local members get it whatever state Redis is in. Messages from other servers for a
@@ -25,6 +23,7 @@ use socketioxide_core::adapter::{
 };
 use socketioxide_core::packet::Packet;
 
+use super::acks::MergedAcks;
 use super::redis_link::{Inbox, LinkError, RedisLink};
 use super::wire::{self, Channels, FetchedSocket, RequestBody, Target, request_type};
 
@@ -44,7 +43,7 @@ impl<E> DefinedAdapter for NodeRedisAdapter<E> {}
 impl<E: SocketEmitter> CoreAdapter<E> for NodeRedisAdapter<E> {
     type Error = LinkError;
     type State = Arc<RedisLink>;
-    type AckStream = E::AckStream;
+    type AckStream = MergedAcks<E::AckStream, E::AckError>;
     type InitRes = ();
 
     fn new(link: &Arc<RedisLink>, local: CoreLocalAdapter<E>) -> Self {
@@ -90,14 +89,36 @@ impl<E: SocketEmitter> CoreAdapter<E> for NodeRedisAdapter<E> {
         delivered.map_err(BroadcastError::from)
     }
 
-    /// This worker's sockets only: see the module docs.
+    /// Every server's sockets; acks from the others are relayed over Redis. With Redis
+    /// down, this worker's sockets only.
     async fn broadcast_with_ack(
         &self,
         packet: Packet,
         opts: BroadcastOptions,
         timeout: Option<Duration>,
-    ) -> Result<E::AckStream, LinkError> {
-        Ok(self.local.broadcast_with_ack(packet, opts, timeout).0)
+    ) -> Result<Self::AckStream, LinkError> {
+        let timeout = timeout.unwrap_or_else(|| self.local.ack_timeout());
+        let (local, _) = self
+            .local
+            .broadcast_with_ack(packet.clone(), opts.clone(), Some(timeout));
+        if opts.is_local(self.local.server_id()) || !self.link.is_up() {
+            return Ok(MergedAcks::local(local));
+        }
+        let others = self.link.server_count(&self.channels).await?.saturating_sub(1);
+        if others == 0 {
+            return Ok(MergedAcks::local(local));
+        }
+        let request_id = wire::random_id(6);
+        let request = match wire::broadcast_ack_request(self.link.uid(), &request_id, &packet, &opts, timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "broadcast with ack not relayed to other servers");
+                return Ok(MergedAcks::local(local));
+            }
+        };
+        let responses = self.link.responses(&request_id);
+        self.link.publish(self.channels.request.clone(), request)?;
+        Ok(MergedAcks::with_remote(local, responses, others, timeout))
     }
 
     async fn add_sockets(&self, opts: BroadcastOptions, rooms: impl RoomParam) -> Result<(), LinkError> {
@@ -148,7 +169,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for NodeRedisAdapter<E> {
 /// Id and rooms of the sockets `opts` selects on every *other* server (a `fetchSockets`
 /// request answered by edgepin and Node workers alike).
 pub async fn fetch_remote(
-    link: &RedisLink,
+    link: &Arc<RedisLink>,
     channels: &Channels,
     opts: &BroadcastOptions,
 ) -> Result<Vec<(String, Vec<Room>)>, LinkError> {

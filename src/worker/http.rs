@@ -7,7 +7,8 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /api/whoami` → `{id}`; `GET /api/rooms/{room}` → `{room, members}` counted on
 //!   every worker; `POST /api/rooms/{room}/emit` `{event, data}` → emit to the room on
-//!   every worker (how backend services push to clients).
+//!   every worker (how backend services push to clients); with `ack_timeout_ms`, also wait
+//!   for the members' acknowledgements and return them as `acks`.
 //! - `GET /`: a small chat page (two tabs, one room) using the Socket.IO client bundled in
 //!   the binary at `/assets/socket.io.min.js`.
 //!
@@ -15,6 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,6 +24,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use socketioxide::SocketIo;
 use socketioxide_core::adapter::BroadcastOptions;
@@ -33,6 +36,8 @@ use super::{MAX_PAYLOAD, WorkerAdapter, WorkerState};
 
 /// Longest event name accepted by the REST emit.
 const MAX_EVENT_LEN: usize = 64;
+/// Longest wait for acknowledgements a REST emit may ask for.
+const MAX_ACK_TIMEOUT_MS: u64 = 30_000;
 /// Events the Socket.IO client keeps for itself; emitting them is refused (as Node does).
 const RESERVED_EVENTS: &[&str] = &[
     "connect",
@@ -179,23 +184,50 @@ async fn emit(State(api): State<Api>, Path(room): Path<String>, body: Bytes) -> 
     if let Err(e) = room_name(&Json::String(room.clone())) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let (event, data) = match parse_emit(&body) {
+    let emit = match parse_emit(&body) {
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let Some(ns) = api.io.of("/") else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "namespace / is not served");
     };
-    if let Err(e) = ns.to(room.clone()).emit(&event, &data).await {
-        // Some local socket could not take it (closing, or its buffer is full); the others did.
-        tracing::debug!(room, event, error = %e, "emit not delivered to every local member");
+    let mut reply = json!({ "ok": true, "redis": redis_state(&api.worker) });
+    let to = ns.to(room.clone());
+    match emit.ack_timeout {
+        None => {
+            if let Err(e) = to.emit(&emit.event, &emit.data).await {
+                // Some local socket could not take it (closing, or its buffer is full).
+                tracing::debug!(room, event = emit.event, error = %e, "emit not delivered to every local member");
+            }
+        }
+        Some(timeout) => match to
+            .timeout(timeout)
+            .emit_with_ack::<_, Json>(&emit.event, &emit.data)
+            .await
+        {
+            Ok(stream) => {
+                let acks: Vec<Json> = stream.filter_map(|(_, ack)| async move { ack.ok() }).collect().await;
+                reply["acks"] = acks.into();
+            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("emit with acks failed: {e}")),
+        },
     }
-    axum::Json(json!({ "ok": true, "redis": redis_state(&api.worker) })).into_response()
+    axum::Json(reply).into_response()
 }
 
-/// `{event, data}`: the event name is a non-reserved string of 1 to 64 bytes; `data` may be
-/// any JSON value (null when absent).
-fn parse_emit(body: &[u8]) -> Result<(String, Json), String> {
+/// A checked emit request.
+#[derive(Debug, PartialEq)]
+struct Emit {
+    event: String,
+    data: Json,
+    /// Wait this long for the members' acks and return them.
+    ack_timeout: Option<Duration>,
+}
+
+/// `{event, data, ack_timeout_ms}`: the event name is a non-reserved string of 1 to 64
+/// bytes; `data` may be any JSON value (null when absent); `ack_timeout_ms` (1 to 30,000)
+/// asks for the members' acknowledgements.
+fn parse_emit(body: &[u8]) -> Result<Emit, String> {
     let mut v: Json = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let data = v.get_mut("data").map(Json::take).unwrap_or(Json::Null);
     let event = match v.get("event").and_then(Json::as_str) {
@@ -205,7 +237,18 @@ fn parse_emit(body: &[u8]) -> Result<(String, Json), String> {
         Some(e) if RESERVED_EVENTS.contains(&e) => return Err(format!("{e:?} is a reserved event name")),
         Some(e) => e.to_string(),
     };
-    Ok((event, data))
+    let ack_timeout = match v.get("ack_timeout_ms") {
+        None | Some(Json::Null) => None,
+        Some(ms) => match ms.as_u64() {
+            Some(ms @ 1..=MAX_ACK_TIMEOUT_MS) => Some(Duration::from_millis(ms)),
+            _ => return Err(format!("ack_timeout_ms must be 1 to {MAX_ACK_TIMEOUT_MS}")),
+        },
+    };
+    Ok(Emit {
+        event,
+        data,
+        ack_timeout,
+    })
 }
 
 #[cfg(test)]
@@ -214,16 +257,28 @@ mod tests {
 
     #[test]
     fn emit_bodies_are_checked() {
+        let emit = |event: &str, data: Json, ack_ms: Option<u64>| Emit {
+            event: event.into(),
+            data,
+            ack_timeout: ack_ms.map(Duration::from_millis),
+        };
         assert_eq!(
             parse_emit(br#"{"event":"news","data":{"a":1}}"#),
-            Ok(("news".to_string(), json!({"a": 1})))
+            Ok(emit("news", json!({"a": 1}), None))
         );
-        assert_eq!(parse_emit(br#"{"event":"ping"}"#), Ok(("ping".to_string(), Json::Null)));
+        assert_eq!(parse_emit(br#"{"event":"ping"}"#), Ok(emit("ping", Json::Null, None)));
+        assert_eq!(
+            parse_emit(br#"{"event":"poll","ack_timeout_ms":500}"#),
+            Ok(emit("poll", Json::Null, Some(500)))
+        );
         for bad in [
             &br#"{"data":1}"#[..],
             br#"{"event":""}"#,
             br#"{"event":"disconnect"}"#,
             br#"{"event":7}"#,
+            br#"{"event":"e","ack_timeout_ms":0}"#,
+            br#"{"event":"e","ack_timeout_ms":"1s"}"#,
+            br#"{"event":"e","ack_timeout_ms":30001}"#,
             b"not json",
             b"[]",
         ] {

@@ -8,6 +8,7 @@
 //! runs a worker on a bound listener until a shutdown future resolves (tests run it
 //! in-process); [`run`] is the command. The worker depends on nothing else in edgepin.
 
+pub mod acks;
 pub mod adapter;
 mod events;
 mod http;

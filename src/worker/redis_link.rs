@@ -192,7 +192,7 @@ impl RedisLink {
     /// Publish a request and wait for one response from each other server (`expected`),
     /// up to `timeout`.
     pub async fn request(
-        &self,
+        self: &Arc<Self>,
         channels: &Channels,
         request_id: &str,
         payload: Vec<u8>,
@@ -202,13 +202,12 @@ impl RedisLink {
         if expected == 0 {
             return Ok(Vec::new());
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let _pending = PendingRequest::new(self, request_id, tx);
+        let mut incoming = self.responses(request_id);
         self.publish(channels.request.clone(), payload)?;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut responses = Vec::with_capacity(expected);
         while responses.len() < expected {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            match tokio::time::timeout_at(deadline, incoming.next()).await {
                 Ok(Some(r)) => responses.push(r),
                 Ok(None) | Err(_) => {
                     return Err(LinkError::Incomplete {
@@ -219,6 +218,17 @@ impl RedisLink {
             }
         }
         Ok(responses)
+    }
+
+    /// The responses to request `request_id` as they arrive (register before publishing).
+    pub fn responses(self: &Arc<Self>, request_id: &str) -> Responses {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.pending).insert(request_id.to_string(), tx);
+        Responses {
+            rx,
+            link: Arc::clone(self),
+            id: request_id.to_string(),
+        }
     }
 
     // ---- background tasks ----
@@ -423,23 +433,20 @@ async fn timed<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, L
     }
 }
 
-/// A request's entry in the pending table, removed when the wait ends, however it ends.
-struct PendingRequest<'a> {
-    link: &'a RedisLink,
+/// Responses to one request; the request is forgotten when this is dropped.
+pub struct Responses {
+    rx: mpsc::UnboundedReceiver<Response>,
+    link: Arc<RedisLink>,
     id: String,
 }
 
-impl<'a> PendingRequest<'a> {
-    fn new(link: &'a RedisLink, id: &str, tx: mpsc::UnboundedSender<Response>) -> Self {
-        lock(&link.pending).insert(id.to_string(), tx);
-        PendingRequest {
-            link,
-            id: id.to_string(),
-        }
+impl Responses {
+    pub async fn next(&mut self) -> Option<Response> {
+        self.rx.recv().await
     }
 }
 
-impl Drop for PendingRequest<'_> {
+impl Drop for Responses {
     fn drop(&mut self) {
         lock(&self.link.pending).remove(&self.id);
     }

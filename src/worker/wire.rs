@@ -142,7 +142,7 @@ pub struct IncomingBroadcast {
 
 /// Encode a broadcast of `packet` to what `opts` selects, as the Node adapter does.
 pub fn encode_broadcast(uid: &str, packet: &Packet, opts: &BroadcastOptions) -> Result<Vec<u8>, WireError> {
-    let message = Msgpack::Array(vec![uid.into(), wire_packet(packet)?, wire_opts(opts)]);
+    let message = Msgpack::Array(vec![uid.into(), wire_packet(packet)?, wire_opts(opts, None)]);
     Ok(to_msgpack_bytes(&message))
 }
 
@@ -211,12 +211,18 @@ fn packet_from_wire(packet: &Msgpack) -> Result<Packet, WireError> {
 }
 
 /// `{rooms, except, flags}`.
-fn wire_opts(opts: &BroadcastOptions) -> Msgpack {
+fn wire_opts(opts: &BroadcastOptions, ack_timeout: Option<std::time::Duration>) -> Msgpack {
     let (rooms, except) = room_lists(opts);
     let names = |list: Vec<Room>| Msgpack::Array(list.iter().map(|r| r.as_ref().into()).collect());
     let mut flags = Vec::new();
     if opts.has_flag(BroadcastFlags::Volatile) {
         flags.push(("volatile".into(), true.into()));
+    }
+    if let Some(t) = ack_timeout {
+        flags.push((
+            "timeout".into(),
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX).into(),
+        ));
     }
     Msgpack::Map(vec![
         ("rooms".into(), names(rooms)),
@@ -420,6 +426,23 @@ pub fn fetch_request(uid: &str, request_id: &str, opts: &BroadcastOptions) -> Ve
     }))
 }
 
+/// A broadcast whose receivers must acknowledge within `timeout` (msgpack, as Node sends it).
+pub fn broadcast_ack_request(
+    uid: &str,
+    request_id: &str,
+    packet: &Packet,
+    opts: &BroadcastOptions,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, WireError> {
+    Ok(to_msgpack_bytes(&Msgpack::Map(vec![
+        ("uid".into(), uid.into()),
+        ("requestId".into(), request_id.into()),
+        ("type".into(), request_type::BROADCAST.into()),
+        ("packet".into(), wire_packet(packet)?),
+        ("opts".into(), wire_opts(opts, Some(timeout))),
+    ])))
+}
+
 /// A remote join, leave or disconnect of every socket `opts` selects (no response).
 pub fn remote_action_request(uid: &str, kind: u64, opts: &BroadcastOptions, rooms: &[Room], close: bool) -> Vec<u8> {
     let mut req = serde_json::json!({ "uid": uid, "type": kind, "opts": json_opts(opts) });
@@ -505,6 +528,22 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, WireError> {
 }
 
 impl Response {
+    /// `BROADCAST_CLIENT_COUNT`: how many acks a server will relay for a broadcast.
+    pub fn client_count(&self) -> Option<u64> {
+        (field(&self.body, "type")?.as_u64()? == request_type::BROADCAST_CLIENT_COUNT)
+            .then(|| field(&self.body, "clientCount")?.as_u64())
+            .flatten()
+    }
+
+    /// `BROADCAST_ACK`: one client's acknowledgement, as socketioxide's ack arguments.
+    pub fn ack(&self) -> Option<Value> {
+        if field(&self.body, "type")?.as_u64()? != request_type::BROADCAST_ACK {
+            return None;
+        }
+        let arg = field(&self.body, "packet").cloned().unwrap_or(Msgpack::Nil);
+        msgpack_to_value(&Msgpack::Array(vec![arg])).ok()
+    }
+
     /// The sockets of a `fetchSockets` response, as (id, rooms).
     pub fn fetched_sockets(&self) -> Vec<(String, Vec<Room>)> {
         let Some(Msgpack::Array(sockets)) = field(&self.body, "sockets") else {
@@ -823,6 +862,27 @@ mod tests {
         assert_eq!(text(v), r#"["ask",1]"#);
         assert_eq!(opts.rooms.as_slice(), &[Room::from("r1")]);
         assert_eq!(timeout, Some(std::time::Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn ack_broadcasts_round_trip_and_acks_read_back() {
+        let r = decode_request(&hex(NODE_ACK_REQUEST)).unwrap();
+        let RequestBody::BroadcastWithAck { packet, opts, timeout } = r.body else {
+            panic!()
+        };
+        let ours = broadcast_ack_request("Ru_W3X", "k3q0Tn", &packet, &opts, timeout.unwrap()).unwrap();
+        assert_eq!(ours, hex(NODE_ACK_REQUEST), "byte for byte what Node sends");
+
+        let count = decode_response(br#"{"type":8,"requestId":"k3q0Tn","clientCount":2}"#).unwrap();
+        assert_eq!((count.client_count(), count.ack().is_none()), (Some(2), true));
+        let ack_value = Value::Str(Str::from(r#"[{"ok":true},"ignored"]"#.to_string()), None);
+        let ack = decode_response(&broadcast_ack_response("k3q0Tn", &ack_value).unwrap()).unwrap();
+        assert_eq!(ack.client_count(), None);
+        assert_eq!(
+            text(&ack.ack().unwrap()),
+            r#"[{"ok":true}]"#,
+            "Node relays the first argument"
+        );
     }
 
     #[test]
