@@ -239,7 +239,7 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
                 self.respond(wire::fetch_response(id, &sockets));
             }
             RequestBody::Join { target, rooms } => match target {
-                Target::Matching(opts) => self.local.add_sockets(opts, rooms),
+                Target::Matching(opts) => self.local.add_sockets(*opts, rooms),
                 Target::Socket(sid) => {
                     if let Some(sid) = self.local_socket(&sid) {
                         self.local.add_all(sid, rooms);
@@ -248,7 +248,7 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
                 }
             },
             RequestBody::Leave { target, rooms } => match target {
-                Target::Matching(opts) => self.local.del_sockets(opts, rooms),
+                Target::Matching(opts) => self.local.del_sockets(*opts, rooms),
                 Target::Socket(sid) => {
                     if let Some(sid) = self.local_socket(&sid) {
                         self.local.del(sid, rooms);
@@ -258,7 +258,7 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
             },
             RequestBody::Disconnect { target, close: _ } => {
                 let opts = match target {
-                    Target::Matching(opts) => opts,
+                    Target::Matching(opts) => *opts,
                     Target::Socket(sid) => match self.local_socket(&sid) {
                         Some(sid) => {
                             self.respond(wire::done_response(id));

@@ -317,7 +317,7 @@ pub struct Request {
 #[derive(Debug)]
 pub enum Target {
     /// Every socket `opts` selects (socket.io ≥ 4.0).
-    Matching(BroadcastOptions),
+    Matching(Box<BroadcastOptions>),
     /// One socket by id, answered with an empty response (older socket.io).
     Socket(String),
 }
@@ -364,7 +364,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
     let opts = || field(&msg, "opts").map(opts_from_wire).transpose();
     let target = || -> Result<Target, WireError> {
         match (opts()?, text("sid")) {
-            (Some(o), _) => Ok(Target::Matching(o)),
+            (Some(o), _) => Ok(Target::Matching(Box::new(o))),
             (None, Some(sid)) => Ok(Target::Socket(sid)),
             (None, None) => Err(WireError::Shape("a remote action names opts or a sid")),
         }
