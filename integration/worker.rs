@@ -394,14 +394,7 @@ fn acknowledgements_cross_workers_both_ways() {
 
     // edgepin asks (REST emit with acks): every member answers, wherever it is connected.
     let r = emit(&w1, "polls", r#"{"event":"poll","data":1,"ack_timeout_ms":3000}"#);
-    let mut from: Vec<&str> = r["acks"]
-        .as_array()
-        .expect("acks")
-        .iter()
-        .filter_map(|a| a["from"].as_str())
-        .collect();
-    from.sort();
-    assert_eq!(from, ["a", "b", "n"], "{r}");
+    assert_eq!(ack_senders(&r), ["a", "b", "n"], "{r}");
 
     // Node asks (io.to(room).timeout().emit(.., cb)): edgepin workers relay their clients' acks.
     let out = std::process::Command::new("node")
@@ -418,12 +411,17 @@ fn acknowledgements_cross_workers_both_ways() {
         )
     });
     assert_eq!(result["error"], Json::Null, "{result}");
-    let mut from: Vec<&str> = result["acks"]
+    assert_eq!(ack_senders(&result), ["a", "b", "n"], "{result}");
+}
+
+/// Who answered, from `{acks: [{from}, …]}`, sorted.
+fn ack_senders(reply: &Json) -> Vec<&str> {
+    let mut from: Vec<&str> = reply["acks"]
         .as_array()
         .expect("acks")
         .iter()
         .filter_map(|a| a["from"].as_str())
         .collect();
     from.sort();
-    assert_eq!(from, ["a", "b", "n"], "{result}");
+    from
 }

@@ -213,6 +213,23 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
         let _ = self.link.publish(self.channels.response.clone(), bytes);
     }
 
+    /// A remote join (`join`) or leave of the local sockets `target` names.
+    fn move_sockets(&self, request_id: &str, target: Target, rooms: Vec<Room>, join: bool) {
+        match (target, join) {
+            (Target::Matching(opts), true) => self.local.add_sockets(*opts, rooms),
+            (Target::Matching(opts), false) => self.local.del_sockets(*opts, rooms),
+            (Target::Socket(sid), _) => {
+                let Some(sid) = self.local_socket(&sid) else { return };
+                if join {
+                    self.local.add_all(sid, rooms);
+                } else {
+                    self.local.del(sid, rooms);
+                }
+                self.respond(wire::done_response(request_id));
+            }
+        }
+    }
+
     fn answer(&self, request_id: Option<&str>, body: RequestBody) {
         let id = request_id.unwrap_or_default();
         match body {
@@ -238,24 +255,8 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
                     .collect();
                 self.respond(wire::fetch_response(id, &sockets));
             }
-            RequestBody::Join { target, rooms } => match target {
-                Target::Matching(opts) => self.local.add_sockets(*opts, rooms),
-                Target::Socket(sid) => {
-                    if let Some(sid) = self.local_socket(&sid) {
-                        self.local.add_all(sid, rooms);
-                        self.respond(wire::done_response(id));
-                    }
-                }
-            },
-            RequestBody::Leave { target, rooms } => match target {
-                Target::Matching(opts) => self.local.del_sockets(*opts, rooms),
-                Target::Socket(sid) => {
-                    if let Some(sid) = self.local_socket(&sid) {
-                        self.local.del(sid, rooms);
-                        self.respond(wire::done_response(id));
-                    }
-                }
-            },
+            RequestBody::Join { target, rooms } => self.move_sockets(id, target, rooms, true),
+            RequestBody::Leave { target, rooms } => self.move_sockets(id, target, rooms, false),
             RequestBody::Disconnect { target, close: _ } => {
                 let opts = match target {
                     Target::Matching(opts) => *opts,
