@@ -104,41 +104,48 @@ impl<E: SocketEmitter> CoreAdapter<E> for NodeRedisAdapter<E> {
         if opts.is_local(self.local.server_id()) || !self.link.is_up() {
             return Ok(MergedAcks::local(local));
         }
-        let others = self.link.server_count(&self.channels).await?.saturating_sub(1);
-        if others == 0 {
-            return Ok(MergedAcks::local(local));
-        }
+        // The local members have it already: whatever fails below, their acks still count.
         let request_id = wire::random_id(6);
-        let request = match wire::broadcast_ack_request(self.link.uid(), &request_id, &packet, &opts, timeout) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "broadcast with ack not relayed to other servers");
-                return Ok(MergedAcks::local(local));
+        let relayed = async {
+            let others = self.link.server_count(&self.channels).await?.saturating_sub(1);
+            if others == 0 {
+                return Ok(None);
             }
+            let request = wire::broadcast_ack_request(self.link.uid(), &request_id, &packet, &opts, timeout)
+                .map_err(|e| LinkError::Unrelayable(e.to_string()))?;
+            let responses = self.link.responses(&request_id);
+            self.link.publish(self.channels.request.clone(), request)?;
+            Ok::<_, LinkError>(Some((responses, others)))
         };
-        let responses = self.link.responses(&request_id);
-        self.link.publish(self.channels.request.clone(), request)?;
-        Ok(MergedAcks::with_remote(local, responses, others, timeout))
+        Ok(match relayed.await {
+            Ok(Some((responses, others))) => MergedAcks::with_remote(local, responses, others, timeout),
+            Ok(None) => MergedAcks::local(local),
+            Err(e) => {
+                tracing::warn!(error = %e, "broadcast with ack reached this worker's sockets only");
+                MergedAcks::local(local)
+            }
+        })
     }
 
+    /// Applied here, then asked of the other servers; an error means only the latter failed.
     async fn add_sockets(&self, opts: BroadcastOptions, rooms: impl RoomParam) -> Result<(), LinkError> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        self.remote_action(request_type::REMOTE_JOIN, &opts, &rooms)?;
-        self.local.add_sockets(opts, rooms);
-        Ok(())
+        self.local.add_sockets(opts.clone(), rooms.clone());
+        self.remote_action(request_type::REMOTE_JOIN, &opts, &rooms)
     }
 
+    /// Applied here, then asked of the other servers; an error means only the latter failed.
     async fn del_sockets(&self, opts: BroadcastOptions, rooms: impl RoomParam) -> Result<(), LinkError> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        self.remote_action(request_type::REMOTE_LEAVE, &opts, &rooms)?;
-        self.local.del_sockets(opts, rooms);
-        Ok(())
+        self.local.del_sockets(opts.clone(), rooms.clone());
+        self.remote_action(request_type::REMOTE_LEAVE, &opts, &rooms)
     }
 
     async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
+        let local = self.local.disconnect_socket(opts.clone());
         self.remote_action(request_type::REMOTE_DISCONNECT, &opts, &[])
             .map_err(|e| BroadcastError::Adapter(e.into()))?;
-        self.local.disconnect_socket(opts).map_err(BroadcastError::Socket)
+        local.map_err(BroadcastError::Socket)
     }
 
     /// Sockets on every server. Node sockets whose ids do not fit socketioxide's `Sid`

@@ -44,6 +44,8 @@ pub enum LinkError {
     Timeout(Duration),
     #[error("only {got} of {expected} servers answered in time")]
     Incomplete { got: usize, expected: usize },
+    #[error("cannot be sent to other servers: {0}")]
+    Unrelayable(String),
 }
 
 impl From<LinkError> for socketioxide_core::adapter::errors::AdapterError {
