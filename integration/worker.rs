@@ -23,12 +23,11 @@ fn members(w: &Worker, room: &str) -> Json {
     serde_json::from_str(&body).expect("JSON")
 }
 
-fn emit(w: &Worker, room: &str, body: &str) -> Json {
-    let addr = w.addr;
-    let path = format!("/api/rooms/{room}/emit");
-    let body = body.to_string();
-    // The harness client is async; this test helper stays blocking.
-    let r = std::thread::spawn(move || {
+/// POST `body` (JSON) to `path` on a worker.
+fn post(w: &Worker, path: &str, body: &str) -> crate::harness::client::Response {
+    let (addr, path, body) = (w.addr, path.to_string(), body.to_string());
+    // The harness client is async; these tests stay blocking.
+    std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -45,8 +44,13 @@ fn emit(w: &Worker, room: &str, body: &str) -> Json {
             })
     })
     .join()
-    .expect("emit thread")
-    .expect("POST emit");
+    .expect("POST thread")
+    .expect("POST")
+}
+
+/// The REST emit, which must succeed.
+fn emit(w: &Worker, room: &str, body: &str) -> Json {
+    let r = post(w, &format!("/api/rooms/{room}/emit"), body);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()
 }
@@ -424,4 +428,57 @@ fn ack_senders(reply: &Json) -> Vec<&str> {
         .collect();
     from.sort();
     from
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_the_demo_page_is_served() {
+    let redis = Redis::start();
+    let w = Worker::start("w1", &redis.url());
+    let mut c = SioClients::start();
+    let sid = c.connect("a", &w.url());
+
+    for (room, why) in [
+        (json!(42), "must be a string"),
+        (json!(""), "must not be empty"),
+        (json!("x".repeat(129)), "too long"),
+        (json!(sid), "socket ids are reserved"),
+    ] {
+        let ack = c.call("a", "join", json!([room]));
+        assert_eq!(ack["ok"], false, "{ack}");
+        assert!(ack["error"].as_str().unwrap_or_default().contains(why), "{ack}");
+    }
+    for i in 0..64 {
+        c.join("a", &format!("room {i}"));
+    }
+    let ack = c.call("a", "join", json!(["one too many"]));
+    assert!(
+        ack["error"].as_str().unwrap_or_default().contains("at most 64"),
+        "{ack}"
+    );
+    // A malformed say is ignored; the socket keeps working.
+    c.emit("a", "say", json!([]));
+    c.emit("a", "say", json!([{"not": "a room"}, "x"]));
+    assert_eq!(
+        c.call("a", "whoami", json!([])),
+        json!({"id": "w1", "transport": "websocket"})
+    );
+
+    for body in ["not json", r#"{"data":1}"#, r#"{"event":"disconnect"}"#] {
+        let r = post(&w, "/api/rooms/r/emit", body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.json()["error"].is_string());
+    }
+    let long = "x".repeat(129);
+    assert_eq!(
+        post(&w, &format!("/api/rooms/{long}/emit"), r#"{"event":"e"}"#).status,
+        400
+    );
+    assert_eq!(w.get("/api/nothing").0, 404);
+
+    let (status, page) = w.get("/");
+    assert_eq!(status, 200);
+    assert!(page.contains("edgepin rooms") && page.contains("/assets/socket.io.min.js"));
+    let (status, js) = w.get("/assets/socket.io.min.js");
+    assert_eq!(status, 200);
+    assert!(js.contains("Socket.IO v4.8.1"));
 }
