@@ -373,7 +373,7 @@ fn edgepin_up_runs_the_stack_restarts_workers_and_leaves_no_process_behind() {
 }
 
 #[test]
-fn edgepin_up_refuses_a_taken_port_before_starting_anything() {
+fn edgepin_up_refuses_a_taken_port_or_a_missing_redis_before_starting_anything() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, _, workers) = up_config(dir.path());
     let _squatter = std::net::TcpListener::bind(workers[1]).expect("hold w2's port");
@@ -383,6 +383,15 @@ fn edgepin_up_refuses_a_taken_port_before_starting_anything() {
     let log = up.log();
     assert!(log.contains(&format!("worker w2 needs {}", workers[1])), "{log}");
     assert!(started_pids(&log).is_empty(), "nothing was started: {log}");
+
+    // Without redis-server on PATH: refused, with the way to install it.
+    let empty = tempfile::tempdir().expect("temp dir");
+    let mut cmd = up_command(&config);
+    cmd.env("PATH", empty.path());
+    let mut up = crate::harness::Proc::spawn("up-no-redis", cmd, dir.path());
+    let status = up.wait_exit(Duration::from_secs(20)).expect("up should refuse at once");
+    assert!(!status.success());
+    assert!(up.log().contains("apt-get install redis-server"), "{}", up.log());
 }
 
 #[test]
