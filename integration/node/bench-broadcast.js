@@ -47,6 +47,7 @@ process.on("exit", killAll);
 for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { killAll(); process.exit(130); });
 setTimeout(() => { console.error(`bench: gave up after ${HARD_LIMIT_MS / 1000} s`); process.exit(2); }, HARD_LIMIT_MS).unref();
 
+const progress = (msg) => process.stderr.write(`bench-broadcast: ${msg}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const now = () => process.hrtime.bigint();
 
@@ -128,6 +129,7 @@ async function runKind(kind) {
   for (const w of workers) await waitFor(() => healthy(w.port), 20_000, `worker ${w.id}`);
   await sleep(500);
   const idleRss = workers.map((w) => rssKb(w.child.pid));
+  progress(`${kind}: ${opts.workers} workers up`);
 
   // Connect and join, 50 at a time.
   const clients = new Array(opts.clients);
@@ -150,11 +152,16 @@ async function runKind(kind) {
         if (--p.remaining === 0) pending.delete(m.msg.seq);
       });
       return new Promise((resolve, reject) => {
-        socket.once("connect_error", reject);
-        socket.once("connect", () => socket.emit("join", roomOf(i), (ack) => (ack && ack.ok ? resolve() : reject(new Error("join refused")))));
+        const late = setTimeout(() => reject(new Error(`client ${i} on ${w.id} not joined after 15 s (connected: ${socket.connected})`)), 15_000);
+        socket.once("connect_error", (e) => { clearTimeout(late); reject(e); });
+        socket.once("connect", () => socket.emit("join", roomOf(i), (ack) => {
+          clearTimeout(late);
+          return ack && ack.ok ? resolve() : reject(new Error("join refused"));
+        }));
       });
     }));
   }
+  progress(`${kind}: ${opts.clients} clients joined`);
   await sleep(1000);
   const loadedRss = workers.map((w) => rssKb(w.child.pid));
   const members = Math.ceil(opts.clients / opts.rooms);
@@ -178,6 +185,7 @@ async function runKind(kind) {
   }
   await waitFor(async () => pending.size === 0, 5000, "steady deliveries").catch(() => {});
   const steadyStats = summary(steady, steadyCount * members);
+  progress(`${kind}: steady phase done`);
   pending.clear();
 
   // Bursts: every room at once.
