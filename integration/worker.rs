@@ -101,6 +101,15 @@ fn a_room_spans_three_workers_and_other_rooms_hear_nothing() {
     }
     assert!(c.received("other", "said").is_empty());
     assert!(c.received("other", "news").is_empty());
+    let metrics = workers[1].get("/metrics").1;
+    for line in [
+        "edgepin_worker_sockets 2",
+        "edgepin_worker_rooms 2",
+        "edgepin_worker_messages_out_total 2",
+        "edgepin_worker_redis_up 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     // Leaving works across workers too.
     c.emit("b", "leave", json!(["r1"]));
