@@ -500,3 +500,42 @@ fn bad_input_is_refused_clearly_and_the_demo_page_is_served() {
     assert_eq!(status, 200);
     assert!(js.contains("Socket.IO v4.8.1"));
 }
+
+#[test]
+fn workers_stop_by_themselves_when_edgepin_up_is_killed() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, http, _) = up_config(dir.path());
+    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while whoami_through(http).is_none() {
+        assert!(
+            up.alive() && std::time::Instant::now() < deadline,
+            "{}",
+            up.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let children = started_pids(&up.log());
+    up.signal(Signal::SIGKILL);
+    up.wait_exit(Duration::from_secs(5)).expect("killed");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for (name, pid) in &children {
+        if name == "redis" {
+            continue;
+        }
+        while alive(*pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} (pid {pid}) outlived a killed up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // redis-server cannot follow its parent: this test cleans it up itself.
+    for (_, pid) in children.iter().filter(|(name, _)| name == "redis") {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+}

@@ -55,6 +55,9 @@ enum Command {
         /// Redis shared by every worker, e.g. redis://127.0.0.1:6379.
         #[arg(long, default_value = "redis://127.0.0.1:6379")]
         redis: String,
+        /// Stop when this process (`edgepin up`) exits.
+        #[arg(long, hide = true)]
+        exit_with_parent: Option<u32>,
     },
 }
 
@@ -98,8 +101,18 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         },
-        Command::Worker { listen, id, redis } => {
-            match edgepin::worker::run(listen, edgepin::worker::WorkerOptions { id, redis_url: redis }) {
+        Command::Worker {
+            listen,
+            id,
+            redis,
+            exit_with_parent,
+        } => {
+            let options = edgepin::worker::WorkerOptions { id, redis_url: redis };
+            let run = || edgepin::worker::run(listen, options);
+            match exit_with_parent
+                .map_or(Ok(()), edgepin::worker::stop_with_parent)
+                .and_then(|()| run())
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             }

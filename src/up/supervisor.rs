@@ -307,6 +307,8 @@ fn command(exe: &std::path::Path, name: &str, kind: &Kind) -> Command {
                 "--redis",
                 redis_url,
             ]);
+            // Should `up` die without stopping it (SIGKILL), the worker stops by itself.
+            cmd.args(["--exit-with-parent", &std::process::id().to_string()]);
             cmd
         }
     }

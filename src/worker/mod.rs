@@ -60,6 +60,8 @@ pub enum WorkerError {
     Runtime(std::io::Error),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("following the parent process: {0}")]
+    Parent(std::io::Error),
 }
 
 /// What handlers share.
@@ -142,6 +144,20 @@ pub fn run(listen: SocketAddr, options: WorkerOptions) -> Result<(), WorkerError
             .map_err(|source| WorkerError::Bind { addr: listen, source })?;
         serve(listener, options, stop_signal()).await
     })
+}
+
+/// Have the kernel send this process SIGTERM when `parent` (the `edgepin up` that started
+/// it) dies, however it dies, so a killed supervisor leaves no worker behind.
+pub fn stop_with_parent(parent: u32) -> Result<(), WorkerError> {
+    use nix::sys::signal::Signal;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| WorkerError::Parent(e.into()))?;
+    // It may have died before the line above: then nobody will signal us.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(WorkerError::Parent(std::io::Error::other(format!(
+            "parent {parent} is gone"
+        ))));
+    }
+    Ok(())
 }
 
 /// SIGTERM or SIGINT.
