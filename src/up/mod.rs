@@ -29,14 +29,13 @@ pub enum UpError {
          (or `make deps`), or point `workers.redis` in {config} at a running Redis (redis://HOST:PORT)"
     )]
     RedisMissing { config: String },
-    #[error(
-        "cannot start: {what} needs {addr}, which is not free ({source}); stop what listens there or change {config}"
-    )]
+    #[error("cannot start: {what} needs {addr}: {source}; {hint}")]
     PortTaken {
         what: String,
         addr: SocketAddr,
         source: std::io::Error,
-        config: String,
+        /// What to do about it, for the kind of failure.
+        hint: String,
     },
     #[error("cannot find the edgepin binary to start workers with: {0}")]
     Exe(std::io::Error),
@@ -146,11 +145,18 @@ fn preflight(config: &Config, shown: &str) -> Result<(), UpError> {
         match std::net::TcpListener::bind(addr) {
             Ok(listener) => held.push(listener),
             Err(source) => {
+                let hint = match source.kind() {
+                    std::io::ErrorKind::AddrInUse => format!("stop what listens there or change {shown}"),
+                    std::io::ErrorKind::PermissionDenied => {
+                        format!("ports below 1024 need root or cap_net_bind_service, or change {shown}")
+                    }
+                    _ => format!("`edgepin up` runs everything on this machine: use a local address in {shown}"),
+                };
                 return Err(UpError::PortTaken {
                     what,
                     addr,
                     source,
-                    config: shown.into(),
+                    hint,
                 });
             }
         }
