@@ -334,7 +334,6 @@ fn edgepin_up_runs_the_stack_restarts_workers_and_leaves_no_process_behind() {
     for name in ["a", "b", "c", "d"] {
         assert!(c.wait_event(name, "said", WAIT, said("lobby", "hi all")), "{name}");
     }
-    drop(c);
 
     // A crashed worker is started again.
     let w1 = first[1].1;
@@ -371,6 +370,28 @@ fn edgepin_up_runs_the_stack_restarts_workers_and_leaves_no_process_behind() {
         .map(|(n, _)| n.clone())
         .collect();
     assert_eq!(restarted, ["w1", "w2"], "one at a time, in order");
+    assert!(up.log().contains("admin=Drain"), "drained through the proxy first");
+    // Every socket lost its worker to a restart and came back by itself: the workers
+    // closed the transports (a client reconnects) rather than disconnecting the sockets.
+    for name in ["a", "b", "c", "d"] {
+        assert_eq!(
+            c.call(name, "whoami", json!([]))["transport"],
+            "websocket",
+            "{name} reconnected"
+        );
+        c.drain();
+        let disconnects = c
+            .seen
+            .iter()
+            .filter(|e| e["name"] == name && e["event"] == "disconnect")
+            .count();
+        assert!(disconnects >= 1, "{name} was on a restarted worker: {:?}", c.seen);
+    }
+    assert!(
+        !c.seen.iter().any(|e| e["reason"] == "io server disconnect"),
+        "no socket was told to stay away"
+    );
+    drop(c);
 
     // SIGTERM: everything stops, every child (old and new) is gone.
     up.signal(Signal::SIGTERM);
