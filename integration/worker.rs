@@ -231,27 +231,56 @@ fn node_and_edgepin_workers_share_rooms_both_ways() {
     assert!(c.received("outsider", "news").is_empty());
 }
 
-/// proxy.yaml for `edgepin up`: an http listener, stats, two workers, a spawned Redis.
+/// The addresses of an `edgepin up` stack under test.
+struct Stack {
+    http: std::net::SocketAddr,
+    stats: std::net::SocketAddr,
+    redis_port: u16,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        use crate::harness::free_port;
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        Stack {
+            http: addr(free_port()),
+            stats: addr(free_port()),
+            redis_port: free_port(),
+        }
+    }
+
+    /// proxy.yaml: an http listener, stats, these workers, a spawned Redis.
+    fn yaml(&self, servers: &[(&str, std::net::SocketAddr)]) -> String {
+        let names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
+        let names = names.join(", ");
+        let mut y = format!(
+            "listen: {{ http: {}, stats: {} }}\n\
+             routes:\n  - {{ path_prefix: /socket.io/, backend: sockets, websocket: true }}\n  \
+             - {{ path_prefix: /, backend: api }}\n\
+             backends:\n  api: {{ servers: [{names}] }}\n  sockets: {{ balance: sticky, servers: [{names}] }}\n\
+             health: {{ interval: 1s, timeout: 500ms }}\n\
+             workers: {{ redis: spawn, redis_port: {} }}\nservers:\n",
+            self.http, self.stats, self.redis_port
+        );
+        for (name, addr) in servers {
+            y.push_str(&format!("  {name}: {{ address: {addr} }}\n"));
+        }
+        y
+    }
+}
+
+fn local_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], crate::harness::free_port()))
+}
+
+/// proxy.yaml for `edgepin up` with workers w1 and w2: its path, the http listener, the
+/// workers' addresses.
 fn up_config(dir: &std::path::Path) -> (std::path::PathBuf, std::net::SocketAddr, [std::net::SocketAddr; 2]) {
-    use crate::harness::free_port;
-    let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
-    let (http, stats) = (addr(free_port()), addr(free_port()));
-    let workers = [addr(free_port()), addr(free_port())];
-    let yaml = format!(
-        "listen: {{ http: {http}, stats: {stats} }}\n\
-         routes:\n  - {{ path_prefix: /socket.io/, backend: sockets, websocket: true }}\n  \
-         - {{ path_prefix: /, backend: api }}\n\
-         backends:\n  api: {{ servers: [w1, w2] }}\n  sockets: {{ balance: sticky, servers: [w1, w2] }}\n\
-         servers:\n  w1: {{ address: {} }}\n  w2: {{ address: {} }}\n\
-         health: {{ interval: 1s, timeout: 500ms }}\n\
-         workers: {{ redis: spawn, redis_port: {} }}\n",
-        workers[0],
-        workers[1],
-        free_port()
-    );
+    let stack = Stack::new();
+    let workers = [local_addr(), local_addr()];
     let path = dir.join("proxy.yaml");
-    std::fs::write(&path, yaml).expect("write proxy.yaml");
-    (path, http, workers)
+    std::fs::write(&path, stack.yaml(&[("w1", workers[0]), ("w2", workers[1])])).expect("write proxy.yaml");
+    (path, stack.http, workers)
 }
 
 fn up_command(config: &std::path::Path) -> std::process::Command {
@@ -558,5 +587,52 @@ fn workers_stop_by_themselves_when_edgepin_up_is_killed() {
     // redis-server cannot follow its parent: this test cleans it up itself.
     for (_, pid) in children.iter().filter(|(name, _)| name == "redis") {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+}
+
+#[test]
+fn sighup_starts_and_stops_workers_for_servers_added_to_and_removed_from_proxy_yaml() {
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stack = Stack::new();
+    let (a1, a2, a3) = (local_addr(), local_addr(), local_addr());
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(&config, stack.yaml(&[("w1", a1), ("w2", a2)])).expect("write proxy.yaml");
+    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while whoami_through(stack.http).is_none() {
+        assert!(
+            up.alive() && std::time::Instant::now() < deadline,
+            "{}",
+            up.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let w1 = started_pids(&up.log())[1].1;
+
+    std::fs::write(&config, stack.yaml(&[("w2", a2), ("w3", a3)])).expect("rewrite proxy.yaml");
+    up.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !up.log().contains("rolling restart done") {
+        assert!(std::time::Instant::now() < deadline, "{}", up.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(w1), "w1's worker stopped with its server");
+    let restarted: Vec<String> = started_pids(&up.log())[3..].iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(restarted, ["w3", "w2"], "w3 started, then w2 restarted");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: std::collections::BTreeSet<String> = (0..6).filter_map(|_| whoami_through(stack.http)).collect();
+        if ids.iter().map(String::as_str).eq(["w2", "w3"]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "proxy still answers from {ids:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    up.signal(Signal::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).expect("exit").success());
+    for (name, pid) in started_pids(&up.log()) {
+        assert!(!alive(pid), "{name} (pid {pid}) outlived edgepin up");
     }
 }

@@ -7,8 +7,9 @@
 //! port or a missing Redis is a clear refusal, not a half-started stack. Then the children
 //! start (`supervisor`, each log line prefixed with its name by `children`), the proxy
 //! serves until SIGTERM or Ctrl-C, and every child is stopped and reaped before `up`
-//! returns. SIGHUP reaches both the proxy (it reloads proxy.yaml) and the supervisor (a
-//! rolling restart of the workers).
+//! returns. SIGHUP reaches both the proxy (it reloads proxy.yaml) and the supervisor (it
+//! starts and stops workers for servers added and removed, then restarts the others one
+//! at a time).
 
 mod children;
 mod supervisor;
@@ -54,7 +55,7 @@ pub fn run(config_path: &Path) -> Result<(), UpError> {
     let exe = current_exe()?;
     preflight(&config, &shown)?;
 
-    let mut supervisor = Supervisor::new(exe, children_of(&config));
+    let mut supervisor = Supervisor::new(exe, config_path.to_path_buf(), children_of(&config));
     supervisor.start_all()?;
     tracing::info!(children = ?supervisor.pids(), "Redis and workers are up; starting the proxy");
     let edge = match edge::start(config_path) {

@@ -29,7 +29,7 @@ const FIRST_DELAY: Duration = Duration::from_millis(500);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 const WHO: &str = "edgepin up";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Redis {
         port: u16,
@@ -51,8 +51,22 @@ pub struct Slot {
     restart_at: Option<Instant>,
 }
 
+impl Slot {
+    fn new(name: String, kind: Kind) -> Slot {
+        Slot {
+            name,
+            kind,
+            child: None,
+            crashes: 0,
+            restart_at: None,
+        }
+    }
+}
+
 pub struct Supervisor {
     exe: PathBuf,
+    /// proxy.yaml, read again on SIGHUP for servers added or removed.
+    config: PathBuf,
     slots: Vec<Slot>,
     /// The proxy's state, to drain a worker before restarting it (set by `run`).
     shared: Option<Arc<Shared>>,
@@ -69,19 +83,11 @@ pub enum StartError {
 }
 
 impl Supervisor {
-    pub fn new(exe: PathBuf, kinds: Vec<(String, Kind)>) -> Supervisor {
-        let slots = kinds
-            .into_iter()
-            .map(|(name, kind)| Slot {
-                name,
-                kind,
-                child: None,
-                crashes: 0,
-                restart_at: None,
-            })
-            .collect();
+    pub fn new(exe: PathBuf, config: PathBuf, kinds: Vec<(String, Kind)>) -> Supervisor {
+        let slots = kinds.into_iter().map(|(name, kind)| Slot::new(name, kind)).collect();
         Supervisor {
             exe,
+            config,
             slots,
             shared: None,
         }
@@ -221,10 +227,14 @@ impl Supervisor {
     /// Restart the workers one at a time, each drained through the proxy first.
     async fn rolling_restart(&mut self, stop: &watch::Receiver<bool>) {
         tracing::info!("SIGHUP: rolling restart of the workers (the proxy reloads proxy.yaml itself)");
+        let fresh = self.follow_config();
         for i in 0..self.slots.len() {
             let Kind::Worker { weight, .. } = self.slots[i].kind else {
                 continue;
             };
+            if fresh.contains(&self.slots[i].name) {
+                continue;
+            }
             if *stop.borrow() {
                 return;
             }
@@ -258,6 +268,53 @@ impl Supervisor {
         set_admin(&state, Admin::Ready, WHO);
         if started.is_err() {
             self.slots[i].restart_at = Some(Instant::now() + FIRST_DELAY);
+        }
+        started
+    }
+
+    /// Bring the workers in line with proxy.yaml as it is now: stop those of servers it no
+    /// longer lists, start ones for servers it added, take new addresses and weights (used
+    /// by the restart that follows). Returns the names of the workers started here.
+    fn follow_config(&mut self) -> Vec<String> {
+        let wanted = match crate::config::load(&self.config) {
+            Ok(config) => super::children_of(&config),
+            Err(e) => {
+                tracing::warn!(error = %e, "proxy.yaml is invalid; restarting the workers as they are");
+                return Vec::new();
+            }
+        };
+        let is_worker = |kind: &Kind| matches!(kind, Kind::Worker { .. });
+        if wanted
+            .iter()
+            .any(|(_, kind)| !is_worker(kind) && !self.slots.iter().any(|s| s.kind == *kind))
+        {
+            tracing::warn!("workers.redis changed: restart `edgepin up` to apply it");
+        }
+        let (kept, removed): (Vec<Slot>, Vec<Slot>) = self.slots.drain(..).partition(|slot| {
+            !is_worker(&slot.kind) || wanted.iter().any(|(name, kind)| is_worker(kind) && *name == slot.name)
+        });
+        self.slots = kept;
+        for slot in removed {
+            tracing::info!(name = %slot.name, "server removed from proxy.yaml: stopping its worker");
+            if let Some(child) = slot.child {
+                child.stop(STOP_GRACE);
+            }
+        }
+        let mut started = Vec::new();
+        for (name, kind) in wanted.into_iter().filter(|(_, kind)| is_worker(kind)) {
+            if let Some(slot) = self.slots.iter_mut().find(|s| is_worker(&s.kind) && s.name == name) {
+                // A new address or weight takes effect with the restart that follows.
+                slot.kind = kind;
+                continue;
+            }
+            tracing::info!(name = %name, "server added to proxy.yaml: starting its worker");
+            self.slots.push(Slot::new(name.clone(), kind));
+            let i = self.slots.len() - 1;
+            if let Err(e) = self.start(i).and_then(|()| self.wait_ready(i)) {
+                tracing::error!(error = %e, "the new worker did not start; retrying with backoff");
+                self.slots[i].restart_at = Some(Instant::now() + FIRST_DELAY);
+            }
+            started.push(name);
         }
         started
     }
