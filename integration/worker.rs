@@ -307,6 +307,22 @@ fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// `edgepin up -c config`, once REST answers through its proxy at `http`.
+fn start_up(config: &std::path::Path, http: std::net::SocketAddr, dir: &std::path::Path) -> crate::harness::Proc {
+    let mut up = crate::harness::Proc::spawn("up", up_command(config), dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while whoami_through(http).is_none() {
+        assert!(up.alive(), "edgepin up exited:\n{}", up.log_tail(40));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving:\n{}",
+            up.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    up
+}
+
 fn whoami_through(http: std::net::SocketAddr) -> Option<String> {
     let (status, body) = crate::harness::blocking_get(http, "/api/whoami")?;
     let v: Json = serde_json::from_str(&body).ok()?;
@@ -318,19 +334,9 @@ fn edgepin_up_runs_the_stack_restarts_workers_and_leaves_no_process_behind() {
     use nix::sys::signal::Signal;
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, http, _) = up_config(dir.path());
-    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
+    let mut up = start_up(&config, http, dir.path());
 
     // REST through the proxy rotates over both workers.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while whoami_through(http).is_none() {
-        assert!(up.alive(), "up exited:\n{}", up.log_tail(40));
-        assert!(
-            std::time::Instant::now() < deadline,
-            "stack not up:\n{}",
-            up.log_tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let ids: std::collections::BTreeSet<String> = (0..6).filter_map(|_| whoami_through(http)).collect();
     assert_eq!(ids.into_iter().collect::<Vec<_>>(), ["w1", "w2"]);
     let first = started_pids(&up.log());
@@ -557,16 +563,7 @@ fn workers_stop_by_themselves_when_edgepin_up_is_killed() {
     use nix::unistd::Pid;
     let dir = tempfile::tempdir().expect("temp dir");
     let (config, http, _) = up_config(dir.path());
-    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while whoami_through(http).is_none() {
-        assert!(
-            up.alive() && std::time::Instant::now() < deadline,
-            "{}",
-            up.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut up = start_up(&config, http, dir.path());
     let children = started_pids(&up.log());
     up.signal(Signal::SIGKILL);
     up.wait_exit(Duration::from_secs(5)).expect("killed");
@@ -598,16 +595,7 @@ fn sighup_starts_and_stops_workers_for_servers_added_to_and_removed_from_proxy_y
     let (a1, a2, a3) = (local_addr(), local_addr(), local_addr());
     let config = dir.path().join("proxy.yaml");
     std::fs::write(&config, stack.yaml(&[("w1", a1), ("w2", a2)])).expect("write proxy.yaml");
-    let mut up = crate::harness::Proc::spawn("up", up_command(&config), dir.path());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while whoami_through(stack.http).is_none() {
-        assert!(
-            up.alive() && std::time::Instant::now() < deadline,
-            "{}",
-            up.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut up = start_up(&config, stack.http, dir.path());
     let w1 = started_pids(&up.log())[1].1;
 
     std::fs::write(&config, stack.yaml(&[("w2", a2), ("w3", a3)])).expect("rewrite proxy.yaml");
