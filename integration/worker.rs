@@ -25,7 +25,14 @@ fn members(w: &Worker, room: &str) -> Json {
 
 /// POST `body` (JSON) to `path` on a worker.
 fn post(w: &Worker, path: &str, body: &str) -> crate::harness::client::Response {
+    post_with(w, path, body, &[])
+}
+
+/// POST with extra header lines.
+fn post_with(w: &Worker, path: &str, body: &str, headers: &[&str]) -> crate::harness::client::Response {
     let (addr, path, body) = (w.addr, path.to_string(), body.to_string());
+    let mut extra = vec!["Content-Type: application/json".to_string()];
+    extra.extend(headers.iter().map(|h| h.to_string()));
     // The harness client is async; these tests stay blocking.
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -34,13 +41,7 @@ fn post(w: &Worker, path: &str, body: &str) -> crate::harness::client::Response 
             .expect("runtime")
             .block_on(async move {
                 let mut conn = crate::harness::Conn::open(&crate::harness::Target::plain(addr)).await?;
-                conn.request(
-                    "POST",
-                    &path,
-                    &["Content-Type: application/json".into()],
-                    body.as_bytes(),
-                )
-                .await
+                conn.request("POST", &path, &extra, body.as_bytes()).await
             })
     })
     .join()
@@ -623,4 +624,27 @@ fn sighup_starts_and_stops_workers_for_servers_added_to_and_removed_from_proxy_y
     for (name, pid) in started_pids(&up.log()) {
         assert!(!alive(pid), "{name} (pid {pid}) outlived edgepin up");
     }
+}
+
+#[test]
+fn an_emit_token_guards_the_rest_emit() {
+    let redis = Redis::start();
+    let w = Worker::start_with_env("w1", &redis.url(), &[("EDGEPIN_EMIT_TOKEN", "s3cret")]);
+    let mut c = SioClients::start();
+    c.connect("a", &w.url());
+    c.join("a", "news");
+    let body = r#"{"event":"flash","data":"hi"}"#;
+    for headers in [&[][..], &["Authorization: Bearer wrong"], &["Authorization: s3cret"]] {
+        let r = post_with(&w, "/api/rooms/news/emit", body, headers);
+        assert_eq!(r.status, 401, "{headers:?}: {}", r.text());
+    }
+    let r = post_with(&w, "/api/rooms/news/emit", body, &["Authorization: Bearer s3cret"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(c.wait_event("a", "flash", WAIT, |a| a[0] == "hi"));
+    std::thread::sleep(QUIET);
+    assert_eq!(
+        c.received("a", "flash").len(),
+        1,
+        "only the authorised emit went through"
+    );
 }

@@ -107,7 +107,11 @@ fn main() -> ExitCode {
             redis,
             exit_with_parent,
         } => {
-            let options = edgepin::worker::WorkerOptions { id, redis_url: redis };
+            let options = edgepin::worker::WorkerOptions {
+                id,
+                redis_url: redis,
+                emit_token: None,
+            };
             let run = || edgepin::worker::run(listen, options);
             match exit_with_parent
                 .map_or(Ok(()), edgepin::worker::stop_with_parent)

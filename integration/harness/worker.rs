@@ -24,18 +24,17 @@ pub struct Worker {
 impl Worker {
     /// `edgepin worker --id ID --redis URL` on a free port, started and healthy.
     pub fn start(id: &str, redis_url: &str) -> Worker {
+        Worker::start_with_env(id, redis_url, &[])
+    }
+
+    /// The same, with these environment variables set.
+    pub fn start_with_env(id: &str, redis_url: &str, env: &[(&str, &str)]) -> Worker {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = addr.to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
-        cmd.args([
-            "worker",
-            "--listen",
-            &addr.to_string(),
-            "--id",
-            id,
-            "--redis",
-            redis_url,
-        ])
-        .env("RUST_LOG", "info,edgepin=debug");
+        cmd.args(["worker", "--listen", &listen, "--id", id, "--redis", redis_url])
+            .env("RUST_LOG", "info,edgepin=debug")
+            .envs(env.iter().copied());
         Worker::spawn(id, addr, cmd)
     }
 

@@ -8,7 +8,8 @@
 //! - `GET /api/whoami` → `{id}`; `GET /api/rooms/{room}` → `{room, members}` counted on
 //!   every worker; `POST /api/rooms/{room}/emit` `{event, data}` → emit to the room on
 //!   every worker (how backend services push to clients); with `ack_timeout_ms`, also wait
-//!   for the members' acknowledgements and return them as `acks`.
+//!   for the members' acknowledgements and return them as `acks`. With an emit token set
+//!   (`EDGEPIN_EMIT_TOKEN`), it needs `Authorization: Bearer <token>`.
 //! - `GET /`: a small chat page (two tabs, one room) using the Socket.IO client bundled in
 //!   the binary at `/assets/socket.io.min.js`.
 //!
@@ -21,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
@@ -180,7 +181,16 @@ async fn room_members(State(api): State<Api>, Path(room): Path<String>) -> Respo
     }
 }
 
-async fn emit(State(api): State<Api>, Path(room): Path<String>, body: Bytes) -> Response {
+async fn emit(State(api): State<Api>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(token) = &api.worker.emit_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            return error(StatusCode::UNAUTHORIZED, "emit needs Authorization: Bearer <token>");
+        }
+    }
     if let Err(e) = room_name(&Json::String(room.clone())) {
         return error(StatusCode::BAD_REQUEST, e);
     }
@@ -213,6 +223,11 @@ async fn emit(State(api): State<Api>, Path(room): Path<String>, body: Bytes) -> 
         },
     }
     axum::Json(reply).into_response()
+}
+
+/// Equal, in a time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A checked emit request.
@@ -254,6 +269,14 @@ fn parse_emit(body: &[u8]) -> Result<Emit, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3creT"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"", b"x"));
+    }
 
     #[test]
     fn emit_bodies_are_checked() {

@@ -44,7 +44,13 @@ pub struct WorkerOptions {
     pub id: String,
     /// `redis://host:port[/db]`.
     pub redis_url: String,
+    /// When set, `POST /api/rooms/{room}/emit` needs `Authorization: Bearer <token>`:
+    /// behind the proxy's catch-all route the REST API is as public as the site.
+    pub emit_token: Option<String>,
 }
+
+/// The environment variable `edgepin worker` (and so `edgepin up`) reads the emit token from.
+pub const EMIT_TOKEN_ENV: &str = "EDGEPIN_EMIT_TOKEN";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -71,6 +77,8 @@ pub struct WorkerState {
     pub metrics: WorkerMetrics,
     /// Channels of namespace `/`, for requests the REST API makes.
     root_channels: Channels,
+    /// Required bearer token of the REST emit, if any.
+    emit_token: Option<String>,
     /// Set once shutdown begins: `/health` and `/ready` turn 503.
     stopping: AtomicBool,
 }
@@ -93,6 +101,7 @@ pub async fn serve(
     let link = RedisLink::start(&options.redis_url, metrics.adapter.clone())?;
     let state = Arc::new(WorkerState {
         root_channels: Channels::new(link.prefix(), "/", link.uid()),
+        emit_token: options.emit_token.filter(|t| !t.is_empty()),
         id: options.id,
         link: Arc::clone(&link),
         metrics,
@@ -130,9 +139,13 @@ pub async fn serve(
     result
 }
 
-/// `edgepin worker`: bind `listen` and serve until SIGTERM or SIGINT.
-pub fn run(listen: SocketAddr, options: WorkerOptions) -> Result<(), WorkerError> {
+/// `edgepin worker`: bind `listen` and serve until SIGTERM or SIGINT. The emit token, if
+/// `options` has none, comes from `EDGEPIN_EMIT_TOKEN`.
+pub fn run(listen: SocketAddr, mut options: WorkerOptions) -> Result<(), WorkerError> {
     check_id(&options.id)?;
+    if options.emit_token.is_none() {
+        options.emit_token = std::env::var(EMIT_TOKEN_ENV).ok();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("edgepin-worker")
