@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use socketioxide::SocketIo;
+use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 
 use metrics::WorkerMetrics;
@@ -112,7 +113,7 @@ pub async fn serve(
         .max_payload(MAX_PAYLOAD)
         .with_adapter::<WorkerAdapter>(Arc::clone(&link))
         .build_layer();
-    io.ns("/", events::on_connect);
+    io.ns("/", events::connected.with(events::set_up));
     let app = http::router(Arc::clone(&state), io.clone()).layer(layer);
 
     let addr = listener.local_addr().map_err(WorkerError::Serve)?;
