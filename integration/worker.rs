@@ -512,6 +512,8 @@ fn bad_input_is_refused_clearly_and_the_demo_page_is_served() {
     let mut c = SioClients::start();
     let sid = c.connect("a", &w.url());
 
+    let ack = c.call("a", "join", json!([]));
+    assert_eq!(ack["ok"], false, "join without a room: {ack}");
     for (room, why) in [
         (json!(42), "must be a string"),
         (json!(""), "must not be empty"),

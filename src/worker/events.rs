@@ -54,11 +54,13 @@ pub async fn connected(socket: Socket) {
 
 async fn on_join(
     socket: Socket,
-    Data(room): Data<Json>,
+    TryData(room): TryData<Json>,
     ack: AckSender<WorkerAdapter>,
     State(state): State<Arc<WorkerState>>,
 ) {
     state.metrics.messages_in.inc();
+    // No argument at all reads as null: refused like any other non-string.
+    let room = room.unwrap_or(Json::Null);
     let rooms = socket.rooms();
     let reply = match joinable_room(&room) {
         Err(error) => json!({ "ok": false, "error": error }),
