@@ -57,7 +57,7 @@ run: release
 
 ## Cross-worker broadcast: 1,000 Socket.IO clients in 100 rooms on 4 workers (edgepin,
 ## then the Node.js reference worker), emit-to-delivery p50/p99 and RSS per client.
-## About two minutes; writes target/bench/broadcast.json.
+## About a minute; writes target/bench/broadcast.json.
 bench-broadcast: release node-deps
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 
