@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps node-deps chromium unit integration bench clean
+.PHONY: run test lint build release certs check deps node-deps chromium unit integration bench bench-broadcast clean
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -57,9 +57,17 @@ integration: deps node-deps chromium
 
 test: lint check unit integration
 
+## The whole stack: redis-server, one worker per server in proxy.yaml, the proxy.
+## Ctrl-C stops it all; `kill -HUP` on edgepin does a rolling worker restart + reload.
 run: release
 	@[ -f certs/edge.crt ] && [ -f certs/edge.key ] || ./target/release/edgepin certs --out certs
-	./target/release/edgepin run -c proxy.yaml
+	./target/release/edgepin up -c proxy.yaml
+
+## Cross-worker broadcast: 1,000 Socket.IO clients in 100 rooms on 4 workers (edgepin,
+## then the Node.js reference worker), emit-to-delivery p50/p99 and RSS per client.
+## About a minute; writes target/bench/broadcast.json.
+bench-broadcast: release node-deps
+	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 
 clean:
 	$(CARGO) clean

@@ -10,3 +10,4 @@ mod health;
 mod reload;
 mod stats;
 mod sticky;
+mod worker;

@@ -2,7 +2,9 @@
 //!
 //! `config` parses and validates proxy.yaml; `runtime` builds the running snapshot;
 //! `proxy` serves requests with `balance` and `sticky`; `health` checks servers; `stats`
-//! shows it all; `reload` swaps snapshots; `edge` assembles the process.
+//! shows it all; `reload` swaps snapshots; `edge` assembles the process. `worker` is the
+//! reference Socket.IO worker (rooms over Redis); `up` runs Redis, the workers and the proxy
+//! together.
 #![forbid(unsafe_code)]
 
 pub mod balance;
@@ -20,3 +22,5 @@ pub mod stats;
 pub mod sticky;
 pub mod telemetry;
 pub mod tls;
+pub mod up;
+pub mod worker;

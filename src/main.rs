@@ -41,6 +41,27 @@ enum Command {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
     },
+    /// Run the local stack: redis-server, one worker per server, and the proxy
+    /// (SIGHUP: rolling worker restart + proxy reload; Ctrl-C or SIGTERM: stop everything).
+    Up {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+    },
+    /// Run the reference Socket.IO worker (rooms over Redis) until SIGTERM or SIGINT.
+    Worker {
+        /// Address to listen on, e.g. 127.0.0.1:3001.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Name shown by /api/whoami and in messages (e.g. the server name in proxy.yaml).
+        #[arg(long)]
+        id: String,
+        /// Redis shared by every worker, e.g. redis://127.0.0.1:6379.
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis: String,
+        /// Stop when this process (`edgepin up`) exits.
+        #[arg(long, hide = true)]
+        exit_with_parent: Option<u32>,
+    },
 }
 
 fn parse_format(s: &str) -> Result<LogFormat, String> {
@@ -80,6 +101,30 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Reload { config } => reload(&config),
+        Command::Up { config } => match edgepin::up::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Worker {
+            listen,
+            id,
+            redis,
+            exit_with_parent,
+        } => {
+            let options = edgepin::worker::WorkerOptions {
+                id,
+                redis_url: redis,
+                emit_token: None,
+            };
+            let run = || edgepin::worker::run(listen, options);
+            match exit_with_parent
+                .map_or(Ok(()), edgepin::worker::stop_with_parent)
+                .and_then(|()| run())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
     }
 }
 

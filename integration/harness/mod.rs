@@ -9,6 +9,8 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod sio;
+pub mod worker;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ pub use backend::{Backend, HealthMode};
 pub use client::{Conn, Target};
 pub use process::Proc;
 pub use proxy::Proxy;
+pub use sio::SioClients;
+pub use worker::Worker;
 
 /// Dev certificates shared by every test of this run.
 pub fn certs() -> &'static edgepin::certs::DevCerts {

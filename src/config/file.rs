@@ -237,4 +237,7 @@ pub struct WorkersFile {
     /// `spawn` (start redis-server) or a `redis://` URL.
     #[serde(default)]
     pub redis: Option<Str>,
+    /// Port of the redis-server `edgepin up` spawns (on 127.0.0.1).
+    #[serde(default)]
+    pub redis_port: Option<Spanned<u64>>,
 }

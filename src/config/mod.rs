@@ -373,7 +373,13 @@ pub enum RedisSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Workers {
     pub redis: RedisSource,
+    /// Port of the spawned redis-server (loopback); not the default 6379, so a system
+    /// Redis can run beside it.
+    pub redis_port: u16,
 }
+
+/// Default `workers.redis_port`.
+pub const DEFAULT_REDIS_PORT: u16 = 6380;
 
 /// Read, parse and validate a config file.
 pub fn load(path: &Path) -> Result<Config, LoadError> {

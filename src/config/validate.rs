@@ -680,7 +680,24 @@ impl Validator<'_> {
                 })
                 .unwrap_or(RedisSource::Spawn),
         };
-        Workers { redis }
+        let port = w.and_then(|w| w.value.redis_port.as_ref());
+        let redis_port = match port {
+            Some(p) => self.check(p, |n| {
+                u16::try_from(*n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("workers.redis_port {n} is out of range (allowed 1..=65535)"))
+            }),
+            None => None,
+        }
+        .unwrap_or(DEFAULT_REDIS_PORT);
+        if let (Some(p), RedisSource::Url(_)) = (port, &redis) {
+            self.err(
+                p.referenced,
+                "workers.redis_port applies to `redis: spawn` only (the URL names its port)",
+            );
+        }
+        Workers { redis, redis_port }
     }
 }
 
@@ -1034,6 +1051,29 @@ servers:
         assert!(parse_network("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
         assert!(parse_network("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(parse_network("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn workers_redis_is_spawned_on_its_own_port_or_a_url() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.workers.redis, RedisSource::Spawn);
+        assert_eq!(c.workers.redis_port, DEFAULT_REDIS_PORT);
+        let c = check(&format!("{MINIMAL}workers: {{ redis: spawn, redis_port: 7000 }}\n")).unwrap();
+        assert_eq!(c.workers.redis_port, 7000);
+        let c = check(&format!("{MINIMAL}workers: {{ redis: \"redis://10.0.0.2:6379\" }}\n")).unwrap();
+        assert_eq!(c.workers.redis, RedisSource::Url("redis://10.0.0.2:6379".into()));
+        let errs = check(&format!("{MINIMAL}workers: {{ redis: spawn, redis_port: 70000 }}\n")).unwrap_err();
+        assert_eq!(
+            errs,
+            vec!["t.yaml:9:38: workers.redis_port 70000 is out of range (allowed 1..=65535)"]
+        );
+        let errs = check(&format!(
+            "{MINIMAL}workers: {{ redis: \"redis://h:1\", redis_port: 7000 }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("t.yaml:9:"), "{errs:?}");
+        assert!(check(&format!("{MINIMAL}workers: {{ redis: memcached }}\n")).is_err());
     }
 
     #[test]

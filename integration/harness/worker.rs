@@ -1,0 +1,93 @@
+//! Socket.IO workers as child processes: `edgepin worker` (the binary under test) and the
+//! Node.js reference worker (`integration/node/worker.js`), on free loopback ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::process::Proc;
+use super::{blocking_get, free_port};
+
+/// The Node.js fixtures (package.json, worker.js, sio-driver.js, clients.js).
+pub fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("integration/node")
+}
+
+pub struct Worker {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    /// `edgepin worker --id ID --redis URL` on a free port, started and healthy.
+    pub fn start(id: &str, redis_url: &str) -> Worker {
+        Worker::start_with_env(id, redis_url, &[])
+    }
+
+    /// The same, with these environment variables set.
+    pub fn start_with_env(id: &str, redis_url: &str, env: &[(&str, &str)]) -> Worker {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = addr.to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
+        cmd.args(["worker", "--listen", &listen, "--id", id, "--redis", redis_url])
+            .env("RUST_LOG", "info,edgepin=debug")
+            .envs(env.iter().copied());
+        Worker::spawn(id, addr, cmd)
+    }
+
+    /// The Node.js worker (socket.io 4.8 + @socket.io/redis-adapter) on a free port.
+    pub fn start_node(id: &str, redis_url: &str) -> Worker {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new("node");
+        cmd.arg(node_dir().join("worker.js")).args([
+            "--port",
+            &addr.port().to_string(),
+            "--id",
+            id,
+            "--redis",
+            redis_url,
+        ]);
+        Worker::spawn(id, addr, cmd)
+    }
+
+    fn spawn(id: &str, addr: SocketAddr, cmd: Command) -> Worker {
+        let dir = tempfile::Builder::new()
+            .prefix("edgepin-worker-")
+            .tempdir()
+            .expect("temp dir");
+        let mut proc = Proc::spawn(id, cmd, dir.path());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while blocking_get(addr, "/health").is_none_or(|(status, _)| status != 200) {
+            assert!(proc.alive(), "worker {id} exited:\n{}", proc.log_tail(30));
+            assert!(
+                Instant::now() < deadline,
+                "worker {id} not healthy:\n{}",
+                proc.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Worker {
+            id: id.to_string(),
+            addr,
+            proc,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Status and body of a GET on this worker.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        blocking_get(self.addr, path).unwrap_or((0, String::new()))
+    }
+
+    /// Status of `/ready`: 200 when its rooms span the workers (Redis up).
+    pub fn ready(&self) -> u16 {
+        self.get("/ready").0
+    }
+}

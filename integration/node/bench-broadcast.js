@@ -1,0 +1,248 @@
+// Cross-worker broadcast benchmark: N Socket.IO clients (socket.io-client 4.8, WebSocket)
+// in R rooms spread over W workers on one Redis; a member of a room says something and the
+// time from that emit to its delivery at every member of the room is measured.
+//
+//   node bench-broadcast.js --edgepin ../../target/release/edgepin [--kinds edgepin,node]
+//        [--clients 1000] [--rooms 100] [--workers 4] [--rate 100] [--seconds 15]
+//        [--bursts 10] [--out ../../target/bench/broadcast.json]
+//
+// Phases, per kind of worker (edgepin, and the Node.js reference worker for comparison):
+//   steady: one broadcast every 1/rate s, rooms in turn, for --seconds;
+//   burst:  every room at once, --bursts times, 1 s apart.
+// Room r's members are clients r, r+R, r+2R, …, client i on worker floor(i/R) mod W, so
+// every room spans the workers. Worker RSS is read from /proc before the clients connect
+// and once they have all joined. Everything runs on this machine: the client process
+// shares the CPU with the workers and Redis, so latencies include its own delays.
+"use strict";
+const { spawn } = require("child_process");
+const fs = require("fs");
+const net = require("net");
+const path = require("path");
+const { io } = require("socket.io-client");
+
+function arg(name, fallback) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : fallback;
+}
+const opts = {
+  edgepin: arg("edgepin", path.join(__dirname, "../../target/release/edgepin")),
+  kinds: arg("kinds", "edgepin,node").split(","),
+  clients: Number(arg("clients", "1000")),
+  rooms: Number(arg("rooms", "100")),
+  workers: Number(arg("workers", "4")),
+  rate: Number(arg("rate", "100")),
+  seconds: Number(arg("seconds", "15")),
+  bursts: Number(arg("bursts", "10")),
+  out: arg("out", path.join(__dirname, "../../target/bench/broadcast.json")),
+};
+const HARD_LIMIT_MS = 240_000;
+if (opts.clients % opts.rooms !== 0) {
+  console.error("--clients must be a multiple of --rooms (every room has the same members)");
+  process.exit(2);
+}
+
+const children = [];
+const killAll = () => { for (const c of children) { try { c.kill("SIGKILL"); } catch (_) {} } };
+process.on("exit", killAll);
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => { killAll(); process.exit(130); });
+setTimeout(() => { console.error(`bench: gave up after ${HARD_LIMIT_MS / 1000} s`); process.exit(2); }, HARD_LIMIT_MS).unref();
+
+const progress = (msg) => process.stderr.write(`bench-broadcast: ${msg}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const now = () => process.hrtime.bigint();
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
+    s.on("error", reject);
+  });
+}
+
+function start(cmd, args) {
+  const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let tail = "";
+  child.stderr.on("data", (d) => { tail = (tail + d).slice(-2000); });
+  child.tail = () => tail;
+  children.push(child);
+  return child;
+}
+
+async function waitFor(check, ms, what) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const healthy = (port) => new Promise((resolve) => {
+  const req = require("http").get({ host: "127.0.0.1", port, path: "/health", timeout: 1000 }, (res) => {
+    res.resume();
+    resolve(res.statusCode === 200);
+  });
+  req.on("error", () => resolve(false));
+  req.on("timeout", () => { req.destroy(); resolve(false); });
+});
+
+function rssKb(pid) {
+  const m = fs.readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/);
+  return m ? Number(m[1]) : NaN;
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+function summary(latenciesMs, expected) {
+  const s = Float64Array.from(latenciesMs).sort();
+  return {
+    deliveries: s.length,
+    expected,
+    lost: expected - s.length,
+    p50_ms: +percentile(s, 50).toFixed(2),
+    p99_ms: +percentile(s, 99).toFixed(2),
+    max_ms: +(s.length ? s[s.length - 1] : NaN).toFixed(2),
+  };
+}
+
+async function runKind(kind) {
+  const redisPort = await freePort();
+  const redis = start("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+  await waitFor(() => new Promise((r) => {
+    const s = net.connect(redisPort, "127.0.0.1", () => { s.destroy(); r(true); });
+    s.on("error", () => r(false));
+  }), 10_000, "redis-server");
+  const redisUrl = `redis://127.0.0.1:${redisPort}`;
+
+  const workers = [];
+  for (let w = 0; w < opts.workers; w++) {
+    const port = await freePort();
+    const id = `${kind}${w + 1}`;
+    const child = kind === "edgepin"
+      ? start(opts.edgepin, ["worker", "--listen", `127.0.0.1:${port}`, "--id", id, "--redis", redisUrl])
+      : start("node", [path.join(__dirname, "worker.js"), "--port", String(port), "--id", id, "--redis", redisUrl]);
+    workers.push({ id, port, child });
+  }
+  for (const w of workers) await waitFor(() => healthy(w.port), 20_000, `worker ${w.id}`);
+  await sleep(500);
+  const idleRss = workers.map((w) => rssKb(w.child.pid));
+  progress(`${kind}: ${opts.workers} workers up`);
+
+  // Connect and join, 50 at a time.
+  const clients = new Array(opts.clients);
+  const roomOf = (i) => `room-${i % opts.rooms}`;
+  const pending = new Map(); // seq -> { sent, remaining }
+  const steady = [];
+  const burst = [];
+  let phase = steady;
+  for (let base = 0; base < opts.clients; base += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, opts.clients - base) }, (_, k) => {
+      const i = base + k;
+      const w = workers[Math.floor(i / opts.rooms) % opts.workers];
+      const socket = io(`http://127.0.0.1:${w.port}`, { transports: ["websocket"], forceNew: true });
+      clients[i] = socket;
+      socket.on("said", (m) => {
+        const at = now();
+        const p = pending.get(m.msg.seq);
+        if (!p) return;
+        phase.push(Number(at - BigInt(m.msg.t)) / 1e6);
+        if (--p.remaining === 0) pending.delete(m.msg.seq);
+      });
+      return new Promise((resolve, reject) => {
+        const late = setTimeout(() => reject(new Error(`client ${i} on ${w.id} not joined after 15 s (connected: ${socket.connected})`)), 15_000);
+        socket.once("connect_error", (e) => { clearTimeout(late); reject(e); });
+        socket.once("connect", () => socket.emit("join", roomOf(i), (ack) => {
+          clearTimeout(late);
+          return ack && ack.ok ? resolve() : reject(new Error("join refused"));
+        }));
+      });
+    }));
+  }
+  progress(`${kind}: ${opts.clients} clients joined`);
+  await sleep(1000);
+  const loadedRss = workers.map((w) => rssKb(w.child.pid));
+  const members = Math.ceil(opts.clients / opts.rooms);
+
+  // The sender takes turns among the room's members, so broadcasts start on every worker.
+  let seq = 0;
+  const say = (room) => {
+    const s = ++seq;
+    pending.set(s, { remaining: members });
+    const sender = Math.min(room + opts.rooms * (s % members), opts.clients - 1);
+    clients[sender].emit("say", roomOf(room), { seq: s, t: String(now()) });
+  };
+
+  // Steady: one broadcast every 1/rate s, on a fixed schedule.
+  const steadyCount = Math.round(opts.rate * opts.seconds);
+  const startNs = now();
+  for (let k = 0; k < steadyCount; k++) {
+    const due = startNs + BigInt(Math.round((k * 1e9) / opts.rate));
+    while (now() < due) await sleep(Math.max(0, Number(due - now()) / 1e6 - 0.5));
+    say(k % opts.rooms);
+  }
+  await waitFor(async () => pending.size === 0, 5000, "steady deliveries").catch(() => {});
+  const steadyStats = summary(steady, steadyCount * members);
+  progress(`${kind}: steady phase done`);
+  pending.clear();
+
+  // Bursts: every room at once.
+  phase = burst;
+  for (let b = 0; b < opts.bursts; b++) {
+    for (let r = 0; r < opts.rooms; r++) say(r);
+    await sleep(1000);
+  }
+  await waitFor(async () => pending.size === 0, 5000, "burst deliveries").catch(() => {});
+  const burstStats = summary(burst, opts.bursts * opts.rooms * members);
+
+  for (const c of clients) c.close();
+  for (const w of workers) w.child.kill("SIGTERM");
+  await sleep(300);
+  redis.kill("SIGTERM");
+
+  const rssDeltaKb = loadedRss.reduce((a, b) => a + b, 0) - idleRss.reduce((a, b) => a + b, 0);
+  return {
+    kind,
+    workers: opts.workers,
+    clients: opts.clients,
+    rooms: opts.rooms,
+    members_per_room: members,
+    steady: { rate_per_s: opts.rate, seconds: opts.seconds, ...steadyStats },
+    burst: { bursts: opts.bursts, broadcasts_per_burst: opts.rooms, ...burstStats },
+    rss_idle_kb: idleRss,
+    rss_loaded_kb: loadedRss,
+    rss_per_client_kb: +(rssDeltaKb / opts.clients).toFixed(1),
+  };
+}
+
+(async () => {
+  const results = [];
+  for (const kind of opts.kinds) {
+    process.stderr.write(`bench-broadcast: ${kind} workers…\n`);
+    results.push(await runKind(kind));
+  }
+  const row = (cols) => cols.map((c, i) => String(c).padEnd(i === 0 ? 9 : 13)).join("");
+  console.log(`\ncross-worker broadcast: ${opts.clients} clients, ${opts.rooms} rooms, ${opts.workers} workers, one Redis`);
+  console.log(row(["workers", "steady p50", "steady p99", "burst p50", "burst p99", "lost", "RSS/client", "idle RSS"]));
+  for (const r of results) {
+    console.log(row([
+      r.kind,
+      `${r.steady.p50_ms} ms`, `${r.steady.p99_ms} ms`,
+      `${r.burst.p50_ms} ms`, `${r.burst.p99_ms} ms`,
+      r.steady.lost + r.burst.lost,
+      `${r.rss_per_client_kb} KB`,
+      `${(r.rss_idle_kb.reduce((a, b) => a + b, 0) / r.workers / 1024).toFixed(1)} MB`,
+    ]));
+  }
+  console.log(`steady: one broadcast every ${1000 / opts.rate} ms for ${opts.seconds} s; burst: all ${opts.rooms} rooms at once, ${opts.bursts} times`);
+  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
+  fs.writeFileSync(opts.out, JSON.stringify({ date: new Date().toISOString(), options: opts, results }, null, 2) + "\n");
+  console.log(`written ${path.relative(process.cwd(), opts.out)}`);
+  process.exit(0);
+})().catch((e) => {
+  console.error(`bench-broadcast failed: ${e.stack || e}`);
+  for (const c of children) if (c.tail) console.error(c.tail());
+  process.exit(1);
+});

@@ -1,0 +1,201 @@
+//! `edgepin worker`: the reference Socket.IO worker — axum + socketioxide, rooms that span
+//! every worker (edgepin or Node.js) through Redis with our own adapter, a small REST API,
+//! health/readiness, Prometheus metrics and a demo page.
+//!
+//! `wire` speaks `@socket.io/redis-adapter`'s protocol, `redis_link` owns the Redis
+//! connections and their recovery, `adapter` plugs both into socketioxide, `events` and
+//! `http` are what clients see, `metrics` counts. This module assembles them: [`serve`]
+//! runs a worker on a bound listener until a shutdown future resolves (tests run it
+//! in-process); [`run`] is the command. The worker depends on nothing else in edgepin.
+
+pub mod acks;
+pub mod adapter;
+mod events;
+mod http;
+pub mod metrics;
+pub mod redis_link;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use socketioxide::SocketIo;
+use socketioxide::handler::ConnectHandler;
+use tokio::net::TcpListener;
+
+use metrics::WorkerMetrics;
+use redis_link::{LinkError, RedisLink};
+use wire::Channels;
+
+/// The adapter type of the worker's Socket.IO server.
+pub type WorkerAdapter = adapter::NodeRedisAdapter<socketioxide::adapter::Emitter>;
+
+/// Largest Socket.IO message and REST body, the same as Node's socket.io default, so a
+/// client that works against a Node worker works against this one.
+pub const MAX_PAYLOAD: u64 = 1_000_000;
+/// After the shutdown signal: longest wait for open connections to close.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Shown in `/api/whoami`, acks and `said` messages (e.g. the server name in proxy.yaml).
+    pub id: String,
+    /// `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// When set, `POST /api/rooms/{room}/emit` needs `Authorization: Bearer <token>`:
+    /// behind the proxy's catch-all route the REST API is as public as the site.
+    pub emit_token: Option<String>,
+}
+
+/// The environment variable `edgepin worker` (and so `edgepin up`) reads the emit token from.
+pub const EMIT_TOKEN_ENV: &str = "EDGEPIN_EMIT_TOKEN";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("--id {0:?} must be 1 to 64 characters, without spaces or control characters")]
+    Id(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    #[error("setting up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+    #[error("following the parent process: {0}")]
+    Parent(std::io::Error),
+}
+
+/// What handlers share.
+pub struct WorkerState {
+    pub id: String,
+    pub link: Arc<RedisLink>,
+    pub metrics: WorkerMetrics,
+    /// Channels of namespace `/`, for requests the REST API makes.
+    root_channels: Channels,
+    /// Required bearer token of the REST emit, if any.
+    emit_token: Option<String>,
+    /// Set once shutdown begins: `/health` and `/ready` turn 503.
+    stopping: AtomicBool,
+}
+
+impl WorkerState {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// Serve a worker on `listener` until `shutdown` resolves, then close every socket (their
+/// clients reconnect, through the proxy, to another worker) and return.
+pub async fn serve(
+    listener: TcpListener,
+    options: WorkerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    check_id(&options.id)?;
+    let metrics = WorkerMetrics::new()?;
+    let link = RedisLink::start(&options.redis_url, metrics.adapter.clone())?;
+    let state = Arc::new(WorkerState {
+        root_channels: Channels::new(link.prefix(), "/", link.uid()),
+        emit_token: options.emit_token.filter(|t| !t.is_empty()),
+        id: options.id,
+        link: Arc::clone(&link),
+        metrics,
+        stopping: AtomicBool::new(false),
+    });
+    let (layer, io) = SocketIo::builder()
+        .with_state(Arc::clone(&state))
+        .max_payload(MAX_PAYLOAD)
+        .with_adapter::<WorkerAdapter>(Arc::clone(&link))
+        .build_layer();
+    io.ns("/", events::connected.with(events::set_up));
+    let app = http::router(Arc::clone(&state), io.clone()).layer(layer);
+
+    let addr = listener.local_addr().map_err(WorkerError::Serve)?;
+    tracing::info!(id = %state.id, %addr, uid = %link.uid(), "worker listening");
+    let stopped = Arc::new(tokio::sync::Notify::new());
+    let graceful = {
+        let (state, io, stopped) = (Arc::clone(&state), io.clone(), Arc::clone(&stopped));
+        async move {
+            shutdown.await;
+            tracing::info!(id = %state.id, "stopping: closing sockets");
+            state.stopping.store(true, Ordering::Relaxed);
+            io.close().await;
+            stopped.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let result = tokio::select! {
+        r = server => r.map_err(WorkerError::Serve),
+        // Connections that outlive the grace period (held long-polls) are dropped.
+        _ = async { stopped.notified().await; tokio::time::sleep(STOP_TIMEOUT).await } => Ok(()),
+    };
+    link.stop();
+    tracing::info!(id = %state.id, "worker stopped");
+    result
+}
+
+/// `edgepin worker`: bind `listen` and serve until SIGTERM or SIGINT. The emit token, if
+/// `options` has none, comes from `EDGEPIN_EMIT_TOKEN`.
+pub fn run(listen: SocketAddr, mut options: WorkerOptions) -> Result<(), WorkerError> {
+    check_id(&options.id)?;
+    if options.emit_token.is_none() {
+        options.emit_token = std::env::var(EMIT_TOKEN_ENV).ok();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgepin-worker")
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| WorkerError::Bind { addr: listen, source })?;
+        serve(listener, options, stop_signal()).await
+    })
+}
+
+/// Have the kernel send this process SIGTERM when `parent` (the `edgepin up` that started
+/// it) dies, however it dies, so a killed supervisor leaves no worker behind.
+pub fn stop_with_parent(parent: u32) -> Result<(), WorkerError> {
+    use nix::sys::signal::Signal;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| WorkerError::Parent(e.into()))?;
+    // It may have died before the line above: then nobody will signal us.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(WorkerError::Parent(std::io::Error::other(format!(
+            "parent {parent} is gone"
+        ))));
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn check_id(id: &str) -> Result<(), WorkerError> {
+    let ok = !id.is_empty() && id.chars().count() <= 64 && !id.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(WorkerError::Id(id.to_string()))
+    }
+}
