@@ -6,16 +6,27 @@
 //! - `ws-idle ADDR PATH N PIDS`: open N WebSockets (each reads its first message, the
 //!   Engine.IO open packet), let them idle, and print how much the resident memory of
 //!   the processes PIDS (comma-separated: the proxy) grew per connection.
-//! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a 32-byte
+//! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a small Engine.IO
 //!   message every INTERVAL_MS and wait for its echo; prints round-trip p50/p99.
+//! - `tls-handshake ADDR PATH N SECONDS`: N clients each open a TLS connection, send one
+//!   request with `Connection: close`, read the answer, and start over: every connection
+//!   a full handshake (resumption off, unlike wrk, which resumes its previous session).
+//!   The certificate is not verified: the load generator should cost little.
 //!
 //! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::client::Resumption;
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -35,7 +46,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench-client handshake ADDR PATH\n       \
          bench-client ws-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
-         bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS"
+         bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
+         bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
     );
     std::process::exit(2);
 }
@@ -59,6 +71,7 @@ fn main() {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
                 ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
             }
+            Some("tls-handshake") => tls_handshakes(&addr, &path, arg(&args, 3), arg(&args, 4)).await,
             _ => usage(),
         }
     });
@@ -163,15 +176,24 @@ async fn ws_echo(addr: &str, path: &str, n: usize, seconds: u64, interval_ms: u6
     for r in results {
         rtts.extend(r?);
     }
-    rtts.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((rtts.len() as f64 * p).ceil() as usize).clamp(1, rtts.len().max(1)) - 1;
-        f64::from(rtts.get(i).copied().unwrap_or(0)) / 1000.0
-    };
     println!("messages={}", rtts.len());
+    print_percentiles(&mut rtts);
+    Ok(())
+}
+
+/// Print p50 and p99 of round trips given in microseconds, as milliseconds.
+fn print_percentiles(micros: &mut [u32]) {
+    micros.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((micros.len() as f64 * p).ceil() as usize).clamp(1, micros.len().max(1)) - 1;
+        f64::from(micros.get(i).copied().unwrap_or(0)) / 1000.0
+    };
     println!("p50_ms={:.3}", pct(0.50));
     println!("p99_ms={:.3}", pct(0.99));
-    Ok(())
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 /// Send a message every `interval` until `until`, each after the previous echo; returns
@@ -194,8 +216,104 @@ async fn echo_loop(mut ws: Ws, until: Instant, interval: Duration, offset: Durat
                 other => return Err(format!("echo failed: {other:?}").into()),
             }
         }
-        rtts.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        rtts.push(micros(sent.elapsed()));
     }
     let _ = ws.close(None).await;
     Ok(rtts)
+}
+
+/// Accepts any certificate: the benchmark measures the proxy's handshakes, not the client's.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, tokio_rustls::rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) -> Result<(), Failure> {
+    let provider = Arc::new(ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    let connector = TlsConnector::from(Arc::new(config));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks = (0..clients).map(|_| {
+        let (connector, request) = (connector.clone(), request.as_bytes());
+        async move {
+            let (mut times, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < until {
+                let begun = Instant::now();
+                match tokio::time::timeout(STEP_TIMEOUT, one_tls_request(&connector, addr, request)).await {
+                    Ok(Ok(())) => times.push(micros(begun.elapsed())),
+                    _ => errors += 1,
+                }
+            }
+            (times, errors)
+        }
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let errors: u64 = results.iter().map(|(_, e)| e).sum();
+    let mut times: Vec<u32> = results.into_iter().flat_map(|(t, _)| t).collect();
+    println!("handshakes={}", times.len());
+    println!("per_second={:.1}", times.len() as f64 / elapsed);
+    println!("errors={errors}");
+    print_percentiles(&mut times);
+    Ok(())
+}
+
+/// One new connection: full TLS handshake, one request, the whole answer (`200`).
+async fn one_tls_request(connector: &TlsConnector, addr: &str, request: &[u8]) -> Result<(), Failure> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
+    tls.write_all(request).await?;
+    let mut answer = Vec::with_capacity(512);
+    // The proxy closes after the answer; a missing close_notify is not an error here.
+    let _ = tls.read_to_end(&mut answer).await;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(64)])
+        )
+        .into())
+    }
 }

@@ -24,7 +24,7 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls tls_handshake sticky ws_echo ws_idle"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls tls_handshake tls_resume sticky ws_echo ws_idle"}
 CONNECTIONS=${CONNECTIONS:-64}
 WS_IDLE=${WS_IDLE:-5000}
 WS_ECHO=${WS_ECHO:-100}
@@ -217,26 +217,32 @@ value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
 # -------------------------------------------------------------------------- scenarios
 # Each takes TARGET REP and records its figures. The proxy is running.
 
+# The proxy's CPU time over a measured run: start before, record after.
+proxy_cpu_start() { CPU_BEFORE=$(cpu_ticks "$PROXY_PIDS"); }
+
+proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
+  [ -n "$PROXY_PIDS" ] || return 0
+  local ticks cpu_s
+  ticks=$(($(cpu_ticks "$PROXY_PIDS") - CPU_BEFORE))
+  cpu_s=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
+  record "$1" "$2" proxy_cpu_pct "$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
+  record "$1" "$2" per_proxy_cpu_s "$(awk -v r="$3" -v c="$cpu_s" 'BEGIN { printf "%.0f", (c > 0 ? r / c : 0) }')"
+}
+
 # wrk with proxy CPU accounting: TARGET SCENARIO URL [wrk args]
 measure_wrk() {
   local target=$1 scenario=$2 url=$3
   shift 3
-  local name="$scenario-$target-$REP" before after hz cpu_s rps p50 p99 err req
+  local name="$scenario-$target-$REP" rps p50 p99 err req
   wrk_warmup "$url" "$@"
-  before=$(cpu_ticks "$PROXY_PIDS")
+  proxy_cpu_start
   wrk_run "$name" "$url" "$@"
-  after=$(cpu_ticks "$PROXY_PIDS")
   read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
+  proxy_cpu_record "$target" "$scenario" "$req"
   record "$target" "$scenario" rps "$rps"
   record "$target" "$scenario" p50_ms "$p50"
   record "$target" "$scenario" p99_ms "$p99"
   record "$target" "$scenario" errors "$err"
-  if [ -n "$PROXY_PIDS" ]; then
-    hz=$(getconf CLK_TCK)
-    cpu_s=$(awk -v t=$((after - before)) -v hz="$hz" 'BEGIN { printf "%.3f", t / hz }')
-    record "$target" "$scenario" proxy_cpu_pct "$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
-    record "$target" "$scenario" per_proxy_cpu_s "$(awk -v r="$req" -v c="$cpu_s" 'BEGIN { printf "%.0f", (c > 0 ? r / c : 0) }')"
-  fi
 }
 
 port_of() { # TARGET: where the load goes (the proxy, or backend w1 for `direct`)
@@ -251,9 +257,24 @@ scenario_rest_tls() {
   measure_wrk "$1" rest_tls "https://127.0.0.1:$HTTPS_PORT/api/items"
 }
 
-# Every request on a new connection: one full TLS handshake each (wrk does not resume).
+# Every request on a new connection with a full TLS handshake (bench-client, resumption
+# off): what a proxy pays for each new visitor.
 scenario_tls_handshake() {
-  measure_wrk "$1" tls_handshake "https://127.0.0.1:$HTTPS_PORT/api/items" -H "Connection: close"
+  local out
+  proxy_cpu_start
+  out=$(client tls-handshake "127.0.0.1:$HTTPS_PORT" /api/items "$CONNECTIONS" "$DURATION") ||
+    { log "$1 tls_handshake failed"; return 0; }
+  proxy_cpu_record "$1" tls_handshake "$(value handshakes <<<"$out")"
+  record "$1" tls_handshake rps "$(value per_second <<<"$out")"
+  record "$1" tls_handshake p50_ms "$(value p50_ms <<<"$out")"
+  record "$1" tls_handshake p99_ms "$(value p99_ms <<<"$out")"
+  record "$1" tls_handshake errors "$(value errors <<<"$out")"
+}
+
+# Every request on a new connection, resuming the previous TLS session (wrk keeps its
+# session across reconnects): what returning visitors cost.
+scenario_tls_resume() {
+  measure_wrk "$1" tls_resume "https://127.0.0.1:$HTTPS_PORT/api/items" -H "Connection: close"
 }
 
 # Requests of one Engine.IO session: sid in the query, the proxy's cookie if it set one.
