@@ -61,8 +61,8 @@ run: release
 	@[ -f certs/edge.crt ] && [ -f certs/edge.key ] || ./target/release/edgepin certs --out certs
 	./target/release/edgepin run -c proxy.yaml
 
-## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~15 min;
-## `make bench QUICK=1` for one short repetition (~3 min). Then the Socket.IO broadcast
+## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~13 min;
+## `make bench QUICK=1` for one short repetition (~2.5 min). Then the Socket.IO broadcast
 ## benchmark, when a `bench-broadcast` target exists.
 bench: deps bench-deps
 	$(CARGO) build --release --bins --examples

@@ -214,17 +214,25 @@ client() { # bench-client args…, on LOAD_CPUS, bounded
 
 value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
 
+record_output() { # TARGET SCENARIO OUTPUT KEY[:METRIC]…: record bench-client's KEY=value lines
+  local target=$1 scenario=$2 out=$3 key
+  shift 3
+  for key in "$@"; do
+    record "$target" "$scenario" "${key#*:}" "$(value "${key%%:*}" <<<"$out")"
+  done
+}
+
 # -------------------------------------------------------------------------- scenarios
 # Each takes TARGET REP and records its figures. The proxy is running.
 
-# The proxy's CPU time over a measured run: start before, record after.
-proxy_cpu_start() { CPU_BEFORE=$(cpu_ticks "$PROXY_PIDS"); }
+# The proxy's CPU time over a measured run: start before it, stop right after it, record.
+proxy_cpu_start() { CPU_TICKS=$(cpu_ticks "$PROXY_PIDS"); }
+proxy_cpu_stop() { CPU_TICKS=$(($(cpu_ticks "$PROXY_PIDS") - CPU_TICKS)); }
 
 proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
   [ -n "$PROXY_PIDS" ] || return 0
-  local ticks cpu_s
-  ticks=$(($(cpu_ticks "$PROXY_PIDS") - CPU_BEFORE))
-  cpu_s=$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
+  local cpu_s
+  cpu_s=$(awk -v t="$CPU_TICKS" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
   record "$1" "$2" proxy_cpu_pct "$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
   record "$1" "$2" per_proxy_cpu_s "$(awk -v r="$3" -v c="$cpu_s" 'BEGIN { printf "%.0f", (c > 0 ? r / c : 0) }')"
 }
@@ -237,12 +245,13 @@ measure_wrk() {
   wrk_warmup "$url" "$@"
   proxy_cpu_start
   wrk_run "$name" "$url" "$@"
+  proxy_cpu_stop
   read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
-  proxy_cpu_record "$target" "$scenario" "$req"
   record "$target" "$scenario" rps "$rps"
   record "$target" "$scenario" p50_ms "$p50"
   record "$target" "$scenario" p99_ms "$p99"
   record "$target" "$scenario" errors "$err"
+  proxy_cpu_record "$target" "$scenario" "$req"
 }
 
 port_of() { # TARGET: where the load goes (the proxy, or backend w1 for `direct`)
@@ -264,11 +273,9 @@ scenario_tls_handshake() {
   proxy_cpu_start
   out=$(client tls-handshake "127.0.0.1:$HTTPS_PORT" /api/items "$CONNECTIONS" "$DURATION") ||
     { log "$1 tls_handshake failed"; return 0; }
+  proxy_cpu_stop
+  record_output "$1" tls_handshake "$out" per_second:rps p50_ms p99_ms errors
   proxy_cpu_record "$1" tls_handshake "$(value handshakes <<<"$out")"
-  record "$1" tls_handshake rps "$(value per_second <<<"$out")"
-  record "$1" tls_handshake p50_ms "$(value p50_ms <<<"$out")"
-  record "$1" tls_handshake p99_ms "$(value p99_ms <<<"$out")"
-  record "$1" tls_handshake errors "$(value errors <<<"$out")"
 }
 
 # Every request on a new connection, resuming the previous TLS session (wrk keeps its
@@ -293,17 +300,14 @@ scenario_ws_echo() {
   local out
   out=$(client ws-echo "127.0.0.1:$(port_of "$1")" "/socket.io/?EIO=4&transport=websocket" \
     "$WS_ECHO" "$DURATION" "$WS_ECHO_INTERVAL_MS") || { log "$1 ws_echo failed"; return 0; }
-  record "$1" ws_echo p50_ms "$(value p50_ms <<<"$out")"
-  record "$1" ws_echo p99_ms "$(value p99_ms <<<"$out")"
-  record "$1" ws_echo messages "$(value messages <<<"$out")"
+  record_output "$1" ws_echo "$out" p50_ms p99_ms messages
 }
 
 scenario_ws_idle() {
   local out
   out=$(client ws-idle "127.0.0.1:$HTTP_PORT" "/socket.io/?EIO=4&transport=websocket" "$WS_IDLE" "$PROXY_PIDS") ||
     { log "$1 ws_idle failed"; return 0; }
-  record "$1" ws_idle kib_per_conn "$(value kib_per_conn <<<"$out")"
-  record "$1" ws_idle open_seconds "$(value open_seconds <<<"$out")"
+  record_output "$1" ws_idle "$out" kib_per_conn open_seconds
 }
 
 # Hook: reload during load. When it lands: run wrk as in rest_plain, and halfway through
@@ -332,7 +336,10 @@ preflight() {
   done
   # Idle WebSockets need file descriptors: two per connection in the proxy.
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  [ "$(ulimit -n)" -gt $((2 * WS_IDLE + 500)) ] || die "open-file limit $(ulimit -n) too low for WS_IDLE=$WS_IDLE"
+  local files
+  files=$(ulimit -n)
+  [ "$files" = unlimited ] || [ "$files" -gt $((2 * WS_IDLE + 500)) ] ||
+    die "open-file limit $files too low for WS_IDLE=$WS_IDLE"
 }
 
 main() {
