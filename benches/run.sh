@@ -325,6 +325,7 @@ supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo
 
 preflight() {
   local t
+  for t in $SCENARIOS; do declare -F "scenario_$t" >/dev/null || die "unknown scenario $t"; done
   for t in wrk taskset timeout getconf; do command -v "$t" >/dev/null || die "$t is missing (make bench installs it)"; done
   [[ " $TARGETS " == *" haproxy "* ]] && { command -v haproxy >/dev/null || die "haproxy is missing"; }
   [[ " $TARGETS " == *" nginx "* ]] && { command -v nginx >/dev/null || die "nginx is missing"; }
