@@ -55,7 +55,7 @@ type Row = ((String, String), BTreeMap<String, Vec<f64>>);
 
 struct Results {
     meta: BTreeMap<String, String>,
-    /// In the order first seen.
+    /// Grouped by scenario, each in the order first seen.
     rows: Vec<Row>,
 }
 
@@ -87,8 +87,15 @@ impl Results {
         let i = match self.rows.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
-                self.rows.push((key, BTreeMap::new()));
-                self.rows.len() - 1
+                // A new figure goes after the last one of its scenario, so scenarios stay
+                // together whichever target reported first.
+                let at = self
+                    .rows
+                    .iter()
+                    .rposition(|((s, _), _)| s == scenario)
+                    .map_or(self.rows.len(), |last| last + 1);
+                self.rows.insert(at, (key, BTreeMap::new()));
+                at
             }
         };
         self.rows[i].1.entry(target.to_string()).or_default().push(v);
