@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps node-deps chromium unit integration bench bench-broadcast clean
+.PHONY: run test lint build release certs check deps node-deps chromium unit integration bench bench-deps bench-broadcast clean
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -68,6 +68,26 @@ run: release
 ## About a minute; writes target/bench/broadcast.json.
 bench-broadcast: release node-deps
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
+
+## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~13 min;
+## `make bench QUICK=1` for one short repetition (~2.5 min). Then the Socket.IO broadcast
+## benchmark, when a `bench-broadcast` target exists.
+bench: deps bench-deps
+	$(CARGO) build --release --bins --examples
+	QUICK=$(QUICK) ./benches/run.sh
+	@if $(MAKE) -n bench-broadcast >/dev/null 2>&1; then $(MAKE) bench-broadcast QUICK=$(QUICK); fi
+
+## The other proxies and the load generators, from Debian, when missing.
+bench-deps:
+	@missing=""; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 
 clean:
 	$(CARGO) clean

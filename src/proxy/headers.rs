@@ -4,8 +4,9 @@
 
 use std::net::IpAddr;
 
-use pingora::Result;
+use http::HeaderValue;
 use pingora::http::RequestHeader;
+use pingora::{ErrorType, OrErr, Result};
 
 use crate::config::Network;
 use crate::sticky::cookie;
@@ -33,6 +34,9 @@ pub fn client_ip(peer: Option<IpAddr>, xff: Option<&[u8]>, trusted: &[Network]) 
 
 /// Set the forwarding headers on the upstream request. Client-sent values are replaced,
 /// unless the peer is a trusted proxy, whose X-Forwarded-For is extended.
+///
+/// Runs on every request: the peer's address is formatted once (it is X-Forwarded-For and
+/// usually X-Real-IP), and X-Forwarded-Host reuses the received Host value without a copy.
 pub fn set_forwarded(
     req: &mut RequestHeader,
     client: Option<IpAddr>,
@@ -41,38 +45,39 @@ pub fn set_forwarded(
     tls: bool,
     host: Option<&str>,
 ) -> Result<()> {
-    let xff = match (
+    let peer_value = peer.map(ip_value).transpose()?;
+    let extended = match (
         peer_trusted,
         req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
         peer,
     ) {
-        (true, Some(existing), Some(peer)) => format!("{existing}, {peer}"),
-        (_, _, Some(peer)) => peer.to_string(),
-        _ => String::new(),
+        (true, Some(existing), Some(peer)) => Some(format!("{existing}, {peer}")),
+        _ => None,
     };
-    if xff.is_empty() {
-        req.remove_header("x-forwarded-for");
-    } else {
-        req.insert_header("x-forwarded-for", xff)?;
+    match (extended, &peer_value) {
+        (Some(list), _) => req.insert_header("x-forwarded-for", list)?,
+        (None, Some(v)) => req.insert_header("x-forwarded-for", v.clone())?,
+        (None, None) => {
+            req.remove_header("x-forwarded-for");
+        }
     }
-    match client {
-        Some(ip) => req.insert_header("x-real-ip", ip.to_string())?,
-        None => {
+    match (client, &peer_value) {
+        (Some(ip), Some(v)) if Some(ip) == peer => req.insert_header("x-real-ip", v.clone())?,
+        (Some(ip), _) => req.insert_header("x-real-ip", ip_value(ip)?)?,
+        (None, _) => {
             req.remove_header("x-real-ip");
         }
     }
     if !(peer_trusted && req.headers.contains_key("x-forwarded-proto")) {
-        req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        req.insert_header("x-forwarded-proto", proto)?;
     }
     match host {
         Some(h) if !(peer_trusted && req.headers.contains_key("x-forwarded-host")) => {
-            let original = req
-                .headers
-                .get("host")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(h)
-                .to_string();
-            req.insert_header("x-forwarded-host", original)?;
+            match req.headers.get("host").filter(|v| v.to_str().is_ok()).cloned() {
+                Some(original) => req.insert_header("x-forwarded-host", original)?,
+                None => req.insert_header("x-forwarded-host", h.to_string())?,
+            }
         }
         Some(_) => {}
         None => {
@@ -80,6 +85,11 @@ pub fn set_forwarded(
         }
     }
     Ok(())
+}
+
+/// An address as a header value.
+fn ip_value(ip: IpAddr) -> Result<HeaderValue> {
+    HeaderValue::try_from(ip.to_string()).or_err(ErrorType::InvalidHTTPHeader, "address as a header value")
 }
 
 /// The sticky cookie's value in the request, if any.
@@ -144,6 +154,27 @@ mod tests {
         assert_eq!(req.headers["x-real-ip"], "127.0.0.9");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
         assert_eq!(req.headers["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn a_trusted_proxy_extends_the_forwarding_headers() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
+        req.insert_header("x-forwarded-proto", "https").unwrap();
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let client: IpAddr = "1.2.3.4".parse().unwrap();
+        set_forwarded(&mut req, Some(client), Some(peer), true, false, Some("h2.example")).unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.2");
+        assert_eq!(req.headers["x-real-ip"], "1.2.3.4");
+        assert_eq!(req.headers["x-forwarded-proto"], "https", "kept from the trusted proxy");
+        assert_eq!(
+            req.headers["x-forwarded-host"], "h2.example",
+            "no Host header: the authority"
+        );
+        set_forwarded(&mut req, None, None, false, false, None).unwrap();
+        for gone in ["x-forwarded-for", "x-real-ip", "x-forwarded-host"] {
+            assert!(!req.headers.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 mod ctx;
 mod head_deadline;
-mod headers;
+pub mod headers;
 mod limits;
 mod proxy_protocol;
 mod respond;

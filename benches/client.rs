@@ -1,0 +1,319 @@
+//! `bench-client`: the client side of `make bench` that wrk does not cover. Prints
+//! `key=value` lines for `benches/run.sh`.
+//!
+//! - `handshake ADDR PATH`: one Engine.IO polling handshake; prints the sid and the
+//!   cookie the proxy set (`sid=… cookie=NAME=VALUE`), for the sticky scenario.
+//! - `ws-idle ADDR PATH N PIDS`: open N WebSockets (each reads its first message, the
+//!   Engine.IO open packet), let them idle, and print how much the resident memory of
+//!   the processes PIDS (comma-separated: the proxy) grew per connection.
+//! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a small Engine.IO
+//!   message every INTERVAL_MS and wait for its echo; prints round-trip p50/p99.
+//! - `tls-handshake ADDR PATH N SECONDS`: N clients each open a TLS connection, send one
+//!   request with `Connection: close`, read the answer, and start over: every connection
+//!   a full handshake (resumption off, unlike wrk, which resumes its previous session).
+//!   The certificate is not verified: the load generator should cost little.
+//!
+//! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::client::Resumption;
+use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+type Ws = WebSocketStream<TcpStream>;
+type Failure = Box<dyn std::error::Error>;
+
+/// Longest wait for one connection, handshake or first message.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// WebSocket upgrades in flight at once while opening many.
+const OPEN_CONCURRENCY: usize = 64;
+/// Pause after the last connection opened, before reading memory.
+const SETTLE: Duration = Duration::from_secs(2);
+const ECHO_PAYLOAD: &str = "4{\"bench\":\"echo\",\"pad\":\"xxxxx\"}";
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: bench-client handshake ADDR PATH\n       \
+         bench-client ws-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
+         bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
+         bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
+    );
+    std::process::exit(2);
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
+    args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| usage())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (addr, path): (String, String) = (arg(&args, 1), arg(&args, 2));
+    let result = runtime.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("handshake") => handshake(&addr, &path).await,
+            Some("ws-idle") => ws_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4)).await,
+            Some("ws-echo") => {
+                let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
+                ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
+            }
+            Some("tls-handshake") => tls_handshakes(&addr, &path, arg(&args, 3), arg(&args, 4)).await,
+            _ => usage(),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("bench-client: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// GET `path` once and print the session id of the open packet and the cookie set.
+async fn handshake(addr: &str, path: &str) -> Result<(), Failure> {
+    let mut stream = tokio::time::timeout(STEP_TIMEOUT, TcpStream::connect(addr)).await??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(STEP_TIMEOUT, stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    let sid = answer
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .ok_or_else(|| format!("no sid in the answer: {answer}"))?;
+    let cookie = answer
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie")
+                .then(|| value.trim().split(';').next().unwrap_or("").to_string())
+        })
+        .unwrap_or_default();
+    println!("sid={sid}");
+    println!("cookie={cookie}");
+    Ok(())
+}
+
+/// Open a WebSocket and read its first message (the Engine.IO open packet).
+async fn open(addr: &str, path: &str) -> Result<Ws, Failure> {
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let step = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let url = format!("ws://{addr}{path}");
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(_))) => Ok(ws),
+            other => Err(format!("expected an open packet, got {other:?}").into()),
+        }
+    };
+    tokio::time::timeout(STEP_TIMEOUT, step).await?
+}
+
+/// Open `n` WebSockets, at most `OPEN_CONCURRENCY` at a time.
+async fn open_many(addr: &str, path: &str, n: usize) -> Result<Vec<Ws>, Failure> {
+    let opening = futures_util::stream::iter(0..n)
+        .map(|_| open(addr, path))
+        .buffer_unordered(OPEN_CONCURRENCY);
+    let all: Vec<Result<Ws, Failure>> = opening.collect().await;
+    all.into_iter().collect()
+}
+
+/// Resident memory of these processes together, KiB (VmRSS in /proc/PID/status).
+fn rss_kib(pids: &str) -> Result<u64, Failure> {
+    let mut total = 0;
+    for pid in pids.split(',').filter(|p| !p.is_empty()) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no VmRSS for pid {pid}"))?;
+        total += kib;
+    }
+    Ok(total)
+}
+
+async fn ws_idle(addr: &str, path: &str, n: usize, pids: &str) -> Result<(), Failure> {
+    let before = rss_kib(pids)?;
+    let started = Instant::now();
+    let sockets = open_many(addr, path, n).await?;
+    let opened = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    let after = rss_kib(pids)?;
+    println!("connections={}", sockets.len());
+    println!("open_seconds={:.2}", opened.as_secs_f64());
+    println!("rss_before_kib={before}");
+    println!("rss_after_kib={after}");
+    println!("kib_per_conn={:.2}", after.saturating_sub(before) as f64 / n as f64);
+    Ok(())
+}
+
+async fn ws_echo(addr: &str, path: &str, n: usize, seconds: u64, interval_ms: u64) -> Result<(), Failure> {
+    let sockets = open_many(addr, path, n).await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let interval = Duration::from_millis(interval_ms.max(1));
+    let tasks = sockets.into_iter().enumerate().map(|(i, ws)| {
+        // Spread the connections' send times over one interval.
+        let offset = interval * i as u32 / n as u32;
+        echo_loop(ws, until, interval, offset)
+    });
+    let results: Vec<Result<Vec<u32>, Failure>> = futures_util::future::join_all(tasks).await;
+    let mut rtts: Vec<u32> = Vec::new();
+    for r in results {
+        rtts.extend(r?);
+    }
+    println!("messages={}", rtts.len());
+    print_percentiles(&mut rtts);
+    Ok(())
+}
+
+/// Print p50 and p99 of round trips given in microseconds, as milliseconds.
+fn print_percentiles(micros: &mut [u32]) {
+    micros.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((micros.len() as f64 * p).ceil() as usize).clamp(1, micros.len().max(1)) - 1;
+        f64::from(micros.get(i).copied().unwrap_or(0)) / 1000.0
+    };
+    println!("p50_ms={:.3}", pct(0.50));
+    println!("p99_ms={:.3}", pct(0.99));
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// Send a message every `interval` until `until`, each after the previous echo; returns
+/// the round trips in microseconds.
+async fn echo_loop(mut ws: Ws, until: Instant, interval: Duration, offset: Duration) -> Result<Vec<u32>, Failure> {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rtts = Vec::new();
+    loop {
+        ticks.tick().await;
+        if Instant::now() >= until {
+            break;
+        }
+        let sent = Instant::now();
+        ws.send(Message::text(ECHO_PAYLOAD)).await?;
+        loop {
+            match tokio::time::timeout(STEP_TIMEOUT, ws.next()).await? {
+                Some(Ok(Message::Text(t))) if t.as_str() == ECHO_PAYLOAD => break,
+                Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return Err(format!("echo failed: {other:?}").into()),
+            }
+        }
+        rtts.push(micros(sent.elapsed()));
+    }
+    let _ = ws.close(None).await;
+    Ok(rtts)
+}
+
+/// Accepts any certificate: the benchmark measures the proxy's handshakes, not the client's.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, tokio_rustls::rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) -> Result<(), Failure> {
+    let provider = Arc::new(ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    let connector = TlsConnector::from(Arc::new(config));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks = (0..clients).map(|_| {
+        let (connector, request) = (connector.clone(), request.as_bytes());
+        async move {
+            let (mut times, mut errors) = (Vec::new(), 0u64);
+            while Instant::now() < until {
+                let begun = Instant::now();
+                match tokio::time::timeout(STEP_TIMEOUT, one_tls_request(&connector, addr, request)).await {
+                    Ok(Ok(())) => times.push(micros(begun.elapsed())),
+                    _ => errors += 1,
+                }
+            }
+            (times, errors)
+        }
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let errors: u64 = results.iter().map(|(_, e)| e).sum();
+    let mut times: Vec<u32> = results.into_iter().flat_map(|(t, _)| t).collect();
+    println!("handshakes={}", times.len());
+    println!("per_second={:.1}", times.len() as f64 / elapsed);
+    println!("errors={errors}");
+    print_percentiles(&mut times);
+    Ok(())
+}
+
+/// One new connection: full TLS handshake, one request, the whole answer (`200`).
+async fn one_tls_request(connector: &TlsConnector, addr: &str, request: &[u8]) -> Result<(), Failure> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
+    tls.write_all(request).await?;
+    let mut answer = Vec::with_capacity(512);
+    // The proxy closes after the answer; a missing close_notify is not an error here.
+    let _ = tls.read_to_end(&mut answer).await;
+    if answer.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected answer: {}",
+            String::from_utf8_lossy(&answer[..answer.len().min(64)])
+        )
+        .into())
+    }
+}

@@ -1,0 +1,392 @@
+#!/usr/bin/env bash
+# `make bench`: edgepin, HAProxy and nginx side by side on the same machine, cores and
+# backends, in one run. See benches/README.md for what each scenario measures.
+#
+# Layout: the proxy runs alone on PROXY_CPUS; wrk, bench-client and the four backends
+# share LOAD_CPUS. Each scenario starts a fresh proxy, runs, and stops it; the
+# repetitions interleave the proxies so a disturbance of the machine hits all alike.
+# Every process started here is stopped by pid on exit (trap), every run is bounded by
+# `timeout`, and all traffic stays on 127.0.0.1.
+#
+# Knobs (environment): QUICK=1 (one repetition of 5 s), REPS, DURATION (seconds),
+# THREADS (proxy threads/workers), PROXY_CPUS, LOAD_CPUS, TARGETS, SCENARIOS,
+# CONNECTIONS (wrk -c), WS_IDLE (idle WebSockets), WS_ECHO (echo connections),
+# WS_ECHO_INTERVAL_MS, BASE_PORT.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -n "${QUICK:-}" ]; then
+  REPS=${REPS:-1} DURATION=${DURATION:-5}
+fi
+REPS=${REPS:-3}
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-1}
+PROXY_CPUS=${PROXY_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
+TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls tls_handshake tls_resume sticky ws_echo ws_idle"}
+CONNECTIONS=${CONNECTIONS:-64}
+WS_IDLE=${WS_IDLE:-5000}
+WS_ECHO=${WS_ECHO:-100}
+WS_ECHO_INTERVAL_MS=${WS_ECHO_INTERVAL_MS:-10}
+BASE_PORT=${BASE_PORT:-18100}
+WARMUP=1 # seconds of load before each measured wrk run
+
+HTTP_PORT=$BASE_PORT
+HTTPS_PORT=$((BASE_PORT + 1))
+BACKEND_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)) $((BASE_PORT + 14)))
+EXAMPLES=$ROOT/target/release/examples
+EDGEPIN=$ROOT/target/release/edgepin
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+OUT=$ROOT/target/bench
+RUN=$OUT/run-$STAMP
+RESULTS=$RUN/results.tsv
+
+STARTED=()     # pids to stop on exit
+PROXY_PIDS=""  # the running proxy's processes, comma-separated
+PROXY_TARGET=""
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+alive() { # PID: running (not gone, not a zombie waiting to be reaped)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat:0:1}" != Z ]
+}
+
+stop_pid() { # PID [SIGNAL]: stop one process, wait up to 5 s, then kill it
+  local pid=$1 sig=${2:-TERM}
+  if alive "$pid"; then
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+      alive "$pid" || break
+      sleep 0.05
+    done
+  fi
+  if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local pid
+  for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+  STARTED=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------- helpers
+
+children_of() { # PID: pids of its direct children (nginx workers)
+  local parent=$1 f fields ppid
+  for f in /proc/[0-9]*/stat; do
+    fields=$(cat "$f" 2>/dev/null) || continue
+    fields=${fields##*) }
+    read -r _ ppid _ <<<"$fields"
+    [ "$ppid" = "$parent" ] && { f=${f#/proc/}; echo "${f%/stat}"; }
+  done
+  return 0
+}
+
+cpu_ticks() { # PIDS (comma-separated): user + system clock ticks of these processes
+  local pid stat total=0
+  for pid in ${1//,/ }; do
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    set -- $stat
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+wait_port() { # PORT: until something accepts on 127.0.0.1:PORT (10 s)
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+http_ok() ( # PORT PATH: one GET answered 200 (bash's /dev/tcp; no curl needed)
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
+  IFS= read -r -t 2 line <&3 || true
+  [[ $line == "HTTP/1."?" 200"* ]]
+) 2>/dev/null
+
+record() { # TARGET SCENARIO METRIC VALUE (an empty value is a failed measurement: logged, not recorded)
+  [ -n "$4" ] || { log "$1 $2: no value for $3"; return 0; }
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
+}
+
+render() { # TEMPLATE OUTPUT: fill in the placeholders of a benches/configs file
+  sed -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g" \
+    -e "s|@W1@|${BACKEND_PORTS[0]}|g" -e "s|@W2@|${BACKEND_PORTS[1]}|g" \
+    -e "s|@W3@|${BACKEND_PORTS[2]}|g" -e "s|@W4@|${BACKEND_PORTS[3]}|g" \
+    -e "s|@THREADS@|$THREADS|g" -e "s|@RUN_DIR@|$RUN|g" \
+    -e "s|@CERT@|$RUN/certs/edge.crt|g" -e "s|@KEY@|$RUN/certs/edge.key|g" \
+    -e "s|@PEM@|$RUN/certs/edge.pem|g" "$1" >"$2"
+}
+
+# ------------------------------------------------------------------------ the proxies
+
+start_proxy() { # TARGET: start it pinned on PROXY_CPUS, wait until it proxies
+  local target=$1 pid
+  case $target in
+    direct) PROXY_PIDS=""; return 0 ;;
+    edgepin)
+      RUST_LOG=warn taskset -c "$PROXY_CPUS" "$EDGEPIN" run -c "$RUN/edgepin.yaml" >"$RUN/edgepin.log" 2>&1 &
+      pid=$! ;;
+    haproxy)
+      taskset -c "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
+      pid=$! ;;
+    nginx)
+      taskset -c "$PROXY_CPUS" nginx -p "$RUN" -e "$RUN/nginx-error.log" -c "$RUN/nginx.conf" >"$RUN/nginx.log" 2>&1 &
+      pid=$! ;;
+    *) die "unknown target $target" ;;
+  esac
+  STARTED+=("$pid")
+  PROXY_PIDS=$pid PROXY_TARGET=$target
+  wait_port "$HTTP_PORT" && wait_port "$HTTPS_PORT" || die "$target did not open its ports (see $RUN/$target.log)"
+  for _ in $(seq 50); do
+    http_ok "$HTTP_PORT" / && break
+    sleep 0.1
+  done
+  http_ok "$HTTP_PORT" / || die "$target does not answer 200 on / (see $RUN/$target.log)"
+  if [ "$target" = nginx ]; then
+    local w
+    for w in $(children_of "$pid"); do STARTED+=("$w"); PROXY_PIDS+=",$w"; done
+  fi
+}
+
+stop_proxy() {
+  [ -n "$PROXY_PIDS" ] || return 0
+  local pid master=${PROXY_PIDS%%,*} signal=TERM
+  # edgepin: SIGINT is the fast stop (SIGTERM drains). HAProxy and nginx: SIGTERM is the
+  # fast stop (and a background job of a script ignores SIGINT, which HAProxy keeps).
+  [ "$PROXY_TARGET" = edgepin ] && signal=INT
+  stop_pid "$master" "$signal"
+  for pid in ${PROXY_PIDS//,/ }; do stop_pid "$pid"; done
+  local keep=() p
+  for p in "${STARTED[@]}"; do [[ ",$PROXY_PIDS," == *",$p,"* ]] || keep+=("$p"); done
+  STARTED=("${keep[@]}")
+  PROXY_PIDS=""
+  # Let the ports be free again before the next proxy binds them.
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$HTTP_PORT") 2>/dev/null || break; sleep 0.1; done
+}
+
+# ------------------------------------------------------------------------- load tools
+
+wrk_run() { # NAME URL [wrk args]: run wrk on LOAD_CPUS; output in $RUN/NAME.wrk
+  local name=$1 url=$2
+  shift 2
+  timeout $((DURATION + 30)) taskset -c "$LOAD_CPUS" \
+    wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url" >"$RUN/$name.wrk" 2>&1 ||
+    log "wrk $name exited with $?"
+}
+
+wrk_warmup() { # URL [wrk args]
+  local url=$1
+  shift
+  timeout $((WARMUP + 30)) taskset -c "$LOAD_CPUS" \
+    wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null 2>&1 || true
+}
+
+wrk_numbers() { # FILE: "req/s p50_ms p99_ms errors requests" from wrk --latency output
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
+      if (v ~ /s$/) return v * 1000; return v + 0 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    / requests in / { req = $1 }
+    /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { err += $5 }
+    END { printf "%.1f %.3f %.3f %d %d\n", rps, p50, p99, err, req }' "$1"
+}
+
+client() { # bench-client args…, on LOAD_CPUS, bounded
+  timeout 180 taskset -c "$LOAD_CPUS" "$EXAMPLES/bench-client" "$@"
+}
+
+value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
+
+record_output() { # TARGET SCENARIO OUTPUT KEY[:METRIC]…: record bench-client's KEY=value lines
+  local target=$1 scenario=$2 out=$3 key
+  shift 3
+  for key in "$@"; do
+    record "$target" "$scenario" "${key#*:}" "$(value "${key%%:*}" <<<"$out")"
+  done
+}
+
+# -------------------------------------------------------------------------- scenarios
+# Each takes TARGET REP and records its figures. The proxy is running.
+
+# The proxy's CPU time over a measured run: start before it, stop right after it, record.
+proxy_cpu_start() { CPU_TICKS=$(cpu_ticks "$PROXY_PIDS"); }
+proxy_cpu_stop() { CPU_TICKS=$(($(cpu_ticks "$PROXY_PIDS") - CPU_TICKS)); }
+
+proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
+  [ -n "$PROXY_PIDS" ] || return 0
+  local cpu_s
+  cpu_s=$(awk -v t="$CPU_TICKS" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
+  record "$1" "$2" proxy_cpu_pct "$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
+  record "$1" "$2" per_proxy_cpu_s "$(awk -v r="$3" -v c="$cpu_s" 'BEGIN { printf "%.0f", (c > 0 ? r / c : 0) }')"
+}
+
+# wrk with proxy CPU accounting: TARGET SCENARIO URL [wrk args]
+measure_wrk() {
+  local target=$1 scenario=$2 url=$3
+  shift 3
+  local name="$scenario-$target-$REP" rps p50 p99 err req
+  wrk_warmup "$url" "$@"
+  proxy_cpu_start
+  wrk_run "$name" "$url" "$@"
+  proxy_cpu_stop
+  read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
+  record "$target" "$scenario" rps "$rps"
+  record "$target" "$scenario" p50_ms "$p50"
+  record "$target" "$scenario" p99_ms "$p99"
+  record "$target" "$scenario" errors "$err"
+  proxy_cpu_record "$target" "$scenario" "$req"
+}
+
+port_of() { # TARGET: where the load goes (the proxy, or backend w1 for `direct`)
+  if [ "$1" = direct ]; then echo "${BACKEND_PORTS[0]}"; else echo "$HTTP_PORT"; fi
+}
+
+scenario_rest_plain() {
+  measure_wrk "$1" rest_plain "http://127.0.0.1:$(port_of "$1")/api/items"
+}
+
+scenario_rest_tls() {
+  measure_wrk "$1" rest_tls "https://127.0.0.1:$HTTPS_PORT/api/items"
+}
+
+# Every request on a new connection with a full TLS handshake (bench-client, resumption
+# off): what a proxy pays for each new visitor.
+scenario_tls_handshake() {
+  local out
+  proxy_cpu_start
+  out=$(client tls-handshake "127.0.0.1:$HTTPS_PORT" /api/items "$CONNECTIONS" "$DURATION") ||
+    { log "$1 tls_handshake failed"; return 0; }
+  proxy_cpu_stop
+  record_output "$1" tls_handshake "$out" per_second:rps p50_ms p99_ms errors
+  proxy_cpu_record "$1" tls_handshake "$(value handshakes <<<"$out")"
+}
+
+# Every request on a new connection, resuming the previous TLS session (wrk keeps its
+# session across reconnects): what returning visitors cost.
+scenario_tls_resume() {
+  measure_wrk "$1" tls_resume "https://127.0.0.1:$HTTPS_PORT/api/items" -H "Connection: close"
+}
+
+# Requests of one Engine.IO session: sid in the query, the proxy's cookie if it set one.
+scenario_sticky() {
+  local out sid cookie header
+  out=$(client handshake "127.0.0.1:$HTTP_PORT" "/socket.io/?EIO=4&transport=polling") ||
+    die "$1: Engine.IO handshake failed"
+  sid=$(value sid <<<"$out")
+  cookie=$(value cookie <<<"$out")
+  header="io=$sid${cookie:+; $cookie}"
+  measure_wrk "$1" sticky "http://127.0.0.1:$HTTP_PORT/socket.io/?EIO=4&transport=polling&sid=$sid" \
+    -H "Cookie: $header"
+}
+
+scenario_ws_echo() {
+  local out
+  out=$(client ws-echo "127.0.0.1:$(port_of "$1")" "/socket.io/?EIO=4&transport=websocket" \
+    "$WS_ECHO" "$DURATION" "$WS_ECHO_INTERVAL_MS") || { log "$1 ws_echo failed"; return 0; }
+  record_output "$1" ws_echo "$out" p50_ms p99_ms messages
+}
+
+scenario_ws_idle() {
+  local out
+  out=$(client ws-idle "127.0.0.1:$HTTP_PORT" "/socket.io/?EIO=4&transport=websocket" "$WS_IDLE" "$PROXY_PIDS") ||
+    { log "$1 ws_idle failed"; return 0; }
+  record_output "$1" ws_idle "$out" kib_per_conn open_seconds
+}
+
+# Hook: reload during load. When it lands: run wrk as in rest_plain, and halfway through
+# reload the proxy (edgepin: SIGHUP; HAProxy: `-sf` to a new process; nginx: SIGHUP to the
+# master), then record errors and the p99 of the run. Add `reload` to SCENARIOS.
+scenario_reload() {
+  log "$1: reload-during-load is not written yet; skipped"
+}
+
+supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo
+  [ "$1" != direct ] || [[ $2 == rest_plain || $2 == ws_echo ]]
+}
+
+# ------------------------------------------------------------------------------- main
+
+preflight() {
+  local t
+  for t in $SCENARIOS; do declare -F "scenario_$t" >/dev/null || die "unknown scenario $t"; done
+  for t in wrk taskset timeout getconf; do command -v "$t" >/dev/null || die "$t is missing (make bench installs it)"; done
+  [[ " $TARGETS " == *" haproxy "* ]] && { command -v haproxy >/dev/null || die "haproxy is missing"; }
+  [[ " $TARGETS " == *" nginx "* ]] && { command -v nginx >/dev/null || die "nginx is missing"; }
+  for t in "$EDGEPIN" "$EXAMPLES/bench-backend" "$EXAMPLES/bench-client" "$EXAMPLES/bench-report"; do
+    [ -x "$t" ] || die "$t is missing: run \`make bench\` (it builds them)"
+  done
+  for t in "$HTTP_PORT" "$HTTPS_PORT" "${BACKEND_PORTS[@]}"; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$t") 2>/dev/null && die "port $t is taken: set BASE_PORT"
+  done
+  # Idle WebSockets need file descriptors: two per connection in the proxy.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  local files
+  files=$(ulimit -n)
+  [ "$files" = unlimited ] || [ "$files" -gt $((2 * WS_IDLE + 500)) ] ||
+    die "open-file limit $files too low for WS_IDLE=$WS_IDLE"
+}
+
+main() {
+  preflight
+  mkdir -p "$RUN/nginx-tmp"
+  : >"$RESULTS"
+  "$EDGEPIN" certs --out "$RUN/certs" >/dev/null
+  cat "$RUN/certs/edge.crt" "$RUN/certs/edge.key" >"$RUN/certs/edge.pem"
+  render "$ROOT/benches/configs/edgepin.yaml" "$RUN/edgepin.yaml"
+  render "$ROOT/benches/configs/haproxy.cfg" "$RUN/haproxy.cfg"
+  render "$ROOT/benches/configs/nginx.conf" "$RUN/nginx.conf"
+
+  {
+    printf 'meta\tdate\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    printf 'meta\trepetitions\t%s x %s s (medians)\n' "$REPS" "$DURATION"
+    printf 'meta\tpinning\tproxy on CPU %s (%s threads/workers); wrk, bench-client and backends on CPU %s\n' \
+      "$PROXY_CPUS" "$THREADS" "$LOAD_CPUS"
+    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; echo: %s WebSockets, one message each every %s ms\n' \
+      "$CONNECTIONS" "$WS_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS"
+    printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+      "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+    printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"
+  } >>"$RESULTS"
+
+  local servers=() i
+  for i in 0 1 2 3; do servers+=("w$((i + 1))=127.0.0.1:${BACKEND_PORTS[$i]}"); done
+  taskset -c "$LOAD_CPUS" "$EXAMPLES/bench-backend" "${servers[@]}" >"$RUN/backend.log" 2>&1 &
+  STARTED+=("$!")
+  for i in "${BACKEND_PORTS[@]}"; do wait_port "$i" || die "backend on $i did not start"; done
+
+  local started=$SECONDS target scenario
+  for REP in $(seq "$REPS"); do
+    for target in $TARGETS; do
+      for scenario in $SCENARIOS; do
+        supports "$target" "$scenario" || continue
+        log "rep $REP/$REPS: $target $scenario"
+        start_proxy "$target"
+        "scenario_$scenario" "$target"
+        stop_proxy
+      done
+    done
+  done
+  log "measured in $((SECONDS - started)) s; raw output in $RUN"
+
+  "$EXAMPLES/bench-report" "$RESULTS" "$OUT/bench-$STAMP.json"
+  cp "$OUT/bench-$STAMP.json" "$OUT/latest.json"
+}
+
+main "$@"
