@@ -19,7 +19,7 @@ fn better(metric: &str) -> &'static str {
     let lower = ["_ms", "_kib", "_seconds"].iter().any(|s| metric.ends_with(s));
     if lower || metric.starts_with("kib_") || metric == "errors" {
         "lower"
-    } else if metric.contains("cpu_pct") || metric == "messages" {
+    } else if metric.contains("cpu_pct") || metric == "messages" || metric == "reloads" {
         ""
     } else {
         "higher"

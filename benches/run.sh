@@ -24,7 +24,7 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls tls_handshake tls_resume sticky ws_echo ws_idle"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls tls_handshake tls_resume sticky ws_echo ws_idle reload"}
 CONNECTIONS=${CONNECTIONS:-64}
 WS_IDLE=${WS_IDLE:-5000}
 WS_ECHO=${WS_ECHO:-100}
@@ -34,6 +34,7 @@ WARMUP=1 # seconds of load before each measured wrk run
 
 HTTP_PORT=$BASE_PORT
 HTTPS_PORT=$((BASE_PORT + 1))
+STATS_PORT=$((BASE_PORT + 2))
 BACKEND_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)) $((BASE_PORT + 14)))
 EXAMPLES=$ROOT/target/release/examples
 EDGEPIN=$ROOT/target/release/edgepin
@@ -125,7 +126,7 @@ render() { # TEMPLATE OUTPUT: fill in the placeholders of a benches/configs file
   sed -e "s|@HTTP_PORT@|$HTTP_PORT|g" -e "s|@HTTPS_PORT@|$HTTPS_PORT|g" \
     -e "s|@W1@|${BACKEND_PORTS[0]}|g" -e "s|@W2@|${BACKEND_PORTS[1]}|g" \
     -e "s|@W3@|${BACKEND_PORTS[2]}|g" -e "s|@W4@|${BACKEND_PORTS[3]}|g" \
-    -e "s|@THREADS@|$THREADS|g" -e "s|@RUN_DIR@|$RUN|g" \
+    -e "s|@THREADS@|$THREADS|g" -e "s|@RUN_DIR@|$RUN|g" -e "s|@STATS_PORT@|$STATS_PORT|g" \
     -e "s|@CERT@|$RUN/certs/edge.crt|g" -e "s|@KEY@|$RUN/certs/edge.key|g" \
     -e "s|@PEM@|$RUN/certs/edge.pem|g" "$1" >"$2"
 }
@@ -310,11 +311,92 @@ scenario_ws_idle() {
   record_output "$1" ws_idle "$out" kib_per_conn open_seconds
 }
 
-# Hook: reload during load. When it lands: run wrk as in rest_plain, and halfway through
-# reload the proxy (edgepin: SIGHUP; HAProxy: `-sf` to a new process; nginx: SIGHUP to the
-# master), then record errors and the p99 of the run. Add `reload` to SCENARIOS.
+http_body() ( # PORT PATH: the body of one GET (bash's /dev/tcp)
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+  printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
+  timeout 2 cat <&3 | sed '1,/^\r$/d'
+) 2>/dev/null
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+edgepin_generation() { http_body "$STATS_PORT" /health | sed -n 's/.*"generation":\([0-9]*\).*/\1/p'; }
+
+# Each reload_TARGET reloads the running proxy and sets RELOAD_MS: milliseconds from the
+# signal until the new configuration serves. They run in this shell (not in `$(…)`), so
+# the pids they change stay known to the cleanup.
+reload_edgepin() { # SIGHUP; done when /health shows the next generation
+  local before t0 g
+  RELOAD_MS=""
+  before=$(edgepin_generation)
+  t0=$(now_ms)
+  kill -HUP "${PROXY_PIDS%%,*}"
+  for _ in $(seq 500); do
+    g=$(edgepin_generation)
+    if [ -n "$g" ] && [ "$g" != "$before" ]; then RELOAD_MS=$(($(now_ms) - t0)); return; fi
+    sleep 0.005
+  done
+}
+
+reload_haproxy() { # a new process with `-sf` takes the ports over; done when it listens
+  local old=${PROXY_PIDS%%,*} new t0
+  RELOAD_MS=""
+  t0=$(now_ms)
+  taskset -c "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy.cfg" -sf "$old" >>"$RUN/haproxy.log" 2>&1 &
+  new=$!
+  STARTED+=("$new")
+  PROXY_PIDS=$new
+  RETIRED+=("$old")
+  for _ in $(seq 500); do
+    if ss -ltnpH "sport = :$HTTP_PORT" 2>/dev/null | grep -q "pid=$new,"; then RELOAD_MS=$(($(now_ms) - t0)); return; fi
+    sleep 0.005
+  done
+}
+
+reload_nginx() { # SIGHUP to the master; done when a new worker runs
+  local master=${PROXY_PIDS%%,*} before t0 now w
+  RELOAD_MS=""
+  before=" $(children_of "$master" | tr '\n' ' ')"
+  t0=$(now_ms)
+  kill -HUP "$master"
+  for _ in $(seq 500); do
+    now=$(children_of "$master" | tr '\n' ' ')
+    for w in $now; do
+      if [[ $before != *" $w "* ]]; then
+        RELOAD_MS=$(($(now_ms) - t0))
+        for w in $now; do STARTED+=("$w"); done
+        return
+      fi
+    done
+    sleep 0.005
+  done
+}
+
+# Reload storm during load: wrk keep-alive for DURATION while the proxy reloads once a
+# second (edgepin: SIGHUP; HAProxy: a new process with `-sf`; nginx: SIGHUP). Records the
+# median reload time (signal to the new config serving), and errors and p99 of the run,
+# beside the same figures of a quiet run (rest_plain).
 scenario_reload() {
-  log "$1: reload-during-load is not written yet; skipped"
+  local target=$1 name="reload-$1-$REP" times=() t rps p50 p99 err req load
+  [ "$target" = direct ] && return 0
+  wrk_warmup "http://127.0.0.1:$HTTP_PORT/api/items"
+  wrk_run "$name" "http://127.0.0.1:$HTTP_PORT/api/items" &
+  load=$!
+  sleep 1
+  RETIRED=()
+  for _ in $(seq $((DURATION - 2))); do
+    "reload_$target"
+    [ -n "$RELOAD_MS" ] && times+=("$RELOAD_MS")
+    sleep 1
+  done
+  wait "$load"
+  # Old HAProxy processes finish their connections and exit; make sure they did.
+  for t in "${RETIRED[@]}"; do stop_pid "$t"; done
+  read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
+  record "$target" reload reloads "${#times[@]}"
+  record "$target" reload reload_ms "$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')"
+  record "$target" reload rps "$rps"
+  record "$target" reload p99_ms "$p99"
+  record "$target" reload errors "$err"
 }
 
 supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo
