@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::load::steady_load;
-use crate::harness::node::{HeldClients, NodeWorker};
+use crate::harness::node::HeldClients;
 use crate::harness::redis::Redis;
+use crate::harness::worker::Worker;
 use crate::harness::{Backend, Conn, HealthMode, Proxy, certs, client};
 
 fn body(backends: &[&Backend], health: &str, extra: &str) -> String {
@@ -192,8 +193,8 @@ async fn a_connection_refused_by_one_server_is_retried_on_another_for_any_method
 #[test]
 fn a_hundred_socket_io_clients_move_off_a_killed_worker_and_broadcasts_reach_all_again() {
     let redis = Redis::start();
-    let mut workers: Vec<NodeWorker> = (1..=3)
-        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+    let mut workers: Vec<Worker> = (1..=3)
+        .map(|i| Worker::start_node(&format!("n{i}"), &redis.url()))
         .collect();
     let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
     let mut yaml = format!(

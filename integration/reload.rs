@@ -9,8 +9,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::load::{echoing_websockets, steady_load};
-use crate::harness::node::{HeldClients, NodeWorker};
+use crate::harness::node::HeldClients;
 use crate::harness::redis::Redis;
+use crate::harness::worker::Worker;
 use crate::harness::{Backend, Proxy, Target, certs, client};
 
 async fn generation(proxy: &Proxy) -> u64 {
@@ -44,7 +45,7 @@ async fn totals(proxy: &Proxy) -> std::collections::HashMap<String, u64> {
 }
 
 /// Config body number `k` of the storm: w5 in every other one, w1's weight cycling.
-fn storm_body(k: usize, api: &[Backend], nodes: &[NodeWorker]) -> String {
+fn storm_body(k: usize, api: &[Backend], nodes: &[Worker]) -> String {
     let mut names: Vec<&str> = api.iter().take(4).map(|b| b.name.as_str()).collect();
     if k % 2 == 1 {
         names.push(api[4].name.as_str());
@@ -73,8 +74,8 @@ fn storm_body(k: usize, api: &[Backend], nodes: &[NodeWorker]) -> String {
 async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
     let api: Vec<Backend> = (1..=5).map(|i| Backend::start(&format!("w{i}"))).collect();
     let redis = Redis::start();
-    let nodes: Vec<NodeWorker> = (1..=2)
-        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+    let nodes: Vec<Worker> = (1..=2)
+        .map(|i| Worker::start_node(&format!("n{i}"), &redis.url()))
         .collect();
     // Certificates the test rotates in place: A (the shared test CA) now, B later.
     let dir = tempfile::tempdir().unwrap();

@@ -7,19 +7,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::node::{HeldClients, NodeWorker, run_clients};
+use crate::harness::node::{HeldClients, run_clients};
 use crate::harness::redis::Redis;
+use crate::harness::worker::Worker;
 use crate::harness::{Backend, Conn, Proxy, Target, certs, client};
 
-/// Redis, Node.js Socket.IO workers on it, and edgepin in front.
+/// Redis, Socket.IO workers on it (Node.js or edgepin's), and edgepin in front.
 struct Fleet {
-    workers: Vec<NodeWorker>,
+    workers: Vec<Worker>,
     /// Kept for the fleet's lifetime: the workers share rooms through it.
     _redis: Redis,
     proxy: Proxy,
 }
 
-fn fleet_yaml(workers: &[NodeWorker], sockets_balance: &str) -> String {
+fn fleet_yaml(workers: &[Worker], sockets_balance: &str) -> String {
     let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
     let mut y = format!(
         "access_log: false\nroutes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
@@ -34,10 +35,12 @@ fn fleet_yaml(workers: &[NodeWorker], sockets_balance: &str) -> String {
 }
 
 fn node_fleet(n: usize, sockets_balance: &str) -> Fleet {
+    fleet(n, sockets_balance, Worker::start_node)
+}
+
+fn fleet(n: usize, sockets_balance: &str, start: fn(&str, &str) -> Worker) -> Fleet {
     let redis = Redis::start();
-    let workers: Vec<NodeWorker> = (1..=n)
-        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
-        .collect();
+    let workers: Vec<Worker> = (1..=n).map(|i| start(&format!("n{i}"), &redis.url())).collect();
     let proxy = Proxy::start(&fleet_yaml(&workers, sockets_balance));
     Fleet {
         workers,
@@ -124,9 +127,8 @@ fn five_hundred_clients(proxy: &Proxy, timeout: Duration) -> Value {
     run_clients(&args, timeout)
 }
 
-#[test]
-fn five_hundred_real_clients_stay_pinned_through_tls_to_node_workers() {
-    let fleet = node_fleet(4, "sticky");
+/// The issue's run: 500 clients from 20 addresses in 50 rooms, 400 REST requests.
+fn five_hundred_clients_stay_pinned(fleet: Fleet) {
     let report = five_hundred_clients(&fleet.proxy, Duration::from_secs(90));
     let broken = judge(&report, 500, 400, 4);
     assert!(broken.is_empty(), "broken: {broken:#?}\nreport: {report}");
@@ -143,6 +145,16 @@ fn five_hundred_real_clients_stay_pinned_through_tls_to_node_workers() {
         "sessions were routed by sid: {sockets}"
     );
     drop(fleet);
+}
+
+#[test]
+fn five_hundred_real_clients_stay_pinned_through_tls_to_node_workers() {
+    five_hundred_clients_stay_pinned(node_fleet(4, "sticky"));
+}
+
+#[test]
+fn five_hundred_real_clients_stay_pinned_through_tls_to_edgepin_workers() {
+    five_hundred_clients_stay_pinned(fleet(4, "sticky", Worker::start));
 }
 
 #[test]
@@ -356,8 +368,8 @@ async fn removing_one_of_five_servers_moves_only_its_clients_and_adding_it_back_
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sid_table_stays_under_its_bound_in_a_handshake_flood() {
     let redis = Redis::start();
-    let workers: Vec<NodeWorker> = (1..=2)
-        .map(|i| NodeWorker::start(&format!("n{i}"), &redis.url()))
+    let workers: Vec<Worker> = (1..=2)
+        .map(|i| Worker::start_node(&format!("n{i}"), &redis.url()))
         .collect();
     let yaml = fleet_yaml(&workers, "sticky").replace("health:", "sticky: { max_sids: 32 }\nhealth:");
     let proxy = Proxy::start(&yaml);

@@ -1,82 +1,12 @@
-//! Node.js fixtures: Socket.IO workers with @socket.io/redis-adapter (what users run
-//! today) and the real socket.io-client driver, both from integration/node/.
+//! Real socket.io-client sessions in bulk (integration/node/clients.js): a run to its
+//! report, or a run held between rounds while the test changes something.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::process::Proc;
-
-fn node_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("integration/node")
-}
-
-/// A Node.js Socket.IO worker (integration/node/worker.js).
-pub struct NodeWorker {
-    pub id: String,
-    pub addr: SocketAddr,
-    pub proc: Proc,
-    dir: tempfile::TempDir,
-}
-
-impl NodeWorker {
-    pub fn start(id: &str, redis_url: &str) -> NodeWorker {
-        let port = super::free_port();
-        NodeWorker::start_on(id, port, redis_url)
-    }
-
-    pub fn start_on(id: &str, port: u16, redis_url: &str) -> NodeWorker {
-        let dir = tempfile::Builder::new()
-            .prefix("edgepin-node-")
-            .tempdir()
-            .expect("temp dir");
-        let mut cmd = Command::new("node");
-        cmd.arg(node_dir().join("worker.js"))
-            .args(["--port", &port.to_string(), "--id", id, "--redis", redis_url]);
-        let proc = Proc::spawn(&format!("node-{id}"), cmd, dir.path());
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut w = NodeWorker {
-            id: id.to_string(),
-            addr,
-            proc,
-            dir,
-        };
-        w.wait_healthy();
-        w
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            assert!(
-                self.proc.alive(),
-                "node worker {} exited:\n{}",
-                self.id,
-                self.proc.log_tail(20)
-            );
-            if super::blocking_get(self.addr, "/health").is_some_and(|(s, _)| s == 200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("node worker {} not healthy:\n{}", self.id, self.proc.log_tail(20));
-    }
-
-    /// Stop it hard (a crash, not a shutdown).
-    pub fn kill(&mut self) {
-        self.proc.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = self.proc.wait_exit(Duration::from_secs(5));
-    }
-
-    /// Start it again on the same port.
-    pub fn restart(&mut self, redis_url: &str) {
-        self.kill();
-        let fresh = NodeWorker::start_on(&self.id, self.addr.port(), redis_url);
-        let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        *self = fresh;
-    }
-}
+use super::worker::node_dir;
 
 /// Run integration/node/clients.js with `args` and return its JSON report.
 pub fn run_clients(args: &[&str], timeout: Duration) -> serde_json::Value {

@@ -86,6 +86,12 @@ impl Worker {
         blocking_get(self.addr, path).unwrap_or((0, String::new()))
     }
 
+    /// Stop it hard (a crash, not a shutdown).
+    pub fn kill(&mut self) {
+        self.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.proc.wait_exit(Duration::from_secs(5));
+    }
+
     /// Status of `/ready`: 200 when its rooms span the workers (Redis up).
     pub fn ready(&self) -> u16 {
         self.get("/ready").0
