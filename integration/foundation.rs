@@ -6,22 +6,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Backend, Conn, Proxy, Target, blocking_get, client};
-
-/// YAML for one backend `api` over `backends`, with optional weights.
-fn api_body(backends: &[&Backend], weights: &[u32]) -> String {
-    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
-    let mut y = format!(
-        "routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\nservers:\n",
-        names.join(", ")
-    );
-    for (i, b) in backends.iter().enumerate() {
-        let w = weights.get(i).copied().unwrap_or(1);
-        y.push_str(&format!("  {}: {{ address: {}, weight: {w} }}\n", b.name, b.addr));
-    }
-    y.push_str("health: { interval: 1s, timeout: 500ms }\n");
-    y
-}
+use crate::harness::{Backend, Conn, Proxy, Target, api_body, blocking_get, client};
 
 fn four_backends() -> Vec<Backend> {
     (0..4).map(|i| Backend::start(&format!("b{i}"))).collect()

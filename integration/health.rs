@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::load::steady_load;
-use crate::harness::node::HeldClients;
+use crate::harness::node::{HeldClients, tls_target};
 use crate::harness::redis::Redis;
 use crate::harness::worker::Worker;
-use crate::harness::{Backend, Conn, HealthMode, Proxy, certs, client};
+use crate::harness::{Backend, Conn, HealthMode, Proxy, client};
 
 fn body(backends: &[&Backend], health: &str, extra: &str) -> String {
     let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
@@ -206,20 +206,8 @@ fn a_hundred_socket_io_clients_move_off_a_killed_worker_and_broadcasts_reach_all
         yaml.push_str(&format!("  {}: {{ address: {} }}\n", w.id, w.addr));
     }
     let proxy = Proxy::start(&yaml);
-    let url = format!("https://127.0.0.1:{}", proxy.https.port());
-    let ca = certs().ca_cert.display().to_string();
-    let args = [
-        "--url",
-        &url,
-        "--ca",
-        &ca,
-        "--clients",
-        "100",
-        "--addresses",
-        "10",
-        "--rooms",
-        "10",
-    ];
+    let mut args = tls_target(&proxy).to_vec();
+    args.extend(["--clients", "100", "--addresses", "10", "--rooms", "10"].map(String::from));
     let mut clients = HeldClients::start(&args, Duration::from_secs(60));
     let held = clients.wait_held(Duration::from_secs(40));
     // Kill the worker with the most clients.

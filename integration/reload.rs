@@ -12,7 +12,7 @@ use crate::harness::load::{echoing_websockets, steady_load};
 use crate::harness::node::HeldClients;
 use crate::harness::redis::Redis;
 use crate::harness::worker::Worker;
-use crate::harness::{Backend, Proxy, Target, certs, client};
+use crate::harness::{Backend, Proxy, Target, api_body, certs, client};
 
 async fn generation(proxy: &Proxy) -> u64 {
     proxy.status().await["generation"].as_u64().expect("generation")
@@ -209,18 +209,7 @@ async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_cleanly() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let body = |servers: &[&Backend]| {
-        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
-        let mut y = format!(
-            "routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\nservers:\n",
-            names.join(", ")
-        );
-        for s in servers {
-            y.push_str(&format!("  {}: {{ address: {} }}\n", s.name, s.addr));
-        }
-        y
-    };
-    let proxy = Proxy::builder(&body(&[&a, &b])).drain_timeout("2s").start();
+    let proxy = Proxy::builder(&api_body(&[&a, &b], &[])).drain_timeout("2s").start();
     // Open WebSockets until one lands on b.
     let mut ws = None;
     for _ in 0..10 {
@@ -232,7 +221,7 @@ async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_c
         }
     }
     let mut ws = ws.expect("a websocket on b");
-    proxy.write_config(&body(&[&a]));
+    proxy.write_config(&api_body(&[&a], &[]));
     proxy.sighup();
     wait_generation(&proxy, 2).await;
     let removed_at = Instant::now();
@@ -275,18 +264,7 @@ async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_c
 #[tokio::test(flavor = "multi_thread")]
 async fn check_diff_shows_what_a_reload_would_change_and_edgepin_reload_applies_it() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let body = |servers: &[&Backend]| {
-        let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
-        let mut y = format!(
-            "routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\nservers:\n",
-            names.join(", ")
-        );
-        for s in servers {
-            y.push_str(&format!("  {}: {{ address: {} }}\n", s.name, s.addr));
-        }
-        y
-    };
-    let proxy = Proxy::start(&body(&[&a]));
+    let proxy = Proxy::start(&api_body(&[&a], &[]));
     let edgepin = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin"))
             .args(args)
@@ -303,7 +281,7 @@ async fn check_diff_shows_what_a_reload_would_change_and_edgepin_reload_applies_
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("no changes"), "{out}");
 
-    proxy.write_config(&body(&[&a, &b]));
+    proxy.write_config(&api_body(&[&a, &b], &[]));
     let (code, out) = edgepin(&["check", "--diff"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("+ server b {}", b.addr)), "{out}");

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::node::{HeldClients, run_clients};
+use crate::harness::node::{HeldClients, run_clients, tls_target};
 use crate::harness::redis::Redis;
 use crate::harness::worker::Worker;
-use crate::harness::{Backend, Conn, Proxy, Target, certs, client};
+use crate::harness::{Backend, Conn, Proxy, Target, client};
 
 /// Redis, Socket.IO workers on it (Node.js or edgepin's), and edgepin in front.
 struct Fleet {
@@ -108,22 +108,20 @@ fn judge(r: &Value, clients: u64, rest: u64, workers: usize) -> Vec<String> {
 }
 
 fn five_hundred_clients(proxy: &Proxy, timeout: Duration) -> Value {
-    let url = format!("https://127.0.0.1:{}", proxy.https.port());
-    let ca = certs().ca_cert.display().to_string();
-    let args = [
-        "--url",
-        &url,
-        "--ca",
-        &ca,
-        "--clients",
-        "500",
-        "--addresses",
-        "20",
-        "--rooms",
-        "50",
-        "--rest",
-        "400",
-    ];
+    let mut args = tls_target(proxy).to_vec();
+    args.extend(
+        [
+            "--clients",
+            "500",
+            "--addresses",
+            "20",
+            "--rooms",
+            "50",
+            "--rest",
+            "400",
+        ]
+        .map(String::from),
+    );
     run_clients(&args, timeout)
 }
 

@@ -74,3 +74,18 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
     }
     check().await
 }
+
+/// YAML for one backend `api` over `backends`, with optional weights.
+pub fn api_body(backends: &[&Backend], weights: &[u32]) -> String {
+    let names: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+    let mut y = format!(
+        "routes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [{}] }}\nservers:\n",
+        names.join(", ")
+    );
+    for (i, b) in backends.iter().enumerate() {
+        let w = weights.get(i).copied().unwrap_or(1);
+        y.push_str(&format!("  {}: {{ address: {}, weight: {w} }}\n", b.name, b.addr));
+    }
+    y.push_str("health: { interval: 1s, timeout: 500ms }\n");
+    y
+}

@@ -9,7 +9,7 @@ use super::process::Proc;
 use super::worker::node_dir;
 
 /// Run integration/node/clients.js with `args` and return its JSON report.
-pub fn run_clients(args: &[&str], timeout: Duration) -> serde_json::Value {
+pub fn run_clients<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> serde_json::Value {
     let dir = tempfile::Builder::new()
         .prefix("edgepin-clients-")
         .tempdir()
@@ -38,7 +38,7 @@ pub struct HeldClients {
 }
 
 impl HeldClients {
-    pub fn start(args: &[&str], timeout: Duration) -> HeldClients {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> HeldClients {
         let dir = tempfile::Builder::new()
             .prefix("edgepin-clients-")
             .tempdir()
@@ -86,4 +86,14 @@ impl HeldClients {
             .expect("final report");
         serde_json::from_str(line).expect("report")
     }
+}
+
+/// clients.js arguments that reach `proxy` over TLS, trusting the test CA.
+pub fn tls_target(proxy: &super::Proxy) -> [String; 4] {
+    [
+        "--url".into(),
+        format!("https://127.0.0.1:{}", proxy.https.port()),
+        "--ca".into(),
+        super::certs().ca_cert.display().to_string(),
+    ]
 }

@@ -1,6 +1,5 @@
 //! A redis-server of the test's own, on a free port, without persistence.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::process::Proc;
@@ -21,19 +20,8 @@ impl Redis {
     }
 
     fn start_on(port: u16, dir: tempfile::TempDir) -> Redis {
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path());
+        let mut cmd = edgepin::up::redis_command(port);
+        cmd.arg("--dir").arg(dir.path());
         let proc = Proc::spawn(&format!("redis-{port}"), cmd, dir.path());
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

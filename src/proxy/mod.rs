@@ -525,18 +525,12 @@ impl ProxyHttp for EdgeProxy {
         let mut e = e.more_context(format!("server: {peer}"));
         let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         if *e.esource() == ErrorSource::Upstream {
-            if let Some(m) = ctx.member() {
-                m.traffic.response_errors.inc();
-            }
-            if let Some(b) = ctx.backend_rt() {
-                b.counters.traffic.response_errors.inc();
-            }
-            self.passive_failure(ctx);
+            self.upstream_failed(ctx, |t| &t.response_errors);
         }
         // A request whose connection broke before any answer can go to another server if
         // replaying it is safe; Engine.IO requests pinned to a session cannot. A timeout is
         // not retried: the server has the request and is slow, and a retry doubles its load.
-        let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
+        let pinned = ctx.pinned_to_session();
         let broken = *e.esource() == ErrorSource::Upstream
             && matches!(
                 e.etype(),
@@ -559,24 +553,17 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(m) = ctx.member() {
-            m.traffic.connect_errors.inc();
-        }
-        if let Some(b) = ctx.backend_rt() {
-            b.counters.traffic.connect_errors.inc();
-        }
-        self.passive_failure(ctx);
+        self.upstream_failed(ctx, |t| &t.connect_errors);
         // The request was never sent: any method may go elsewhere, unless its session
         // lives on that server.
-        let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
-        if !pinned && self.may_retry(ctx) {
+        if !ctx.pinned_to_session() && self.may_retry(ctx) {
             e.set_retry(true);
         }
         e
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let pinned = matches!(ctx.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid));
+        let pinned = ctx.pinned_to_session();
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ if pinned && ctx.sticky.engine_io && !ctx.response_started => 400,
@@ -731,6 +718,18 @@ impl EdgeProxy {
         true
     }
 
+    /// A failure talking to the chosen server: counted on the (backend, server) pair and
+    /// the backend, and reported to passive health.
+    fn upstream_failed(&self, ctx: &RequestCtx, counter: fn(&crate::state::Traffic) -> &crate::state::Counter) {
+        if let Some(m) = ctx.member() {
+            counter(&m.traffic).inc();
+        }
+        if let Some(b) = ctx.backend_rt() {
+            counter(&b.counters.traffic).inc();
+        }
+        self.passive_failure(ctx);
+    }
+
     fn passive_failure(&self, ctx: &RequestCtx) {
         let (Some(s), Some(m)) = (ctx.snapshot(), ctx.member()) else {
             return;
@@ -788,6 +787,11 @@ impl EdgeProxy {
 }
 
 impl RequestCtx {
+    /// Routed by its Engine.IO sid: only that server knows the session.
+    fn pinned_to_session(&self) -> bool {
+        matches!(self.pick.and_then(|p| p.sticky), Some(StickyDecision::Sid))
+    }
+
     fn tunnel_opened(&self) -> bool {
         self.upgrade && self.status == 101 && !self.local
     }

@@ -49,6 +49,23 @@ pub enum UpError {
 }
 
 /// Run the stack described by `config_path` until SIGTERM or SIGINT.
+/// redis-server on 127.0.0.1:`port` without persistence: rooms' pub/sub needs none, and
+/// nothing is written to disk.
+pub fn redis_command(port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    cmd
+}
+
 pub fn run(config_path: &Path) -> Result<(), UpError> {
     let config = config::load(config_path)?;
     let shown = config_path.display().to_string();

@@ -338,21 +338,7 @@ impl Supervisor {
 /// The command line of a child.
 fn command(exe: &std::path::Path, name: &str, kind: &Kind) -> Command {
     match kind {
-        Kind::Redis { port } => {
-            let mut cmd = Command::new("redis-server");
-            // No persistence: the rooms' pub/sub needs none, and nothing is written to disk.
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]);
-            cmd
-        }
+        Kind::Redis { port } => super::redis_command(*port),
         Kind::Worker { addr, redis_url, .. } => {
             let mut cmd = Command::new(exe);
             cmd.args([
