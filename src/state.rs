@@ -505,7 +505,34 @@ pub struct Traffic {
     pub time_us_total: Counter,
 }
 
+/// What one finished request (or tunnel) adds to the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub ws_bytes_in: u64,
+    pub ws_bytes_out: u64,
+    /// It was an open tunnel (counted in `tunnels` until now).
+    pub tunnel: bool,
+}
+
 impl Traffic {
+    /// A request counted in `sessions` has ended.
+    pub fn finished(&self, f: &Finished) {
+        self.sessions.dec();
+        self.responses.count(f.status);
+        self.bytes_in.add(f.bytes_in);
+        self.bytes_out.add(f.bytes_out);
+        self.time_us_total.add(f.duration.as_micros() as u64);
+        self.ws_bytes_in.add(f.ws_bytes_in);
+        self.ws_bytes_out.add(f.ws_bytes_out);
+        if f.tunnel {
+            self.tunnels.dec();
+        }
+    }
+
     pub fn sticky(&self, d: StickyDecision) {
         match d {
             StickyDecision::Sid => self.sticky_sid.inc(),

@@ -35,7 +35,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::config::Balance;
 use crate::health;
 use crate::runtime::Shared;
-use crate::state::StickyDecision;
+use crate::state::{Finished, StickyDecision};
 use crate::sticky::{cookie, engineio};
 use crate::telemetry;
 
@@ -637,31 +637,20 @@ impl ProxyHttp for EdgeProxy {
         frontend.bytes_in.add(bytes_in);
         frontend.bytes_out.add(bytes_out);
         let elapsed = ctx.started.elapsed();
+        let finished = Finished {
+            status: ctx.status,
+            bytes_in,
+            bytes_out,
+            duration: elapsed,
+            ws_bytes_in: ctx.ws_bytes_in,
+            ws_bytes_out: ctx.ws_bytes_out,
+            tunnel: ctx.tunnel_opened(),
+        };
         if let Some(b) = ctx.backend_rt() {
-            let t = &b.counters.traffic;
-            t.sessions.dec();
-            t.responses.count(ctx.status);
-            t.bytes_in.add(bytes_in);
-            t.bytes_out.add(bytes_out);
-            t.time_us_total.add(elapsed.as_micros() as u64);
-            t.ws_bytes_in.add(ctx.ws_bytes_in);
-            t.ws_bytes_out.add(ctx.ws_bytes_out);
-            if ctx.tunnel_opened() {
-                t.tunnels.dec();
-            }
+            b.counters.traffic.finished(&finished);
         }
         if let Some(m) = ctx.member() {
-            let t = &m.traffic;
-            t.sessions.dec();
-            t.responses.count(ctx.status);
-            t.bytes_in.add(bytes_in);
-            t.bytes_out.add(bytes_out);
-            t.time_us_total.add(elapsed.as_micros() as u64);
-            t.ws_bytes_in.add(ctx.ws_bytes_in);
-            t.ws_bytes_out.add(ctx.ws_bytes_out);
-            if ctx.tunnel_opened() {
-                t.tunnels.dec();
-            }
+            m.traffic.finished(&finished);
             let upstream_failed = e.is_some_and(|e| *e.esource() == ErrorSource::Upstream);
             if !ctx.local && !upstream_failed {
                 if ctx.status >= 500 {
