@@ -321,3 +321,60 @@ async fn a_weight_change_takes_effect_at_once() {
     }
     assert_eq!((a.hits() - a0, b.hits() - b0), (300, 100));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_refuses_at_once() {
+    let a = Backend::start("a");
+    let yaml = body(&[&a], FAST_CHECKS, "timeouts: { queue: 5s }\n")
+        .replace("servers: [a] }", "servers: [a], max_queue: 1 }")
+        .replace(
+            &format!("address: {} }}", a.addr),
+            &format!("address: {}, max_connections: 1 }}", a.addr),
+        );
+    let proxy = Proxy::start(&yaml);
+    let (t1, t2) = (proxy.plain(), proxy.plain());
+    let slow = tokio::spawn(async move { client::get(&t1, "/slow/1500").await.map(|r| r.status) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = tokio::spawn(async move { client::get(&t2, "/").await.map(|r| r.status) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = client::get(&proxy.plain(), "/").await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("queue full"), "{}", r.text());
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once");
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    assert_eq!(
+        queued.await.unwrap().unwrap(),
+        200,
+        "the queued one was served when the slot freed"
+    );
+    assert_eq!(proxy.backend_stats("api").await["queue_full"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_conn_sends_new_requests_to_the_server_with_fewer_open() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(
+        &body(&[&a, &b], FAST_CHECKS, "").replace("{ servers: [a, b] }", "{ balance: least_conn, servers: [a, b] }"),
+    );
+    let t = proxy.plain();
+    // While one slow request is open on one server, quick ones all go to the other.
+    let slow = tokio::spawn(async move {
+        client::get(&t, "/slow/1500")
+            .await
+            .map(|r| r.header("x-server").map(str::to_string))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (a0, b0) = (a.hits(), b.hits());
+    let busy = if a0 == 1 { "a" } else { "b" };
+    let mut conn = Conn::open(&proxy.plain()).await.unwrap();
+    for _ in 0..10 {
+        let r = conn.get("/").await.unwrap();
+        assert_ne!(
+            r.header("x-server"),
+            Some(busy),
+            "a request went to the server with one open"
+        );
+    }
+    assert_eq!(slow.await.unwrap().unwrap().as_deref(), Some(busy));
+}

@@ -553,6 +553,8 @@ pub struct BackendCounters {
     pub sid_refused: Counter,
     /// Queue timeouts (503 after waiting for a slot).
     pub queue_timeouts: Counter,
+    /// Requests refused because the queue was full (503 at once).
+    pub queue_full: Counter,
     /// Retries refused because the retry budget was spent.
     pub retry_budget_exhausted: Counter,
 }

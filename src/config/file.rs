@@ -147,6 +147,9 @@ pub struct BackendFile {
     /// Retries on another server when a connection fails (default 3).
     #[serde(default)]
     pub retries: Option<Spanned<u64>>,
+    /// Requests that may wait for a slot when every server is at max_connections.
+    #[serde(default)]
+    pub max_queue: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

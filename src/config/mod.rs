@@ -224,6 +224,8 @@ pub struct Backend {
     pub hash_balance_factor: f64,
     /// Attempts on other servers after a failed connection.
     pub retries: u32,
+    /// Requests waiting for a slot at most (more get 503 at once).
+    pub max_queue: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -410,6 +410,7 @@ impl Validator<'_> {
                     })
                     .unwrap_or(default_factor),
             };
+            let max_queue = self.count(&bf.max_queue, "max_queue", (0, 1_000_000), 1024) as u32;
             let retries = self.count(&bf.retries, "retries", (0, 10), 3) as u32;
             out.push(Backend {
                 name: name.clone(),
@@ -419,6 +420,7 @@ impl Validator<'_> {
                 timeouts: self.backend_timeouts(name, bf.timeouts.as_ref(), timeouts),
                 hash_balance_factor,
                 retries,
+                max_queue,
             });
         }
         out

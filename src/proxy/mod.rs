@@ -132,6 +132,10 @@ impl EdgeProxy {
                         Selection::NoServer => return Err(Refusal::NoServer),
                         Selection::SessionGone => return Err(Refusal::SessionGone),
                         Selection::Full => {
+                            if b.queued.get() >= u64::from(b.cfg.max_queue) {
+                                b.counters.queue_full.inc();
+                                return Err(Refusal::Status(503, "queue full: every server is at max_connections"));
+                            }
                             b.queued.inc();
                             let waited = tokio::time::timeout_at(deadline, b.slot_freed.notified()).await;
                             b.queued.dec();

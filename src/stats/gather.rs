@@ -181,6 +181,7 @@ fn backend(b: &BackendRt, config: &Config, rates: &Rates) -> BackendView {
         no_server: c.no_server.get(),
         sid_refused: c.sid_refused.get(),
         queue_timeouts: c.queue_timeouts.get(),
+        queue_full: c.queue_full.get(),
         retry_budget_exhausted: c.retry_budget_exhausted.get(),
         counters,
         servers,

@@ -287,11 +287,11 @@ impl Page<'_> {
                     }
                 }
             }
-            @if b.no_server + b.sid_refused + b.queue_timeouts + b.retry_budget_exhausted > 0 {
+            @if b.no_server + b.sid_refused + b.queue_timeouts + b.queue_full + b.retry_budget_exhausted > 0 {
                 p.refusals {
                     "Answered by edgepin: " span.bad { (b.no_server) } " × 503 no server · "
                     (b.sid_refused) " × Engine.IO 400 (pinned server gone) · "
-                    (b.queue_timeouts) " queue timeouts · " (b.retry_budget_exhausted) " retries over budget"
+                    (b.queue_timeouts) " queue timeouts · " (b.queue_full) " refused, queue full · " (b.retry_budget_exhausted) " retries over budget"
                 }
             }
         }

@@ -179,6 +179,12 @@ pub const ROW_METRICS: &[RowMetric] = &[
         |r| fo(r.backend.map(|b| b.queue_timeouts)),
     ),
     (
+        "queue_full_total",
+        "Requests refused at once because the queue was full.",
+        Kind::Counter,
+        |r| fo(r.backend.map(|b| b.queue_full)),
+    ),
+    (
         "retry_budget_exhausted_total",
         "Retries skipped because the retry budget was spent.",
         Kind::Counter,

@@ -185,6 +185,7 @@ pub struct BackendView {
     /// Engine.IO 400s edgepin sent itself because the pinned server was gone.
     pub sid_refused: u64,
     pub queue_timeouts: u64,
+    pub queue_full: u64,
     pub retry_budget_exhausted: u64,
     pub counters: Counters,
     pub servers: Vec<ServerView>,
