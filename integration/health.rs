@@ -365,8 +365,7 @@ async fn least_conn_sends_new_requests_to_the_server_with_fewer_open() {
             .map(|r| r.header("x-server").map(str::to_string))
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (a0, b0) = (a.hits(), b.hits());
-    let busy = if a0 == 1 { "a" } else { "b" };
+    let busy = if a.hits() == 1 { "a" } else { "b" };
     let mut conn = Conn::open(&proxy.plain()).await.unwrap();
     for _ in 0..10 {
         let r = conn.get("/").await.unwrap();
