@@ -8,13 +8,14 @@
 
 mod file;
 mod validate;
+mod values;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::parse_duration;
+pub use values::parse_duration;
 
 /// Where a value came from in the file, for errors raised after validation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,154 @@
+//! Validation of the edge itself: listeners, TLS files, timeouts and limits.
+
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn listen(&mut self, l: &Spanned<file::ListenFile>) -> Listen {
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        let mut addr = |v: &mut Self, value: &Option<Str>, what: &'static str| {
+            let s = value.as_ref()?;
+            let a = v.check(s, |s| parse_listen_addr(s))?;
+            if let Some((_, other)) = seen.iter().find(|(o, _)| *o == a) {
+                v.err(
+                    s.referenced,
+                    format!("listen.{what} {a} is already used by listen.{other}"),
+                );
+            }
+            seen.push((a, what));
+            Some(a)
+        };
+        let https = addr(self, &l.value.https, "https");
+        let http = addr(self, &l.value.http, "http");
+        let stats = addr(self, &l.value.stats, "stats");
+        if l.value.https.is_none() && l.value.http.is_none() {
+            self.err(l.referenced, "listen needs at least one of `https` or `http`");
+        }
+        let redirect = match &l.value.redirect {
+            Some(r) if r.value && l.value.https.is_none() => {
+                self.err(
+                    r.referenced,
+                    "listen.redirect: true needs an `https` listener to redirect to",
+                );
+                false
+            }
+            Some(r) => r.value,
+            None => l.value.https.is_some(),
+        };
+        let redirect_port = match &l.value.redirect_port {
+            Some(p) if p.value == 0 => {
+                self.err(p.referenced, "listen.redirect_port must not be 0");
+                443
+            }
+            Some(p) => p.value,
+            None => https.map(|a| a.port()).unwrap_or(443),
+        };
+        Listen {
+            https,
+            http,
+            stats,
+            redirect,
+            redirect_port,
+            proxy_protocol: l.value.proxy_protocol.as_ref().is_some_and(|p| p.value),
+        }
+    }
+
+    pub(super) fn tls(
+        &mut self,
+        t: Option<&Spanned<file::TlsFile>>,
+        listen: &Listen,
+        l: &Spanned<file::ListenFile>,
+    ) -> Option<TlsFiles> {
+        let Some(t) = t else {
+            if let Some(https) = &l.value.https {
+                self.err(
+                    https.referenced,
+                    "listen.https needs a `tls` section with `cert` and `key`",
+                );
+            }
+            return None;
+        };
+        if listen.https.is_none() && l.value.https.is_none() {
+            self.err(
+                t.referenced,
+                "`tls` is set but there is no `listen.https` listener to use it",
+            );
+        }
+        let cert = self.pem_file(&t.value.cert, PemKind::Certificate);
+        let key = self.pem_file(&t.value.key, PemKind::PrivateKey);
+        let watch = t
+            .value
+            .watch
+            .as_ref()
+            .and_then(|w| self.check(w, |s| parse_duration(s)));
+        Some(TlsFiles {
+            cert: cert.unwrap_or_default(),
+            key: key.unwrap_or_default(),
+            h2: t.value.h2.as_ref().map(|h| h.value).unwrap_or(false),
+            watch,
+            pos: pos(t.referenced),
+        })
+    }
+
+    pub(super) fn pem_file(&mut self, value: &Str, kind: PemKind) -> Option<PathBuf> {
+        let path = self.base.join(&value.value);
+        self.check(value, |_| check_pem(&path, kind)).map(|()| path)
+    }
+
+    pub(super) fn timeouts(&mut self, t: Option<&TimeoutsFile>, base: Timeouts) -> Timeouts {
+        let Some(t) = t else { return base };
+        Timeouts {
+            connect: self.duration(&t.connect, base.connect),
+            client: self.duration(&t.client, base.client),
+            server: self.duration(&t.server, base.server),
+            tunnel: self.duration(&t.tunnel, base.tunnel),
+            keepalive: self.duration(&t.keepalive, base.keepalive),
+            queue: self.duration(&t.queue, base.queue),
+            header: self.duration(&t.header, base.header),
+        }
+    }
+
+    /// A backend may override the timeouts of its server side; the client side ones
+    /// apply before a request is routed, so they are global only.
+    pub(super) fn backend_timeouts(&mut self, backend: &str, t: Option<&TimeoutsFile>, base: &Timeouts) -> Timeouts {
+        if let Some(t) = t {
+            for (key, value) in [
+                ("client", &t.client),
+                ("keepalive", &t.keepalive),
+                ("header", &t.header),
+            ] {
+                if let Some(v) = value {
+                    self.err(
+                        v.referenced,
+                        format!("timeouts.{key} applies before routing: set it in the top-level timeouts, not in backend {backend:?}"),
+                    );
+                }
+            }
+        }
+        self.timeouts(t, *base)
+    }
+
+    pub(super) fn limits(&mut self, l: Option<&file::LimitsFile>) -> Limits {
+        let d = Limits::default();
+        let Some(l) = l else { return d };
+        Limits {
+            max_header_bytes: self.count(
+                &l.max_header_bytes,
+                "limits.max_header_bytes",
+                (1024, 1 << 20),
+                d.max_header_bytes as u64,
+            ) as usize,
+            max_body_bytes: self.count(
+                &l.max_body_bytes,
+                "limits.max_body_bytes",
+                (0, u64::MAX),
+                d.max_body_bytes,
+            ),
+            max_connections: self.count(
+                &l.max_connections,
+                "limits.max_connections",
+                (1, 1_000_000),
+                d.max_connections as u64,
+            ) as usize,
+        }
+    }
+}

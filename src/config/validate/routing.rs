@@ -1,0 +1,223 @@
+//! Validation of where requests go: servers, backends and routes, and every reference
+//! between them.
+
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn servers(
+        &mut self,
+        s: &Spanned<indexmap::IndexMap<String, Spanned<file::ServerFile>>>,
+    ) -> Vec<Server> {
+        if s.value.is_empty() {
+            self.err(s.referenced, "`servers` is empty: define at least one server");
+        }
+        let mut out = Vec::new();
+        for (name, server) in &s.value {
+            self.name(name, server.referenced, "server");
+            let address = self.check(&server.value.address, |a| resolve_server_addr(a));
+            let weight = self.count(&server.value.weight, "weight", (0, 256), 1) as u32;
+            let max_connections = server
+                .value
+                .max_connections
+                .as_ref()
+                .map(|m| self.count(&Some(m.clone()), "max_connections", (1, 1_000_000), 1) as u32);
+            out.push(Server {
+                name: name.clone(),
+                address_text: server.value.address.value.clone(),
+                address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                weight,
+                max_connections,
+            });
+        }
+        out
+    }
+
+    pub(super) fn name(&mut self, name: &str, loc: Location, what: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            self.err(
+                loc,
+                format!("{what} name {name:?} must be 1-64 characters of A-Z a-z 0-9 - _ ."),
+            );
+        }
+    }
+
+    pub(super) fn backends(
+        &mut self,
+        b: &Spanned<indexmap::IndexMap<String, Spanned<file::BackendFile>>>,
+        servers: &[Server],
+        timeouts: &Timeouts,
+    ) -> Vec<Backend> {
+        if b.value.is_empty() {
+            self.err(b.referenced, "`backends` is empty: define at least one backend");
+        }
+        let mut out = Vec::new();
+        for (name, backend) in &b.value {
+            let bf = &backend.value;
+            self.name(name, backend.referenced, "backend");
+            let balance = match &bf.balance {
+                None => Balance::RoundRobin,
+                Some(s) => self
+                    .check(s, |s| match s.as_str() {
+                        "round_robin" | "roundrobin" => Ok(Balance::RoundRobin),
+                        "least_conn" | "leastconn" => Ok(Balance::LeastConn),
+                        "sticky" => Ok(Balance::Sticky),
+                        "source" => Ok(Balance::Source),
+                        other => Err(format!(
+                            "unknown balance {other:?} (known: round_robin, least_conn, sticky, source)"
+                        )),
+                    })
+                    .unwrap_or(Balance::RoundRobin),
+            };
+            let members = self.backend_servers(name, &bf.servers, servers);
+            let cookie = match (&bf.cookie, balance) {
+                (Some(c), Balance::Sticky) => self.check(c, |c| check_cookie_name(c)),
+                (Some(c), _) => {
+                    self.err(
+                        c.referenced,
+                        format!(
+                            "`cookie` needs `balance: sticky` (backend {name:?} is {})",
+                            balance.as_str()
+                        ),
+                    );
+                    None
+                }
+                (None, Balance::Sticky) => Some("EDGEPIN".to_string()),
+                (None, _) => None,
+            };
+            // Bounded loads protect long-lived sticky sessions from piling up behind a NAT;
+            // `source` hashes each request, where users expect a fixed mapping (HAProxy's
+            // hash-balance-factor is off by default too).
+            let default_factor = match balance {
+                Balance::Sticky => DEFAULT_HASH_BALANCE_FACTOR,
+                _ => f64::INFINITY,
+            };
+            let hash_balance_factor = match &bf.hash_balance_factor {
+                None => default_factor,
+                Some(f) => self
+                    .check(f, |f| {
+                        if *f >= 1.0 && *f <= 100.0 {
+                            Ok(*f)
+                        } else {
+                            Err(format!("hash_balance_factor {f} must be between 1.0 and 100.0"))
+                        }
+                    })
+                    .unwrap_or(default_factor),
+            };
+            let max_queue = self.count(&bf.max_queue, "max_queue", (0, 1_000_000), 1024) as u32;
+            let retries = self.count(&bf.retries, "retries", (0, 10), 3) as u32;
+            out.push(Backend {
+                name: name.clone(),
+                balance,
+                servers: members,
+                cookie,
+                timeouts: self.backend_timeouts(name, bf.timeouts.as_ref(), timeouts),
+                hash_balance_factor,
+                retries,
+                max_queue,
+            });
+        }
+        out
+    }
+
+    pub(super) fn backend_servers(
+        &mut self,
+        backend: &str,
+        list: &Spanned<Vec<Str>>,
+        servers: &[Server],
+    ) -> Vec<usize> {
+        if list.value.is_empty() {
+            self.err(list.referenced, format!("backend {backend:?} has no servers"));
+        }
+        let mut members = Vec::new();
+        for s in &list.value {
+            match servers.iter().position(|x| x.name == s.value) {
+                Some(i) if members.contains(&i) => self.err(
+                    s.referenced,
+                    format!("server {:?} is listed twice in backend {backend:?}", s.value),
+                ),
+                Some(i) => members.push(i),
+                None => {
+                    let known: Vec<&str> = servers.iter().map(|x| x.name.as_str()).collect();
+                    self.err(
+                        s.referenced,
+                        format!("server {:?} is not defined (defined: {})", s.value, known.join(", ")),
+                    );
+                }
+            }
+        }
+        if !members.is_empty() && members.iter().all(|&i| servers[i].weight == 0) {
+            self.err(
+                list.referenced,
+                format!("backend {backend:?}: every server has weight 0, so it can serve nothing"),
+            );
+        }
+        members
+    }
+
+    pub(super) fn backend_ref(&mut self, name: &Str, backends: &[Backend]) -> Option<usize> {
+        let found = backends.iter().position(|b| b.name == name.value);
+        if found.is_none() {
+            let known: Vec<&str> = backends.iter().map(|b| b.name.as_str()).collect();
+            self.err(
+                name.referenced,
+                format!(
+                    "backend {:?} is not defined (defined: {})",
+                    name.value,
+                    known.join(", ")
+                ),
+            );
+        }
+        found
+    }
+
+    pub(super) fn routes(&mut self, r: &Spanned<Vec<Spanned<file::RouteFile>>>, backends: &[Backend]) -> Vec<Route> {
+        let mut out = Vec::new();
+        let mut catch_all_seen = false;
+        for route in &r.value {
+            let rf = &route.value;
+            if catch_all_seen {
+                self.err(
+                    route.referenced,
+                    "this route is never used: an earlier route (path_prefix \"/\" without host) matches every request",
+                );
+            }
+            let host = rf.host.as_ref().and_then(|h| self.check(h, |h| check_host(h)));
+            let path_prefix = match &rf.path_prefix {
+                None => "/".to_string(),
+                Some(p) => self
+                    .check(p, |p| {
+                        if p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_whitespace() || b == b'?' || b == b'#') {
+                            Ok(p.clone())
+                        } else {
+                            Err(format!(
+                                "path_prefix {p:?} must start with / and hold no spaces, ? or #"
+                            ))
+                        }
+                    })
+                    .unwrap_or_else(|| "/".into()),
+            };
+            if rf.host.is_none() && path_prefix == "/" {
+                catch_all_seen = true;
+            }
+            let backend = self.backend_ref(&rf.backend, backends);
+            out.push(Route {
+                host,
+                path_prefix,
+                backend: backend.unwrap_or(0),
+                websocket: rf.websocket.as_ref().map(|w| w.value).unwrap_or(true),
+            });
+        }
+        if !catch_all_seen {
+            self.err(
+                r.referenced,
+                "routes need a catch-all: add `- { path_prefix: /, backend: NAME }` as the last route",
+            );
+        }
+        out
+    }
+}
