@@ -7,9 +7,11 @@
 //! failed connections on another server within the retry budget, and account for it all
 //! at the end. Policies live in the sibling modules; this file wires them to pingora.
 
+mod assign;
 mod ctx;
 mod head_deadline;
 pub mod headers;
+mod learn;
 mod limits;
 mod proxy_protocol;
 mod respond;
@@ -21,6 +23,8 @@ pub use ctx::RequestCtx;
 pub use limits::ConnectionLimit;
 pub use proxy_protocol::ProxyProtocolAcceptor;
 pub use route::ACME_PREFIX;
+
+use respond::Refusal;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,9 +43,6 @@ use crate::state::{Finished, StickyDecision};
 use crate::sticky::{cookie, engineio};
 use crate::telemetry;
 
-use ctx::Pick;
-use select::Selection;
-
 /// Pool key for upgrade connections, so a tunnel never reuses a pooled connection (and
 /// so always goes through our connector, which keeps a handle to close it).
 const TUNNEL_GROUP: u64 = 0x7475_6e6e_656c;
@@ -56,151 +57,13 @@ pub struct EdgeProxy {
     pub shared: Arc<Shared>,
 }
 
-/// Why edgepin answered a request itself instead of proxying it.
-enum Refusal {
-    Status(u16, &'static str),
-    NoServer,
-    SessionGone,
-}
-
 impl EdgeProxy {
     pub fn new(shared: Arc<Shared>) -> EdgeProxy {
         EdgeProxy { shared }
     }
 
-    fn frontend(&self, ctx: &RequestCtx) -> &crate::state::FrontendCounters {
+    pub(super) fn frontend(&self, ctx: &RequestCtx) -> &crate::state::FrontendCounters {
         if ctx.tls { &self.shared.https } else { &self.shared.http }
-    }
-
-    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, why: Refusal) -> Result<bool> {
-        ctx.local = true;
-        match why {
-            Refusal::Status(status, detail) => {
-                ctx.status = status;
-                if status == 431 || status == 413 || status == 400 {
-                    self.frontend(ctx).request_errors.inc();
-                } else if status == 403 {
-                    self.frontend(ctx).denied.inc();
-                }
-                respond::text(session, status, detail, &[]).await?;
-            }
-            Refusal::NoServer => {
-                ctx.status = 503;
-                if let Some(b) = ctx.backend_rt() {
-                    b.counters.no_server.inc();
-                }
-                respond::text(session, 503, "no server available", &[("retry-after", RETRY_AFTER)]).await?;
-            }
-            Refusal::SessionGone => {
-                ctx.status = 400;
-                if let Some(b) = ctx.backend_rt() {
-                    b.counters.sid_refused.inc();
-                    b.counters.traffic.sid_unknown.inc();
-                }
-                if let Some(sid) = &ctx.sticky.sid {
-                    self.shared.sids.forget(sid);
-                }
-                respond::session_unknown(session).await?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// Wait until `select` finds a server with a free slot, or the queue timeout.
-    async fn acquire(&self, ctx: &mut RequestCtx, cookie: Option<Vec<u8>>) -> std::result::Result<Pick, Refusal> {
-        let Some(snapshot) = ctx.snapshot.clone() else {
-            return Err(Refusal::Status(500, "no snapshot"));
-        };
-        let Some(bi) = ctx.backend else {
-            return Err(Refusal::Status(500, "no backend"));
-        };
-        let b = &snapshot.backends[bi];
-        let deadline = tokio::time::Instant::now() + b.cfg.timeouts.queue;
-        loop {
-            let pick = match ctx.pick {
-                Some(p) => p,
-                None => {
-                    let req = select::Request {
-                        client: ctx.client,
-                        sid: ctx.sticky.sid.as_deref(),
-                        handshake: ctx.sticky.handshake,
-                        cookie: cookie.as_deref(),
-                        tried: &ctx.tried,
-                    };
-                    match select::select(b, &self.shared.sids, &req) {
-                        Selection::Picked(p) => p,
-                        Selection::NoServer => return Err(Refusal::NoServer),
-                        Selection::SessionGone => return Err(Refusal::SessionGone),
-                        Selection::Full => {
-                            if b.queued.get() >= u64::from(b.cfg.max_queue) {
-                                b.counters.queue_full.inc();
-                                return Err(Refusal::Status(503, "queue full: every server is at max_connections"));
-                            }
-                            b.queued.inc();
-                            let waited = tokio::time::timeout_at(deadline, b.slot_freed.notified()).await;
-                            b.queued.dec();
-                            if waited.is_err() {
-                                b.counters.queue_timeouts.inc();
-                                return Err(Refusal::Status(
-                                    503,
-                                    "queue timeout: every server is at max_connections",
-                                ));
-                            }
-                            continue;
-                        }
-                    }
-                }
-            };
-            let m = &b.members[pick.member];
-            let slot = match m.max_connections {
-                Some(limit) => m.state.try_acquire(limit).map(|g| g.wake_on_release(&b.slot_freed)),
-                None => Some(m.state.acquire()),
-            };
-            match slot {
-                Some(slot) => {
-                    ctx.slot = Some(slot);
-                    ctx.pick = Some(pick);
-                    return Ok(pick);
-                }
-                // Lost the race for the last slot: choose again.
-                None => ctx.pick = None,
-            }
-        }
-    }
-
-    /// Record the chosen server: counters, sticky decision, cookie, pending session.
-    fn commit_pick(&self, ctx: &mut RequestCtx, pick: Pick, cookie: Option<&[u8]>) {
-        let Some(b) = ctx.backend_rt() else { return };
-        let m = &b.members[pick.member];
-        m.traffic.sessions.inc();
-        m.traffic.sessions_total.inc();
-        if let Some(how) = pick.sticky {
-            m.traffic.sticky(how);
-            b.counters.traffic.sticky(how);
-        }
-        let cookie_differs = cookie != Some(m.cookie_id.as_bytes());
-        let set_cookie = b.cfg.balance == Balance::Sticky
-            && b.cfg.cookie.is_some()
-            && cookie_differs
-            && matches!(
-                pick.sticky,
-                Some(StickyDecision::Hash | StickyDecision::Redispatch | StickyDecision::Sid)
-            );
-        let pending = ctx.sticky.handshake.then(|| Arc::clone(&m.state));
-        ctx.sticky.set_cookie = set_cookie;
-        if let Some(state) = pending {
-            if let Some(old) = ctx.sticky.pending.replace(Arc::clone(&state)) {
-                old.add_sessions(-1);
-            }
-            state.add_sessions(1);
-        }
-    }
-
-    fn release_pick(&self, ctx: &mut RequestCtx) {
-        if let Some(m) = ctx.member() {
-            m.traffic.sessions.dec();
-        }
-        ctx.slot = None;
     }
 }
 
@@ -728,54 +591,6 @@ impl EdgeProxy {
             return;
         };
         health::passive_failure(&m.state, s.config.health.passive_fall);
-    }
-
-    /// Look at the start of an answer for what the sticky rules learn from it.
-    fn scan_answer(&self, ctx: &mut RequestCtx, data: &Bytes, upgraded: bool) {
-        let sticky = &mut ctx.sticky;
-        if sticky.scan.len() + data.len() > engineio::OPEN_SCAN_LIMIT {
-            sticky.scan_done = true;
-        } else {
-            sticky.scan.extend_from_slice(data);
-        }
-        if sticky.check_unknown {
-            if engineio::is_session_unknown(&sticky.scan) {
-                sticky.scan_done = true;
-                if let Some(m) = ctx.member() {
-                    m.traffic.sid_unknown.inc();
-                }
-                if let Some(b) = ctx.backend_rt() {
-                    b.counters.traffic.sid_unknown.inc();
-                }
-                if let Some(sid) = &ctx.sticky.sid {
-                    self.shared.sids.forget(sid);
-                }
-            }
-            return;
-        }
-        let learned = if upgraded {
-            match engineio::ws_first_frame(&sticky.scan) {
-                engineio::FirstFrame::Incomplete => return,
-                engineio::FirstFrame::Open(sid) => Some(sid.to_string()),
-                engineio::FirstFrame::Other => None,
-            }
-        } else {
-            engineio::open_packet_sid(&sticky.scan).map(str::to_string)
-        };
-        if learned.is_none() && !upgraded && !sticky.scan_done {
-            // The open packet may continue in the next chunk.
-            return;
-        }
-        let sticky = &mut ctx.sticky;
-        sticky.scan_done = true;
-        sticky.scan = Vec::new();
-        if let (Some(sid), Some(m)) = (learned, ctx.member()) {
-            self.shared.sids.learn(&sid, &m.state);
-            if upgraded {
-                self.shared.sids.tunnel_opened(&sid);
-                ctx.sticky.sid = Some(sid);
-            }
-        }
     }
 }
 

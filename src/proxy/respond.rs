@@ -1,4 +1,5 @@
-//! Answers edgepin writes itself: redirects, refusals, and the Engine.IO 400.
+//! Answers edgepin writes itself: redirects, refusals (with their counters), and the
+//! Engine.IO 400.
 
 use bytes::Bytes;
 use pingora::Result;
@@ -6,6 +7,8 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
+
+use super::{EdgeProxy, RETRY_AFTER, RequestCtx};
 
 /// Write a complete response with a short body.
 pub async fn send(
@@ -52,4 +55,48 @@ pub async fn session_unknown(session: &mut Session) -> Result<()> {
 
 pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
     send(session, 308, "text/plain; charset=utf-8", &[("location", location)], "").await
+}
+
+/// Why edgepin answered a request itself instead of proxying it.
+pub enum Refusal {
+    Status(u16, &'static str),
+    NoServer,
+    SessionGone,
+}
+
+impl EdgeProxy {
+    /// Answer the request here; counts it where it belongs.
+    pub(super) async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, why: Refusal) -> Result<bool> {
+        ctx.local = true;
+        match why {
+            Refusal::Status(status, detail) => {
+                ctx.status = status;
+                if status == 431 || status == 413 || status == 400 {
+                    self.frontend(ctx).request_errors.inc();
+                } else if status == 403 {
+                    self.frontend(ctx).denied.inc();
+                }
+                text(session, status, detail, &[]).await?;
+            }
+            Refusal::NoServer => {
+                ctx.status = 503;
+                if let Some(b) = ctx.backend_rt() {
+                    b.counters.no_server.inc();
+                }
+                text(session, 503, "no server available", &[("retry-after", RETRY_AFTER)]).await?;
+            }
+            Refusal::SessionGone => {
+                ctx.status = 400;
+                if let Some(b) = ctx.backend_rt() {
+                    b.counters.sid_refused.inc();
+                    b.counters.traffic.sid_unknown.inc();
+                }
+                if let Some(sid) = &ctx.sticky.sid {
+                    self.shared.sids.forget(sid);
+                }
+                session_unknown(session).await?;
+            }
+        }
+        Ok(true)
+    }
 }
