@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::listeners::Listeners;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -147,13 +147,17 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         shared: Arc::clone(&shared),
     }));
     if let Some(addr) = config.listen.http {
-        listeners.add_tcp(&addr.to_string());
+        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
     }
     if let (Some(addr), Some(cert), Some(t)) = (config.listen.https, cert, &config.tls) {
         let mut settings = TlsSettings::intermediate("", "").expect("building empty TLS settings cannot fail");
         settings.set_cert_resolver(cert);
         settings.set_alpn(if t.h2 { ALPN::H2H1 } else { ALPN::H1 });
-        listeners.add_tls_with_settings(&addr.to_string(), None, settings);
+        listeners.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tls(settings)
+                .l4_buffer(downstream_buffers()),
+        );
     }
     let mut service = Service::with_listeners("edgepin proxy".to_string(), listeners, limited);
     service.threads = Some(config.threads);
@@ -186,6 +190,15 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         "edgepin running"
     );
     Ok(Edge { server, shared })
+}
+
+/// Client connections read straight from the socket. pingora's default puts a 64 KiB read
+/// buffer (allocated zeroed, so resident) in front of every accepted connection for its
+/// whole life: 64 KiB per idle WebSocket. Nothing needs it: the HTTP/1 parser reads into
+/// its own header and body buffers and rustls into its own record buffer, so it only added
+/// a copy. Writes keep pingora's small (one MSS) buffer.
+fn downstream_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }
 
 fn server_conf(config: &Config) -> ServerConf {
