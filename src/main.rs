@@ -62,6 +62,15 @@ enum Command {
         #[arg(long, hide = true)]
         exit_with_parent: Option<u32>,
     },
+    /// Become PROGRAM, set to get SIGTERM when PARENT dies (how `edgepin up` starts
+    /// redis-server so that it cannot outlive `up`).
+    #[command(hide = true)]
+    Follow {
+        #[arg(long)]
+        parent: u32,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        program: Vec<std::ffi::OsString>,
+    },
 }
 
 fn parse_format(s: &str) -> Result<LogFormat, String> {
@@ -124,6 +133,9 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             }
+        }
+        Command::Follow { parent, program } => {
+            fail(&edgepin::up::lifeline::exec_following(parent, &program).to_string())
         }
     }
 }

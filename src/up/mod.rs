@@ -12,6 +12,7 @@
 //! at a time).
 
 mod children;
+pub mod lifeline;
 mod supervisor;
 
 use std::net::SocketAddr;

@@ -338,7 +338,8 @@ impl Supervisor {
 /// The command line of a child.
 fn command(exe: &std::path::Path, name: &str, kind: &Kind) -> Command {
     match kind {
-        Kind::Redis { port } => super::redis_command(*port),
+        // Should `up` die without stopping it (SIGKILL), redis-server stops too.
+        Kind::Redis { port } => super::lifeline::following_this_process(exe, &super::redis_command(*port)),
         Kind::Worker { addr, redis_url, .. } => {
             let mut cmd = Command::new(exe);
             cmd.args([

@@ -160,18 +160,10 @@ pub fn run(listen: SocketAddr, mut options: WorkerOptions) -> Result<(), WorkerE
     })
 }
 
-/// Have the kernel send this process SIGTERM when `parent` (the `edgepin up` that started
-/// it) dies, however it dies, so a killed supervisor leaves no worker behind.
+/// Stop (SIGTERM) when `parent`, the `edgepin up` that started this worker, dies, however
+/// it dies, so a killed supervisor leaves no worker behind.
 pub fn stop_with_parent(parent: u32) -> Result<(), WorkerError> {
-    use nix::sys::signal::Signal;
-    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| WorkerError::Parent(e.into()))?;
-    // It may have died before the line above: then nobody will signal us.
-    if nix::unistd::getppid().as_raw() as u32 != parent {
-        return Err(WorkerError::Parent(std::io::Error::other(format!(
-            "parent {parent} is gone"
-        ))));
-    }
-    Ok(())
+    crate::up::lifeline::follow(parent).map_err(WorkerError::Parent)
 }
 
 /// SIGTERM or SIGINT.
