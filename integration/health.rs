@@ -133,9 +133,17 @@ async fn a_server_at_max_connections_queues_the_next_request_until_a_slot_frees(
     let slow = tokio::spawn(async move { client::get(&t, "/slow/1000").await.map(|r| r.status) });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
-    let r = client::get(&proxy.plain(), "/queued").await.unwrap();
+    let t = proxy.plain();
+    let queued = tokio::spawn(async move { client::get(&t, "/queued").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not pinned to a server: it waits in the backend's queue.
+    assert_eq!(proxy.backend_stats("api").await["counters"]["queue_current"], 1);
+    assert_eq!(proxy.server_stats("api", "a").await["counters"]["queue_current"], 0);
+    let r = queued.await.unwrap().unwrap();
     let waited = started.elapsed();
     assert_eq!(r.status, 200);
+    assert_eq!(proxy.backend_stats("api").await["counters"]["queue_current"], 0);
+    assert_eq!(proxy.backend_stats("api").await["counters"]["queue_max"], 1);
     assert!(
         waited >= Duration::from_millis(600),
         "it waited for the slot: {waited:?}"
@@ -145,6 +153,60 @@ async fn a_server_at_max_connections_queues_the_next_request_until_a_slot_frees(
         "served when the slot freed: {waited:?}"
     );
     assert_eq!(slow.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_session_waits_for_its_own_full_server_in_that_servers_queue() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let yaml = body(&[&a, &b], FAST_CHECKS, "timeouts: { queue: 3s }\n")
+        .replace("api: { servers", "api: { balance: sticky, cookie: EDGEPIN, servers")
+        .replace(
+            &format!("address: {} }}", a.addr),
+            &format!("address: {}, max_connections: 1 }}", a.addr),
+        );
+    let proxy = Proxy::start(&yaml);
+    for s in ["a", "b"] {
+        proxy.wait_health(s, "Up", Duration::from_secs(10)).await;
+    }
+    // A cookie for each server: from the first answer each client address gets.
+    let mut cookies = HashMap::new();
+    for i in 1..=40u8 {
+        let t = proxy.plain().from(&format!("127.0.0.{i}"));
+        let r = client::get(&t, "/").await.unwrap();
+        let server = r.header("x-server").unwrap().to_string();
+        let cookie = r.header("set-cookie").unwrap().split(';').next().unwrap().to_string();
+        cookies.entry(server).or_insert(cookie);
+    }
+    let cookie_a = format!("Cookie: {}", cookies["a"]);
+
+    let t = proxy.plain();
+    let c = cookie_a.clone();
+    let slow = tokio::spawn(async move {
+        let mut conn = Conn::open(&t).await?;
+        conn.request("GET", "/slow/1000", &[c], b"").await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = proxy.plain();
+    let c = cookie_a.clone();
+    let queued = tokio::spawn(async move {
+        let mut conn = Conn::open(&t).await?;
+        conn.request("GET", "/pinned", &[c], b"").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // b is free, but the session belongs to a: it waits for a, in a's queue.
+    assert_eq!(proxy.server_stats("api", "a").await["counters"]["queue_current"], 1);
+    assert_eq!(proxy.backend_stats("api").await["counters"]["queue_current"], 1);
+    let r = queued.await.unwrap().unwrap();
+    assert_eq!((r.status, r.header("x-server")), (200, Some("a")));
+    assert_eq!(slow.await.unwrap().unwrap().status, 200);
+    let a_stats = proxy.server_stats("api", "a").await;
+    assert_eq!(
+        (
+            a_stats["counters"]["queue_current"].as_u64(),
+            a_stats["counters"]["queue_max"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -41,14 +41,16 @@ impl EdgeProxy {
                         Selection::Picked(p) => p,
                         Selection::NoServer => return Err(Refusal::NoServer),
                         Selection::SessionGone => return Err(Refusal::SessionGone),
-                        Selection::Full => {
+                        Selection::Full { pinned } => {
                             if b.queued.get() >= u64::from(b.cfg.max_queue) {
                                 b.counters.queue_full.inc();
                                 return Err(Refusal::Status(503, "queue full: every server is at max_connections"));
                             }
-                            b.queued.inc();
+                            // Every waiting request is in its backend's queue (bounded by
+                            // max_queue); one that only its pinned server may serve is in
+                            // that server's queue too, as in HAProxy.
+                            let _queued = (b.queued.hold(), pinned.map(|i| b.members[i].state.queued.hold()));
                             let waited = tokio::time::timeout_at(deadline, b.slot_freed.notified()).await;
-                            b.queued.dec();
                             if waited.is_err() {
                                 b.counters.queue_timeouts.inc();
                                 return Err(Refusal::Status(

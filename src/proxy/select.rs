@@ -17,9 +17,11 @@ use super::ctx::Pick;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
     Picked(Pick),
-    /// The server that must serve it (pinned session) or every server that could, is at
-    /// `max_connections`: wait for a slot, then select again.
-    Full,
+    /// The server that must serve it (`pinned`: a sticky session's) or every server that
+    /// could, is at `max_connections`: wait for a slot, then select again.
+    Full {
+        pinned: Option<usize>,
+    },
     /// No server can take it: 503.
     NoServer,
     /// The request's Engine.IO session lives on a server that cannot serve it any more:
@@ -80,7 +82,7 @@ fn found(b: &BackendRt, req: &Request<'_>, pick: Option<usize>, sticky: Option<S
             .enumerate()
             .any(|(i, m)| m.accepts_new() && weight(m) > 0 && !req.tried.contains(&i)) =>
         {
-            Selection::Full
+            Selection::Full { pinned: None }
         }
         None => Selection::NoServer,
     }
@@ -133,7 +135,7 @@ fn pinned(b: &BackendRt, i: usize, how: StickyDecision) -> Selection {
             sticky: Some(how),
         })
     } else {
-        Selection::Full
+        Selection::Full { pinned: Some(i) }
     }
 }
 

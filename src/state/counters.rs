@@ -44,6 +44,21 @@ impl Gauge {
     pub fn max(&self) -> u64 {
         self.max.load(Relaxed)
     }
+    /// One more until the returned hold is dropped (also when its future is cancelled).
+    pub fn hold(&self) -> GaugeHold<'_> {
+        self.inc();
+        GaugeHold(self)
+    }
+}
+
+/// Counts one in a [`Gauge`] while it lives.
+#[derive(Debug)]
+pub struct GaugeHold<'a>(&'a Gauge);
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// HTTP responses by status class.

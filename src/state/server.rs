@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, O
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Counter, lock};
+use super::{Counter, Gauge, lock};
 
 /// What the health checks say about a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,9 +110,9 @@ pub struct ServerState {
     pub up_down_total: AtomicU64,
     /// Active checks that failed (HAProxy `chkfail`).
     pub checks_failed: Counter,
-    /// Requests waiting for a free connection slot.
-    pub queued: AtomicU64,
-    pub queue_max: AtomicU64,
+    /// Requests waiting for a free connection slot on this server (pinned sessions; the
+    /// others wait in their backend's queue for any server).
+    pub queued: Gauge,
     /// Open WebSocket tunnels, so MAINT and drain deadlines can close them.
     pub tunnels: Arc<TunnelSet>,
     detail: Mutex<StateDetail>,
@@ -130,8 +130,7 @@ impl ServerState {
             passive_failures: AtomicU32::new(0),
             up_down_total: AtomicU64::new(0),
             checks_failed: Counter::default(),
-            queued: AtomicU64::new(0),
-            queue_max: AtomicU64::new(0),
+            queued: Gauge::default(),
             tunnels: Arc::default(),
             detail: Mutex::new(StateDetail {
                 since: Instant::now(),

@@ -217,8 +217,8 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
     let status_reason = detail.reason.clone();
     drop(detail);
     let mut counters = traffic(&m.traffic, rates.get(&rates::server_key(b.name(), &m.name)), sticky);
-    counters.queue_current = Some(state.queued.load(std::sync::atomic::Ordering::Relaxed));
-    counters.queue_max = Some(state.queue_max.load(std::sync::atomic::Ordering::Relaxed));
+    counters.queue_current = Some(state.queued.get());
+    counters.queue_max = Some(state.queued.max());
     counters.sessions_limit = m.max_connections.map(u64::from);
     let address = config
         .server(&m.name)
