@@ -5,9 +5,11 @@
 //! byte every few seconds holds its connection for ever. Like nginx's
 //! `client_header_timeout` and HAProxy's `timeout http-request`, the whole head must
 //! arrive in time: the connection is wrapped in a small state machine that watches the
-//! bytes go by — the head ends at the first blank line; the next head starts with the
-//! first byte read after the response began; after a `101` the connection is a tunnel
-//! and is left alone. HTTP/2 connections are not wrapped (streams, not heads).
+//! bytes go by — the head ends at the first blank line after the request line (blank
+//! lines before it, which HTTP/1 parsers skip, do not end it); the next head starts with
+//! the first byte read after the final response began (a `100 Continue` is not one);
+//! after a `101` the connection is a tunnel and is left alone. HTTP/2 connections are
+//! not wrapped (streams, not heads).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,11 +29,7 @@ use tokio::time::Sleep;
 #[derive(Debug)]
 enum Phase {
     /// Reading a request head; it must be complete before the sleep ends.
-    Head {
-        deadline: Pin<Box<Sleep>>,
-        tail: [u8; 3],
-        tail_len: usize,
-    },
+    Head { deadline: Pin<Box<Sleep>>, scan: HeadScan },
     /// Head done: the body, then the response.
     Body,
     /// The response began; the next byte read starts a new head.
@@ -63,17 +61,35 @@ pub fn wrap(stream: Stream, limit: Duration) -> Stream {
 fn head(limit: Duration) -> Phase {
     Phase::Head {
         deadline: Box::pin(tokio::time::sleep(limit)),
-        tail: [0; 3],
-        tail_len: 0,
+        scan: HeadScan::default(),
     }
 }
 
-/// Whether `data`, following the `tail` of what came before, holds a blank line.
-fn ends_head(tail: &[u8], data: &[u8]) -> bool {
-    let mut window: Vec<u8> = Vec::with_capacity(tail.len() + data.len().min(4096));
-    window.extend_from_slice(tail);
-    window.extend_from_slice(data);
-    window.windows(4).any(|w| w == b"\r\n\r\n") || window.windows(2).any(|w| w == b"\n\n")
+/// Finds the end of a request head as its bytes arrive, in any split.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadScan {
+    /// A byte of the request line has been seen (CR and LF before it are skipped).
+    started: bool,
+    /// Nothing but CR since the last LF: an LF now ends the head.
+    line_empty: bool,
+}
+
+impl HeadScan {
+    /// Feed the next bytes; true once the head is complete.
+    fn ends_in(&mut self, data: &[u8]) -> bool {
+        for &b in data {
+            match b {
+                b'\n' if self.started && self.line_empty => return true,
+                b'\n' => self.line_empty = true,
+                b'\r' => {}
+                _ => {
+                    self.started = true;
+                    self.line_empty = false;
+                }
+            }
+        }
+        false
+    }
 }
 
 impl AsyncRead for HeadDeadline {
@@ -95,17 +111,10 @@ impl AsyncRead for HeadDeadline {
                 if matches!(this.phase, Phase::Idle) {
                     this.phase = head(this.limit);
                 }
-                if let Phase::Head { tail, tail_len, .. } = &mut this.phase {
-                    if ends_head(&tail[..*tail_len], data) {
-                        this.phase = Phase::Body;
-                    } else {
-                        // Keep the last 3 bytes: a blank line may straddle two reads.
-                        let mut joined = tail[..*tail_len].to_vec();
-                        joined.extend_from_slice(&data[data.len().saturating_sub(3)..]);
-                        let keep = &joined[joined.len().saturating_sub(3)..];
-                        tail[..keep.len()].copy_from_slice(keep);
-                        *tail_len = keep.len();
-                    }
+                if let Phase::Head { scan, .. } = &mut this.phase
+                    && scan.ends_in(data)
+                {
+                    this.phase = Phase::Body;
                 }
             }
         }
@@ -113,16 +122,31 @@ impl AsyncRead for HeadDeadline {
     }
 }
 
+enum Status {
+    SwitchingProtocols,
+    Informational,
+}
+
+/// What a write that starts a response head says of it (pingora writes a head at once).
+fn status_class(data: &[u8]) -> Option<Status> {
+    let code = data
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| data.strip_prefix(b"HTTP/1.0 "))?;
+    match code {
+        [b'1', b'0', b'1', ..] => Some(Status::SwitchingProtocols),
+        [b'1', ..] => Some(Status::Informational),
+        _ => None,
+    }
+}
+
 impl AsyncWrite for HeadDeadline {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match this.phase {
-            Phase::Body | Phase::Head { .. }
-                if data.starts_with(b"HTTP/1.1 101") || data.starts_with(b"HTTP/1.0 101") =>
-            {
-                this.phase = Phase::Tunnel;
-            }
-            Phase::Body => this.phase = Phase::Idle,
+        match (&this.phase, status_class(data)) {
+            (Phase::Body | Phase::Head { .. }, Some(Status::SwitchingProtocols)) => this.phase = Phase::Tunnel,
+            // A `100 Continue` asks for the rest of the body: still this request.
+            (Phase::Body, Some(Status::Informational)) => {}
+            (Phase::Body, _) => this.phase = Phase::Idle,
             _ => {}
         }
         Pin::new(&mut this.inner).poll_write(cx, data)
@@ -201,11 +225,42 @@ impl Peek for HeadDeadline {
 mod tests {
     use super::*;
 
+    fn ends(parts: &[&[u8]]) -> bool {
+        let mut scan = HeadScan::default();
+        parts.iter().any(|p| scan.ends_in(p))
+    }
+
     #[test]
     fn finds_the_end_of_a_head_across_reads() {
-        assert!(ends_head(b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
-        assert!(ends_head(b"\r\n\r", b"\nbody"));
-        assert!(ends_head(b"a\r\n", b"\r\n"));
-        assert!(!ends_head(b"", b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+        assert!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r", b"\nbody"]));
+        assert!(ends(&[b"GET / HTTP/1.1\r\na\r\n", b"\r\n"]));
+        assert!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]));
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(
+            ends(&head.iter().map(std::slice::from_ref).collect::<Vec<_>>()),
+            "byte by byte"
+        );
+        assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n"]));
+    }
+
+    #[test]
+    fn blank_lines_before_the_request_line_do_not_end_the_head() {
+        assert!(!ends(&[b"\r\n\r\n\r\n", b"\n\n", b"GET / HTTP/1.1\r\n"]));
+        assert!(ends(&[b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"]));
+    }
+
+    #[test]
+    fn informational_responses_are_told_from_final_ones() {
+        assert!(matches!(
+            status_class(b"HTTP/1.1 101 Switching"),
+            Some(Status::SwitchingProtocols)
+        ));
+        assert!(matches!(
+            status_class(b"HTTP/1.1 100 Continue\r\n"),
+            Some(Status::Informational)
+        ));
+        assert!(status_class(b"HTTP/1.1 200 OK\r\n").is_none());
+        assert!(status_class(b"body bytes").is_none());
     }
 }
