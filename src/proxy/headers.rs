@@ -2,14 +2,32 @@
 //! from configured proxies), X-Forwarded-*, X-Real-IP, and the sticky cookie, which is
 //! removed before the request goes upstream.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::{ErrorType, OrErr, Result};
 
 use crate::config::Network;
 use crate::sticky::cookie;
+
+/// Every X-Forwarded-For line as one list. A proxy in front may add a line of its own
+/// instead of extending the client's (HAProxy's `option forwardfor` does): reading only
+/// the first line would take a client-written address for the client's.
+pub fn forwarded_for(headers: &HeaderMap) -> Option<Cow<'_, [u8]>> {
+    let mut lines = headers.get_all("x-forwarded-for").iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return Some(Cow::Borrowed(first.as_bytes()));
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    Some(Cow::Owned(joined))
+}
 
 /// The client address: the TCP peer, unless the peer is a trusted proxy, then the
 /// rightmost X-Forwarded-For entry that is not itself a trusted proxy.
@@ -46,12 +64,9 @@ pub fn set_forwarded(
     host: Option<&str>,
 ) -> Result<()> {
     let peer_value = peer.map(ip_value).transpose()?;
-    let extended = match (
-        peer_trusted,
-        req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-        peer,
-    ) {
-        (true, Some(existing), Some(peer)) => Some(format!("{existing}, {peer}")),
+    let extended = match (peer_trusted, peer) {
+        (true, Some(peer)) => forwarded_for(&req.headers)
+            .and_then(|list| std::str::from_utf8(&list).ok().map(|existing| format!("{existing}, {peer}"))),
         _ => None,
     };
     match (extended, &peer_value) {
@@ -140,6 +155,24 @@ mod tests {
         let trusted = [net("127.0.0.0/8"), net("10.0.0.0/8")];
         assert_eq!(client_ip(Some(peer), xff, &trusted), Some("1.2.3.4".parse().unwrap()));
         assert_eq!(client_ip(Some(peer), Some(b"garbage"), &trusted), Some(peer));
+    }
+
+    #[test]
+    fn every_xff_line_counts_when_a_trusted_proxy_adds_its_own() {
+        // The client wrote the first line; the trusted proxy added the second.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.append_header("x-forwarded-for", "1.2.3.4").unwrap();
+        let trusted = [net("10.0.0.0/8")];
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let xff = forwarded_for(&req.headers);
+        assert_eq!(xff.as_deref(), Some(&b"6.6.6.6, 1.2.3.4"[..]));
+        let client = client_ip(Some(peer), xff.as_deref(), &trusted);
+        assert_eq!(client, Some("1.2.3.4".parse().unwrap()), "the address the proxy saw");
+        set_forwarded(&mut req, client, Some(peer), true, false, None).unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "6.6.6.6, 1.2.3.4, 10.0.0.2");
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(req.headers["x-real-ip"], "1.2.3.4");
     }
 
     #[test]

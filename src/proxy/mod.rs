@@ -102,8 +102,8 @@ impl ProxyHttp for EdgeProxy {
                 .await;
         }
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
-        ctx.client = headers::client_ip(peer, xff, &cfg.trusted_proxies);
+        let xff = headers::forwarded_for(&req.headers);
+        ctx.client = headers::client_ip(peer, xff.as_deref(), &cfg.trusted_proxies);
         let host =
             route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host()).map(|h| h.into_owned());
         let path = req.uri.path().to_string();
