@@ -301,6 +301,26 @@ async fn a_session_on_a_down_server_gets_engine_io_400_from_the_proxy_at_once() 
     assert!(sid2.is_some_and(|s| s != sid));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_a_long_poll_is_not_answered_as_a_lost_session() {
+    let fleet = node_fleet(2, "sticky");
+    let t = fleet.proxy.tls();
+    let (_, sid, _) = handshake(&t, None).await;
+    let sid = sid.expect("sid");
+    // The worker holds a long-poll until it has something to send; the client leaves.
+    let mut conn = Conn::open(&t).await.expect("connect");
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let poll = tokio::time::timeout(Duration::from_millis(500), conn.request("GET", &path, &[], b"")).await;
+    assert!(poll.is_err(), "the worker held the poll");
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A client that went away is nobody to answer: no Engine.IO 400 from the proxy, no
+    // 4xx counted, and the sid not dropped by the proxy (whatever the worker makes of it).
+    let sockets = fleet.proxy.backend_stats("sockets").await;
+    assert_eq!(sockets["sid_refused"], 0, "{sockets}");
+    assert_eq!(sockets["counters"]["responses"]["r4xx"], 0, "{sockets}");
+}
+
 /// Which backend answers each of `addrs` (one request per address, fresh connections).
 async fn owners(proxy: &Proxy, addrs: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(addrs.len());

@@ -65,8 +65,11 @@ pub fn set_forwarded(
 ) -> Result<()> {
     let peer_value = peer.map(ip_value).transpose()?;
     let extended = match (peer_trusted, peer) {
-        (true, Some(peer)) => forwarded_for(&req.headers)
-            .and_then(|list| std::str::from_utf8(&list).ok().map(|existing| format!("{existing}, {peer}"))),
+        (true, Some(peer)) => forwarded_for(&req.headers).and_then(|list| {
+            std::str::from_utf8(&list)
+                .ok()
+                .map(|existing| format!("{existing}, {peer}"))
+        }),
         _ => None,
     };
     match (extended, &peer_value) {

@@ -430,33 +430,38 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let pinned = ctx.pinned_to_session();
+        let downstream = *e.esource() == ErrorSource::Downstream;
+        let upstream_timeout = *e.esource() == ErrorSource::Upstream
+            && matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
+        // The server of the request's Engine.IO session could not be reached or broke off:
+        // the session is gone with it. (A client that went away, or a server that is only
+        // slow, loses nothing.)
+        let session_lost = ctx.pinned_to_session()
+            && ctx.sticky.engine_io
+            && !ctx.response_started
+            && !downstream
+            && !upstream_timeout
+            && !matches!(e.etype(), ErrorType::HTTPStatus(_));
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            _ if pinned && ctx.sticky.engine_io && !ctx.response_started => 400,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                if *e.esource() == ErrorSource::Upstream || matches!(e.etype(), ErrorType::ConnectTimedout) =>
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed | ErrorType::ReadTimedout
+                if downstream =>
             {
-                504
+                0
             }
+            _ if downstream => 400,
+            _ if session_lost => 400,
+            ErrorType::ConnectTimedout => 504,
+            _ if upstream_timeout => 504,
             ErrorType::ConnectNoRoute => 503,
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError
-                    | ErrorType::ReadError
-                    | ErrorType::ConnectionClosed
-                    | ErrorType::ReadTimedout => 0,
-                    _ => 400,
-                },
-                _ => 500,
-            },
+            _ if *e.esource() == ErrorSource::Upstream => 502,
+            _ => 500,
         };
         ctx.error.get_or_insert_with(|| e.to_string());
         if code > 0 && !ctx.response_started && session.response_written().is_none() {
             ctx.status = code;
             ctx.local = true;
-            let written = if code == 400 && ctx.sticky.engine_io && pinned {
+            let written = if session_lost {
                 if let Some(b) = ctx.backend_rt() {
                     b.counters.sid_refused.inc();
                 }
