@@ -210,6 +210,62 @@ async fn a_pinned_session_waits_for_its_own_full_server_in_that_servers_queue() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slot_freed_through_another_backend_or_an_older_config_wakes_the_queue() {
+    let a = Backend::start("a");
+    let yaml = |weight: u32| {
+        body(&[&a], FAST_CHECKS, "timeouts: { queue: 3s }\n")
+            .replace(
+                "routes:\n",
+                "routes:\n  - { host: other.test, path_prefix: /, backend: other }\n",
+            )
+            .replace("backends:\n", "backends:\n  other: { servers: [a] }\n")
+            .replace(
+                &format!("address: {} }}", a.addr),
+                &format!("address: {}, max_connections: 1, weight: {weight} }}", a.addr),
+            )
+    };
+    let proxy = Proxy::start(&yaml(1));
+    // A request of backend `other` holds a's only slot for 1 s; one of `api` queues for it.
+    let t = proxy.plain();
+    let slow = tokio::spawn(async move {
+        let conn = Conn::open(&t).await?;
+        conn.with_host("other.test").get("/slow/1000").await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = client::get(&proxy.plain(), "/queued").await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(slow.await.unwrap().unwrap().header("x-server"), Some("a"));
+    assert!(
+        waited > Duration::from_millis(500) && waited < Duration::from_millis(2000),
+        "queued, and woken when the slot freed: {waited:?}"
+    );
+
+    // The slot is held by a request of the config before a reload.
+    let t = proxy.plain();
+    let slow = tokio::spawn(async move { client::get(&t, "/slow/1500").await.map(|r| r.status) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let generation = proxy.status().await["generation"].as_u64().unwrap();
+    proxy.write_config(&yaml(2));
+    proxy.sighup();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.status().await["generation"].as_u64().unwrap() == generation {
+        assert!(Instant::now() < deadline, "reload never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let r = client::get(&proxy.plain(), "/queued").await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        waited > Duration::from_millis(500) && waited < Duration::from_millis(2500),
+        "queued, and woken when the old request freed its slot: {waited:?}"
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_queue_gives_up_with_503_after_its_timeout() {
     let a = Backend::start("a");
     let yaml = body(&[&a], FAST_CHECKS, "timeouts: { queue: 400ms }\n").replace(

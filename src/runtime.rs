@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 
 use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
@@ -69,8 +68,6 @@ pub struct BackendRt {
     pub rr: RoundRobin,
     pub least: LeastConn,
     pub retry_budget: RetryBudget,
-    /// Woken when a slot frees on a member with `max_connections`.
-    pub slot_freed: Arc<Notify>,
     /// Requests waiting for a slot now.
     pub queued: crate::state::Gauge,
 }
@@ -263,7 +260,6 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                 rr: RoundRobin::default(),
                 least: LeastConn::default(),
                 retry_budget: RetryBudget::new(10),
-                slot_freed: Arc::new(Notify::new()),
                 queued: Default::default(),
             }
         })

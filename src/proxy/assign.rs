@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Balance;
+use crate::runtime::BackendRt;
 use crate::state::StickyDecision;
 
 use super::ctx::{Pick, RequestCtx};
@@ -50,7 +51,7 @@ impl EdgeProxy {
                             // max_queue); one that only its pinned server may serve is in
                             // that server's queue too, as in HAProxy.
                             let _queued = (b.queued.hold(), pinned.map(|i| b.members[i].state.queued.hold()));
-                            let waited = tokio::time::timeout_at(deadline, b.slot_freed.notified()).await;
+                            let waited = tokio::time::timeout_at(deadline, slot_freed(b, pinned, &ctx.tried)).await;
                             if waited.is_err() {
                                 b.counters.queue_timeouts.inc();
                                 return Err(Refusal::Status(
@@ -65,7 +66,7 @@ impl EdgeProxy {
             };
             let m = &b.members[pick.member];
             let slot = match m.max_connections {
-                Some(limit) => m.state.try_acquire(limit).map(|g| g.wake_on_release(&b.slot_freed)),
+                Some(limit) => m.state.try_acquire(limit),
                 None => Some(m.state.acquire()),
             };
             match slot {
@@ -114,4 +115,18 @@ impl EdgeProxy {
         }
         ctx.slot = None;
     }
+}
+
+/// A slot frees on the pinned server, or on any server of the backend the request may
+/// still use.
+async fn slot_freed(b: &BackendRt, pinned: Option<usize>, tried: &[usize]) {
+    let servers = b.members.iter().enumerate().filter(|(i, m)| match pinned {
+        Some(p) => *i == p,
+        None => m.max_connections.is_some() && !tried.contains(i),
+    });
+    let waits: Vec<_> = servers.map(|(_, m)| Box::pin(m.state.slot_freed.notified())).collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(waits).await;
 }

@@ -113,6 +113,10 @@ pub struct ServerState {
     /// Requests waiting for a free connection slot on this server (pinned sessions; the
     /// others wait in their backend's queue for any server).
     pub queued: Gauge,
+    /// Wakes one request waiting for a slot here (pinned to this server, or free to take
+    /// any server of its backend) when a slot frees. It lives with the server, so slots
+    /// freed by requests of an older config or of another backend wake it too.
+    pub slot_freed: tokio::sync::Notify,
     /// Open WebSocket tunnels, so MAINT and drain deadlines can close them.
     pub tunnels: Arc<TunnelSet>,
     detail: Mutex<StateDetail>,
@@ -131,6 +135,7 @@ impl ServerState {
             up_down_total: AtomicU64::new(0),
             checks_failed: Counter::default(),
             queued: Gauge::default(),
+            slot_freed: tokio::sync::Notify::new(),
             tunnels: Arc::default(),
             detail: Mutex::new(StateDetail {
                 since: Instant::now(),
@@ -205,7 +210,7 @@ impl ServerState {
         self.active.fetch_add(1, Relaxed);
         ActiveGuard {
             server: Arc::clone(self),
-            wake: None,
+            limited: false,
         }
     }
 
@@ -217,7 +222,7 @@ impl ServerState {
             .ok()
             .map(|_| ActiveGuard {
                 server: Arc::clone(self),
-                wake: None,
+                limited: true,
             })
     }
 
@@ -311,21 +316,15 @@ pub fn weight_epoch() -> u64 {
     WEIGHT_EPOCH.load(Relaxed)
 }
 
-/// A held connection slot on a server; dropping it frees the slot and wakes one
-/// request queued for a slot.
+/// A held connection slot on a server; dropping it frees the slot and, on a server with
+/// `max_connections`, wakes one request waiting for a slot there.
 #[derive(Debug)]
 pub struct ActiveGuard {
     server: Arc<ServerState>,
-    wake: Option<Arc<tokio::sync::Notify>>,
+    limited: bool,
 }
 
 impl ActiveGuard {
-    /// Wake a queued request on `notify` when this slot is freed.
-    pub fn wake_on_release(mut self, notify: &Arc<tokio::sync::Notify>) -> Self {
-        self.wake = Some(Arc::clone(notify));
-        self
-    }
-
     pub fn server(&self) -> &Arc<ServerState> {
         &self.server
     }
@@ -334,8 +333,10 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.server.active.fetch_sub(1, Relaxed);
-        if let Some(n) = &self.wake {
-            n.notify_one();
+        if self.limited {
+            // A waiter woken here can use this slot: it waits only on servers it may use.
+            // (A wake-up of a waiter that a slot elsewhere already took is passed on.)
+            self.server.slot_freed.notify_one();
         }
     }
 }
