@@ -12,10 +12,12 @@ impl EdgeProxy {
     /// Look at the start of an answer for what the sticky rules learn from it.
     pub(super) fn scan_answer(&self, ctx: &mut RequestCtx, data: &Bytes, upgraded: bool) {
         let sticky = &mut ctx.sticky;
-        if sticky.scan.len() + data.len() > engineio::OPEN_SCAN_LIMIT {
+        // Keep the first OPEN_SCAN_LIMIT bytes of the answer, however they are chunked.
+        let room = engineio::OPEN_SCAN_LIMIT.saturating_sub(sticky.scan.len());
+        sticky.scan.extend_from_slice(&data[..data.len().min(room)]);
+        if data.len() >= room {
+            // Nothing after this is looked at: decide on what we have.
             sticky.scan_done = true;
-        } else {
-            sticky.scan.extend_from_slice(data);
         }
         if sticky.check_unknown {
             if engineio::is_session_unknown(&sticky.scan) {
@@ -34,7 +36,8 @@ impl EdgeProxy {
         }
         let learned = if upgraded {
             match engineio::ws_first_frame(&sticky.scan) {
-                engineio::FirstFrame::Incomplete => return,
+                engineio::FirstFrame::Incomplete if !sticky.scan_done => return,
+                engineio::FirstFrame::Incomplete => None,
                 engineio::FirstFrame::Open(sid) => Some(sid.to_string()),
                 engineio::FirstFrame::Other => None,
             }
