@@ -412,6 +412,17 @@ async fn proxy_protocol_names_the_client_only_for_trusted_peers() {
         assert_eq!(r.json()["headers"]["x-real-ip"], "203.0.113.7");
         assert_eq!(r.json()["headers"]["x-forwarded-for"], "203.0.113.7");
     }
+    // A client the balancer cannot name is not trusted with its own X-Forwarded-For.
+    let unknown = b"PROXY UNKNOWN\r\n";
+    let mut conn = Conn::open(&proxy.plain().from("127.0.0.5").preface(unknown))
+        .await
+        .unwrap();
+    let r = conn
+        .request("GET", "/", &["X-Forwarded-For: 6.6.6.6".into()], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "0.0.0.0");
+    assert_eq!(r.json()["headers"]["x-real-ip"], "0.0.0.0");
     // Anyone else is served as themselves, and cannot claim another address.
     let r = client::get(&proxy.plain().from("127.0.0.6"), "/").await.unwrap();
     assert_eq!(r.json()["headers"]["x-real-ip"], "127.0.0.6");
@@ -421,7 +432,7 @@ async fn proxy_protocol_names_the_client_only_for_trusted_peers() {
     assert_eq!(r.status, 400, "a PROXY line from an untrusted peer is not HTTP");
     // A trusted peer must send the header.
     assert!(client::get(&proxy.plain().from("127.0.0.5"), "/").await.is_err());
-    assert_eq!(a.hits(), 3);
+    assert_eq!(a.hits(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

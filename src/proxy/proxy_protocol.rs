@@ -4,6 +4,12 @@
 //! Only peers in `trusted_proxies` are read this way, and from them the header is
 //! required (like HAProxy's `accept-proxy` limited to known sources); a connection from
 //! anyone else is served as it is, so nobody outside can claim another address.
+//!
+//! A relayed connection whose client the balancer cannot name (`UNKNOWN`, or an address
+//! family we do not read) gets the unspecified address as its peer: an L4 balancer does
+//! not clean HTTP headers, so the client's X-Forwarded-For must not ride on the
+//! balancer's trust. `LOCAL` (the balancer's own connection, e.g. a health check) keeps
+//! the balancer as the peer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,8 +36,19 @@ pub enum Header {
     Incomplete,
     /// Not a PROXY header.
     Invalid(&'static str),
-    /// A header of `len` bytes; `source` is the client (None for LOCAL / UNKNOWN).
-    Complete { len: usize, source: Option<SocketAddr> },
+    /// A header of `len` bytes.
+    Complete { len: usize, source: Source },
+}
+
+/// Who the header says the connection is from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A relayed client at this address.
+    Client(SocketAddr),
+    /// A relayed client the balancer cannot name.
+    Unknown,
+    /// The balancer itself (v2 LOCAL).
+    Local,
 }
 
 pub fn parse(buf: &[u8]) -> Header {
@@ -61,11 +78,14 @@ fn parse_v1(buf: &[u8]) -> Header {
     let parts: Vec<&str> = line.split(' ').collect();
     let len = end + 2;
     match parts.as_slice() {
-        ["PROXY", "UNKNOWN", ..] => Header::Complete { len, source: None },
+        ["PROXY", "UNKNOWN", ..] => Header::Complete {
+            len,
+            source: Source::Unknown,
+        },
         ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => match (src.parse::<IpAddr>(), sport.parse::<u16>()) {
             (Ok(ip), Ok(port)) => Header::Complete {
                 len,
-                source: Some(SocketAddr::new(ip, port)),
+                source: Source::Client(SocketAddr::new(ip, port)),
             },
             _ => Header::Invalid("PROXY v1 addresses do not parse"),
         },
@@ -91,11 +111,11 @@ fn parse_v2(buf: &[u8]) -> Header {
     }
     let addrs = &buf[16..len];
     let source = match (ver_cmd & 0x0f, family >> 4) {
-        // LOCAL: the balancer's own health check; keep the peer address.
-        (0, _) => None,
+        // LOCAL: the balancer's own connection (a health check); keep the peer address.
+        (0, _) => Source::Local,
         (1, 1) if addrs.len() >= 12 => {
             let ip = Ipv4Addr::new(addrs[0], addrs[1], addrs[2], addrs[3]);
-            Some(SocketAddr::new(
+            Source::Client(SocketAddr::new(
                 IpAddr::V4(ip),
                 u16::from_be_bytes([addrs[8], addrs[9]]),
             ))
@@ -103,12 +123,12 @@ fn parse_v2(buf: &[u8]) -> Header {
         (1, 2) if addrs.len() >= 36 => {
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&addrs[..16]);
-            Some(SocketAddr::new(
+            Source::Client(SocketAddr::new(
                 IpAddr::V6(Ipv6Addr::from(octets)),
                 u16::from_be_bytes([addrs[32], addrs[33]]),
             ))
         }
-        (1, _) => None,
+        (1, _) => Source::Unknown,
         _ => return Header::Invalid("PROXY v2 command is unknown"),
     };
     Header::Complete { len, source }
@@ -152,7 +172,13 @@ pub async fn accept(stream: &mut L4Stream, trusted: &[Network], timeout: Duratio
         .await
         .or_err(ErrorType::ReadTimedout, "waiting for the PROXY header")??;
     stream.rewind(&buf[len..]);
-    if let Some(source) = source {
+    let declared = match source {
+        Source::Client(client) => Some(client),
+        Source::Unknown if peer.is_ipv6() => Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
+        Source::Unknown => Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
+        Source::Local => None,
+    };
+    if let Some(source) = declared {
         let replaced = SocketDigest::from_raw_fd(std::os::unix::io::AsRawFd::as_raw_fd(stream));
         let _ = replaced.peer_addr.set(Some(source.into()));
         let _ = replaced.local_addr.set(digest.local_addr().cloned());
@@ -189,17 +215,23 @@ mod tests {
             parse(h),
             Header::Complete {
                 len: 41,
-                source: Some("192.0.2.7:51234".parse().unwrap())
+                source: Source::Client("192.0.2.7:51234".parse().unwrap())
             }
         );
         assert_eq!(
             parse(b"PROXY TCP6 2001:db8::1 ::1 5 443\r\n"),
             Header::Complete {
                 len: 34,
-                source: Some("[2001:db8::1]:5".parse().unwrap())
+                source: Source::Client("[2001:db8::1]:5".parse().unwrap())
             }
         );
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Header::Complete { len: 15, source: None });
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\n"),
+            Header::Complete {
+                len: 15,
+                source: Source::Unknown
+            }
+        );
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Header::Incomplete);
         assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Header::Invalid(_)));
         assert!(matches!(parse(b"PROXY TCP4 nope 1.2.3.4 1 2\r\n"), Header::Invalid(_)));
@@ -214,13 +246,28 @@ mod tests {
             parse(&h),
             Header::Complete {
                 len: 28,
-                source: Some("192.0.2.9:8080".parse().unwrap())
+                source: Source::Client("192.0.2.9:8080".parse().unwrap())
             }
         );
         assert_eq!(parse(&h[..20]), Header::Incomplete);
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0, 0]);
-        assert_eq!(parse(&local), Header::Complete { len: 16, source: None });
+        assert_eq!(
+            parse(&local),
+            Header::Complete {
+                len: 16,
+                source: Source::Local
+            }
+        );
+        let mut unix = V2_SIGNATURE.to_vec();
+        unix.extend_from_slice(&[0x21, 0x31, 0, 0]);
+        assert_eq!(
+            parse(&unix),
+            Header::Complete {
+                len: 16,
+                source: Source::Unknown
+            }
+        );
         assert_eq!(parse(&V2_SIGNATURE[..5]), Header::Incomplete);
     }
 }
