@@ -266,6 +266,41 @@ async fn a_slot_freed_through_another_backend_or_an_older_config_wakes_the_queue
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slow_uploading_client_does_not_take_its_server_out() {
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a");
+    let yaml = body(
+        &[&a],
+        "{ interval: 30s, timeout: 1s, passive_fall: 1 }",
+        "timeouts: { server: 1s, client: 10s }\n",
+    );
+    let proxy = Proxy::start(&yaml);
+    proxy.wait_health("a", "Up", Duration::from_secs(10)).await;
+    // A body trickling in for longer than the server timeout: the server is waiting for
+    // the client, not failing.
+    let mut s = client::connect(&proxy.plain()).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    // (pingora restarts the server's read timer on each body chunk: the gaps must be longer.)
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        if s.write_all(b"x").await.is_err() {
+            break;
+        }
+    }
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        proxy.logged_health("a").as_deref(),
+        Some("Up"),
+        "{:?}",
+        proxy.server_stats("api", "a").await
+    );
+    assert_eq!(client::get(&proxy.plain(), "/").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_queue_gives_up_with_503_after_its_timeout() {
     let a = Backend::start("a");
     let yaml = body(&[&a], FAST_CHECKS, "timeouts: { queue: 400ms }\n").replace(

@@ -392,7 +392,14 @@ impl ProxyHttp for EdgeProxy {
         let mut e = e.more_context(format!("server: {peer}"));
         let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
         if *e.esource() == ErrorSource::Upstream {
-            self.upstream_failed(ctx, |t| &t.response_errors);
+            // A server still waiting for the rest of a slow client's body is not failing:
+            // counted, but not held against its health (or one client could take it out).
+            let waiting_for_client = *e.etype() == ErrorType::ReadTimedout && !session.as_mut().is_body_done();
+            if waiting_for_client {
+                self.count_upstream_error(ctx, |t| &t.response_errors);
+            } else {
+                self.upstream_failed(ctx, |t| &t.response_errors);
+            }
         }
         // A request whose connection broke before any answer can go to another server if
         // replaying it is safe; Engine.IO requests pinned to a session cannot. A timeout is
@@ -582,13 +589,17 @@ impl EdgeProxy {
     /// A failure talking to the chosen server: counted on the (backend, server) pair and
     /// the backend, and reported to passive health.
     fn upstream_failed(&self, ctx: &RequestCtx, counter: fn(&crate::state::Traffic) -> &crate::state::Counter) {
+        self.count_upstream_error(ctx, counter);
+        self.passive_failure(ctx);
+    }
+
+    fn count_upstream_error(&self, ctx: &RequestCtx, counter: fn(&crate::state::Traffic) -> &crate::state::Counter) {
         if let Some(m) = ctx.member() {
             counter(&m.traffic).inc();
         }
         if let Some(b) = ctx.backend_rt() {
             counter(&b.counters.traffic).inc();
         }
-        self.passive_failure(ctx);
     }
 
     fn passive_failure(&self, ctx: &RequestCtx) {
