@@ -262,6 +262,38 @@ async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_c
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_moved_to_another_address_is_served_there_and_its_old_tunnels_end() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = Proxy::start(&api_body(&[&a], &[]));
+    let mut ws = client::websocket(&proxy.plain(), "/ws").await.unwrap();
+    let hello = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(hello.as_str(), "hello from a");
+    // Server `a` now lives at b's address: another process, which knows none of the
+    // old one's sessions.
+    let moved = api_body(&[&a], &[]).replace(&a.addr.to_string(), &b.addr.to_string());
+    proxy.write_config(&moved);
+    proxy.sighup();
+    wait_generation(&proxy, 2).await;
+    let frame = loop {
+        match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the old address's tunnel was not closed: {other:?}"),
+        }
+    };
+    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001));
+    for _ in 0..4 {
+        let r = client::get(&proxy.plain(), "/").await.unwrap();
+        assert_eq!(r.header("x-server"), Some("b"), "served at the new address");
+    }
+    assert!(
+        proxy.proc.log().contains("server moved by reload"),
+        "{}",
+        proxy.proc.log_tail(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn check_diff_shows_what_a_reload_would_change_and_edgepin_reload_applies_it() {
     let (a, b) = (Backend::start("a"), Backend::start("b"));
     let proxy = Proxy::start(&api_body(&[&a], &[]));

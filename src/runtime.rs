@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
-use crate::state::{BackendCounters, FrontendCounters, Registry, ServerState, Traffic};
+use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
 use crate::tls::SwappableCert;
 
@@ -181,21 +181,34 @@ impl Shared {
         build(config, &self.registry, generation, Some(&*self.snapshot()))
     }
 
-    /// Install a built snapshot; servers it no longer lists start draining.
+    /// Install a built snapshot; servers it no longer lists start draining, and servers
+    /// it moved to another address start over.
     pub fn install(&self, next: Snapshot) -> Arc<Snapshot> {
         let next = Arc::new(next);
         let old = self.snapshot.swap(Arc::clone(&next));
         let deadline = Instant::now() + next.config.reload.drain_timeout;
         for server in &old.config.servers {
-            if next.config.server(&server.name).is_none() {
-                let state = self.registry.server(&server.name, server.weight);
-                if !state.is_retired() {
+            let state = self.registry.server(&server.name, server.weight);
+            match next.config.server(&server.name) {
+                None if !state.is_retired() => {
                     state.retire(server.address, deadline);
                     tracing::info!(server = %server.name, drain_timeout = ?next.config.reload.drain_timeout, "server removed by reload: draining");
                 }
+                Some(moved) if moved.address != server.address => self.moved(&state, server.address, moved.address),
+                _ => {}
             }
         }
         old
+    }
+
+    /// A server now at another address is another process: its health is checked anew
+    /// (the first check decides), and the sessions and tunnels of the old address end
+    /// (clients reconnect; the new address does not know their sessions).
+    fn moved(&self, state: &Arc<ServerState>, from: SocketAddr, to: SocketAddr) {
+        state.set_health(Health::Checking, &format!("address changed from {from} to {to}"));
+        let sessions = self.sids.sweep(|s| std::ptr::eq(s, Arc::as_ptr(state)));
+        let tunnels = state.tunnels.close_all();
+        tracing::info!(server = %state.name, %from, %to, sessions, tunnels, "server moved by reload: checking the new address");
     }
 }
 
