@@ -60,3 +60,51 @@ impl EdgeProxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::proxy::ctx::Pick;
+    use crate::stats::gather::tests::shared;
+
+    /// A context whose request went to the first server of the sticky backend `ws`.
+    fn picked(shared: &Arc<crate::runtime::Shared>) -> RequestCtx {
+        let snapshot = shared.snapshot();
+        let backend = snapshot.backends.iter().position(|b| b.name() == "ws");
+        RequestCtx {
+            snapshot: Some(snapshot),
+            backend,
+            pick: Some(Pick {
+                member: 0,
+                sticky: None,
+            }),
+            ..RequestCtx::default()
+        }
+    }
+
+    #[test]
+    fn a_sid_is_learned_from_a_first_chunk_larger_than_the_scan_limit() {
+        let shared = shared();
+        let proxy = EdgeProxy::new(Arc::clone(&shared));
+        let mut ctx = picked(&shared);
+        let mut answer = br#"0{"sid":"aBc-123_x","upgrades":["websocket"],"pingInterval":25000}"#.to_vec();
+        answer.push(0x1e);
+        answer.resize(engineio::OPEN_SCAN_LIMIT * 2, b'4');
+        proxy.scan_answer(&mut ctx, &Bytes::from(answer), false);
+        assert!(ctx.sticky.scan_done);
+        assert!(shared.sids.lookup("aBc-123_x").is_some());
+    }
+
+    #[test]
+    fn an_open_packet_split_over_chunks_is_learned() {
+        let shared = shared();
+        let proxy = EdgeProxy::new(Arc::clone(&shared));
+        let mut ctx = picked(&shared);
+        for part in [&br#"0{"si"#[..], br#"d":"s2","upgrades":[]}"#] {
+            proxy.scan_answer(&mut ctx, &Bytes::from_static(part), false);
+        }
+        assert!(shared.sids.lookup("s2").is_some());
+    }
+}

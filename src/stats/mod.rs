@@ -12,7 +12,7 @@
 mod admin;
 mod auth;
 mod csv;
-mod gather;
+pub(crate) mod gather;
 mod html;
 mod listener;
 mod prometheus;
