@@ -30,7 +30,18 @@ fn post(w: &Worker, path: &str, body: &str) -> crate::harness::client::Response 
 
 /// POST with extra header lines.
 fn post_with(w: &Worker, path: &str, body: &str, headers: &[&str]) -> crate::harness::client::Response {
-    let (addr, path, body) = (w.addr, path.to_string(), body.to_string());
+    request_to(w.addr, "POST", path, body, headers)
+}
+
+/// One JSON request to `addr`, from these blocking tests.
+fn request_to(
+    addr: std::net::SocketAddr,
+    method: &'static str,
+    path: &str,
+    body: &str,
+    headers: &[&str],
+) -> crate::harness::client::Response {
+    let (path, body) = (path.to_string(), body.to_string());
     let mut extra = vec!["Content-Type: application/json".to_string()];
     extra.extend(headers.iter().map(|h| h.to_string()));
     // The harness client is async; these tests stay blocking.
@@ -41,12 +52,12 @@ fn post_with(w: &Worker, path: &str, body: &str, headers: &[&str]) -> crate::har
             .expect("runtime")
             .block_on(async move {
                 let mut conn = crate::harness::Conn::open(&crate::harness::Target::plain(addr)).await?;
-                conn.request("POST", &path, &extra, body.as_bytes()).await
+                conn.request(method, &path, &extra, body.as_bytes()).await
             })
     })
     .join()
-    .expect("POST thread")
-    .expect("POST")
+    .expect("request thread")
+    .expect("request")
 }
 
 /// The REST emit, which must succeed.
@@ -289,9 +300,13 @@ fn up_command(config: &std::path::Path) -> std::process::Command {
     cmd.arg("up")
         .arg("-c")
         .arg(config)
-        .env("RUST_LOG", "info,edgepin::access=warn,pingora=warn");
+        .env("RUST_LOG", "info,edgepin::access=warn,pingora=warn")
+        .env("EDGEPIN_TEST_STATS_PASSWORD", STATS_PASSWORD);
     cmd
 }
+
+/// The stats password of stacks whose proxy.yaml sets `stats.auth` (from the environment).
+const STATS_PASSWORD: &str = "roll-test";
 
 /// `started name=NAME pid=PID` lines of `up`'s log, in order.
 fn started_pids(log: &str) -> Vec<(String, i32)> {
@@ -622,6 +637,69 @@ fn sighup_starts_and_stops_workers_for_servers_added_to_and_removed_from_proxy_y
     for (name, pid) in started_pids(&up.log()) {
         assert!(!alive(pid), "{name} (pid {pid}) outlived edgepin up");
     }
+}
+
+#[test]
+fn a_rolling_restart_leaves_an_operators_maint_and_drain_as_they_were() {
+    use base64::Engine;
+    use nix::sys::signal::Signal;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stack = Stack::new();
+    let config = dir.path().join("proxy.yaml");
+    let servers = [("w1", local_addr()), ("w2", local_addr()), ("w3", local_addr())];
+    let yaml = stack.yaml(&servers) + "stats: { auth: { user: admin, password_env: EDGEPIN_TEST_STATS_PASSWORD } }\n";
+    std::fs::write(&config, yaml).expect("write proxy.yaml");
+    let mut up = start_up(&config, stack.http, dir.path());
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{STATS_PASSWORD}"));
+    let auth = format!("Authorization: Basic {token}");
+    for (server, state) in [("w1", "maint"), ("w2", "drain")] {
+        let path = format!("/admin/servers/{server}/state");
+        let r = request_to(
+            stack.stats,
+            "POST",
+            &path,
+            &format!(r#"{{"state":"{state}"}}"#),
+            &[&auth],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    up.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !up.log().contains("rolling restart done") {
+        assert!(std::time::Instant::now() < deadline, "{}", up.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let restarted: Vec<String> = started_pids(&up.log())[4..].iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(restarted, ["w1", "w2", "w3"], "every worker restarted");
+    let stats = request_to(stack.stats, "GET", "/stats.json", "", &[&auth]).json();
+    let api = stats["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "api"))
+        .expect("backend api")
+        .clone();
+    let admin: Vec<(String, String)> = api["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or("").into(),
+                s["admin"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [("w1", "MAINT"), ("w2", "DRAIN"), ("w3", "READY")]
+        .iter()
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(
+        admin, want,
+        "the operator's states stay; the restart's own DRAIN is undone"
+    );
+
+    up.signal(Signal::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).expect("exit").success());
 }
 
 #[test]

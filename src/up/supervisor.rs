@@ -252,12 +252,27 @@ impl Supervisor {
             Some(shared) => shared.registry.server(&name, weight),
             None => Arc::new(crate::state::ServerState::new(&name, weight)),
         };
-        set_admin(&state, Admin::Drain, WHO);
+        // An operator's DRAIN or MAINT stays as it is; a server taking traffic is drained
+        // for the restart and given back afterwards.
+        let drained_here = state.admin() == Admin::Ready;
+        let give_back = || {
+            if drained_here && state.admin() == Admin::Drain {
+                set_admin(&state, Admin::Ready, WHO);
+            }
+        };
+        if drained_here {
+            set_admin(&state, Admin::Drain, WHO);
+        }
         // Requests in flight finish; open sockets move when the worker closes them (their
         // clients reconnect through the proxy to the other workers).
         let deadline = Instant::now() + DRAIN_WAIT;
         while state.active() > state.tunnels.len() as u64 && Instant::now() < deadline && !*stop.borrow() {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if *stop.borrow() {
+            // `up` is stopping: leave the worker to the shutdown.
+            give_back();
+            return Ok(());
         }
         tracing::info!(name = %name, sockets = state.tunnels.len(), "drained; restarting");
         // Blocking waits are fine: this thread runs nothing else meanwhile.
@@ -265,7 +280,7 @@ impl Supervisor {
             child.stop(STOP_GRACE);
         }
         let started = self.start(i).and_then(|()| self.wait_ready(i));
-        set_admin(&state, Admin::Ready, WHO);
+        give_back();
         if started.is_err() {
             self.slots[i].restart_at = Some(Instant::now() + FIRST_DELAY);
         }
