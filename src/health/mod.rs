@@ -136,5 +136,8 @@ mod tests {
         assert_eq!(s.health(), Health::Down, "the old streak does not count");
         apply_check(&s, &mut st, result(true), 2, 3);
         assert_eq!(s.health(), Health::Up);
+        // Back up, it starts from zero: one failure does not take it out again.
+        passive_failure(&s, 3);
+        assert_eq!(s.health(), Health::Up);
     }
 }

@@ -255,6 +255,10 @@ impl ServerState {
             self.up_down_total.fetch_add(1, Relaxed);
         }
         self.health.store(h as u8, Relaxed);
+        if h != Health::Down {
+            // Back in service: live traffic counts its failures from zero again.
+            self.passive_failures.store(0, Relaxed);
+        }
         d.since = Instant::now();
         d.reason = reason.to_string();
         Some(old)
