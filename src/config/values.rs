@@ -8,12 +8,19 @@ use std::time::Duration;
 
 use super::Network;
 
-/// Parse a duration such as `2s`, `500ms`, `1m30s` or `1h`.
+/// The longest duration any setting takes. Deadlines are computed as now + duration,
+/// which must not overflow; nothing here needs more than a year.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parse a duration such as `2s`, `500ms`, `1m30s` or `1h` (more than zero, at most a year).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. 500ms, 2s, 1m, 1h"))?;
     if d.is_zero() {
         return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!("duration {text:?} is longer than a year"));
     }
     Ok(d)
 }
@@ -162,5 +169,8 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10000000000000000000s").is_err(), "would overflow deadlines");
+        assert!(parse_duration("400d").is_err());
+        assert!(parse_duration("365d").is_ok());
     }
 }
