@@ -376,6 +376,8 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits() {
         .expect("exits after draining");
     assert!(status.success(), "{status:?}");
     assert!(blocking_get(proxy.http, "/").is_none(), "no longer serving");
+    let pidfile = proxy.config.parent().expect("config dir").join("edgepin.pid");
+    assert!(!pidfile.exists(), "the pidfile is removed at exit");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -328,4 +328,18 @@ async fn check_diff_shows_what_a_reload_would_change_and_edgepin_reload_applies_
         out.contains("no changes"),
         "the reload is now the running config: {out}"
     );
+
+    // A stale pidfile naming some other process is refused, not signalled.
+    let pidfile = proxy.config.parent().expect("config dir").join("edgepin.pid");
+    let own = std::fs::read_to_string(&pidfile).expect("pidfile");
+    let mut bystander = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::fs::write(&pidfile, format!("{}\n", bystander.id())).expect("write pidfile");
+    let (code, out) = edgepin(&["reload"]);
+    let survived = bystander.try_wait().expect("try_wait").is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    std::fs::write(&pidfile, own).expect("restore pidfile");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is not a running"), "{out}");
+    assert!(survived, "the other process was not signalled");
 }

@@ -56,6 +56,8 @@ pub enum RunError {
 pub struct Edge {
     server: Server,
     shared: Arc<Shared>,
+    /// Written at start; removed at exit so `edgepin reload` never signals a stale pid.
+    pidfile: Option<std::path::PathBuf>,
 }
 
 impl Edge {
@@ -70,6 +72,11 @@ impl Edge {
         self.server.run(RunArgs {
             shutdown_signal: Box::new(Signals { shared }),
         });
+        if let Some(pidfile) = &self.pidfile
+            && std::fs::read_to_string(pidfile).is_ok_and(|p| p.trim() == std::process::id().to_string())
+        {
+            let _ = std::fs::remove_file(pidfile);
+        }
     }
 }
 
@@ -189,7 +196,11 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         threads = config.threads,
         "edgepin running"
     );
-    Ok(Edge { server, shared })
+    Ok(Edge {
+        server,
+        shared,
+        pidfile: config.reload.pidfile.clone(),
+    })
 }
 
 /// Client connections read straight from the socket. pingora's default puts a 64 KiB read

@@ -170,9 +170,16 @@ fn reload(config: &std::path::Path) -> ExitCode {
         return fail("reload.pidfile is not set in the config: no running proxy to find");
     };
     let pid = match std::fs::read_to_string(&pidfile).map(|s| s.trim().parse::<i32>()) {
-        Ok(Ok(pid)) => pid,
+        Ok(Ok(pid)) if pid > 1 => pid,
         _ => return fail(&format!("cannot read a pid from {}", pidfile.display())),
     };
+    // A stale pidfile may name a process that reused the pid: SIGHUP would end it.
+    if !is_edgepin_proxy(pid) {
+        return fail(&format!(
+            "pid {pid} from {} is not a running `edgepin run` or `edgepin up`",
+            pidfile.display()
+        ));
+    }
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP) {
         Ok(()) => {
             println!("sent SIGHUP to {pid}");
@@ -180,6 +187,19 @@ fn reload(config: &std::path::Path) -> ExitCode {
         }
         Err(e) => fail(&format!("signalling {pid}: {e}")),
     }
+}
+
+/// Whether `pid` runs `edgepin run` or `edgepin up` (by its command line in /proc).
+fn is_edgepin_proxy(pid: i32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
+    let program = args.next().unwrap_or_default();
+    let named = std::path::Path::new(program.as_ref())
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("edgepin"));
+    named && args.any(|a| a == "run" || a == "up")
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("10000000000000000000s").is_err(), "would overflow deadlines");
+        assert!(
+            parse_duration("10000000000000000000s").is_err(),
+            "would overflow deadlines"
+        );
         assert!(parse_duration("400d").is_err());
         assert!(parse_duration("365d").is_ok());
     }
