@@ -92,8 +92,13 @@ async fn check_loop(shared: Arc<Shared>, name: String) {
         };
         let h = snapshot.config.health.clone();
         let state = shared.registry.server(&name, server.weight);
-        let result = probe(server.address, &h).await;
-        apply_check(&state, &mut streak, result, h.rise, h.fall);
+        let probed = server.address;
+        let result = probe(probed, &h).await;
+        // A reload may have moved the server meanwhile: a verdict on the old address
+        // says nothing of the new one.
+        if shared.snapshot().config.server(&name).is_some_and(|s| s.address == probed) {
+            apply_check(&state, &mut streak, result, h.rise, h.fall);
+        }
         delay = jittered(h.interval, &mut seed);
     }
 }
