@@ -96,7 +96,12 @@ async fn check_loop(shared: Arc<Shared>, name: String) {
         let result = probe(probed, &h).await;
         // A reload may have moved the server meanwhile: a verdict on the old address
         // says nothing of the new one.
-        if shared.snapshot().config.server(&name).is_some_and(|s| s.address == probed) {
+        if shared
+            .snapshot()
+            .config
+            .server(&name)
+            .is_some_and(|s| s.address == probed)
+        {
             apply_check(&state, &mut streak, result, h.rise, h.fall);
         }
         delay = jittered(h.interval, &mut seed);

@@ -75,6 +75,10 @@ pub enum RequestBody {
     Unknown(u64),
 }
 
+/// The longest another worker may have us wait for acknowledgements: each wait holds a
+/// task and an entry per targeted socket until it ends.
+pub const MAX_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Decode a request; JSON when it starts with `{`, msgpack otherwise (as Node decides).
 pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
     let msg = read_json_or_msgpack(bytes)?;
@@ -126,7 +130,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, WireError> {
                 .and_then(|o| field(o, "flags"))
                 .and_then(|f| field(f, "timeout"))
                 .and_then(Msgpack::as_u64)
-                .map(std::time::Duration::from_millis),
+                .map(|ms| std::time::Duration::from_millis(ms).min(MAX_ACK_WAIT)),
         },
         other => RequestBody::Unknown(other),
     };
@@ -308,6 +312,19 @@ mod tests {
         assert_eq!(text(v), r#"["ask",1]"#);
         assert_eq!(opts.rooms.as_slice(), &[Room::from("r1")]);
         assert_eq!(timeout, Some(std::time::Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn an_ack_wait_asked_from_the_wire_is_capped() {
+        let r = decode_request(&hex(NODE_ACK_REQUEST)).unwrap();
+        let RequestBody::BroadcastWithAck { packet, opts, .. } = r.body else {
+            panic!()
+        };
+        let forever = broadcast_ack_request("u", "q", &packet, &opts, std::time::Duration::MAX).unwrap();
+        let RequestBody::BroadcastWithAck { timeout, .. } = decode_request(&forever).unwrap().body else {
+            panic!()
+        };
+        assert_eq!(timeout, Some(MAX_ACK_WAIT));
     }
 
     #[test]
