@@ -214,6 +214,20 @@ mod tests {
     }
 
     #[test]
+    fn a_placeholder_lookalike_in_a_text_event_is_plain_data() {
+        let lookalike = r#"["say","lobby",{"_placeholder":true,"num":0}]"#;
+        let packet = Packet::event("/", Value::Str(Str::from(lookalike.to_string()), None));
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.push("lobby".into());
+        let bytes = encode_broadcast("u", &packet, &opts).expect("relayed, not refused");
+        let back = decode_broadcast(&bytes).unwrap();
+        let PacketData::Event(v, _) = &back.packet.inner else {
+            panic!("{:?}", back.packet.inner)
+        };
+        assert_eq!(text(v), lookalike);
+    }
+
+    #[test]
     fn our_broadcast_is_byte_for_byte_what_node_sends() {
         let data = Value::Str(
             Str::from(r#"["said",{"from":"n1","room":"r1","msg":"hi"}]"#.to_string()),

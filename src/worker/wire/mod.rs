@@ -222,7 +222,11 @@ mod tests {
             Msgpack::Map(vec![]),
         ]));
         assert!(decode_broadcast(&not_event).is_err());
-        let dangling = Value::Str(Str::from(r#"["e",{"_placeholder":true,"num":3}]"#.to_string()), None);
+        let one = std::collections::VecDeque::from([bytes::Bytes::from_static(b"x")]);
+        let dangling = Value::Str(
+            Str::from(r#"["e",{"_placeholder":true,"num":3}]"#.to_string()),
+            Some(one),
+        );
         assert!(matches!(
             value_to_msgpack(&dangling),
             Err(WireError::MissingAttachment(3))

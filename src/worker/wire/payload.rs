@@ -41,6 +41,11 @@ pub fn msgpack_to_value(data: &Msgpack) -> Result<Value, WireError> {
 }
 
 fn fill_placeholders(v: Msgpack, bins: Option<&VecDeque<Bytes>>) -> Result<Msgpack, WireError> {
+    if bins.is_none() {
+        // A packet without attachments has no placeholders: an object that looks like
+        // one is the sender's data, relayed as it is (as Node does).
+        return Ok(v);
+    }
     Ok(match v {
         Msgpack::Array(items) => Msgpack::Array(
             items
