@@ -55,8 +55,9 @@ enum Command {
         /// Name shown by /api/whoami and in messages (e.g. the server name in proxy.yaml).
         #[arg(long)]
         id: String,
-        /// Redis shared by every worker, e.g. redis://127.0.0.1:6379.
-        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        /// Redis shared by every worker, e.g. redis://127.0.0.1:6379 (from the environment
+        /// when it carries a password: the command line is visible to every local user).
+        #[arg(long, env = "EDGEPIN_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis: String,
         /// Stop when this process (`edgepin up`) exits.
         #[arg(long, hide = true)]

@@ -357,15 +357,9 @@ fn command(exe: &std::path::Path, name: &str, kind: &Kind) -> Command {
         Kind::Redis { port } => super::lifeline::following_this_process(exe, &super::redis_command(*port)),
         Kind::Worker { addr, redis_url, .. } => {
             let mut cmd = Command::new(exe);
-            cmd.args([
-                "worker",
-                "--listen",
-                &addr.to_string(),
-                "--id",
-                name,
-                "--redis",
-                redis_url,
-            ]);
+            cmd.args(["worker", "--listen", &addr.to_string(), "--id", name]);
+            // Not on the command line, which every local user can read: it may hold a password.
+            cmd.env("EDGEPIN_REDIS_URL", redis_url);
             // Should `up` die without stopping it (SIGKILL), the worker stops by itself.
             cmd.args(["--exit-with-parent", &std::process::id().to_string()]);
             cmd

@@ -101,12 +101,20 @@ pub struct RedisLink {
     pub metrics: AdapterMetrics,
 }
 
+/// `url` with any password replaced, for messages.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 impl RedisLink {
     /// Check the URL and start connecting in the background (a Redis that is down now is
     /// not an error: the link keeps trying). Must be called inside a Tokio runtime.
     pub fn start(url: &str, metrics: AdapterMetrics) -> Result<Arc<RedisLink>, LinkError> {
         let client = Client::open(url).map_err(|source| LinkError::Url {
-            url: url.to_string(),
+            url: redacted(url),
             source,
         })?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -520,6 +528,12 @@ mod tests {
             RedisLink::start("http://nope", metrics.clone()),
             Err(LinkError::Url { .. })
         ));
+        let Err(e) = RedisLink::start("http://user:s3cret@nope:1", metrics.clone()) else {
+            panic!("not a Redis URL")
+        };
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert_eq!(redacted("redis://:pw@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redacted("redis://h:6379"), "redis://h:6379");
         // Port 1 on loopback: nothing listens there.
         let link = RedisLink::start("redis://127.0.0.1:1", metrics.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -398,5 +398,11 @@ servers:
         assert_eq!(errs.len(), 1);
         assert!(errs[0].starts_with("t.yaml:9:"), "{errs:?}");
         assert!(check(&format!("{MINIMAL}workers: {{ redis: memcached }}\n")).is_err());
+        let tls = check(&format!("{MINIMAL}workers: {{ redis: \"rediss://h:6380\" }}\n")).unwrap_err();
+        assert!(
+            tls.iter()
+                .any(|e| e.contains("rediss:// (Redis over TLS) is not supported")),
+            "{tls:?}"
+        );
     }
 }

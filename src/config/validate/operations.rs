@@ -165,8 +165,14 @@ impl Validator<'_> {
                 .check(r, |r| {
                     if r == "spawn" {
                         Ok(RedisSource::Spawn)
-                    } else if r.starts_with("redis://") || r.starts_with("rediss://") {
+                    } else if r.starts_with("redis://") {
                         Ok(RedisSource::Url(r.clone()))
+                    } else if r.starts_with("rediss://") {
+                        Err(
+                            "rediss:// (Redis over TLS) is not supported by the workers; use redis:// \
+                             on a private network or through a local TLS tunnel"
+                                .to_string(),
+                        )
                     } else {
                         Err(format!("workers.redis {r:?} must be `spawn` or a redis:// URL"))
                     }
