@@ -29,6 +29,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// Messages waiting to be published; more are dropped (and counted).
 const OUTBOX_CAPACITY: usize = 8192;
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
 /// Most messages sent in one pipeline.
 const BATCH: usize = 256;
 
@@ -256,8 +258,7 @@ impl RedisLink {
         while !*stop.borrow() {
             match self.connect().await {
                 Ok((conn, sink, stream)) => {
-                    backoff.reset();
-                    last_warning = None;
+                    let connected_at = Instant::now();
                     let session = self.session.fetch_add(1, Ordering::Relaxed) + 1;
                     *write(&self.publisher) = Some(conn.clone());
                     self.up.store(true, Ordering::Relaxed);
@@ -285,10 +286,21 @@ impl RedisLink {
                     }
                     self.metrics.errors.inc();
                     down_since = Some(Instant::now());
-                    tracing::warn!(
-                        reason = %reason,
-                        "lost Redis: delivering to this worker's sockets only while reconnecting"
-                    );
+                    // A session that broke at once (Redis drops us right after connecting)
+                    // keeps backing off, and is reported once per 30 s, not each time.
+                    let stable = connected_at.elapsed() >= STABLE_SESSION;
+                    if stable {
+                        backoff.reset();
+                    }
+                    if stable || last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        last_warning = Some(Instant::now());
+                        tracing::warn!(
+                            reason = %reason,
+                            "lost Redis: delivering to this worker's sockets only while reconnecting"
+                        );
+                    } else {
+                        tracing::debug!(reason = %reason, "lost Redis again");
+                    }
                 }
                 Err(e) => {
                     self.metrics.errors.inc();
