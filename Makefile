@@ -69,13 +69,13 @@ run: release
 bench-broadcast: release node-deps
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 
-## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~13 min;
+## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~14 min;
 ## `make bench QUICK=1` for one short repetition (~2.5 min). Then the Socket.IO broadcast
 ## benchmark (about a minute either way).
-bench: deps bench-deps
+bench: deps bench-deps node-deps
 	$(CARGO) build --release --bins --examples
 	QUICK=$(QUICK) ./benches/run.sh
-	$(MAKE) bench-broadcast
+	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 
 ## The other proxies and the load generators, from Debian, when missing.
 bench-deps:
