@@ -85,9 +85,13 @@ impl SioClients {
         self.acks += 1;
         let tag = format!("ack{}", self.acks);
         self.send(json!({ "op": "emit", "name": name, "event": event, "args": args, "ack": tag }));
-        self.wait_for(Duration::from_secs(10), |e| e["ack"] == tag.as_str())
-            .unwrap_or_else(|| panic!("no ack for {event} from {name}"))["data"]
-            .clone()
+        match self.wait_for(Duration::from_secs(10), |e| e["ack"] == tag.as_str()) {
+            Some(ack) => ack["data"].clone(),
+            None => {
+                let history: Vec<&Json> = self.seen.iter().filter(|e| e["name"] == name).collect();
+                panic!("no ack for {event} from {name}; what {name} saw: {history:?}")
+            }
+        }
     }
 
     pub fn join(&mut self, name: &str, room: &str) {

@@ -24,6 +24,10 @@ function handle(cmd) {
       const socket = io(cmd.url, {
         transports: cmd.transports || ["websocket"],
         reconnection: cmd.reconnection !== false,
+        // As clients.js: a failed attempt (e.g. while every worker restarts) costs at most
+        // a second, not socket.io's default 5 s, so waits in the tests stay short.
+        reconnectionDelay: 200,
+        reconnectionDelayMax: 1000,
         forceNew: true,
       });
       sockets.set(cmd.name, socket);
