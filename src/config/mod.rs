@@ -344,6 +344,11 @@ pub struct Network {
 }
 
 impl Network {
+    /// Whether any of `networks` holds `ip` (e.g. a peer in `trusted_proxies`).
+    pub fn any_contains(networks: &[Network], ip: std::net::IpAddr) -> bool {
+        networks.iter().any(|n| n.contains(ip))
+    }
+
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
         match (self.addr, ip) {

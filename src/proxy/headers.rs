@@ -33,7 +33,7 @@ pub fn forwarded_for(headers: &HeaderMap) -> Option<Cow<'_, [u8]>> {
 /// rightmost X-Forwarded-For entry that is not itself a trusted proxy.
 pub fn client_ip(peer: Option<IpAddr>, xff: Option<&[u8]>, trusted: &[Network]) -> Option<IpAddr> {
     let peer = peer?;
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let is_trusted = |ip: IpAddr| Network::any_contains(trusted, ip);
     if !is_trusted(peer) {
         return Some(peer);
     }

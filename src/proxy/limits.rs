@@ -73,9 +73,7 @@ impl Drop for Open<'_> {
 impl<A> ConnectionLimit<A> {
     /// On the plain listener, a trusted peer's PROXY header (the https listener reads it
     /// before the TLS handshake instead). None: the header was bad; drop the connection.
-    async fn read_proxy_header(&self, stream: Stream) -> Option<Stream> {
-        let snapshot = self.shared.snapshot();
-        let cfg = &snapshot.config;
+    async fn read_proxy_header(&self, stream: Stream, cfg: &crate::config::Config) -> Option<Stream> {
         if !cfg.listen.proxy_protocol || stream.get_ssl_digest().is_some() {
             return Some(stream);
         }
@@ -113,13 +111,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         };
         counters.connections_total.inc();
         let _open = Open::new(counters, permit);
-        let stream = match self.read_proxy_header(stream).await {
-            Some(stream) => super::head_deadline::wrap(stream, self.shared.snapshot().config.timeouts.header),
+        // The config of this moment, not held for the connection's life (reloads retire it).
+        let snapshot = self.shared.snapshot();
+        let stream = match self.read_proxy_header(stream, &snapshot.config).await {
+            Some(stream) => super::head_deadline::wrap(stream, snapshot.config.timeouts.header),
             None => {
                 counters.request_errors.inc();
                 return None;
             }
         };
+        drop(snapshot);
         self.inner.process_new(stream, shutdown).await
     }
 

@@ -272,7 +272,7 @@ impl ProxyHttp for EdgeProxy {
         };
         let cfg = &snapshot.config;
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let trusted = peer.is_some_and(|p| cfg.trusted_proxies.iter().any(|n| n.contains(p)));
+        let trusted = peer.is_some_and(|p| crate::config::Network::any_contains(&cfg.trusted_proxies, p));
         let host = upstream
             .headers
             .get("host")
@@ -469,12 +469,7 @@ impl ProxyHttp for EdgeProxy {
             ctx.status = code;
             ctx.local = true;
             let written = if session_lost {
-                if let Some(b) = ctx.backend_rt() {
-                    b.counters.sid_refused.inc();
-                }
-                if let Some(sid) = &ctx.sticky.sid {
-                    self.shared.sids.forget(sid);
-                }
+                self.session_lost(ctx);
                 respond::session_unknown(session).await
             } else {
                 let detail = match code {

@@ -143,7 +143,7 @@ pub async fn accept(stream: &mut L4Stream, trusted: &[Network], timeout: Duratio
     let Some(peer) = digest.peer_addr().and_then(|a| a.as_inet()).copied() else {
         return Ok(());
     };
-    if !trusted.iter().any(|n| n.contains(peer.ip())) {
+    if !Network::any_contains(trusted, peer.ip()) {
         return Ok(());
     }
     let read = async {

@@ -88,15 +88,23 @@ impl EdgeProxy {
             Refusal::SessionGone => {
                 ctx.status = 400;
                 if let Some(b) = ctx.backend_rt() {
-                    b.counters.sid_refused.inc();
                     b.counters.traffic.sid_unknown.inc();
                 }
-                if let Some(sid) = &ctx.sticky.sid {
-                    self.shared.sids.forget(sid);
-                }
+                self.session_lost(ctx);
                 session_unknown(session).await?;
             }
         }
         Ok(true)
+    }
+
+    /// The request's Engine.IO session died with its server: counted, and its sid
+    /// forgotten, before the client is told with [`session_unknown`].
+    pub(super) fn session_lost(&self, ctx: &RequestCtx) {
+        if let Some(b) = ctx.backend_rt() {
+            b.counters.sid_refused.inc();
+        }
+        if let Some(sid) = &ctx.sticky.sid {
+            self.shared.sids.forget(sid);
+        }
     }
 }
