@@ -336,6 +336,9 @@ impl SameSite {
     }
 }
 
+/// The largest server weight (config and the admin API alike).
+pub const MAX_WEIGHT: u32 = 256;
+
 /// An IP network in CIDR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {

@@ -20,14 +20,12 @@ use axum::{Form, Json};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::config::MAX_WEIGHT;
 use crate::health;
 use crate::state::{Admin, ServerState};
 
 use super::StatsApp;
 use super::auth::{User, same_origin};
-
-/// Highest weight an admin may set (as in the config).
-pub const MAX_WEIGHT: u32 = 256;
 
 /// The client address of a stats connection, attached to each of its requests.
 #[derive(Debug, Clone, Copy)]
@@ -203,7 +201,10 @@ pub async fn set_weight(
 ) -> Result<Response, Refusal> {
     let a = action::<WeightChange>(&app, req, |b| b.csrf.as_deref()).await?;
     if a.body.weight > MAX_WEIGHT {
-        return Err(refuse(StatusCode::BAD_REQUEST, "weight must be 0 to 256"));
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            &format!("weight must be 0 to {MAX_WEIGHT}"),
+        ));
     }
     let server = find_server(&app, &name)?;
     let previous = server.weight();

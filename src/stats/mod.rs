@@ -35,7 +35,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::runtime::Shared;
 
-pub use admin::MAX_WEIGHT;
+pub use crate::config::MAX_WEIGHT;
 pub use auth::GuardError;
 
 /// Largest request body the stats listener reads (admin actions are tiny).

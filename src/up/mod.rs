@@ -49,7 +49,6 @@ pub enum UpError {
     Thread(std::io::Error),
 }
 
-/// Run the stack described by `config_path` until SIGTERM or SIGINT.
 /// redis-server on 127.0.0.1:`port` without persistence: rooms' pub/sub needs none, and
 /// nothing is written to disk.
 pub fn redis_command(port: u16) -> std::process::Command {
@@ -67,6 +66,7 @@ pub fn redis_command(port: u16) -> std::process::Command {
     cmd
 }
 
+/// Run the stack described by `config_path` until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> Result<(), UpError> {
     let config = config::load(config_path)?;
     let shown = config_path.display().to_string();

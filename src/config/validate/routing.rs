@@ -15,7 +15,7 @@ impl Validator<'_> {
         for (name, server) in &s.value {
             self.name(name, server.referenced, "server");
             let address = self.check(&server.value.address, |a| resolve_server_addr(a));
-            let weight = self.count(&server.value.weight, "weight", (0, 256), 1) as u32;
+            let weight = self.count(&server.value.weight, "weight", (0, MAX_WEIGHT.into()), 1) as u32;
             let max_connections = server
                 .value
                 .max_connections
