@@ -29,6 +29,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// Messages waiting to be published; more are dropped (and counted).
 const OUTBOX_CAPACITY: usize = 8192;
+/// Repeated trouble with Redis is logged at WARN at most this often (DEBUG between).
+const WARN_EVERY: Duration = Duration::from_secs(30);
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
 /// Most messages sent in one pipeline.
@@ -101,6 +103,15 @@ pub struct RedisLink {
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<Response>>>,
     stop: watch::Sender<bool>,
     pub metrics: AdapterMetrics,
+}
+
+/// Whether to warn now (`always`, or none for WARN_EVERY); remembers when it did.
+fn warn_due(last: &mut Option<Instant>, always: bool) -> bool {
+    let due = always || last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 /// `url` with any password replaced, for messages.
@@ -292,8 +303,7 @@ impl RedisLink {
                     if stable {
                         backoff.reset();
                     }
-                    if stable || last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                        last_warning = Some(Instant::now());
+                    if warn_due(&mut last_warning, stable) {
                         tracing::warn!(
                             reason = %reason,
                             "lost Redis: delivering to this worker's sockets only while reconnecting"
@@ -306,8 +316,7 @@ impl RedisLink {
                     self.metrics.errors.inc();
                     let since = *down_since.get_or_insert_with(Instant::now);
                     // Say it once, then every 30 s of a long outage.
-                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                        last_warning = Some(Instant::now());
+                    if warn_due(&mut last_warning, false) {
                         tracing::warn!(error = %e, down_s = since.elapsed().as_secs(), "cannot reach Redis; retrying");
                     } else {
                         tracing::debug!(error = %e, "cannot reach Redis; retrying");
