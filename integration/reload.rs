@@ -12,23 +12,7 @@ use crate::harness::load::{echoing_websockets, steady_load};
 use crate::harness::node::HeldClients;
 use crate::harness::redis::Redis;
 use crate::harness::worker::Worker;
-use crate::harness::{Backend, Proxy, Target, api_body, certs, client};
-
-async fn generation(proxy: &Proxy) -> u64 {
-    proxy.status().await["generation"].as_u64().expect("generation")
-}
-
-async fn wait_generation(proxy: &Proxy, generation_wanted: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while generation(proxy).await != generation_wanted {
-        assert!(
-            Instant::now() < deadline,
-            "generation {generation_wanted} never came:\n{}",
-            proxy.proc.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use crate::harness::{Backend, Proxy, api_body, certs, client};
 
 /// sessions_total of every backend and (backend, server) the stats list now.
 async fn totals(proxy: &Proxy) -> std::collections::HashMap<String, u64> {
@@ -132,7 +116,7 @@ async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
                     assert!(Instant::now() < deadline, "no rejection logged");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                assert_eq!(generation(&proxy).await, expected);
+                assert_eq!(proxy.generation().await, expected);
                 // The stats page shows the generation and the failed reload with its error.
                 let page = client::get(&proxy.stats_target(), "/").await.unwrap().text();
                 assert!(
@@ -145,7 +129,7 @@ async fn twenty_reloads_under_load_drop_no_request_and_no_websocket() {
                 assert_eq!(reload["last"]["generation"], expected, "{reload}");
             } else {
                 expected += 1;
-                wait_generation(&proxy, expected).await;
+                proxy.wait_generation(expected).await;
                 assert!(
                     before.elapsed() < Duration::from_secs(2),
                     "reload {k} took {:?}",
@@ -223,7 +207,7 @@ async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_c
     let mut ws = ws.expect("a websocket on b");
     proxy.write_config(&api_body(&[&a], &[]));
     proxy.sighup();
-    wait_generation(&proxy, 2).await;
+    proxy.wait_generation(2).await;
     let removed_at = Instant::now();
     // New traffic avoids b at once.
     for _ in 0..10 {
@@ -258,7 +242,6 @@ async fn a_removed_servers_websocket_flows_until_the_drain_timeout_then_closes_c
     // ...then closes cleanly, with a close frame saying the server is going away.
     let frame = close.expect("a close frame, not a bare disconnect");
     assert_eq!(u16::from(frame.code), 1001);
-    let _ = Target::plain(proxy.http);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,7 +256,7 @@ async fn a_server_moved_to_another_address_is_served_there_and_its_old_tunnels_e
     let moved = api_body(&[&a], &[]).replace(&a.addr.to_string(), &b.addr.to_string());
     proxy.write_config(&moved);
     proxy.sighup();
-    wait_generation(&proxy, 2).await;
+    proxy.wait_generation(2).await;
     let frame = loop {
         match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
             Ok(Some(Ok(Message::Close(frame)))) => break frame,
@@ -318,11 +301,11 @@ async fn check_diff_shows_what_a_reload_would_change_and_edgepin_reload_applies_
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("+ server b {}", b.addr)), "{out}");
     assert!(out.contains("~ backend api servers: a -> a, b"), "{out}");
-    assert_eq!(generation(&proxy).await, 1, "check changes nothing");
+    assert_eq!(proxy.generation().await, 1, "check changes nothing");
 
     let (code, out) = edgepin(&["reload"]);
     assert_eq!(code, Some(0), "{out}");
-    wait_generation(&proxy, 2).await;
+    proxy.wait_generation(2).await;
     let (_, out) = edgepin(&["check", "--diff"]);
     assert!(
         out.contains("no changes"),

@@ -331,17 +331,6 @@ async fn owners(proxy: &Proxy, addrs: &[String]) -> Vec<String> {
     out
 }
 
-async fn wait_generation(proxy: &Proxy, generation: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.status().await["generation"] != generation {
-        assert!(
-            Instant::now() < deadline,
-            "reload to generation {generation} did not happen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn removing_one_of_five_servers_moves_only_its_clients_and_adding_it_back_restores_them() {
     let backends: Vec<Backend> = (1..=5).map(|i| Backend::start(&format!("s{i}"))).collect();
@@ -369,7 +358,7 @@ async fn removing_one_of_five_servers_moves_only_its_clients_and_adding_it_back_
 
     proxy.write_config(&body(&["s1", "s2", "s4", "s5"]));
     proxy.sighup();
-    wait_generation(&proxy, 2).await;
+    proxy.wait_generation(2).await;
     let without = owners(&proxy, &addrs).await;
     let moved: Vec<usize> = (0..addrs.len()).filter(|&i| before[i] != without[i]).collect();
     assert!(moved.len() <= 300, "{} of 1000 moved", moved.len());
@@ -378,7 +367,7 @@ async fn removing_one_of_five_servers_moves_only_its_clients_and_adding_it_back_
 
     proxy.write_config(&body(&all));
     proxy.sighup();
-    wait_generation(&proxy, 3).await;
+    proxy.wait_generation(3).await;
     let restored = owners(&proxy, &addrs).await;
     assert_eq!(restored, before, "adding s3 back restores every client");
 }

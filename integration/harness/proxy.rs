@@ -292,6 +292,24 @@ impl Proxy {
             .unwrap_or_else(|| panic!("no server {server} in {b}"))
     }
 
+    /// The config generation the proxy serves.
+    pub async fn generation(&self) -> u64 {
+        self.status().await["generation"].as_u64().expect("generation")
+    }
+
+    /// Wait (up to 10 s) until the proxy serves config generation `wanted`.
+    pub async fn wait_generation(&self, wanted: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.generation().await != wanted {
+            assert!(
+                Instant::now() < deadline,
+                "generation {wanted} never came:\n{}",
+                self.proc.log_tail(20)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The proxy's own status (`/health` on the stats listener).
     pub async fn status(&self) -> serde_json::Value {
         client::get(&self.stats_target(), "/health")
