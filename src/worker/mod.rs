@@ -69,6 +69,29 @@ pub enum WorkerError {
     Serve(std::io::Error),
     #[error("following the parent process: {0}")]
     Parent(std::io::Error),
+    #[error("no system randomness for the emit token's key")]
+    Random,
+}
+
+/// The REST emit's bearer token, kept as an HMAC under a key of this process: a guess is
+/// checked in the same time wherever it differs (as the stats credentials are).
+pub(crate) struct EmitToken {
+    key: ring::hmac::Key,
+    tag: ring::hmac::Tag,
+}
+
+impl EmitToken {
+    fn new(token: &str) -> Result<EmitToken, WorkerError> {
+        use ring::hmac;
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| WorkerError::Random)?;
+        let tag = hmac::sign(&key, token.as_bytes());
+        Ok(EmitToken { key, tag })
+    }
+
+    pub(crate) fn matches(&self, given: &[u8]) -> bool {
+        ring::hmac::verify(&self.key, given, self.tag.as_ref()).is_ok()
+    }
 }
 
 /// What handlers share.
@@ -79,7 +102,7 @@ pub struct WorkerState {
     /// Channels of namespace `/`, for requests the REST API makes.
     root_channels: Channels,
     /// Required bearer token of the REST emit, if any.
-    emit_token: Option<String>,
+    emit_token: Option<EmitToken>,
     /// Set once shutdown begins: `/health` and `/ready` turn 503.
     stopping: AtomicBool,
 }
@@ -100,9 +123,13 @@ pub async fn serve(
     check_id(&options.id)?;
     let metrics = WorkerMetrics::new()?;
     let link = RedisLink::start(&options.redis_url, metrics.adapter.clone())?;
+    let emit_token = match options.emit_token.filter(|t| !t.is_empty()) {
+        Some(t) => Some(EmitToken::new(&t)?),
+        None => None,
+    };
     let state = Arc::new(WorkerState {
         root_channels: Channels::new(link.prefix(), "/", link.uid()),
-        emit_token: options.emit_token.filter(|t| !t.is_empty()),
+        emit_token,
         id: options.id,
         link: Arc::clone(&link),
         metrics,
