@@ -51,7 +51,25 @@ impl Status {
     }
 }
 
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Checking => "CHECKING",
+            Health::Up => "UP",
+            Health::Down => "DOWN",
+        }
+    }
+}
+
 impl Admin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admin::Ready => "READY",
+            Admin::Drain => "DRAIN",
+            Admin::Maint => "MAINT",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Admin> {
         match s.to_ascii_lowercase().as_str() {
             "ready" | "up" => Some(Admin::Ready),

@@ -186,7 +186,7 @@ pub async fn set_state(
         a.via,
         serde_json::json!({
             "server": server.name,
-            "admin": format!("{admin:?}").to_uppercase(),
+            "admin": admin.as_str(),
             "status": server.status().as_str(),
             "changed": changed,
         }),

@@ -227,16 +227,8 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         name: m.name.to_string(),
         address,
         status,
-        health: match state.health() {
-            crate::state::Health::Checking => "CHECKING",
-            crate::state::Health::Up => "UP",
-            crate::state::Health::Down => "DOWN",
-        },
-        admin: match state.admin() {
-            crate::state::Admin::Ready => "READY",
-            crate::state::Admin::Drain => "DRAIN",
-            crate::state::Admin::Maint => "MAINT",
-        },
+        health: state.health().as_str(),
+        admin: state.admin().as_str(),
         retired,
         status_seconds,
         status_reason,
