@@ -225,7 +225,7 @@ impl Page<'_> {
                             (bytes("bin", c.bytes_in)) (bytes("bout", c.bytes_out))
                             (maybe("dreq", c.denied)) (maybe("ereq", c.request_errors))
                             (count("dcon", f.connections_refused)) (count("redirects", f.redirects))
-                            (responses(c))
+                            (responses(c, true))
                         }
                     }
                 }
@@ -392,11 +392,13 @@ fn check_cell(s: &ServerView) -> Markup {
     }
 }
 
-fn responses(c: &Counters) -> Markup {
+/// HTTP responses by class; `other` (no response) where the table has the column.
+fn responses(c: &Counters, other: bool) -> Markup {
     html! {
         (count("hrsp_1xx", c.responses.r1xx)) (count("hrsp_2xx", c.responses.r2xx))
         (count("hrsp_3xx", c.responses.r3xx)) (count("hrsp_4xx", c.responses.r4xx))
-        (count("hrsp_5xx", c.responses.r5xx)) (count("hrsp_other", c.responses.other))
+        (count("hrsp_5xx", c.responses.r5xx))
+        @if other { (count("hrsp_other", c.responses.other)) }
     }
 }
 
@@ -421,9 +423,7 @@ fn traffic_cells(c: &Counters, cols: Columns, status: Markup) -> Markup {
         (maybe("econ", c.connect_errors)) (maybe("eresp", c.response_errors))
         (maybe("wretr", c.retries)) (maybe("wredis", c.redispatches))
         (status)
-        (count("hrsp_1xx", c.responses.r1xx)) (count("hrsp_2xx", c.responses.r2xx))
-        (count("hrsp_3xx", c.responses.r3xx)) (count("hrsp_4xx", c.responses.r4xx))
-        (count("hrsp_5xx", c.responses.r5xx))
+        (responses(c, false))
         (count("ws_cur", ws.open)) (count("ws_tot", ws.total))
         (bytes("ws_bin", ws.bytes_in)) (bytes("ws_bout", ws.bytes_out))
         @if cols.sticky {
