@@ -104,19 +104,15 @@ fn row(families: &mut Families, r: &Row<'_>) -> prometheus::Result<()> {
         _ if matches!(r.status, "UP" | "OPEN") => "UP",
         _ => "DOWN",
     };
+    // Each family's name is built once, not once per label value.
     let status_help = "Current status, per state label value.";
+    let name = format!("{pre}status");
     for state in states {
         let v = if *state == up { 1.0 } else { 0.0 };
-        families.put(
-            &format!("{pre}status"),
-            status_help,
-            Kind::Gauge,
-            &with("state", state),
-            v,
-        )?;
+        families.put(&name, status_help, Kind::Gauge, &with("state", state), v)?;
     }
+    let name = format!("{pre}http_responses_total");
     for (code, v) in r.counters.responses.classes() {
-        let name = format!("{pre}http_responses_total");
         families.put(
             &name,
             "HTTP responses by class.",
@@ -126,24 +122,19 @@ fn row(families: &mut Families, r: &Row<'_>) -> prometheus::Result<()> {
         )?;
     }
     if let Some(sticky) = r.counters.sticky {
+        let name = format!("{pre}sticky_decisions_total");
+        let help = "How sticky requests were placed: by sid, cookie, hash, or redispatched.";
         for (decision, v) in sticky.decisions() {
-            let name = format!("{pre}sticky_decisions_total");
-            let help = "How sticky requests were placed: by sid, cookie, hash, or redispatched.";
             families.put(&name, help, Kind::Counter, &with("decision", decision), v as f64)?;
         }
     }
     if let Some(s) = r.server {
         let current = s.last_check.as_ref().map_or("UNK", |c| c.status.as_str());
+        let name = format!("{pre}check_status");
+        let help = "Status of the last health check, per state label value.";
         for state in CHECK_STATES {
             let v = if state == current { 1.0 } else { 0.0 };
-            let help = "Status of the last health check, per state label value.";
-            families.put(
-                &format!("{pre}check_status"),
-                help,
-                Kind::Gauge,
-                &with("state", state),
-                v,
-            )?;
+            families.put(&name, help, Kind::Gauge, &with("state", state), v)?;
         }
     }
     Ok(())
