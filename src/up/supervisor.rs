@@ -97,7 +97,7 @@ impl Supervisor {
     /// are stopped again.
     pub fn start_all(&mut self) -> Result<(), StartError> {
         for i in 0..self.slots.len() {
-            if let Err(e) = self.start(i).and_then(|()| self.wait_ready(i)) {
+            if let Err(e) = self.start_ready(i) {
                 self.stop_all();
                 return Err(e);
             }
@@ -111,6 +111,20 @@ impl Supervisor {
             .iter()
             .filter_map(|s| s.child.as_ref().map(|c| (s.name.clone(), c.pid())))
             .collect()
+    }
+
+    /// Start child `i` and wait until it answers.
+    fn start_ready(&mut self, i: usize) -> Result<(), StartError> {
+        self.start(i).and_then(|()| self.wait_ready(i))
+    }
+
+    /// [`Self::start_ready`]; a child that does not come up is retried with backoff.
+    fn start_or_retry(&mut self, i: usize) -> Result<(), StartError> {
+        let started = self.start_ready(i);
+        if started.is_err() {
+            self.slots[i].restart_at = Some(Instant::now() + FIRST_DELAY);
+        }
+        started
     }
 
     fn start(&mut self, i: usize) -> Result<(), StartError> {
@@ -279,11 +293,8 @@ impl Supervisor {
         if let Some(child) = self.slots[i].child.take() {
             child.stop(STOP_GRACE);
         }
-        let started = self.start(i).and_then(|()| self.wait_ready(i));
+        let started = self.start_or_retry(i);
         give_back();
-        if started.is_err() {
-            self.slots[i].restart_at = Some(Instant::now() + FIRST_DELAY);
-        }
         started
     }
 
@@ -325,9 +336,8 @@ impl Supervisor {
             tracing::info!(name = %name, "server added to proxy.yaml: starting its worker");
             self.slots.push(Slot::new(name.clone(), kind));
             let i = self.slots.len() - 1;
-            if let Err(e) = self.start(i).and_then(|()| self.wait_ready(i)) {
+            if let Err(e) = self.start_or_retry(i) {
                 tracing::error!(error = %e, "the new worker did not start; retrying with backoff");
-                self.slots[i].restart_at = Some(Instant::now() + FIRST_DELAY);
             }
             started.push(name);
         }

@@ -180,16 +180,12 @@ impl Validator<'_> {
                 .unwrap_or(RedisSource::Spawn),
         };
         let port = w.and_then(|w| w.value.redis_port.as_ref());
-        let redis_port = match port {
-            Some(p) => self.check(p, |n| {
-                u16::try_from(*n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("workers.redis_port {n} is out of range (allowed 1..=65535)"))
-            }),
-            None => None,
-        }
-        .unwrap_or(DEFAULT_REDIS_PORT);
+        let redis_port = self.count(
+            &port.cloned(),
+            "workers.redis_port",
+            (1, 65535),
+            DEFAULT_REDIS_PORT.into(),
+        ) as u16;
         if let (Some(p), RedisSource::Url(_)) = (port, &redis) {
             self.err(
                 p.referenced,
