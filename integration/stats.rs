@@ -55,9 +55,7 @@ async fn start_with_auth(servers: &[&Backend]) -> Proxy {
 }
 
 fn basic(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Authorization: Basic {token}")
+    format!("Authorization: {}", crate::harness::basic_auth(user, password))
 }
 
 /// GET `path` on the stats listener, with credentials when given.

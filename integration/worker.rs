@@ -319,6 +319,15 @@ fn started_pids(log: &str) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Wait (up to 60 s) until `up` logs the end of its rolling restart.
+fn wait_rolling_restart(up: &crate::harness::Proc) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !up.log().contains("rolling restart done") {
+        assert!(std::time::Instant::now() < deadline, "{}", up.log_tail(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -614,11 +623,7 @@ fn sighup_starts_and_stops_workers_for_servers_added_to_and_removed_from_proxy_y
 
     std::fs::write(&config, stack.yaml(&[("w2", a2), ("w3", a3)])).expect("rewrite proxy.yaml");
     up.signal(Signal::SIGHUP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !up.log().contains("rolling restart done") {
-        assert!(std::time::Instant::now() < deadline, "{}", up.log_tail(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_rolling_restart(&up);
     assert!(!alive(w1), "w1's worker stopped with its server");
     let restarted: Vec<String> = started_pids(&up.log())[3..].iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(restarted, ["w3", "w2"], "w3 started, then w2 restarted");
@@ -641,7 +646,6 @@ fn sighup_starts_and_stops_workers_for_servers_added_to_and_removed_from_proxy_y
 
 #[test]
 fn a_rolling_restart_leaves_an_operators_maint_and_drain_as_they_were() {
-    use base64::Engine;
     use nix::sys::signal::Signal;
     let dir = tempfile::tempdir().expect("temp dir");
     let stack = Stack::new();
@@ -650,8 +654,7 @@ fn a_rolling_restart_leaves_an_operators_maint_and_drain_as_they_were() {
     let yaml = stack.yaml(&servers) + "stats: { auth: { user: admin, password_env: EDGEPIN_TEST_STATS_PASSWORD } }\n";
     std::fs::write(&config, yaml).expect("write proxy.yaml");
     let mut up = start_up(&config, stack.http, dir.path());
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("admin:{STATS_PASSWORD}"));
-    let auth = format!("Authorization: Basic {token}");
+    let auth = format!("Authorization: {}", crate::harness::basic_auth("admin", STATS_PASSWORD));
     for (server, state) in [("w1", "maint"), ("w2", "drain")] {
         let path = format!("/admin/servers/{server}/state");
         let r = request_to(
@@ -665,11 +668,7 @@ fn a_rolling_restart_leaves_an_operators_maint_and_drain_as_they_were() {
     }
 
     up.signal(Signal::SIGHUP);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !up.log().contains("rolling restart done") {
-        assert!(std::time::Instant::now() < deadline, "{}", up.log_tail(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_rolling_restart(&up);
     let restarted: Vec<String> = started_pids(&up.log())[4..].iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(restarted, ["w1", "w2", "w3"], "every worker restarted");
     let stats = request_to(stack.stats, "GET", "/stats.json", "", &[&auth]).json();

@@ -40,6 +40,13 @@ pub fn certs() -> &'static edgepin::certs::DevCerts {
 }
 
 /// A port free right now on 127.0.0.1.
+/// An `Authorization` header value for HTTP basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {token}")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")

@@ -97,13 +97,10 @@ impl ProxyBuilder {
             cmd.env(k, v);
         }
         let proc = Proc::spawn("edgepin", cmd, dir.path());
-        let stats_authorization = self.stats_auth.as_ref().map(|(user, password)| {
-            use base64::Engine;
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-            )
-        });
+        let stats_authorization = self
+            .stats_auth
+            .as_ref()
+            .map(|(user, password)| super::basic_auth(user, password));
         let mut proxy = Proxy {
             proc,
             dir,
