@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod diff;
 pub mod edge;
+pub mod fdlimit;
 pub mod health;
 pub mod proxy;
 pub mod reload;

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -91,6 +92,26 @@ impl ResolvesServerCert for SwappableCert {
         Some(self.current.load_full())
     }
 }
+
+/// The rustls config of the https listener: certificates from `resolver` (read at each
+/// handshake, so swaps apply to new connections), ALPN protocols in preference order.
+/// Session resumption by tickets and a session cache, as pingora's listener had.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    Arc::new(config)
+}
+
+/// Sessions remembered for resumption by id (TLS 1.2) and for stateful TLS 1.3 resumption.
+const SESSION_CACHE: usize = 20_480;
 
 /// Fingerprint of a file's metadata, to notice certificate rotation by polling.
 pub fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
