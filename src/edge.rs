@@ -20,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
 use crate::health::check::Checker;
-use crate::proxy::{EdgeProxy, Frontend, Https, connection_cap};
+use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
@@ -149,7 +149,12 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
-    let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
+    let proxy = pingora::proxy::http_proxy(
+        &server.configuration,
+        H2Proxy {
+            shared: Arc::clone(&shared),
+        },
+    );
     let https = match (config.listen.https, cert, &config.tls) {
         (Some(addr), Some(cert), Some(t)) => {
             let alpn: Vec<Vec<u8>> = if t.h2 {
@@ -206,14 +211,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     })
 }
 
-/// Client connections read straight from the socket. pingora's default puts a 64 KiB read
-/// buffer (allocated zeroed, so resident) in front of every accepted connection for its
-/// whole life: 64 KiB per idle WebSocket. Nothing needs it: the HTTP/1 parser reads into
-/// its own header and body buffers and rustls into its own record buffer, so it only added
-/// a copy. Writes keep pingora's small (one MSS) buffer. TLS is not pingora's: see
-/// `proxy::frontend`.
+/// Client connections read and write straight from and to the socket. pingora's default
+/// puts a 64 KiB read buffer (allocated zeroed, so resident) and a one-MSS write buffer in
+/// front of every accepted connection for its whole life. Nothing needs them: the HTTP/1
+/// engine reads into its own buffer and writes whole heads at once, rustls and HTTP/2
+/// keep their own buffers, and a tunnel must not hold bytes back.
 fn downstream_buffers() -> L4BufferSettings {
-    L4BufferSettings::default().read(0)
+    L4BufferSettings::default().read(0).write(0)
 }
 
 fn server_conf(config: &Config) -> ServerConf {

@@ -120,6 +120,8 @@ pub struct Shared {
     stopping: AtomicBool,
     /// Seconds since `registry.started` of the last sid table sweep.
     last_sweep: AtomicU64,
+    /// Idle keep-alive connections to servers (HTTP/1 engine).
+    pub pool: crate::proxy::Pool,
 }
 
 impl Shared {
@@ -139,6 +141,7 @@ impl Shared {
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
             last_sweep: AtomicU64::new(0),
+            pool: crate::proxy::Pool::default(),
         })
     }
 
@@ -162,6 +165,7 @@ impl Shared {
             let closed = gone.tunnels.close_all();
             tracing::info!(server = %gone.name, tunnels_closed = closed, "removed server's drain time is over");
         }
+        self.pool.sweep();
         let secs = self.registry.started.elapsed().as_secs();
         if secs >= self.last_sweep.load(Relaxed) + SWEEP_EVERY_SECS {
             self.last_sweep.store(secs, Relaxed);
@@ -208,6 +212,7 @@ impl Shared {
         state.set_health(Health::Checking, &format!("address changed from {from} to {to}"));
         let sessions = self.sids.sweep(|s| std::ptr::eq(s, Arc::as_ptr(state)));
         let tunnels = state.tunnels.close_all();
+        self.pool.forget(from);
         tracing::info!(server = %state.name, %from, %to, sessions, tunnels, "server moved by reload: checking the new address");
     }
 }

@@ -1,8 +1,8 @@
 //! Where every client connection starts, before any HTTP: it is counted from the moment
 //! it is accepted, held to `limits.max_connections`, reads a trusted balancer's PROXY
 //! header, and on the https listener does its TLS handshake, all within
-//! `timeouts.handshake`. Then it goes to the HTTP server (pingora's, which picks HTTP/2
-//! by ALPN).
+//! `timeouts.handshake`. Then HTTP/2 (chosen by ALPN) goes to pingora's server and
+//! everything else to edgepin's HTTP/1 engine (`proxy::h1`).
 //!
 //! pingora's listener would run the TLS handshake itself, for up to 60 s and before the
 //! application sees the connection: a client that never finishes its handshake was held
@@ -17,16 +17,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::Config;
 use crate::runtime::Shared;
 use crate::state::FrontendCounters;
 
+use super::h1;
 use super::tls_conn::TlsConn;
 
 /// ALPN of an ACME TLS-ALPN-01 validation: the handshake is all it needs.
@@ -99,7 +101,7 @@ impl<A> Frontend<A> {
     }
 
     /// PROXY header and TLS handshake; None drops the connection.
-    async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Option<Stream> {
+    async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Option<Accepted> {
         let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => l4,
             Err(_) => {
@@ -114,7 +116,7 @@ impl<A> Frontend<A> {
             return None;
         }
         let Some(tls) = self.https.as_ref().filter(|_| https) else {
-            return Some(l4);
+            return Some(Accepted::Plain(l4));
         };
         let tls = match tls.acceptor.accept(*l4).await {
             Ok(tls) => tls,
@@ -123,34 +125,66 @@ impl<A> Frontend<A> {
                 return None;
             }
         };
-        if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        match tls.get_ref().1.alpn_protocol() {
             // A TLS-ALPN-01 validation has seen the certificate it asked for.
-            return None;
+            Some(ACME_TLS_ALPN) => None,
+            Some(b"h2") => Some(Accepted::H2(Box::new(TlsConn::new(tls)))),
+            _ => Some(Accepted::Tls(Box::new(tls))),
         }
-        Some(Box::new(TlsConn::new(tls)))
     }
 }
 
-/// One open client connection: counted while it lives.
-struct Open<'a> {
-    counters: &'a FrontendCounters,
+/// A connection after its handshake.
+enum Accepted {
+    Plain(Box<L4Stream>),
+    Tls(Box<TlsStream<L4Stream>>),
+    /// HTTP/2 (by ALPN), for pingora's server.
+    H2(Stream),
+}
+
+impl Accepted {
+    /// The client's address (a trusted balancer's PROXY header has replaced the peer's).
+    fn peer(&self) -> Option<SocketAddr> {
+        let digest = match self {
+            Accepted::Plain(l4) => l4.get_socket_digest(),
+            Accepted::Tls(tls) => tls.get_ref().0.get_socket_digest(),
+            Accepted::H2(s) => s.get_socket_digest(),
+        };
+        digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+    }
+}
+
+/// One open client connection: counted while it lives (a tunnel takes it along).
+struct Open {
+    shared: Arc<Shared>,
+    https: bool,
     _permit: OwnedSemaphorePermit,
 }
 
-impl<'a> Open<'a> {
-    fn new(counters: &'a FrontendCounters, permit: OwnedSemaphorePermit) -> Self {
-        counters.connections_total.inc();
-        counters.connections.inc();
-        Open {
-            counters,
+impl Open {
+    fn new(shared: &Arc<Shared>, https: bool, permit: OwnedSemaphorePermit) -> Self {
+        let open = Open {
+            shared: Arc::clone(shared),
+            https,
             _permit: permit,
+        };
+        open.counters().connections_total.inc();
+        open.counters().connections.inc();
+        open
+    }
+
+    fn counters(&self) -> &FrontendCounters {
+        if self.https {
+            &self.shared.https
+        } else {
+            &self.shared.http
         }
     }
 }
 
-impl Drop for Open<'_> {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.counters.connections.dec();
+        self.counters().connections.dec();
     }
 }
 
@@ -163,15 +197,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
             counters.connections_refused.inc();
             return None;
         }
-        let _open = Open::new(counters, self.admit(counters).await?);
+        let open = Open::new(&self.shared, https, self.admit(counters).await?);
         // The config of this moment, not held for the connection's life (reloads retire it).
         let snapshot = self.shared.snapshot();
         let deadline = snapshot.config.timeouts.handshake;
-        let header = snapshot.config.timeouts.header;
         let ready = tokio::time::timeout(deadline, self.handshake(stream, https, &snapshot.config)).await;
         drop(snapshot);
-        let stream = match ready {
-            Ok(Some(stream)) => stream,
+        let accepted = match ready {
+            Ok(Some(accepted)) => accepted,
             Ok(None) => {
                 counters.request_errors.inc();
                 return None;
@@ -181,8 +214,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 return None;
             }
         };
-        let stream = super::head_deadline::wrap(stream, header);
-        self.http.process_new(stream, shutdown).await
+        let peer = h1::Peer {
+            addr: accepted.peer(),
+            tls: https,
+        };
+        match accepted {
+            Accepted::H2(stream) => {
+                let _open = open;
+                self.http.process_new(stream, shutdown).await
+            }
+            Accepted::Plain(l4) => {
+                h1::serve(Arc::clone(&self.shared), l4, peer, open).await;
+                None
+            }
+            Accepted::Tls(tls) => {
+                h1::serve(Arc::clone(&self.shared), tls, peer, open).await;
+                None
+            }
+        }
     }
 
     async fn cleanup(&self) {

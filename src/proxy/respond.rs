@@ -1,5 +1,5 @@
-//! Answers edgepin writes itself: redirects, refusals (with their counters), and the
-//! Engine.IO 400.
+//! Answers edgepin writes itself on pingora's HTTP/2 sessions: redirects, refusals, and
+//! the Engine.IO 400.
 
 use bytes::Bytes;
 use pingora::Result;
@@ -8,7 +8,10 @@ use pingora::proxy::Session;
 
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
 
-use super::{EdgeProxy, RETRY_AFTER, RequestCtx};
+use crate::failure::Refusal;
+
+/// Retry-After sent with 503s and 429s, seconds.
+const RETRY_AFTER: &str = "5";
 
 /// Write a complete response with a short body.
 pub async fn send(
@@ -57,54 +60,31 @@ pub async fn redirect(session: &mut Session, location: &str) -> Result<()> {
     send(session, 308, "text/plain; charset=utf-8", &[("location", location)], "").await
 }
 
-/// Why edgepin answered a request itself instead of proxying it.
-pub enum Refusal {
-    Status(u16, &'static str),
-    NoServer,
-    SessionGone,
+/// The answer to a request edgepin refuses.
+pub async fn refusal(session: &mut Session, why: &Refusal) -> Result<()> {
+    match why {
+        Refusal::Status(503, detail) => text(session, 503, detail, &[("retry-after", RETRY_AFTER)]).await,
+        Refusal::Status(status, detail) => text(session, *status, detail, &[]).await,
+        Refusal::NoServer => text(session, 503, "no server available", &[("retry-after", RETRY_AFTER)]).await,
+        Refusal::SessionGone => session_unknown(session).await,
+        Refusal::TooMany { retry_after } => {
+            text(
+                session,
+                429,
+                "too many requests",
+                &[("retry-after", &retry_after.to_string())],
+            )
+            .await
+        }
+    }
 }
 
-impl EdgeProxy {
-    /// Answer the request here; counts it where it belongs.
-    pub(super) async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, why: Refusal) -> Result<bool> {
-        ctx.local = true;
-        match why {
-            Refusal::Status(status, detail) => {
-                ctx.status = status;
-                if status == 431 || status == 413 || status == 400 {
-                    self.frontend(ctx).request_errors.inc();
-                } else if status == 403 {
-                    self.frontend(ctx).denied.inc();
-                }
-                text(session, status, detail, &[]).await?;
-            }
-            Refusal::NoServer => {
-                ctx.status = 503;
-                if let Some(b) = ctx.backend_rt() {
-                    b.counters.no_server.inc();
-                }
-                text(session, 503, "no server available", &[("retry-after", RETRY_AFTER)]).await?;
-            }
-            Refusal::SessionGone => {
-                ctx.status = 400;
-                if let Some(b) = ctx.backend_rt() {
-                    b.counters.traffic.sid_unknown.inc();
-                }
-                self.session_lost(ctx);
-                session_unknown(session).await?;
-            }
-        }
-        Ok(true)
-    }
-
-    /// The request's Engine.IO session died with its server: counted, and its sid
-    /// forgotten, before the client is told with [`session_unknown`].
-    pub(super) fn session_lost(&self, ctx: &RequestCtx) {
-        if let Some(b) = ctx.backend_rt() {
-            b.counters.sid_refused.inc();
-        }
-        if let Some(sid) = &ctx.sticky.sid {
-            self.shared.sids.forget(sid);
-        }
+/// The detail line of an error answer.
+pub fn detail(status: u16) -> &'static str {
+    match status {
+        502 => "the server could not be reached",
+        503 => "no server available",
+        504 => "the server did not answer in time",
+        _ => "",
     }
 }

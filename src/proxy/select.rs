@@ -11,7 +11,13 @@ use crate::runtime::{BackendRt, Member};
 use crate::state::StickyDecision;
 use crate::sticky::sid::SidTable;
 
-use super::ctx::Pick;
+/// The server chosen for the request (an index into the backend's members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    pub member: usize,
+    /// How a sticky backend chose it (None for round robin / least conn).
+    pub sticky: Option<StickyDecision>,
+}
 
 /// The outcome of a selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +45,67 @@ pub struct Request<'a> {
     pub cookie: Option<&'a [u8]>,
     /// Members that already failed this request.
     pub tried: &'a [usize],
+}
+
+/// Wait until [`select`] finds a server with a free slot (the backend's queue when every
+/// candidate is at `max_connections`, or the pinned server's queue), or refuse: no server
+/// (503), the session's server gone (Engine.IO 400), queue full or timed out (503).
+pub async fn acquire(
+    b: &BackendRt,
+    sids: &SidTable,
+    req: &Request<'_>,
+) -> Result<(Pick, crate::state::ActiveGuard), crate::failure::Refusal> {
+    use crate::failure::Refusal;
+    let deadline = tokio::time::Instant::now() + b.cfg.timeouts.queue;
+    loop {
+        let pick = match select(b, sids, req) {
+            Selection::Picked(p) => p,
+            Selection::NoServer => return Err(Refusal::NoServer),
+            Selection::SessionGone => return Err(Refusal::SessionGone),
+            Selection::Full { pinned } => {
+                if b.queued.get() >= u64::from(b.cfg.max_queue) {
+                    b.counters.queue_full.inc();
+                    return Err(Refusal::Status(503, "queue full: every server is at max_connections"));
+                }
+                // Every waiting request is in its backend's queue (bounded by max_queue);
+                // one that only its pinned server may serve is in that server's queue
+                // too, as in HAProxy.
+                let _queued = (b.queued.hold(), pinned.map(|i| b.members[i].state.queued.hold()));
+                let waited = tokio::time::timeout_at(deadline, slot_freed(b, pinned, req.tried)).await;
+                if waited.is_err() {
+                    b.counters.queue_timeouts.inc();
+                    return Err(Refusal::Status(
+                        503,
+                        "queue timeout: every server is at max_connections",
+                    ));
+                }
+                continue;
+            }
+        };
+        let m = &b.members[pick.member];
+        let slot = match m.max_connections {
+            Some(limit) => m.state.try_acquire(limit),
+            None => Some(m.state.acquire()),
+        };
+        // Lost the race for the last slot: choose again.
+        if let Some(slot) = slot {
+            return Ok((pick, slot));
+        }
+    }
+}
+
+/// A slot frees on the pinned server, or on any server of the backend the request may
+/// still use.
+async fn slot_freed(b: &BackendRt, pinned: Option<usize>, tried: &[usize]) {
+    let servers = b.members.iter().enumerate().filter(|(i, m)| match pinned {
+        Some(p) => *i == p,
+        None => m.max_connections.is_some() && !tried.contains(i),
+    });
+    let waits: Vec<_> = servers.map(|(_, m)| Box::pin(m.state.slot_freed.notified())).collect();
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(waits).await;
 }
 
 pub fn select(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {

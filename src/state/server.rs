@@ -363,24 +363,49 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Handles on the upstream sockets of open tunnels. A handle is a duplicate of the
-/// socket; shutting it down ends the tunnel from outside the request.
+/// A handle to end an open tunnel from outside it: the relay watches it and, once
+/// closed, sends the client a WebSocket close frame and ends.
+#[derive(Debug, Default)]
+pub struct TunnelCtl {
+    closed: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl TunnelCtl {
+    /// Ask the tunnel to end with a close frame to the client.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The relay's task, to be woken by [`close`](Self::close).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+}
+
+/// The open tunnels of a server, so MAINT, a drain deadline, a move or a stop can end
+/// them.
 #[derive(Debug, Default)]
 pub struct TunnelSet {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, (std::net::TcpStream, Arc<AtomicBool>)>>,
+    open: Mutex<HashMap<u64, Arc<TunnelCtl>>>,
 }
 
 impl TunnelSet {
-    /// Remember an open tunnel; dropping the ticket forgets it (and closes the duplicate).
-    pub fn register(self: &Arc<Self>, socket: std::net::TcpStream) -> TunnelTicket {
+    /// Remember an open tunnel; dropping the ticket forgets it.
+    pub fn register(self: &Arc<Self>) -> TunnelTicket {
         let id = self.next.fetch_add(1, Relaxed);
-        let closed = Arc::new(AtomicBool::new(false));
-        lock(&self.open).insert(id, (socket, Arc::clone(&closed)));
+        let ctl = Arc::new(TunnelCtl::default());
+        lock(&self.open).insert(id, Arc::clone(&ctl));
         TunnelTicket {
             set: Arc::clone(self),
             id,
-            closed,
+            ctl,
         }
     }
 
@@ -392,12 +417,11 @@ impl TunnelSet {
         self.len() == 0
     }
 
-    /// Shut down every open tunnel's upstream socket; returns how many.
+    /// End every open tunnel; returns how many.
     pub fn close_all(&self) -> usize {
         let open = lock(&self.open);
-        for (socket, closed) in open.values() {
-            closed.store(true, Relaxed);
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+        for ctl in open.values() {
+            ctl.close();
         }
         open.len()
     }
@@ -408,13 +432,17 @@ impl TunnelSet {
 pub struct TunnelTicket {
     set: Arc<TunnelSet>,
     id: u64,
-    closed: Arc<AtomicBool>,
+    ctl: Arc<TunnelCtl>,
 }
 
 impl TunnelTicket {
+    pub fn ctl(&self) -> &Arc<TunnelCtl> {
+        &self.ctl
+    }
+
     /// Whether edgepin closed this tunnel (MAINT, drain deadline), not one of its ends.
     pub fn closed_by_edge(&self) -> bool {
-        self.closed.load(Relaxed)
+        self.ctl.is_closed()
     }
 }
 

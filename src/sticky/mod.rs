@@ -4,4 +4,5 @@
 
 pub mod cookie;
 pub mod engineio;
+pub mod exchange;
 pub mod sid;

@@ -1,0 +1,262 @@
+//! What a failed exchange with a server means: the status the client gets, whether the
+//! request may go to another server (or again to the same one on a new connection),
+//! whether the server's health is charged with it, and whether the client's Engine.IO
+//! session died with it. Both engines (our HTTP/1 one and pingora's HTTP/2 proxy) ask
+//! here; nothing here does I/O.
+//!
+//! Passive health counts only what says the *server* is unwell: a connection refused or
+//! timed out, a connection reset before any answer, an answer that did not come in time
+//! while the server had the whole request. A malformed or mismatched answer, a client
+//! that left or is slow, is not held against the server: a client could provoke those
+//! (nginx's `max_fails` counts `error timeout` by default, not invalid headers).
+
+/// Why edgepin answers a request itself instead of proxying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Status(u16, &'static str),
+    /// No server can take it: 503 with Retry-After.
+    NoServer,
+    /// Its Engine.IO session lives on a server that cannot serve it any more:
+    /// Engine.IO's `400 Session ID unknown`, so the client opens a new session at once.
+    SessionGone,
+    /// Over a rate: 429 with Retry-After (seconds).
+    TooMany {
+        retry_after: u64,
+    },
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    ConnectRefused,
+    ConnectTimedOut,
+    /// Any other error opening the connection.
+    ConnectError,
+    /// The server closed or reset the connection before any byte of an answer.
+    ResetBeforeAnswer,
+    /// No (complete) answer head within `timeouts.server`.
+    AnswerTimedOut,
+    /// The answer head was malformed or not what was asked (a 101 that is no valid
+    /// WebSocket handshake).
+    BadAnswer,
+    /// The answer broke off after it began (reset, timeout, bad framing).
+    AnswerBroken,
+    /// The client went away or stopped sending or reading in time.
+    ClientGone,
+}
+
+/// How far the exchange had gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Some of the request reached the server.
+    pub sent: bool,
+    /// The whole request, body included, reached the server.
+    pub request_complete: bool,
+    /// The server's answer began (nothing can be retried after that).
+    pub answered: bool,
+    /// Sending the request again is safe: an idempotent method whose body, if any, is
+    /// still held in full.
+    pub replayable: bool,
+    /// The connection to the server came from the keep-alive pool.
+    pub reused: bool,
+    /// Routed by its Engine.IO sid: only that server knows the session.
+    pub pinned: bool,
+    /// An Engine.IO request (a `Session ID unknown` 400 is the right answer for a lost
+    /// session).
+    pub engine_io: bool,
+}
+
+/// Where a retry may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    No,
+    /// The same server on a new connection: a pooled connection the server had closed.
+    Fresh,
+    /// Another server (within the retry budget, if one is left).
+    Elsewhere,
+}
+
+/// Which error counter the failure goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Connect,
+    Response,
+    /// Not an error of the server's (the client's doing).
+    Nothing,
+}
+
+/// The decision for one failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Status for the client if nothing was answered yet (0: none, the client is gone).
+    pub status: u16,
+    pub retry: Retry,
+    /// Count it against the server's passive health.
+    pub passive: bool,
+    pub counted: Counted,
+    /// The client's Engine.IO session is lost with its server: answer with Engine.IO's
+    /// `400 Session ID unknown` and forget the sid.
+    pub session_lost: bool,
+}
+
+pub fn classify(f: Failure, p: Progress) -> Verdict {
+    use Failure::*;
+    let connect = matches!(f, ConnectRefused | ConnectTimedOut | ConnectError);
+    // A pooled connection that the server closed while it was idle: not the server's
+    // fault, and the request can go again on a new connection if it is safe to.
+    let stale = p.reused && f == ResetBeforeAnswer && !p.answered;
+    let retry = if p.answered || f == ClientGone || f == AnswerTimedOut || f == BadAnswer {
+        Retry::No
+    } else if stale && (p.replayable || !p.sent) {
+        Retry::Fresh
+    } else if p.pinned {
+        Retry::No
+    } else if connect || (f == ResetBeforeAnswer && (p.replayable || !p.sent)) {
+        Retry::Elsewhere
+    } else {
+        Retry::No
+    };
+    let passive = match f {
+        ConnectRefused | ConnectTimedOut | ConnectError => true,
+        ResetBeforeAnswer => !stale,
+        // A server waiting for the rest of a slow client's body is not failing.
+        AnswerTimedOut => p.request_complete,
+        BadAnswer | AnswerBroken | ClientGone => false,
+    };
+    let counted = match f {
+        _ if connect => Counted::Connect,
+        ClientGone => Counted::Nothing,
+        _ if stale => Counted::Nothing,
+        _ => Counted::Response,
+    };
+    let session_lost =
+        p.pinned && p.engine_io && !p.answered && retry != Retry::Fresh && !matches!(f, ClientGone | AnswerTimedOut);
+    let status = match f {
+        ClientGone => 0,
+        _ if session_lost => 400,
+        ConnectTimedOut | AnswerTimedOut => 504,
+        _ => 502,
+    };
+    Verdict {
+        status,
+        retry,
+        passive,
+        counted,
+        session_lost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh_get() -> Progress {
+        Progress {
+            sent: true,
+            request_complete: true,
+            replayable: true,
+            ..Progress::default()
+        }
+    }
+
+    #[test]
+    fn connect_failures_go_elsewhere_for_any_method_and_count_against_the_server() {
+        for f in [Failure::ConnectRefused, Failure::ConnectTimedOut, Failure::ConnectError] {
+            let v = classify(f, Progress::default());
+            assert_eq!(
+                (v.retry, v.passive, v.counted),
+                (Retry::Elsewhere, true, Counted::Connect),
+                "{f:?}"
+            );
+        }
+        assert_eq!(classify(Failure::ConnectRefused, Progress::default()).status, 502);
+        assert_eq!(classify(Failure::ConnectTimedOut, Progress::default()).status, 504);
+    }
+
+    #[test]
+    fn a_reset_before_the_answer_is_retried_only_when_replay_is_safe() {
+        let v = classify(Failure::ResetBeforeAnswer, fresh_get());
+        assert_eq!((v.retry, v.passive, v.status), (Retry::Elsewhere, true, 502));
+        let post = Progress {
+            replayable: false,
+            ..fresh_get()
+        };
+        assert_eq!(classify(Failure::ResetBeforeAnswer, post).retry, Retry::No);
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_retried_fresh_and_not_held_against_the_server() {
+        let reused = Progress {
+            reused: true,
+            ..fresh_get()
+        };
+        let v = classify(Failure::ResetBeforeAnswer, reused);
+        assert_eq!((v.retry, v.passive, v.counted), (Retry::Fresh, false, Counted::Nothing));
+        // Even a POST when nothing of it was sent.
+        let unsent = Progress {
+            reused: true,
+            ..Progress::default()
+        };
+        assert_eq!(classify(Failure::ResetBeforeAnswer, unsent).retry, Retry::Fresh);
+        let sent_post = Progress {
+            reused: true,
+            sent: true,
+            ..Progress::default()
+        };
+        assert_eq!(classify(Failure::ResetBeforeAnswer, sent_post).retry, Retry::No);
+    }
+
+    #[test]
+    fn what_a_client_can_provoke_is_not_held_against_the_server() {
+        let v = classify(Failure::BadAnswer, fresh_get());
+        assert_eq!(
+            (v.status, v.retry, v.passive, v.counted),
+            (502, Retry::No, false, Counted::Response)
+        );
+        let slow_body = Progress {
+            request_complete: false,
+            ..fresh_get()
+        };
+        let v = classify(Failure::AnswerTimedOut, slow_body);
+        assert_eq!((v.status, v.passive, v.retry), (504, false, Retry::No));
+        let v = classify(Failure::AnswerTimedOut, fresh_get());
+        assert_eq!(
+            (v.status, v.passive, v.retry),
+            (504, true, Retry::No),
+            "timeouts are never retried"
+        );
+        let v = classify(Failure::ClientGone, fresh_get());
+        assert_eq!((v.status, v.passive, v.counted), (0, false, Counted::Nothing));
+        let v = classify(
+            Failure::AnswerBroken,
+            Progress {
+                answered: true,
+                ..fresh_get()
+            },
+        );
+        assert_eq!((v.retry, v.passive), (Retry::No, false));
+    }
+
+    #[test]
+    fn a_pinned_engine_io_session_dies_with_its_server() {
+        let pinned = Progress {
+            pinned: true,
+            engine_io: true,
+            ..fresh_get()
+        };
+        let v = classify(Failure::ConnectRefused, pinned);
+        assert_eq!((v.status, v.retry, v.session_lost), (400, Retry::No, true));
+        // A slow server or a departed client loses nothing.
+        assert!(!classify(Failure::AnswerTimedOut, pinned).session_lost);
+        assert!(!classify(Failure::ClientGone, pinned).session_lost);
+        // Once answered, nothing is lost by a broken body.
+        let answered = Progress {
+            answered: true,
+            ..pinned
+        };
+        assert!(!classify(Failure::AnswerBroken, answered).session_lost);
+        // A pooled connection gone stale is retried on the same server, even pinned.
+        let stale = Progress { reused: true, ..pinned };
+        assert_eq!(classify(Failure::ResetBeforeAnswer, stale).retry, Retry::Fresh);
+    }
+}

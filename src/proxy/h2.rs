@@ -1,0 +1,472 @@
+//! HTTP/2 requests (`tls.h2`): pingora's `HttpProxy` drives them (framing, streams, flow
+//! control, its upstream pool) and these callbacks only call edgepin's decisions, as the
+//! HTTP/1 engine does: `route::resolve`, `select::acquire`, `sticky::exchange`,
+//! `failure::classify`, with the counters through `account`. HTTP/2 has no upgrades
+//! (pingora 0.9 does not offer RFC 8441 WebSockets), so there are no tunnels here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::config::{Balance, Network};
+use crate::failure::{self, Failure, Progress, Refusal, Retry};
+use crate::route::{self, Routed};
+use crate::runtime::Shared;
+use crate::state::ActiveGuard;
+use crate::sticky::cookie;
+use crate::sticky::exchange::{Exchange, Learned};
+
+use super::access::AccessLine;
+use super::account::{Account, Totals};
+use super::{headers, limits, respond, select};
+
+/// How long an idle pooled upstream connection is kept.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+
+/// The callbacks of pingora's proxy for HTTP/2 streams.
+pub struct H2Proxy {
+    pub shared: Arc<Shared>,
+}
+
+/// One HTTP/2 request.
+#[derive(Default)]
+pub struct Ctx {
+    account: Option<Account>,
+    sticky: Exchange,
+    tls: bool,
+    client: Option<std::net::IpAddr>,
+    route: Option<usize>,
+    cookie: Option<Vec<u8>>,
+    /// The server chosen and how, with its slot.
+    pick: Option<select::Pick>,
+    slot: Option<ActiveGuard>,
+    tried: Vec<usize>,
+    attempts: u32,
+    status: u16,
+    local: bool,
+    answered: bool,
+    /// The last attempt's failure was a stale pooled connection: retry the same server.
+    fresh: bool,
+    body_bytes: u64,
+    connected_at: Option<Duration>,
+    first_byte_at: Option<Duration>,
+    error: Option<String>,
+}
+
+impl H2Proxy {
+    /// Answer the request here.
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, why: Refusal) -> Result<bool> {
+        ctx.local = true;
+        ctx.status = ctx.account.as_ref().map_or(500, |a| a.refused(&why));
+        if why == Refusal::SessionGone {
+            ctx.sticky.session_lost(&self.shared.sids);
+        }
+        respond::refusal(session, &why).await?;
+        Ok(true)
+    }
+
+    /// Choose a server (the same one again for a stale pooled connection).
+    async fn acquire(&self, ctx: &mut Ctx) -> std::result::Result<(), Refusal> {
+        let Some(acct) = ctx.account.as_mut() else {
+            return Err(Refusal::Status(500, "no account"));
+        };
+        let Some(b) = acct.backend() else {
+            return Err(Refusal::Status(500, "no backend"));
+        };
+        let req = select::Request {
+            client: ctx.client,
+            sid: ctx.sticky.sid.as_deref(),
+            handshake: ctx.sticky.handshake,
+            cookie: ctx.cookie.as_deref(),
+            tried: &ctx.tried,
+        };
+        let (pick, slot) = select::acquire(b, &self.shared.sids, &req).await?;
+        let m = &b.members[pick.member];
+        let cookie_id = b.cfg.cookie.as_ref().map(|_| m.cookie_id.as_str());
+        let state = Arc::clone(&m.state);
+        ctx.sticky
+            .on_pick(&state, pick.sticky, ctx.cookie.as_deref(), cookie_id);
+        acct.picked(pick.member, pick.sticky);
+        ctx.pick = Some(pick);
+        ctx.slot = Some(slot);
+        Ok(())
+    }
+
+    fn progress(&self, session: &mut Session, ctx: &Ctx, reused: bool) -> Progress {
+        let replayable = session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated();
+        Progress {
+            sent: true,
+            request_complete: session.as_mut().is_body_done(),
+            answered: ctx.answered,
+            replayable,
+            reused,
+            pinned: Exchange::pinned(ctx.pick.and_then(|p| p.sticky)),
+            engine_io: ctx.sticky.engine_io,
+        }
+    }
+
+    /// Count a failure and decide its retry on pingora's error.
+    fn judge(&self, ctx: &mut Ctx, f: Failure, p: Progress, e: &mut Error) {
+        let v = failure::classify(f, p);
+        if let Some(acct) = &ctx.account {
+            acct.upstream_error(v.counted);
+            if v.passive {
+                acct.passive(true);
+            }
+        }
+        let retry = match v.retry {
+            Retry::Fresh => {
+                ctx.fresh = true;
+                true
+            }
+            Retry::Elsewhere => ctx.account.as_ref().is_some_and(|a| a.spend_retry(&ctx.tried)),
+            Retry::No => false,
+        };
+        e.set_retry(retry);
+    }
+}
+
+/// What a pingora error means to `failure::classify`.
+fn failure_of(e: &Error, answered: bool) -> Failure {
+    if *e.esource() == ErrorSource::Downstream {
+        return Failure::ClientGone;
+    }
+    match e.etype() {
+        ErrorType::ConnectRefused => Failure::ConnectRefused,
+        ErrorType::ConnectTimedout => Failure::ConnectTimedOut,
+        ErrorType::ConnectError | ErrorType::ConnectNoRoute | ErrorType::SocketError => Failure::ConnectError,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout if !answered => Failure::AnswerTimedOut,
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError if !answered => {
+            Failure::ResetBeforeAnswer
+        }
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error if !answered => Failure::BadAnswer,
+        _ if answered => Failure::AnswerBroken,
+        _ => Failure::BadAnswer,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for H2Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    /// No response compression module: edgepin does not compress.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let snapshot = self.shared.snapshot();
+        let cfg = &snapshot.config;
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.account = Some(Account::start(&self.shared, &snapshot, ctx.tls));
+        session.set_read_timeout(Some(cfg.timeouts.client));
+        let req = session.req_header();
+        if limits::head_size(req) > cfg.limits.max_header_bytes {
+            return self
+                .refuse(session, ctx, Refusal::Status(431, "request header too large"))
+                .await;
+        }
+        if limits::declared_body(req).is_some_and(|n| n > cfg.limits.max_body_bytes) {
+            return self
+                .refuse(session, ctx, Refusal::Status(413, "request body too large"))
+                .await;
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let xff = headers::forwarded_for(&req.headers);
+        ctx.client = headers::client_ip(peer, xff.as_deref(), &cfg.trusted_proxies);
+        let host = route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host());
+        let path = route::normalize_path(req.uri.path());
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let facts = route::Facts {
+            tls: ctx.tls,
+            host: host.as_deref(),
+            path: &path,
+            path_and_query: pq,
+            websocket: false,
+        };
+        let backend = match route::resolve(cfg, &facts) {
+            Routed::Backend { route, backend } => {
+                ctx.route = route;
+                backend
+            }
+            Routed::Redirect(location) => {
+                ctx.local = true;
+                ctx.status = 308;
+                if let Some(a) = &ctx.account {
+                    a.redirected();
+                }
+                respond::redirect(session, &location).await?;
+                return Ok(true);
+            }
+            Routed::Refuse(why) => return self.refuse(session, ctx, why).await,
+        };
+        let b = &snapshot.backends[backend];
+        if let Some(a) = ctx.account.as_mut() {
+            a.routed(backend);
+        }
+        let req = session.req_header();
+        ctx.sticky = Exchange::on_request(req.uri.query(), b.cfg.balance == Balance::Sticky);
+        ctx.cookie = b
+            .cfg
+            .cookie
+            .as_deref()
+            .and_then(|name| headers::sticky_cookie(req, name))
+            .map(<[u8]>::to_vec);
+        if let Err(why) = self.acquire(ctx).await {
+            return self.refuse(session, ctx, why).await;
+        }
+        session.as_mut().enable_retry_buffering();
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        let max = ctx
+            .account
+            .as_ref()
+            .map_or(u64::MAX, |a| a.snapshot().config.limits.max_body_bytes);
+        if ctx.body_bytes > max {
+            ctx.error = Some("request body too large".into());
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body too large");
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.attempts > 0 && !std::mem::take(&mut ctx.fresh) {
+            // A retry elsewhere: the previous server failed.
+            if let Some(prev) = ctx.pick.take() {
+                ctx.tried.push(prev.member);
+            }
+            ctx.slot = None;
+            if let Some(a) = ctx.account.as_mut() {
+                a.redispatched();
+            }
+            match self.acquire(ctx).await {
+                Ok(()) => {}
+                Err(Refusal::SessionGone) => {
+                    ctx.error = Some("pinned server failed".into());
+                    return Error::e_explain(ErrorType::HTTPStatus(400), "session lost with its server");
+                }
+                Err(_) => return Error::e_explain(ErrorType::ConnectNoRoute, "no other server to retry on"),
+            }
+        }
+        ctx.attempts += 1;
+        let Some(m) = ctx.account.as_ref().and_then(Account::member) else {
+            return Error::e_explain(ErrorType::InternalError, "no server chosen");
+        };
+        let Some(t) = ctx.account.as_ref().and_then(Account::backend).map(|b| b.cfg.timeouts) else {
+            return Error::e_explain(ErrorType::InternalError, "no backend");
+        };
+        let mut peer = HttpPeer::new(m.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        peer.options.read_timeout = Some(t.server);
+        peer.options.write_timeout = Some(t.server);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(acct) = &ctx.account else { return Ok(()) };
+        let cfg = &acct.snapshot().config;
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = peer.is_some_and(|p| Network::any_contains(&cfg.trusted_proxies, p));
+        let host = upstream
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| upstream.uri.host().map(str::to_string));
+        headers::set_forwarded(upstream, ctx.client, peer, trusted, ctx.tls, host.as_deref())?;
+        if let Some(name) = acct.backend().and_then(|b| b.cfg.cookie.as_deref()) {
+            headers::strip_sticky_cookie(upstream, name)?;
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.connected_at = ctx.account.as_ref().map(|a| a.started.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        ctx.answered = true;
+        ctx.status = resp.status.as_u16();
+        let Some(acct) = &ctx.account else { return Ok(()) };
+        ctx.first_byte_at = Some(acct.started.elapsed());
+        acct.passive(false);
+        ctx.sticky.on_response(ctx.status, &self.shared.sids);
+        let (Some(b), Some(m)) = (acct.backend(), acct.member()) else {
+            return Ok(());
+        };
+        if ctx.sticky.set_cookie()
+            && let Some(name) = b.cfg.cookie.as_deref()
+        {
+            let same_site = acct.snapshot().config.sticky.same_site;
+            resp.append_header("set-cookie", cookie::set_cookie(name, &m.cookie_id, ctx.tls, same_site))?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(data), true) = (body.as_ref(), ctx.sticky.scanning())
+            && let Some(acct) = &ctx.account
+            && let Some(m) = acct.member()
+            && ctx.sticky.on_body(data, &self.shared.sids, &m.state) == Learned::SessionUnknown
+        {
+            acct.sid_unknown();
+        }
+        Ok(None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("server: {peer}"));
+        let f = failure_of(&e, ctx.answered);
+        let p = self.progress(session, ctx, client_reused);
+        self.judge(ctx, f, p, &mut e);
+        e
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        let f = failure_of(&e, false);
+        let p = Progress {
+            sent: false,
+            ..self.progress(session, ctx, false)
+        };
+        self.judge(ctx, f, p, &mut e);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectNoRoute => 503,
+            _ => {
+                let f = failure_of(e, ctx.answered);
+                let p = self.progress(session, ctx, false);
+                let v = failure::classify(f, p);
+                if v.session_lost {
+                    if let Some(a) = &ctx.account {
+                        a.session_refused();
+                    }
+                    ctx.sticky.session_lost(&self.shared.sids);
+                }
+                v.status
+            }
+        };
+        ctx.error.get_or_insert_with(|| e.to_string());
+        if code > 0 && !ctx.answered && session.response_written().is_none() {
+            ctx.status = code;
+            ctx.local = true;
+            let written = match code {
+                400 if ctx.sticky.engine_io => respond::session_unknown(session).await,
+                503 => respond::refusal(session, &Refusal::NoServer).await,
+                _ => respond::text(session, code, respond::detail(code), &[]).await,
+            };
+            if let Err(err) = written {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// A client that goes away is normal for a proxy: it is in the access log, not an error.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        *e.esource() == ErrorSource::Downstream
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.status == 0 {
+            ctx.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        }
+        ctx.slot = None;
+        ctx.sticky.on_end(&self.shared.sids);
+        let Some(mut acct) = ctx.account.take() else { return };
+        let totals = Totals {
+            status: ctx.status,
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            ..Totals::default()
+        };
+        let duration = acct.end(totals);
+        if !acct.snapshot().config.access_log {
+            return;
+        }
+        let req = session.req_header();
+        let error = ctx.error.clone().or_else(|| e.map(|e| e.to_string()));
+        let snap = acct.snapshot();
+        AccessLine {
+            client: ctx.client,
+            tls: ctx.tls,
+            method: req.method.as_str(),
+            host: req
+                .uri
+                .host()
+                .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok())),
+            path: req.uri.path(),
+            sid: ctx.sticky.sid.as_deref(),
+            route: ctx.route.map(|r| snap.config.routes[r].path_prefix.as_str()),
+            backend: acct.backend().map(|b| b.name()),
+            server: acct.member().map(|m| &*m.name),
+            status: ctx.status,
+            bytes_in: totals.bytes_in,
+            bytes_out: totals.bytes_out,
+            duration,
+            connect: ctx.connected_at,
+            ttfb: ctx.first_byte_at,
+            sticky: ctx.pick.and_then(|p| p.sticky),
+            attempts: ctx.attempts,
+            local: ctx.local,
+            error: error.as_deref(),
+            ..AccessLine::default()
+        }
+        .log();
+    }
+}
