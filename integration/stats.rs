@@ -544,7 +544,10 @@ async fn counters_survive_reloads_and_the_page_shows_the_last_outcome() {
 async fn stats_auth_answers_401_without_or_with_wrong_credentials() {
     let a = Backend::start("a");
     let proxy = start_with_auth(&[&a]).await;
-    for path in ["/", "/stats.json", "/stats.csv", "/metrics"] {
+    // Each path from its own address: two wrong attempts per path would otherwise add up
+    // to a lockout of one address (wrong_passwords_lock_out_that_address_only).
+    for (i, path) in ["/", "/stats.json", "/stats.csv", "/metrics"].into_iter().enumerate() {
+        let from = format!("127.0.0.{}", 11 + i);
         let none = stats_get(&proxy, path, None).await;
         assert_eq!(none.status, 401, "{path} without credentials");
         assert!(
@@ -552,12 +555,12 @@ async fn stats_auth_answers_401_without_or_with_wrong_credentials() {
                 .is_some_and(|h| h.starts_with("Basic realm="))
         );
         assert_eq!(
-            stats_get(&proxy, path, Some(("admin", "wrong"))).await.status,
+            stats_get_from(&proxy, &from, path, ("admin", "wrong")).await.status,
             401,
             "{path}"
         );
         assert_eq!(
-            stats_get(&proxy, path, Some(("root", PASSWORD))).await.status,
+            stats_get_from(&proxy, &from, path, ("root", PASSWORD)).await.status,
             401,
             "{path}"
         );
@@ -692,4 +695,228 @@ async fn admin_actions_do_not_exist_without_auth() {
         server_json(&stats_json(&proxy, None).await, "api", "a")["admin"],
         "READY"
     );
+}
+
+/// GET `path` on the stats listener from source address `from`, with credentials.
+async fn stats_get_from(proxy: &Proxy, from: &str, path: &str, auth: (&str, &str)) -> Response {
+    Conn::open(&proxy.stats_target().from(from))
+        .await
+        .expect("connect to stats")
+        .request("GET", path, &[basic(auth.0, auth.1)], b"")
+        .await
+        .expect("stats answer")
+}
+
+/// GET `path` on the stats listener with this `Host` header.
+async fn stats_get_host(proxy: &Proxy, host: &str, path: &str) -> Response {
+    Conn::open(&proxy.stats_target())
+        .await
+        .expect("connect to stats")
+        .with_host(host)
+        .get(path)
+        .await
+        .expect("stats answer")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_cannot_starve_health_nor_cut_a_request_in_progress() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let proxy = start_with_auth(&[&a, &b]).await;
+
+    // An admin action whose head is complete and whose body is on its way.
+    let body = r#"{"state":"drain"}"#;
+    let mut in_progress = tokio::net::TcpStream::connect(proxy.stats).await.expect("connect");
+    let head = format!(
+        "POST /admin/servers/a/state HTTP/1.1\r\nHost: localhost\r\n{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        basic("admin", PASSWORD),
+        body.len()
+    );
+    in_progress.write_all(head.as_bytes()).await.expect("head");
+    in_progress
+        .write_all(&body.as_bytes()[..5])
+        .await
+        .expect("part of the body");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // 80 connections that never send a byte: more than the listener's 64 slots.
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        silent.push(tokio::net::TcpStream::connect(proxy.stats).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let health = tokio::time::timeout(Duration::from_secs(3), client::get(&proxy.stats_target(), "/health")).await;
+    let health = health
+        .expect("/health answers within 3 s (the head deadline is 5 s)")
+        .expect("/health answers while 80 silent connections are open");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["status"], "ok");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The oldest silent connections made room; the request in progress was not cut.
+    let mut first = [0u8; 1];
+    let oldest = tokio::time::timeout(Duration::from_secs(1), silent[0].read(&mut first)).await;
+    assert!(
+        matches!(oldest, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection idle the longest was closed: {oldest:?}"
+    );
+    in_progress
+        .write_all(&body.as_bytes()[5..])
+        .await
+        .expect("rest of the body");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), in_progress.read_to_string(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""admin":"DRAIN""#), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_stats_connection_is_closed_at_the_5s_head_deadline() {
+    use tokio::io::AsyncReadExt;
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&body(&[&a], ""));
+    let mut silent = tokio::net::TcpStream::connect(proxy.stats).await.expect("connect");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(8), silent.read(&mut buf)).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "closed, unanswered, within the 5 s deadline + 3 s margin: {read:?}"
+    );
+    assert!(waited >= Duration::from_secs(4), "not before the deadline: {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_answers_only_a_host_that_names_it() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&body(&[&a], ""));
+    for path in ["/", "/stats.json", "/stats.csv", "/metrics"] {
+        for host in ["evil.example", "evil.example:80", "localhost.evil.example", ""] {
+            let r = stats_get_host(&proxy, host, path).await;
+            assert_eq!(r.status, 421, "Host {host:?} {path}: {}", r.text());
+            assert!(!r.text().contains("backends"), "nothing of the stats leaks");
+        }
+    }
+    let port = proxy.stats.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        "LOCALHOST:9000".to_string(),
+        "[::1]:8404".to_string(),
+    ] {
+        let r = stats_get_host(&proxy, &host, "/stats.json").await;
+        assert_eq!(r.status, 200, "Host {host:?}: {}", r.text());
+    }
+    let probe = stats_get_host(&proxy, "lb-probe.internal", "/health").await;
+    assert_eq!(probe.status, 200, "probes send any Host to /health");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_hosts_adds_names_the_listener_answers_to_and_reloads() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start(&body(&[&a], "stats: { hosts: [stats.example.com] }\n"));
+    let port = proxy.stats.port();
+    for host in ["stats.example.com".to_string(), format!("Stats.Example.com:{port}")] {
+        assert_eq!(stats_get_host(&proxy, &host, "/stats.json").await.status, 200, "{host}");
+    }
+    assert_eq!(
+        stats_get_host(&proxy, "other.example.com", "/stats.json").await.status,
+        421
+    );
+    proxy.write_config(&body(&[&a], ""));
+    proxy.sighup();
+    proxy.wait_generation(2).await;
+    assert_eq!(
+        stats_get_host(&proxy, "stats.example.com", "/stats.json").await.status,
+        421,
+        "the name left stats.hosts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_lock_out_that_address_only() {
+    let a = Backend::start("a");
+    let proxy = start_with_auth(&[&a]).await;
+    let guesser = "127.0.0.3";
+    for i in 1..=5 {
+        let r = stats_get_from(&proxy, guesser, "/stats.json", ("admin", &format!("guess-{i}"))).await;
+        assert_eq!(r.status, 401, "wrong password {i}");
+    }
+    let r = stats_get_from(&proxy, guesser, "/stats.json", ("admin", PASSWORD)).await;
+    assert_eq!(r.status, 429, "locked out, even with the right password: {}", r.text());
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(r.header("www-authenticate"), None, "no login prompt while locked out");
+    let r = stats_get_from(&proxy, guesser, "/metrics", ("admin", "guess-6")).await;
+    assert_eq!(r.status, 429, "every protected path");
+
+    let other = stats_get_from(&proxy, "127.0.0.4", "/stats.json", ("admin", PASSWORD)).await;
+    assert_eq!(other.status, 200, "another address is not throttled");
+    let health = client::get(&proxy.stats_target().from(guesser), "/health")
+        .await
+        .expect("health");
+    assert_eq!(health.status, 200, "probes from a locked-out address still pass");
+    let log = proxy.proc.log();
+    assert!(log.contains("stats: too many wrong passwords"), "{log}");
+    assert!(!log.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_run_warn_about_a_short_stats_password_without_showing_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &path,
+        "listen: { http: 127.0.0.1:1, stats: 127.0.0.1:2 }\n\
+         routes:\n  - { path_prefix: /, backend: api }\n\
+         backends:\n  api: { servers: [a] }\n\
+         servers:\n  a: { address: 127.0.0.1:3 }\n\
+         stats: { auth: { user: admin, password_env: EDGEPIN_TEST_PW } }\n",
+    )
+    .expect("write config");
+    let check = |password: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .env("EDGEPIN_TEST_PW", password)
+            .output()
+            .expect("run check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let expected = format!(
+        "{}:8:45: warning: stats.auth: the password from environment variable EDGEPIN_TEST_PW is shorter than 12 characters",
+        path.display()
+    );
+    let (code, out) = check("x");
+    assert_eq!(code, Some(0), "a warning, not a failure: {out}");
+    assert!(out.contains(&expected), "{out}");
+    let (code, out) = check("Qz7!shortpw");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&expected), "{out}");
+    assert!(!out.contains("Qz7!shortpw"), "the password is never printed: {out}");
+    let (code, out) = check("Qz7!long-enough");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("warning"), "{out}");
+
+    let a = Backend::start("a");
+    let proxy = Proxy::builder(&body(&[&a], ""))
+        .stats_auth("admin", "Qz7!shortpw")
+        .start();
+    let log = proxy.proc.log();
+    assert!(log.contains("stats: weak password"), "{log}");
+    assert!(log.contains("is shorter than 12 characters"), "{log}");
+    assert!(!log.contains("Qz7!shortpw"), "{log}");
 }

@@ -1,10 +1,11 @@
-//! `edgepin check`: the summary printed for a valid config.
+//! `edgepin check`: the summary printed for a valid config, and its warnings (valid but
+//! unwise settings, e.g. a short stats password), each as `FILE:LINE:COL: warning: …`.
 
 use std::fmt::Write;
 
 use crate::config::Config;
 
-/// A short human summary: listeners, routes, backends with their servers.
+/// A short human summary: listeners, routes, backends with their servers; warnings last.
 pub fn summary(c: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: OK", c.source.display());
@@ -31,9 +32,14 @@ pub fn summary(c: &Config) -> String {
     } else {
         "(no auth, loopback only)"
     };
+    let hosts = if c.listen.stats.is_some() && !c.stats.hosts.is_empty() {
+        format!(" (also Host {})", c.stats.hosts.join(", "))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "  stats  {} {}",
+        "  stats  {} {}{hosts}",
         show(c.listen.stats),
         if c.listen.stats.is_some() { auth } else { "" }
     );
@@ -67,5 +73,17 @@ pub fn summary(c: &Config) -> String {
             servers.join(", ")
         );
     }
+    for w in warnings(c) {
+        let _ = writeln!(out, "{w}");
+    }
     out
+}
+
+/// What is valid but unwise in `c`, as `FILE:LINE:COL: warning: message` lines.
+pub fn warnings(c: &Config) -> Vec<String> {
+    c.stats
+        .weak_password
+        .iter()
+        .map(|w| format!("{}:{}:{}: warning: {}", w.file, w.pos.line, w.pos.col, w.message))
+        .collect()
 }

@@ -196,6 +196,9 @@ pub struct StatsFile {
     /// Default auto-refresh of the HTML page in seconds (0: off).
     #[serde(default)]
     pub refresh: Option<Spanned<u64>>,
+    /// More `Host` names the stats listener answers to (besides its address and loopback).
+    #[serde(default)]
+    pub hosts: Option<Spanned<Vec<Str>>>,
 }
 
 #[derive(Debug, Deserialize)]

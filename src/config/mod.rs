@@ -283,7 +283,16 @@ pub struct Stats {
     pub auth: Option<StatsAuth>,
     /// Default auto-refresh of the HTML page, seconds (0: off).
     pub refresh: u32,
+    /// `Host` names the listener answers to besides its own address and loopback names
+    /// (lowercase, no port, no trailing dot; IPv6 without brackets).
+    pub hosts: Vec<String>,
+    /// Set when the password is shorter than [`MIN_STATS_PASSWORD_CHARS`]: `check` prints
+    /// it and the stats listener logs it when it starts. A warning, not an error.
+    pub weak_password: Option<ConfigError>,
 }
+
+/// A stats password shorter than this is warned about (never refused).
+pub const MIN_STATS_PASSWORD_CHARS: usize = 12;
 
 /// Stats credentials. The password itself is read when the config is loaded, from the
 /// env var or file named in the YAML; it never comes from the YAML.

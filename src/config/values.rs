@@ -70,6 +70,31 @@ pub(super) fn check_host(h: &str) -> Result<String, String> {
     }
 }
 
+/// A `stats.hosts` entry: a DNS name or an IP address, without port or scheme. Stored
+/// lowercase without a trailing dot; IPv6 without brackets, in its canonical form.
+pub(super) fn check_stats_host(h: &str) -> Result<String, String> {
+    let bad = || {
+        format!("stats host {h:?} must be a DNS name or an IP address, without port or scheme (e.g. stats.example.com)")
+    };
+    let inner = h.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(h);
+    if let Ok(ip) = inner.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let name = h.strip_suffix('.').unwrap_or(h);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(bad())
+    }
+}
+
 /// RFC 6265 cookie-name: an HTTP token.
 pub(super) fn check_cookie_name(c: &str) -> Result<String, String> {
     let ok = !c.is_empty()

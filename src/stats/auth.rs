@@ -5,14 +5,18 @@
 //! when the config loaded); without them there is no auth and no admin action at all.
 //! Comparisons are constant-time: the offered `user:password` is checked as an HMAC tag
 //! under a key made at start, and so is the CSRF token (an HMAC of the user name under
-//! the same per-process key, so it changes on restart and needs no storage). This module
-//! decides; `admin` and `mod` apply its answers.
+//! the same per-process key, so it changes on restart and needs no storage). Wrong
+//! credentials are counted per client address (`throttle`): an address locked out gets
+//! 429 before its credentials are looked at. This module decides; `admin` and `mod`
+//! apply its answers.
 
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, HOST, ORIGIN, REFERER, WWW_AUTHENTICATE};
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN, REFERER, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+
 use base64::Engine;
 use ring::hmac;
 use ring::rand::SystemRandom;
@@ -116,9 +120,21 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
 
 /// Middleware: with auth configured, a request needs valid basic credentials; the user
 /// is attached to the request for the handlers.
+/// An address locked out by the throttle is refused with 429 first, whatever it sends.
 pub async fn require_user(State(app): State<StatsApp>, mut req: Request, next: Next) -> Response {
     if !app.guard.enabled() {
         return next.run(req).await;
+    }
+    let client = req.extensions().get::<Peer>().map(|p| p.0);
+    if let Some(wait) = client.and_then(|c| app.throttle.locked(c.ip(), Instant::now())) {
+        // Whole seconds, rounded up: a client retrying at once would be refused again.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(RETRY_AFTER, secs.to_string())],
+            "too many wrong passwords from this address; retry later\n",
+        )
+            .into_response();
     }
     match app.guard.check_basic(req.headers()) {
         Some(user) => {
@@ -127,8 +143,12 @@ pub async fn require_user(State(app): State<StatsApp>, mut req: Request, next: N
         }
         None => {
             if req.headers().contains_key(AUTHORIZATION) {
-                let client = req.extensions().get::<Peer>().map(|p| p.0);
                 tracing::warn!(client = ?client, path = %req.uri().path(), "stats: wrong credentials");
+                if let Some(c) = client
+                    && let Some(lockout) = app.throttle.failed(c.ip(), Instant::now())
+                {
+                    tracing::warn!(client = %c.ip(), lockout_seconds = lockout.as_secs(), "stats: too many wrong passwords, refusing this address for a while");
+                }
             }
             (
                 StatusCode::UNAUTHORIZED,

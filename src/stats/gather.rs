@@ -278,6 +278,7 @@ pub(crate) mod tests {
                     servers:\n  a: { address: 127.0.0.1:3001 }\n  b: { address: 127.0.0.1:3002, max_connections: 7 }\n";
         let mut config = crate::config::parse(Path::new("t.yaml"), text).expect("test config");
         config.stats.auth = auth;
+        config.stats.hosts = vec!["stats.test".into()];
         Shared::new(config, None)
     }
 

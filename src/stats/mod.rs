@@ -3,21 +3,26 @@
 //! with `stats.auth` configured — admin actions under `/admin/`.
 //!
 //! Every output renders one `view::StatsView` gathered per request, so they agree.
-//! `/health` is always open (readiness probes); with auth configured everything else
-//! needs basic auth. The listener is its own small HTTP/1.1 server (`listener`) with
-//! connection, header, request and body limits, run as a pingora background service
-//! next to a once-a-second rate sampler. It reads proxy state and, through `admin`,
-//! changes only servers' admin state and weight.
+//! `/health` is always open (readiness probes); everything else answers only requests
+//! whose `Host` names the listener (`host`, against DNS rebinding) and, with auth
+//! configured, needs basic auth (wrong passwords throttled per address, `throttle`). The
+//! listener is its own small HTTP/1.1 server (`listener`, slots in `slots`) with
+//! connection, header, keep-alive, request and body limits, run as a pingora background
+//! service next to a once-a-second rate sampler. It reads proxy state and, through
+//! `admin`, changes only servers' admin state and weight.
 
 mod admin;
 mod auth;
 mod csv;
 pub(crate) mod gather;
+mod host;
 mod html;
 mod listener;
 mod prometheus;
 mod rates;
 mod row_metrics;
+mod slots;
+mod throttle;
 mod view;
 
 use std::sync::Arc;
@@ -59,6 +64,8 @@ pub struct StatsApp {
     pub shared: Arc<Shared>,
     rates: Arc<rates::Rates>,
     guard: Arc<auth::Guard>,
+    /// Wrong passwords per client address.
+    throttle: Arc<throttle::Throttle>,
 }
 
 impl StatsApp {
@@ -69,6 +76,7 @@ impl StatsApp {
             shared,
             rates: Arc::default(),
             guard: Arc::new(guard),
+            throttle: Arc::new(throttle::Throttle::new(throttle::Policy::default())),
         })
     }
 
@@ -84,7 +92,11 @@ impl StatsApp {
                 .route("/admin/servers/{name}/state", post(admin::set_state))
                 .route("/admin/servers/{name}/weight", post(admin::set_weight));
         }
-        let protected = protected.route_layer(middleware::from_fn_with_state(self.clone(), auth::require_user));
+        // The Host check runs first: a rebinding page's requests never reach the password
+        // check, so they cannot count wrong passwords against the operator's address.
+        let protected = protected
+            .route_layer(middleware::from_fn_with_state(self.clone(), auth::require_user))
+            .route_layer(middleware::from_fn_with_state(self.clone(), host::require_own_host));
         Router::new()
             .route("/health", get(health))
             .merge(protected)
@@ -170,6 +182,9 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
             return;
         }
     };
+    if let Some(w) = &shared.snapshot().config.stats.weak_password {
+        tracing::warn!(warning = %w, "stats: weak password");
+    }
     let mut sampler_stop = shutdown.clone();
     let sampler = tokio::spawn(rates::run(shared, Arc::clone(&app.rates), async move {
         let _ = sampler_stop.changed().await;
@@ -277,6 +292,43 @@ mod tests {
         let body = r#"{"state":"drain"}"#;
         let (status, _, _) = send(&app, post("/admin/servers/a/state", "application/json", body, None)).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "no admin without auth");
+    }
+
+    #[tokio::test]
+    async fn another_host_gets_421_before_its_password_counts_and_a_guesser_then_429() {
+        let app = app(true);
+        let from = |mut req: Request<Body>| {
+            let peer = "192.0.2.9:4000".parse().unwrap();
+            req.extensions_mut().insert(admin::Peer(peer));
+            req
+        };
+        let with_host = |host: &'static str, pass: &str| {
+            let mut req = from(get("/stats.json", Some(pass)));
+            req.headers_mut().insert("host", HeaderValue::from_static(host));
+            req
+        };
+        for _ in 0..10 {
+            let (status, _, _) = send(&app, with_host("evil.example", "admin:wrong")).await;
+            assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+        }
+        let (status, _, _) = send(&app, with_host("127.0.0.1:8404", "admin:pw")).await;
+        assert_eq!(status, StatusCode::OK, "a rebinding page cannot lock the operator out");
+        let (status, _, _) = send(&app, from(get("/health", None))).await;
+        assert_eq!(status, StatusCode::OK);
+
+        for _ in 0..5 {
+            let (status, _, _) = send(&app, from(get("/metrics", Some("admin:wrong")))).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        let (status, headers, _) = send(&app, from(get("/metrics", Some("admin:pw")))).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers["retry-after"], "60");
+        let (status, _, _) = send(&app, get("/metrics", Some("admin:pw"))).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "another client (here: none known) is not throttled"
+        );
     }
 
     #[tokio::test]

@@ -329,6 +329,40 @@ servers:
     }
 
     #[test]
+    fn a_short_stats_password_is_a_warning_at_its_source_that_never_shows_it() {
+        let text = format!("{MINIMAL}stats: {{ auth: {{ user: admin, password_env: PW }} }}\n");
+        let c = check_with_env(&text, &[("PW", "x")]).expect("short is valid");
+        let w = c.stats.weak_password.expect("a warning").to_string();
+        assert!(
+            w.starts_with("t.yaml:9:45: stats.auth: the password from environment variable PW is shorter than 12"),
+            "{w}"
+        );
+        let c = check_with_env(&text, &[("PW", "elevenchars")]).unwrap();
+        assert!(!c.stats.weak_password.unwrap().message.contains("elevenchars"));
+        let c = check_with_env(&text, &[("PW", "twelve-chars")]).unwrap();
+        assert_eq!(c.stats.weak_password, None);
+        assert_eq!(check(MINIMAL).unwrap().stats.weak_password, None, "no auth, no warning");
+    }
+
+    #[test]
+    fn stats_hosts_are_names_or_addresses_without_port() {
+        let text = format!("{MINIMAL}stats: {{ hosts: [Stats.Example.COM., 10.0.0.5, \"[FD00::1]\"] }}\n");
+        assert_eq!(
+            check(&text).unwrap().stats.hosts,
+            ["stats.example.com", "10.0.0.5", "fd00::1"]
+        );
+        assert!(check(MINIMAL).unwrap().stats.hosts.is_empty());
+        let text =
+            format!("{MINIMAL}stats: {{ hosts: [ok.example, \"stats.example.com:8404\", http://x, \"*.example\"] }}\n");
+        let errs = check(&text).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.yaml:9:30: stats host \"stats.example.com:8404\" must be a DNS name"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn cookie_needs_sticky_and_sticky_gets_a_default_cookie() {
         let text = MINIMAL.replace("{ servers: [a, b] }", "{ servers: [a, b], cookie: X }");
         assert!(check(&text).unwrap_err()[0].contains("needs `balance: sticky`"));

@@ -66,6 +66,9 @@ impl Validator<'_> {
     ) -> Stats {
         let declared = s.and_then(|s| s.value.auth.as_ref());
         let auth = declared.and_then(|a| self.auth(a));
+        let weak_password = declared
+            .zip(auth.as_ref())
+            .and_then(|(a, auth)| self.weak_password(a, auth));
         if let (Some(addr), None) = (listen.stats, declared)
             && !addr.ip().is_loopback()
         {
@@ -75,7 +78,42 @@ impl Validator<'_> {
         let refresh = s
             .map(|s| self.count(&s.value.refresh, "stats.refresh", (0, 3600), 5))
             .unwrap_or(5) as u32;
-        Stats { auth, refresh }
+        let hosts = s
+            .and_then(|s| s.value.hosts.as_ref())
+            .map(|list| {
+                list.value
+                    .iter()
+                    .filter_map(|h| self.check(h, |h| check_stats_host(h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Stats {
+            auth,
+            refresh,
+            hosts,
+            weak_password,
+        }
+    }
+
+    /// A warning (not an error) at the password's source when the password is short.
+    /// It names the source, never the password or its length.
+    fn weak_password(&self, a: &Spanned<file::AuthFile>, auth: &StatsAuth) -> Option<ConfigError> {
+        if auth.password.chars().count() >= MIN_STATS_PASSWORD_CHARS {
+            return None;
+        }
+        let (at, source) = match (&a.value.password_env, &a.value.password_file) {
+            (Some(env), _) => (env.referenced, format!("environment variable {}", env.value)),
+            (None, Some(file)) => (file.referenced, format!("file {}", file.value)),
+            (None, None) => (a.referenced, "its source".to_string()),
+        };
+        Some(ConfigError {
+            file: self.file.clone(),
+            pos: pos(at),
+            message: format!(
+                "stats.auth: the password from {source} is shorter than {MIN_STATS_PASSWORD_CHARS} characters; \
+                 anyone who reaches the stats listener may guess it (use {MIN_STATS_PASSWORD_CHARS} or more)"
+            ),
+        })
     }
 
     pub(super) fn auth(&mut self, a: &Spanned<file::AuthFile>) -> Option<StatsAuth> {

@@ -1,0 +1,164 @@
+//! Which `Host` the stats listener answers: a name for the listener itself — the IP
+//! address the client connected to, `localhost`, `127.0.0.1`, `[::1]` (any port), or a
+//! name the operator listed in `stats.hosts`. Anything else gets 421 Misdirected Request.
+//!
+//! Why: with DNS rebinding, a web page at `evil.example` re-points its own name at
+//! 127.0.0.1 and reads this listener's answers as same-origin ones (`/stats.json`, the
+//! page with its CSRF token). The browser still sends `Host: evil.example`, which no
+//! operator's request carries. 421 rather than 403: the request went to a server that is
+//! not authoritative for that name — no credential changes that, and 403 stays the answer
+//! of the CSRF checks. `/health` is not checked (the router leaves it out): probes send
+//! whatever Host they were configured with, and it tells nothing worth a rebinding.
+//! This module only decides; `mod` mounts the middleware.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::http::header::HOST;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::StatsApp;
+
+/// The address a stats connection reached (the listener's, or on a wildcard listener the
+/// interface the client used), attached to each of its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Local(pub SocketAddr);
+
+/// The host part of a `Host` value.
+#[derive(Debug, PartialEq, Eq)]
+enum HostName {
+    Ip(IpAddr),
+    /// Lowercase, without a trailing dot.
+    Name(String),
+}
+
+/// Split a `Host` value into its host part, dropping a valid port; `None` if malformed.
+fn parse(value: &str) -> Option<HostName> {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(rest) => {
+            let (inside, after) = rest.split_once(']')?;
+            let port = if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            };
+            (inside, port)
+        }
+        None => match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        },
+    };
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    if value.starts_with('[') {
+        return host.parse::<Ipv6Addr>().ok().map(|ip| HostName::Ip(IpAddr::V6(ip)));
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(HostName::Ip(IpAddr::V4(ip)));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    ok.then(|| HostName::Name(name.to_ascii_lowercase()))
+}
+
+/// Whether the `Host` value `host` names this listener: reached at `local`, also
+/// answering to `allowed` (`stats.hosts`, normalised by config validation).
+pub fn names_listener(host: &str, local: Option<IpAddr>, allowed: &[String]) -> bool {
+    match parse(host.trim()) {
+        None => false,
+        Some(HostName::Name(name)) => name == "localhost" || allowed.contains(&name),
+        Some(HostName::Ip(ip)) => {
+            ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
+                || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+                || local.is_some_and(|l| l.to_canonical() == ip.to_canonical())
+                || allowed.iter().any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == ip))
+        }
+    }
+}
+
+/// Middleware: answer only requests whose `Host` names this listener; 421 otherwise.
+pub async fn require_own_host(State(app): State<StatsApp>, req: Request, next: Next) -> Response {
+    let local = req.extensions().get::<Local>().map(|l| l.0.ip());
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let known = host.is_some_and(|h| names_listener(h, local, &app.shared.snapshot().config.stats.hosts));
+    if known {
+        return next.run(req).await;
+    }
+    tracing::debug!(host = ?host, path = %req.uri().path(), "stats: request for another host refused");
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "this listener answers only to its own address, localhost, or a name in stats.hosts\n",
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(host: &str) -> bool {
+        let local = "10.1.2.3".parse().ok();
+        names_listener(host, local, &["stats.example.com".into(), "fd00::5".into()])
+    }
+
+    #[test]
+    fn loopback_names_and_the_listener_address_pass_with_any_port() {
+        for host in [
+            "localhost",
+            "LocalHost:8404",
+            "localhost.:1",
+            "127.0.0.1",
+            "127.0.0.1:8404",
+            "[::1]",
+            "[::1]:9000",
+            "10.1.2.3",
+            "10.1.2.3:8404",
+            "stats.example.com",
+            "Stats.Example.com:443",
+            "[fd00::5]:8404",
+        ] {
+            assert!(ok(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn other_names_and_malformed_values_are_refused() {
+        for host in [
+            "evil.example",
+            "evil.example:8404",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "stats.example.com.evil.example",
+            "10.1.2.4",
+            "127.0.0.2",
+            "[::2]",
+            "::1",
+            "localhost:",
+            "localhost:http",
+            "localhost:123456",
+            "[::1]x",
+            "[127.0.0.1]",
+            "",
+            "local host",
+            "user@localhost",
+        ] {
+            assert!(!ok(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listener_answers_to_the_address_the_client_reached() {
+        let mapped = "::ffff:192.168.1.9".parse().ok();
+        assert!(names_listener("192.168.1.9:8404", mapped, &[]));
+        assert!(!names_listener("192.168.1.9:8404", None, &[]));
+    }
+}
