@@ -26,7 +26,6 @@ use crate::proxy::{ConnectionLimit, EdgeProxy, ProxyProtocolAcceptor};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
-use crate::tls::{SwappableCert, load_certified_key};
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +47,8 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Privilege(#[from] crate::privilege::PrivilegeError),
     #[error("writing pidfile {path}: {source}")]
     Pidfile { path: String, source: std::io::Error },
 }
@@ -89,18 +90,15 @@ pub fn run(path: &Path) -> Result<(), RunError> {
 /// Load the config at `path` and assemble the proxy; a taken port or a bad file fails here.
 pub fn start(path: &Path) -> Result<Edge, RunError> {
     let (text, config) = config::read(path)?;
-    let cert = match &config.tls {
-        Some(t) if config.listen.https.is_some() => {
-            let ck = load_certified_key(&t.cert, &t.key).map_err(|source| RunError::Tls {
-                file: path.display().to_string(),
-                line: t.pos.line,
-                col: t.pos.col,
-                source,
-            })?;
-            Some(SwappableCert::new(ck))
+    let cert = crate::tls::listener_certs(&config).map_err(|source| {
+        let pos = config.tls.as_ref().map(|t| t.pos).unwrap_or_default();
+        RunError::Tls {
+            file: path.display().to_string(),
+            line: pos.line,
+            col: pos.col,
+            source,
         }
-        _ => None,
-    };
+    })?;
     // Bind the listeners pingora does not own first, and check the others are free, so a
     // taken port is a clear error before anything starts.
     for (what, addr) in [("https", config.listen.https), ("http", config.listen.http)] {
@@ -137,11 +135,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         }
     }
 
+    crate::privilege::prepare(&config)?;
     let shared = Shared::new(config.clone(), cert.clone());
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
 
-    let proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
+    proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
     let limited = ConnectionLimit::new(
         proxy,
         Arc::clone(&shared),
@@ -182,6 +182,23 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             path: path.to_path_buf(),
         },
     ));
+    if config.tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        let acme = crate::acme::Manager {
+            shared: Arc::clone(&shared),
+        };
+        server.add_service(background_service("acme", acme));
+    }
+    if let Some(run_as) = &config.run_as {
+        let dropper = crate::privilege::Dropper {
+            gate: Arc::clone(&shared.privileges),
+            listeners: [config.listen.https, config.listen.http]
+                .into_iter()
+                .flatten()
+                .collect(),
+            run_as: run_as.clone(),
+        };
+        server.add_service(background_service("privileges", dropper));
+    }
     if let Some(listener) = stats_listener {
         let stats = StatsService {
             shared: Arc::clone(&shared),

@@ -7,6 +7,7 @@
 //! together.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod balance;
 pub mod certs;
 pub mod check;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod diff;
 pub mod edge;
 pub mod health;
+pub mod privilege;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

@@ -93,6 +93,7 @@ impl<A> ConnectionLimit<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.shared.privileges.ready().await;
         let counters = if stream.get_ssl_digest().is_some() {
             &self.shared.https
         } else {
