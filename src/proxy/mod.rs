@@ -114,6 +114,10 @@ impl ProxyHttp for EdgeProxy {
             match route::plain_http(cfg, host.as_deref(), pq) {
                 route::PlainHttp::Proxy => {}
                 route::PlainHttp::Acme(b) => backend = Some(b),
+                route::PlainHttp::AcmeAnswer => {
+                    let answer = crate::acme::http01_answer(self.shared.cert.as_deref(), pq);
+                    return self.answer_acme(session, ctx, answer).await;
+                }
                 route::PlainHttp::NotFound => {
                     return self
                         .refuse(session, ctx, Refusal::Status(404, "no ACME backend configured"))
@@ -305,6 +309,11 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.tls
+            && let Some(hsts) = ctx.snapshot().and_then(|s| crate::tls::hsts_value(&s.config))
+        {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
         if resp.status.is_informational() && resp.status.as_u16() != 101 {
             return Ok(());
         }

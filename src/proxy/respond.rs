@@ -97,6 +97,24 @@ impl EdgeProxy {
         Ok(true)
     }
 
+    /// An ACME HTTP-01 request edgepin answers itself: the key authorization, or 404.
+    pub(super) async fn answer_acme(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        answer: Option<String>,
+    ) -> Result<bool> {
+        let Some(key_authorization) = answer else {
+            return self
+                .refuse(session, ctx, Refusal::Status(404, "no such ACME challenge"))
+                .await;
+        };
+        ctx.local = true;
+        ctx.status = 200;
+        send(session, 200, "text/plain", &[], &key_authorization).await?;
+        Ok(true)
+    }
+
     /// The request's Engine.IO session died with its server: counted, and its sid
     /// forgotten, before the client is told with [`session_unknown`].
     pub(super) fn session_lost(&self, ctx: &RequestCtx) {

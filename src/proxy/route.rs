@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Route};
 
-pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+pub const ACME_PREFIX: &str = crate::acme::HTTP01_PATH;
 
 /// The request's host: from `Host` (HTTP/1) or the URI authority (HTTP/2), lowercase,
 /// without port. Borrowed when already lowercase (the common case).
@@ -60,6 +60,9 @@ pub enum PlainHttp {
     Proxy,
     /// ACME http-01 challenge: proxy to this backend.
     Acme(usize),
+    /// ACME http-01 challenge and `tls.acme` is configured: edgepin answers it
+    /// (`acme::http01_answer`: the key authorization, or 404).
+    AcmeAnswer,
     /// ACME challenge but no ACME backend configured.
     NotFound,
     /// 308 to this URL.
@@ -67,6 +70,9 @@ pub enum PlainHttp {
 }
 
 pub fn plain_http(config: &Config, host: Option<&str>, path_and_query: &str) -> PlainHttp {
+    if path_and_query.starts_with(ACME_PREFIX) && config.tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        return PlainHttp::AcmeAnswer;
+    }
     if !config.listen.redirect {
         return PlainHttp::Proxy;
     }

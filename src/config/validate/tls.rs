@@ -236,9 +236,12 @@ mod tests {
     }
 
     fn head(tls: &str) -> String {
-        let certs =
-            crate::certs::generate(&std::env::temp_dir().join(format!("edgepin-validate-tls-{}", std::process::id())))
-                .unwrap();
+        static CERTS: std::sync::OnceLock<(tempfile::TempDir, crate::certs::DevCerts)> = std::sync::OnceLock::new();
+        let (_, certs) = CERTS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let certs = crate::certs::generate(dir.path()).unwrap();
+            (dir, certs)
+        });
         let tls = tls
             .replace("CERT", &certs.cert.display().to_string())
             .replace("KEY", &certs.key.display().to_string());
