@@ -50,6 +50,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         ("keepalive", old.timeouts.keepalive, new.timeouts.keepalive),
         ("queue", old.timeouts.queue, new.timeouts.queue),
         ("header", old.timeouts.header, new.timeouts.header),
+        ("handshake", old.timeouts.handshake, new.timeouts.handshake),
     ] {
         out.changed(format!("timeouts.{name}"), &d(a), &d(b));
     }

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
-use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -22,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
 use crate::health::check::Checker;
-use crate::proxy::{ConnectionLimit, EdgeProxy, ProxyProtocolAcceptor};
+use crate::proxy::{EdgeProxy, Frontend, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
@@ -140,33 +138,34 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
-    proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
-    let limited = ConnectionLimit::new(
-        proxy,
-        Arc::clone(&shared),
-        config.limits.max_connections,
-        config.timeouts.client,
-    );
-    let mut listeners = Listeners::new();
-    // Reads the PROXY header of trusted peers when the (reloadable) config asks for it.
-    listeners.set_pre_tls_callback(Arc::new(ProxyProtocolAcceptor {
-        shared: Arc::clone(&shared),
-    }));
-    if let Some(addr) = config.listen.http {
-        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
-    }
-    if let (Some(addr), Some(cert), Some(t)) = (config.listen.https, cert, &config.tls) {
-        let mut settings = TlsSettings::intermediate("", "").expect("building empty TLS settings cannot fail");
-        settings.set_cert_resolver(cert);
-        settings.set_alpn(if t.h2 { ALPN::H2H1 } else { ALPN::H1 });
-        listeners.add_listener(
-            ListenerConfig::tcp(addr.to_string())
-                .tls(settings)
-                .l4_buffer(downstream_buffers()),
+    let fd_limit = crate::fdlimit::raise();
+    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len());
+    if cap.connections < config.limits.max_connections {
+        tracing::warn!(
+            max_connections = config.limits.max_connections,
+            fit = cap.connections,
+            fd_limit,
+            "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
-    let mut service = Service::with_listeners("edgepin proxy".to_string(), listeners, limited);
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&shared)));
+    proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
+    let https = match (config.listen.https, cert, &config.tls) {
+        (Some(addr), Some(cert), Some(t)) => {
+            let alpn = crate::tls::alpn_protocols(t);
+            Some(Https {
+                addr,
+                acceptor: crate::tls::server_config(cert, alpn).into(),
+            })
+        }
+        _ => None,
+    };
+    let frontend = Frontend::new(proxy, Arc::clone(&shared), https, cap, config.timeouts.client);
+    let mut listeners = Listeners::new();
+    for addr in [config.listen.http, config.listen.https].into_iter().flatten() {
+        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
+    }
+    let mut service = Service::with_listeners("edgepin proxy".to_string(), listeners, frontend);
     service.threads = Some(config.threads);
     server.add_service(service);
     server.add_service(background_service(
@@ -224,7 +223,8 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
 /// buffer (allocated zeroed, so resident) in front of every accepted connection for its
 /// whole life: 64 KiB per idle WebSocket. Nothing needs it: the HTTP/1 parser reads into
 /// its own header and body buffers and rustls into its own record buffer, so it only added
-/// a copy. Writes keep pingora's small (one MSS) buffer.
+/// a copy. Writes keep pingora's small (one MSS) buffer. TLS is not pingora's: see
+/// `proxy::frontend`.
 fn downstream_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
 }

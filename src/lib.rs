@@ -14,6 +14,7 @@ pub mod check;
 pub mod config;
 pub mod diff;
 pub mod edge;
+pub mod fdlimit;
 pub mod health;
 pub mod privilege;
 pub mod proxy;

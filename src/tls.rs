@@ -175,21 +175,6 @@ pub fn alpn_protocols(tls: &Tls) -> Vec<Vec<u8>> {
     alpn
 }
 
-/// The https listener's rustls config: TLS 1.2 and 1.3 with ring, no client
-/// certificates, certificates from `resolver` (the [`CertStore`] in `Shared::cert`).
-pub fn server_config(
-    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
-    alpn: Vec<Vec<u8>>,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = alpn;
-    Ok(Arc::new(config))
-}
-
 /// The `Strict-Transport-Security` value for https responses, when `tls.hsts` is set.
 pub fn hsts_value(config: &Config) -> Option<http::HeaderValue> {
     config.tls.as_ref()?.hsts.as_ref().map(|h| h.header.clone())
@@ -208,6 +193,30 @@ pub fn listener_certs(config: &Config) -> Result<Option<Arc<CertStore>>, TlsErro
     }
     Ok(Some(store))
 }
+
+/// The rustls config of the https listener: certificates from `resolver` (the
+/// [`CertStore`] in `Shared::cert`, read at each handshake, so swaps apply to new
+/// connections), ALPN protocols in preference order ([`alpn_protocols`]). Session
+/// resumption by tickets and a session cache, as pingora's listener had.
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    Arc::new(config)
+}
+
+/// Sessions remembered for resumption by id (TLS 1.2) and for stateful TLS 1.3 resumption.
+const SESSION_CACHE: usize = 20_480;
 
 /// Fingerprint of a file's metadata, to notice certificate rotation by polling.
 pub fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {

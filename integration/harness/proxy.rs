@@ -24,6 +24,7 @@ pub struct ProxyBuilder {
     tls_files: Option<(PathBuf, PathBuf)>,
     h2: bool,
     stats_auth: Option<(String, String)>,
+    fd_limit: Option<u32>,
 }
 
 pub struct Proxy {
@@ -75,6 +76,11 @@ impl ProxyBuilder {
         self.h2 = true;
         self
     }
+    /// Run the proxy under this file descriptor limit (soft and hard, `ulimit -n`).
+    pub fn fd_limit(mut self, n: u32) -> Self {
+        self.fd_limit = Some(n);
+        self
+    }
     pub fn no_https(mut self) -> Self {
         self.https = false;
         self
@@ -88,7 +94,17 @@ impl ProxyBuilder {
         let (https, http, stats) = (free_addr(), free_addr(), free_addr());
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, self.render(https, http, stats, dir.path())).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
+        let mut cmd = match self.fd_limit {
+            // The shell sets the limit, then becomes edgepin (same pid).
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_edgepin"));
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_edgepin")),
+        };
         cmd.arg("run")
             .arg("-c")
             .arg(&config)
@@ -164,6 +180,7 @@ impl Proxy {
             tls_files: None,
             h2: false,
             stats_auth: None,
+            fd_limit: None,
         }
     }
 

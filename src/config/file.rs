@@ -163,6 +163,8 @@ pub struct TimeoutsFile {
     pub queue: Option<Str>,
     #[serde(default)]
     pub header: Option<Str>,
+    #[serde(default)]
+    pub handshake: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -225,6 +225,8 @@ pub struct Timeouts {
     pub queue: Duration,
     /// A whole request head (request line and headers) must arrive within this.
     pub header: Duration,
+    /// A new connection's PROXY header and TLS handshake must be done within this.
+    pub handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -237,6 +239,7 @@ impl Default for Timeouts {
             keepalive: Duration::from_secs(60),
             queue: Duration::from_secs(5),
             header: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
         }
     }
 }

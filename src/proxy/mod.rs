@@ -9,6 +9,7 @@
 
 mod assign;
 mod ctx;
+mod frontend;
 mod head_deadline;
 pub mod headers;
 mod learn;
@@ -17,11 +18,11 @@ mod proxy_protocol;
 mod respond;
 mod route;
 mod select;
+mod tls_conn;
 mod tunnel;
 
 pub use ctx::RequestCtx;
-pub use limits::ConnectionLimit;
-pub use proxy_protocol::ProxyProtocolAcceptor;
+pub use frontend::{ConnectionCap, Frontend, Https, connection_cap};
 pub use route::ACME_PREFIX;
 
 use respond::Refusal;

@@ -12,11 +12,7 @@
 //! the balancer as the peer.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
-
-use async_trait::async_trait;
-use pingora::listeners::PreTlsProcess;
 
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
@@ -185,23 +181,6 @@ pub async fn accept(stream: &mut L4Stream, trusted: &[Network], timeout: Duratio
         stream.set_socket_digest(replaced);
     }
     Ok(())
-}
-
-/// Reads PROXY headers on the https listener, before the TLS handshake.
-pub struct ProxyProtocolAcceptor {
-    pub shared: Arc<crate::runtime::Shared>,
-}
-
-#[async_trait]
-impl PreTlsProcess for ProxyProtocolAcceptor {
-    async fn process(&self, stream: &mut L4Stream) -> Result<()> {
-        let snapshot = self.shared.snapshot();
-        let cfg = &snapshot.config;
-        if !cfg.listen.proxy_protocol {
-            return Ok(());
-        }
-        accept(stream, &cfg.trusted_proxies, cfg.timeouts.client).await
-    }
 }
 
 #[cfg(test)]

@@ -182,6 +182,9 @@ pub struct FrontendCounters {
     pub connections_total: Counter,
     /// Connections refused at `limits.max_connections`.
     pub connections_refused: Counter,
+    /// Connections closed because their PROXY header or TLS handshake took longer than
+    /// `timeouts.handshake`.
+    pub handshake_timeouts: Counter,
     pub requests_total: Counter,
     /// Requests refused before routing (431, 413, 400, upgrade not allowed).
     pub request_errors: Counter,

@@ -149,6 +149,7 @@ fn frontend(l: Listener<'_>, rates: &Rates) -> FrontendView {
         requests_total: c.requests_total.get(),
         request_rate: rates.get(&rates::requests_key(name)),
         connections_refused: c.connections_refused.get(),
+        handshake_timeouts: c.handshake_timeouts.get(),
         redirects: c.redirects.get(),
         counters: Counters {
             sessions_current: c.connections.get(),

@@ -151,6 +151,12 @@ pub const ROW_METRICS: &[RowMetric] = &[
         |r| fo(r.frontend.map(|f| f.connections_refused)),
     ),
     (
+        "handshake_timeouts_total",
+        "Connections closed because their PROXY header or TLS handshake took longer than timeouts.handshake.",
+        Kind::Counter,
+        |r| fo(r.frontend.map(|f| f.handshake_timeouts)),
+    ),
+    (
         "intercepted_requests_total",
         "Requests answered by edgepin itself (redirects).",
         Kind::Counter,

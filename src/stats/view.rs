@@ -199,6 +199,8 @@ pub struct FrontendView {
     pub requests_total: u64,
     pub request_rate: Rate,
     pub connections_refused: u64,
+    /// Connections closed because their PROXY header or TLS handshake was too slow.
+    pub handshake_timeouts: u64,
     pub redirects: u64,
     pub counters: Counters,
 }

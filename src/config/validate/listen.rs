@@ -67,6 +67,7 @@ impl Validator<'_> {
             keepalive: self.duration(&t.keepalive, base.keepalive),
             queue: self.duration(&t.queue, base.queue),
             header: self.duration(&t.header, base.header),
+            handshake: self.duration(&t.handshake, base.handshake),
         }
     }
 
@@ -78,6 +79,7 @@ impl Validator<'_> {
                 ("client", &t.client),
                 ("keepalive", &t.keepalive),
                 ("header", &t.header),
+                ("handshake", &t.handshake),
             ] {
                 if let Some(v) = value {
                     self.err(

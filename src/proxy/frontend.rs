@@ -1,0 +1,250 @@
+//! Where every client connection starts, before any HTTP: it is counted from the moment
+//! it is accepted, held to `limits.max_connections`, reads a trusted balancer's PROXY
+//! header, and on the https listener does its TLS handshake, all within
+//! `timeouts.handshake`. Then it goes to the HTTP server (pingora's, which picks HTTP/2
+//! by ALPN).
+//!
+//! pingora's listener would run the TLS handshake itself, for up to 60 s and before the
+//! application sees the connection: a client that never finishes its handshake was held
+//! a minute and counted nowhere, and a thousand of them exhausted the file descriptors.
+//! So pingora's listeners are plain TCP here and edgepin accepts TLS itself, with
+//! tokio-rustls and the certificate resolver of `crate::tls`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::server::ShutdownWatch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::runtime::Shared;
+use crate::state::FrontendCounters;
+
+use super::tls_conn::TlsConn;
+
+/// ALPN of an ACME TLS-ALPN-01 validation: the handshake is all it needs.
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The https listener: its address and the TLS acceptor.
+pub struct Https {
+    pub addr: SocketAddr,
+    pub acceptor: TlsAcceptor,
+}
+
+/// The application behind every listener (see the module docs).
+pub struct Frontend<A> {
+    http: Arc<A>,
+    shared: Arc<Shared>,
+    https: Option<Https>,
+    /// One per connection served: `limits.max_connections`, or fewer if the file
+    /// descriptor limit cannot hold that many.
+    permits: Arc<Semaphore>,
+    /// Connections waiting for a permit now, at most `max_waiting`.
+    waiting: AtomicUsize,
+    max_waiting: usize,
+    /// Longest wait for a permit before the connection is closed.
+    wait: Duration,
+}
+
+impl<A> Frontend<A> {
+    pub fn new(http: A, shared: Arc<Shared>, https: Option<Https>, cap: ConnectionCap, wait: Duration) -> Self {
+        Frontend {
+            http: Arc::new(http),
+            shared,
+            https,
+            permits: Arc::new(Semaphore::new(cap.connections)),
+            waiting: AtomicUsize::new(0),
+            max_waiting: cap.waiting,
+            wait,
+        }
+    }
+
+    /// Whether the connection came in on the https listener.
+    fn on_https(&self, stream: &Stream) -> bool {
+        let Some(https) = &self.https else { return false };
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|l| {
+            l.port() == https.addr.port() && (https.addr.ip().is_unspecified() || l.ip() == https.addr.ip())
+        })
+    }
+
+    /// A permit at once, or after a bounded wait among a bounded number of waiters.
+    async fn admit(&self, counters: &FrontendCounters) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.waiting.fetch_add(1, Relaxed) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Relaxed);
+            counters.connections_refused.inc();
+            return None;
+        }
+        let permit = tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Relaxed);
+        match permit {
+            Ok(Ok(p)) => Some(p),
+            _ => {
+                counters.connections_refused.inc();
+                None
+            }
+        }
+    }
+
+    /// PROXY header and TLS handshake; None drops the connection.
+    async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Option<Stream> {
+        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => l4,
+            Err(_) => {
+                tracing::error!("listener gave a stream that is not TCP");
+                return None;
+            }
+        };
+        if cfg.listen.proxy_protocol
+            && let Err(e) = super::proxy_protocol::accept(&mut l4, &cfg.trusted_proxies, cfg.timeouts.handshake).await
+        {
+            tracing::debug!(error = %e, "dropping connection: bad PROXY header");
+            return None;
+        }
+        let Some(tls) = self.https.as_ref().filter(|_| https) else {
+            return Some(l4);
+        };
+        let tls = match tls.acceptor.accept(*l4).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return None;
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validation has seen the certificate it asked for.
+            return None;
+        }
+        Some(Box::new(TlsConn::new(tls)))
+    }
+}
+
+/// One open client connection: counted while it lives.
+struct Open<'a> {
+    counters: &'a FrontendCounters,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> Open<'a> {
+    fn new(counters: &'a FrontendCounters, permit: OwnedSemaphorePermit) -> Self {
+        counters.connections_total.inc();
+        counters.connections.inc();
+        Open {
+            counters,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.counters.connections.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // Nothing is served before privileges are dropped (`run_as`).
+        self.shared.privileges.ready().await;
+        let https = self.on_https(&stream);
+        let counters = if https { &self.shared.https } else { &self.shared.http };
+        if self.shared.stopping() {
+            counters.connections_refused.inc();
+            return None;
+        }
+        let _open = Open::new(counters, self.admit(counters).await?);
+        // The config of this moment, not held for the connection's life (reloads retire it).
+        let snapshot = self.shared.snapshot();
+        let deadline = snapshot.config.timeouts.handshake;
+        let header = snapshot.config.timeouts.header;
+        let ready = tokio::time::timeout(deadline, self.handshake(stream, https, &snapshot.config)).await;
+        drop(snapshot);
+        let stream = match ready {
+            Ok(Some(stream)) => stream,
+            Ok(None) => {
+                counters.request_errors.inc();
+                return None;
+            }
+            Err(_) => {
+                counters.handshake_timeouts.inc();
+                return None;
+            }
+        };
+        let stream = super::head_deadline::wrap(stream, header);
+        self.http.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.http.cleanup().await;
+    }
+}
+
+/// How many client connections fit, and how many may wait for a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCap {
+    pub connections: usize,
+    pub waiting: usize,
+}
+
+/// File descriptors kept aside from client connections: listeners, the stats listener
+/// and its clients, health checks, logs, the reload and certificate files.
+const FD_RESERVE: u64 = 128;
+
+/// Descriptors one proxied connection may hold: the client's and the server's (a tunnel,
+/// or a request with its upstream connection), plus one idle pooled upstream connection.
+pub const FDS_PER_CONNECTION: u64 = 3;
+
+/// The connections that fit in `fd_limit` descriptors, capped by `configured`. Waiters hold
+/// a descriptor each while they wait: at most a tenth of the connections, at most 256.
+pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> ConnectionCap {
+    let reserve = FD_RESERVE + 2 * servers as u64;
+    let usable = fd_limit.saturating_sub(reserve);
+    // c connections + c/10 waiters <= usable / FDS_PER_CONNECTION (a waiter holds only
+    // its client's descriptor, counted generously here).
+    let fit = (usable / FDS_PER_CONNECTION) * 10 / 11;
+    let connections = (configured as u64).min(fit).max(1) as usize;
+    ConnectionCap {
+        connections,
+        waiting: (connections / 10).clamp(1, 256),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_cap_stands_when_descriptors_allow_it() {
+        let cap = connection_cap(10_000, 1_048_576, 4);
+        assert_eq!(cap.connections, 10_000);
+        assert_eq!(cap.waiting, 256);
+    }
+
+    #[test]
+    fn a_low_descriptor_limit_lowers_the_cap() {
+        let cap = connection_cap(10_000, 1024, 4);
+        let reserve = FD_RESERVE + 8;
+        let used = cap.connections as u64 * FDS_PER_CONNECTION + cap.waiting as u64 + reserve;
+        assert!(used <= 1024, "{cap:?} uses {used} descriptors");
+        assert!(cap.connections > 200, "{cap:?}");
+    }
+
+    #[test]
+    fn the_cap_is_never_zero() {
+        assert_eq!(connection_cap(10, 10, 4).connections, 1);
+        assert_eq!(connection_cap(0, 1 << 20, 4).connections, 1);
+    }
+}
