@@ -86,7 +86,7 @@ impl BackgroundService for Manager {
                 let storage = Storage::new(&acme.storage, &acme.domains[0]);
                 let path = storage.cert_path().display().to_string();
                 let ck = certified_key_from_pem(chain.as_bytes(), key.as_bytes(), &path, "ACME key")?;
-                let cert = Certificate::new(ck, Vec::new(), path)?;
+                let cert = Certificate::new(ck, acme.domains.clone(), path)?;
                 // Stored first: a certificate we could not keep would be ordered again at
                 // every restart (and hit the CA's rate limits).
                 storage.save_certificate(&chain, &key)?;

@@ -103,7 +103,7 @@ pub fn initial_certificate(acme: &Acme, state: &AcmeState) -> Result<Arc<Certifi
     if let Some((chain, key)) = storage.certificate() {
         let path = storage.cert_path().display().to_string();
         match certified_key_from_pem(&chain, &key, &path, &storage.key_path().display().to_string())
-            .and_then(|ck| Certificate::new(ck, Vec::new(), path.clone()))
+            .and_then(|ck| Certificate::new(ck, acme.domains.clone(), path.clone()))
         {
             Ok(c) if covers(&c, &acme.domains) => {
                 state.update(|s| s.issued = true);
