@@ -382,8 +382,8 @@ async fn h2_rest_answers_while_fifty_socketio_clients_use_the_same_listener() {
         for (i, n) in names.iter().enumerate() {
             c.join(n, &format!("room{}", i % 5));
         }
-        for r in 0..5 {
-            c.emit(&names[r], "say", json!([format!("room{r}"), format!("hello {r}")]));
+        for (r, speaker) in names.iter().take(5).enumerate() {
+            c.emit(speaker, "say", json!([format!("room{r}"), format!("hello {r}")]));
         }
         let mut delivered = 0;
         for (i, n) in names.iter().enumerate() {
