@@ -276,7 +276,7 @@ h2load_numbers() { # FILE: "req/s mean_ms errors requests" from h2load output
       if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
       if (v ~ /s$/) return v * 1000; return v + 0 }
     /^finished in/ { rps = $4 }
-    /^requests:/ { req = $10; err = $12 + $14 + $16 }
+    /^requests:/ { req = $8; err = $10 + $12 + $14 }
     /^status codes:/ { gsub(",", ""); err += $7 + $9 }
     /^time for request:/ { mean = ms($6) }
     END { printf "%.1f %.3f %d %d\n", rps, mean, err, req }' "$1"

@@ -142,6 +142,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2),
     );
     note("stats.auth", old.stats.auth != new.stats.auth);
+    note("run_as", old.run_as != new.run_as);
     w
 }
 
