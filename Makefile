@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps node-deps chromium unit integration bench bench-deps bench-broadcast clean
+.PHONY: run test lint build release certs check deps node-deps chromium pebble unit integration bench bench-deps bench-broadcast clean systemd-verify
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -47,12 +47,22 @@ check: certs
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory systemd-verify
+
+## `systemd-analyze verify` on packaging/edgepin.service, where the tool exists (it is
+## not installed for this: systemd in a container is not worth it). It checks that the
+## binary exists, so a copy of the unit points at the one just built.
+systemd-verify: build
+	@if command -v systemd-analyze >/dev/null; then \
+	  d=$$(mktemp -d) && sed "s#/usr/local/bin/edgepin#$(CURDIR)/target/debug/edgepin#g" packaging/edgepin.service > $$d/edgepin.service \
+	    && systemd-analyze verify $$d/edgepin.service; rc=$$?; rm -rf $$d; exit $$rc; \
+	else echo "systemd-analyze not found: packaging/edgepin.service not verified"; fi
 
 unit: deps
 	$(CARGO) test --lib --bins
 
 ## End-to-end tests run one at a time: they start processes and measure behaviour.
-integration: deps node-deps chromium
+integration: deps node-deps chromium pebble
 	$(CARGO) test --test integration -- --test-threads=1
 
 test: lint check unit integration

@@ -10,7 +10,8 @@
 #
 # Knobs (environment): QUICK=1 (one repetition of 5 s), REPS, DURATION (seconds),
 # THREADS (proxy threads/workers), PROXY_CPUS, LOAD_CPUS, TARGETS, SCENARIOS,
-# CONNECTIONS (wrk -c), WS_IDLE (idle WebSockets), WS_ECHO (echo connections),
+# CONNECTIONS (wrk -c), H2_CONNECTIONS and H2_STREAMS (h2load -c and -m),
+# WS_IDLE (idle WebSockets), WS_ECHO (echo connections),
 # WS_ECHO_INTERVAL_MS, BASE_PORT.
 set -euo pipefail
 
@@ -24,8 +25,10 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls tls_handshake tls_resume sticky ws_echo ws_idle reload"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle reload"}
 CONNECTIONS=${CONNECTIONS:-64}
+H2_CONNECTIONS=${H2_CONNECTIONS:-8}
+H2_STREAMS=${H2_STREAMS:-16}
 WS_IDLE=${WS_IDLE:-5000}
 WS_ECHO=${WS_ECHO:-100}
 WS_ECHO_INTERVAL_MS=${WS_ECHO_INTERVAL_MS:-10}
@@ -267,6 +270,36 @@ scenario_rest_tls() {
   measure_wrk "$1" rest_tls "https://127.0.0.1:$HTTPS_PORT/api/items"
 }
 
+h2load_numbers() { # FILE: "req/s mean_ms errors requests" from h2load output
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0;
+      if (v ~ /s$/) return v * 1000; return v + 0 }
+    /^finished in/ { rps = $4 }
+    /^requests:/ { req = $8; err = $10 + $12 + $14 }
+    /^status codes:/ { gsub(",", ""); err += $7 + $9 }
+    /^time for request:/ { mean = ms($6) }
+    END { printf "%.1f %.3f %d %d\n", rps, mean, err, req }' "$1"
+}
+
+# REST over HTTP/2 (h2load: H2_CONNECTIONS connections × H2_STREAMS concurrent streams,
+# as browsers multiplex), proxied to the HTTP/1.1 backends. edgepin and HAProxy only.
+scenario_rest_h2() {
+  local target=$1 name="rest_h2-$1-$REP" url="https://127.0.0.1:$HTTPS_PORT/api/items" rps mean err req
+  timeout $((WARMUP + 30)) taskset -c "$LOAD_CPUS" \
+    h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -D "$WARMUP" "$url" >/dev/null 2>&1 || true
+  proxy_cpu_start
+  timeout $((DURATION + 30)) taskset -c "$LOAD_CPUS" \
+    h2load -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -D "$DURATION" "$url" >"$RUN/$name.h2load" 2>&1 ||
+    log "h2load $name exited with $?"
+  proxy_cpu_stop
+  read -r rps mean err req < <(h2load_numbers "$RUN/$name.h2load")
+  record "$target" rest_h2 rps "$rps"
+  record "$target" rest_h2 mean_ms "$mean"
+  record "$target" rest_h2 errors "$err"
+  proxy_cpu_record "$target" rest_h2 "$req"
+}
+
 # Every request on a new connection with a full TLS handshake (bench-client, resumption
 # off): what a proxy pays for each new visitor.
 scenario_tls_handshake() {
@@ -399,7 +432,8 @@ scenario_reload() {
   record "$target" reload errors "$err"
 }
 
-supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo
+supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo; h2 is edgepin vs HAProxy
+  [ "$2" != rest_h2 ] || [[ $1 == edgepin || $1 == haproxy ]] || return 1
   [ "$1" != direct ] || [[ $2 == rest_plain || $2 == ws_echo ]]
 }
 
@@ -409,6 +443,7 @@ preflight() {
   local t
   for t in $SCENARIOS; do declare -F "scenario_$t" >/dev/null || die "unknown scenario $t"; done
   for t in wrk taskset timeout getconf; do command -v "$t" >/dev/null || die "$t is missing (make bench installs it)"; done
+  [[ " $SCENARIOS " == *" rest_h2 "* ]] && { command -v h2load >/dev/null || die "h2load is missing (make bench installs nghttp2-client)"; }
   [[ " $TARGETS " == *" haproxy "* ]] && { command -v haproxy >/dev/null || die "haproxy is missing"; }
   [[ " $TARGETS " == *" nginx "* ]] && { command -v nginx >/dev/null || die "nginx is missing"; }
   for t in "$EDGEPIN" "$EXAMPLES/bench-backend" "$EXAMPLES/bench-client" "$EXAMPLES/bench-report"; do

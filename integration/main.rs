@@ -5,6 +5,7 @@
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+mod edge;
 mod foundation;
 mod hardening;
 mod health;

@@ -1,6 +1,9 @@
 //! `edgepin certs`: a self-signed development CA and a server certificate for
 //! localhost / 127.0.0.1 / ::1 signed by it, so `make run` serves HTTPS out of the box
-//! and tests can trust the CA. Keys are written with mode 0600. Never for production.
+//! and tests can trust the CA; more certificates signed by that CA for other names
+//! (tests, a private ACME server's own listener); and self-signed certificates made in
+//! memory (the stand-in served until ACME delivers). Keys are written with mode 0600.
+//! Never for production.
 
 use std::fs;
 use std::io::Write;
@@ -89,7 +92,71 @@ pub fn generate(dir: &Path) -> Result<DevCerts, CertsError> {
     Ok(paths)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertsError> {
+/// A certificate for `names` (DNS names or IP addresses) signed by the dev CA in `ca`,
+/// valid from a day ago for `valid_for`; written to `<dir>/<first name>.crt` and `.key`.
+pub fn issue(ca: &DevCerts, dir: &Path, names: &[&str], valid_for: Duration) -> Result<(PathBuf, PathBuf), CertsError> {
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| CertsError::Write {
+            path: path.into(),
+            source,
+        })
+    };
+    let ca_key = KeyPair::from_pem(&read(&ca.ca_key)?)?;
+    let ca_pem = read(&ca.ca_cert)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let now = OffsetDateTime::now_utc();
+    let mut leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, names.first().copied().unwrap_or("edgepin"));
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.not_before = now - Duration::days(1);
+    leaf.not_after = now + valid_for;
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    fs::create_dir_all(dir).map_err(|source| CertsError::Write {
+        path: dir.into(),
+        source,
+    })?;
+    let stem = names.first().copied().unwrap_or("edgepin");
+    let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    write(&cert_path, format!("{}{ca_pem}", cert.pem()).as_bytes(), 0o644)?;
+    write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    Ok((cert_path, key_path))
+}
+
+/// A self-signed certificate for `names`, valid from now for `valid_for`: (cert PEM, key PEM).
+pub fn self_signed_pem(names: &[String], valid_for: Duration) -> Result<(String, String), CertsError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names.first().map_or("edgepin", String::as_str));
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(1);
+    params.not_after = now + valid_for;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// [`self_signed_pem`] written to `<dir>/<first name>.crt` and `.key` (tests).
+pub fn issue_self_signed(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf), CertsError> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let (cert, key) = self_signed_pem(&names, Duration::days(30))?;
+    fs::create_dir_all(dir).map_err(|source| CertsError::Write {
+        path: dir.into(),
+        source,
+    })?;
+    let stem = names.first().map_or("edgepin", String::as_str).replace('*', "_");
+    let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+    write(&cert_path, cert.as_bytes(), 0o644)?;
+    write(&key_path, key.as_bytes(), 0o600)?;
+    Ok((cert_path, key_path))
+}
+
+/// Write `bytes` to a new file `path` (replacing one that exists) with `mode`.
+pub fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertsError> {
     let err = |source| CertsError::Write {
         path: path.into(),
         source,
@@ -117,6 +184,9 @@ mod tests {
         assert_eq!(mode, 0o600);
         let chain = fs::read_to_string(&c.cert).unwrap();
         assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+        let (crt, key) = issue(&c, &dir.join("more"), &["a.test", "127.0.0.1"], Duration::days(2)).unwrap();
+        assert_eq!(fs::read_to_string(crt).unwrap().matches("BEGIN CERTIFICATE").count(), 2);
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         let _ = fs::remove_dir_all(dir);
     }
 }

@@ -1,9 +1,69 @@
-//! `edgepin check`: the summary printed for a valid config, and its warnings (valid but
-//! unwise settings, e.g. a short stats password), each as `FILE:LINE:COL: warning: …`.
+//! `edgepin check`: the summary printed for a valid config, its warnings (valid but
+//! unwise settings, e.g. a short stats password), each as `FILE:LINE:COL: warning: …`,
+//! and the certificate checks (each key matches its certificate; a warning for one
+//! expiring within 14 days).
 
 use std::fmt::Write;
+use std::time::{Duration, SystemTime};
 
 use crate::config::Config;
+
+/// A certificate expiring sooner than this is warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86400);
+
+/// What loading the config's certificate files found.
+#[derive(Debug, Default)]
+pub struct CertReport {
+    /// One line per certificate, for the summary.
+    pub lines: Vec<String>,
+    pub warnings: Vec<String>,
+    /// `file:line:col: message` for each pair that does not load.
+    pub errors: Vec<String>,
+}
+
+/// Load every certificate file of `c` as `run` would, at `now`.
+pub fn certificates(c: &Config, now: SystemTime) -> CertReport {
+    let mut r = CertReport::default();
+    let Some(t) = &c.tls else { return r };
+    let file = c.source.display().to_string();
+    for (i, f) in t.certificates.iter().enumerate() {
+        let loaded = crate::tls::load_certified_key(&f.cert, &f.key)
+            .and_then(|ck| crate::tls::Certificate::new(ck, f.names.clone(), f.cert.display().to_string()));
+        let cert = match loaded {
+            Ok(cert) => cert,
+            Err(e) => {
+                r.errors.push(format!("{file}:{}:{}: {e}", f.pos.line, f.pos.col));
+                continue;
+            }
+        };
+        let left = cert.info.remaining(now);
+        let days = left.as_secs() / 86400;
+        let default = if t.default == Some(i) { " (default)" } else { "" };
+        r.lines.push(format!(
+            "{}{default}: {}, issuer {}, expires in {days} days",
+            cert.names.join(", "),
+            f.cert.display(),
+            cert.info.issuer
+        ));
+        if left.is_zero() {
+            r.warnings
+                .push(format!("{}: the certificate has expired", f.cert.display()));
+        } else if left < EXPIRY_WARNING {
+            r.warnings
+                .push(format!("{}: the certificate expires in {days} days", f.cert.display()));
+        }
+    }
+    if let Some(a) = &t.acme {
+        r.lines.push(format!(
+            "{}: ACME from {} ({}), stored in {}",
+            a.domains.join(", "),
+            a.directory,
+            a.challenge.as_str(),
+            a.storage.display()
+        ));
+    }
+    r
+}
 
 /// A short human summary: listeners, routes, backends with their servers; warnings last.
 pub fn summary(c: &Config) -> String {
@@ -43,6 +103,13 @@ pub fn summary(c: &Config) -> String {
         show(c.listen.stats),
         if c.listen.stats.is_some() { auth } else { "" }
     );
+    if let Some(t) = &c.tls {
+        let hsts = t.hsts.as_ref().map_or("off".to_string(), |h| h.value());
+        let _ = writeln!(out, "tls:    h2 {}, hsts {hsts}", if t.h2 { "on" } else { "off" });
+    }
+    if let Some(r) = &c.run_as {
+        let _ = writeln!(out, "run_as: {} ({}), group {} ({})", r.user, r.uid, r.group, r.gid);
+    }
     let _ = writeln!(out, "routes:");
     for r in &c.routes {
         let ws = if r.websocket { "" } else { " (no websocket)" };
@@ -86,4 +153,40 @@ pub fn warnings(c: &Config) -> Vec<String> {
         .iter()
         .map(|w| format!("{}:{}:{}: warning: {}", w.file, w.pos.line, w.pos.col, w.message))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mismatched_key_is_an_error_and_a_close_expiry_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::certs::generate(dir.path()).unwrap();
+        let (soon, soon_key) =
+            crate::certs::issue(&ca, &dir.path().join("soon"), &["soon.test"], time::Duration::days(5)).unwrap();
+        let text = format!(
+            "listen: {{ https: 127.0.0.1:8443 }}\ntls:\n  cert: {}\n  key: {}\n  certificates:\n    - {{ cert: {}, key: {} }}\n    - {{ cert: {}, key: {} }}\nroutes:\n  - {{ path_prefix: /, backend: api }}\nbackends:\n  api: {{ servers: [a] }}\nservers:\n  a: {{ address: 127.0.0.1:3001 }}\n",
+            ca.cert.display(),
+            ca.key.display(),
+            soon.display(),
+            soon_key.display(),
+            soon.display(),
+            ca.key.display(),
+        );
+        let path = dir.path().join("proxy.yaml");
+        std::fs::write(&path, text).unwrap();
+        let c = crate::config::load(&path).unwrap();
+        let r = certificates(&c, SystemTime::now());
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+        assert!(r.errors[0].starts_with(&format!("{}:7:", path.display())), "{r:?}");
+        assert!(r.errors[0].contains("does not match"), "{r:?}");
+        assert_eq!(r.lines.len(), 2, "{r:?}");
+        assert!(r.lines[0].starts_with("localhost (default):"), "{r:?}");
+        assert_eq!(r.warnings.len(), 1, "{r:?}");
+        assert!(
+            r.warnings[0].ends_with("expires in 4 days") || r.warnings[0].ends_with("expires in 5 days"),
+            "{r:?}"
+        );
+    }
 }

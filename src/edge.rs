@@ -24,7 +24,6 @@ use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
-use crate::tls::{SwappableCert, load_certified_key};
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +45,8 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Privilege(#[from] crate::privilege::PrivilegeError),
     #[error("writing pidfile {path}: {source}")]
     Pidfile { path: String, source: std::io::Error },
 }
@@ -87,18 +88,15 @@ pub fn run(path: &Path) -> Result<(), RunError> {
 /// Load the config at `path` and assemble the proxy; a taken port or a bad file fails here.
 pub fn start(path: &Path) -> Result<Edge, RunError> {
     let (text, config) = config::read(path)?;
-    let cert = match &config.tls {
-        Some(t) if config.listen.https.is_some() => {
-            let ck = load_certified_key(&t.cert, &t.key).map_err(|source| RunError::Tls {
-                file: path.display().to_string(),
-                line: t.pos.line,
-                col: t.pos.col,
-                source,
-            })?;
-            Some(SwappableCert::new(ck))
+    let cert = crate::tls::listener_certs(&config).map_err(|source| {
+        let pos = config.tls.as_ref().map(|t| t.pos).unwrap_or_default();
+        RunError::Tls {
+            file: path.display().to_string(),
+            line: pos.line,
+            col: pos.col,
+            source,
         }
-        _ => None,
-    };
+    })?;
     // Bind the listeners pingora does not own first, and check the others are free, so a
     // taken port is a clear error before anything starts.
     for (what, addr) in [("https", config.listen.https), ("http", config.listen.http)] {
@@ -135,6 +133,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         }
     }
 
+    crate::privilege::prepare(&config)?;
     let shared = Shared::new(config.clone(), cert.clone());
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
     server.bootstrap();
@@ -149,19 +148,16 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
-    let proxy = pingora::proxy::http_proxy(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         H2Proxy {
             shared: Arc::clone(&shared),
         },
     );
+    proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
     let https = match (config.listen.https, cert, &config.tls) {
         (Some(addr), Some(cert), Some(t)) => {
-            let alpn: Vec<Vec<u8>> = if t.h2 {
-                vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-            } else {
-                vec![b"http/1.1".to_vec()]
-            };
+            let alpn = crate::tls::alpn_protocols(t);
             Some(Https {
                 addr,
                 acceptor: crate::tls::server_config(cert, alpn).into(),
@@ -190,6 +186,23 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             path: path.to_path_buf(),
         },
     ));
+    if config.tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        let acme = crate::acme::Manager {
+            shared: Arc::clone(&shared),
+        };
+        server.add_service(background_service("acme", acme));
+    }
+    if let Some(run_as) = &config.run_as {
+        let dropper = crate::privilege::Dropper {
+            gate: Arc::clone(&shared.privileges),
+            listeners: [config.listen.https, config.listen.http]
+                .into_iter()
+                .flatten()
+                .collect(),
+            run_as: run_as.clone(),
+        };
+        server.add_service(background_service("privileges", dropper));
+    }
     if let Some(listener) = stats_listener {
         let stats = StatsService {
             shared: Arc::clone(&shared),

@@ -7,6 +7,7 @@
 //! together.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod balance;
 pub mod certs;
 pub mod check;
@@ -16,6 +17,7 @@ pub mod edge;
 pub mod failure;
 pub mod fdlimit;
 pub mod health;
+pub mod privilege;
 pub mod proxy;
 pub mod reload;
 pub mod route;

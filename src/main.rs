@@ -93,7 +93,20 @@ fn main() -> ExitCode {
         Command::Check { config, diff } => match edgepin::config::load(&config) {
             Ok(c) if diff => check_diff(&c),
             Ok(c) => {
+                let certs = edgepin::check::certificates(&c, std::time::SystemTime::now());
+                if !certs.errors.is_empty() {
+                    return fail(&certs.errors.join("\n"));
+                }
                 print!("{}", edgepin::check::summary(&c));
+                if !certs.lines.is_empty() {
+                    println!("certificates:");
+                    for l in &certs.lines {
+                        println!("  {l}");
+                    }
+                }
+                for w in &certs.warnings {
+                    println!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),

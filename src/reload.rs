@@ -79,23 +79,33 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
     };
     let mut warnings = restart_needed(&shared.snapshot().config, &config);
     let cert = match (&config.tls, &shared.cert) {
-        (Some(t), Some(_)) => match tls::load_certified_key(&t.cert, &t.key) {
-            Ok(ck) => Some(ck),
-            Err(e) => {
-                return Outcome::Rejected(vec![format!("{}:{}:{}: {e}", path.display(), t.pos.line, t.pos.col)]);
+        (Some(t), Some(store)) => {
+            if t.acme.is_some() && store.acme().is_none() {
+                warnings.push("tls.acme added: ACME starts on restart".into());
             }
-        },
+            match tls::CertSet::load(t) {
+                Ok(set) => Some(set),
+                Err(e) => {
+                    return Outcome::Rejected(vec![format!("{}:{}:{}: {e}", path.display(), t.pos.line, t.pos.col)]);
+                }
+            }
+        }
         (Some(_), None) => {
             warnings.push("tls added: the https listener starts on restart".into());
             None
         }
         _ => None,
     };
+    let acme_changed = shared.snapshot().config.tls.as_ref().and_then(|t| t.acme.as_ref())
+        != config.tls.as_ref().and_then(|t| t.acme.as_ref());
     let snapshot = shared.build(&config);
     let generation = snapshot.generation;
     shared.install(snapshot);
-    if let (Some(ck), Some(current)) = (cert, &shared.cert) {
-        current.store(ck);
+    if let (Some(set), Some(store)) = (cert, &shared.cert) {
+        store.store_files(set);
+        if acme_changed && let Some(acme) = store.acme() {
+            acme.wake();
+        }
     }
     shared.sids.set_ttl(config.sticky.sid_ttl);
     if let Some(pidfile) = &config.reload.pidfile
@@ -132,6 +142,7 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2),
     );
     note("stats.auth", old.stats.auth != new.stats.auth);
+    note("run_as", old.run_as != new.run_as);
     w
 }
 
@@ -184,25 +195,29 @@ impl BackgroundService for Reloader {
 
 impl Reloader {
     fn rotate_cert(&self, config: &Config) {
-        let (Some(t), Some(current)) = (&config.tls, &self.shared.cert) else {
+        let (Some(t), Some(store)) = (&config.tls, &self.shared.cert) else {
             return;
         };
-        match tls::load_certified_key(&t.cert, &t.key) {
-            Ok(ck) => {
-                current.store(ck);
-                tracing::info!(cert = %t.cert.display(), "certificate files changed: new certificate in use");
+        match tls::CertSet::load(t) {
+            Ok(set) => {
+                store.store_files(set);
+                tracing::info!(
+                    certificates = t.certificates.len(),
+                    "certificate files changed: new certificates in use"
+                );
             }
             // Often the cert is written before the key: the next change retries.
-            Err(e) => tracing::warn!(error = %e, "certificate files changed but do not load yet; keeping the old one"),
+            Err(e) => tracing::warn!(error = %e, "certificate files changed but do not load yet; keeping the old ones"),
         }
     }
 }
 
 type Stamp = Option<(SystemTime, u64)>;
 
-fn cert_stamps(config: &Config) -> (Stamp, Stamp) {
-    match &config.tls {
-        Some(t) => (tls::file_stamp(&t.cert), tls::file_stamp(&t.key)),
-        None => (None, None),
-    }
+/// Stamps of every certificate and key file of the config, in order.
+fn cert_stamps(config: &Config) -> Vec<Stamp> {
+    let files = config.tls.iter().flat_map(|t| &t.certificates);
+    files
+        .flat_map(|f| [tls::file_stamp(&f.cert), tls::file_stamp(&f.key)])
+        .collect()
 }

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use crate::config::{Config, Route};
 use crate::failure::Refusal;
 
-pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+pub const ACME_PREFIX: &str = crate::acme::HTTP01_PATH;
 
 /// The request's host: from `Host` (HTTP/1) or the URI authority (HTTP/2), lowercase,
 /// without port or trailing dot. Borrowed when already so (the common case).
@@ -148,6 +148,8 @@ pub enum Routed {
     Backend { route: Option<usize>, backend: usize },
     /// 308 to this URL.
     Redirect(String),
+    /// An ACME HTTP-01 challenge edgepin answers itself (`tls.acme`).
+    AcmeAnswer,
     /// Answered by edgepin.
     Refuse(Refusal),
 }
@@ -157,6 +159,7 @@ pub fn resolve(cfg: &Config, f: &Facts<'_>) -> Routed {
         match plain_http(cfg, f.host, f.path, f.path_and_query) {
             PlainHttp::Proxy => {}
             PlainHttp::Acme(backend) => return Routed::Backend { route: None, backend },
+            PlainHttp::AcmeAnswer => return Routed::AcmeAnswer,
             PlainHttp::NotFound => return Routed::Refuse(Refusal::Status(404, "no ACME backend configured")),
             PlainHttp::Redirect(location) => return Routed::Redirect(location),
         }
@@ -187,6 +190,9 @@ pub enum PlainHttp {
     Proxy,
     /// ACME http-01 challenge: proxy to this backend.
     Acme(usize),
+    /// ACME http-01 challenge and `tls.acme` is configured: edgepin answers it
+    /// (`acme::http01_answer`: the key authorization, or 404).
+    AcmeAnswer,
     /// ACME challenge but no ACME backend configured.
     NotFound,
     /// 308 to this URL.
@@ -194,6 +200,9 @@ pub enum PlainHttp {
 }
 
 pub fn plain_http(config: &Config, host: Option<&str>, path: &str, path_and_query: &str) -> PlainHttp {
+    if path.starts_with(ACME_PREFIX) && config.tls.as_ref().is_some_and(|t| t.acme.is_some()) {
+        return PlainHttp::AcmeAnswer;
+    }
     if !config.listen.redirect {
         return PlainHttp::Proxy;
     }

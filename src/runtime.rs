@@ -18,7 +18,7 @@ use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
 use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
-use crate::tls::SwappableCert;
+use crate::tls::CertStore;
 
 /// How often idle sids are swept out.
 const SWEEP_EVERY_SECS: u64 = 5;
@@ -109,10 +109,13 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Arc<Registry>,
     pub sids: SidTable,
-    /// The https listener's certificate, swapped on reload and rotation.
-    pub cert: Option<Arc<SwappableCert>>,
+    /// The https listener's certificates (by SNI), swapped on reload, rotation and ACME
+    /// renewal; also holds the ACME challenge answers.
+    pub cert: Option<Arc<CertStore>>,
     pub https: Arc<FrontendCounters>,
     pub http: Arc<FrontendCounters>,
+    /// Open once privileges are settled (`run_as`); accepted connections wait for it.
+    pub privileges: Arc<crate::privilege::Gate>,
     generation: AtomicU64,
     /// Requests in progress (tunnels included), for graceful stop.
     pub in_flight: crate::state::Gauge,
@@ -126,7 +129,7 @@ pub struct Shared {
 
 impl Shared {
     /// Build the first snapshot from `config`.
-    pub fn new(config: Config, cert: Option<Arc<SwappableCert>>) -> Arc<Shared> {
+    pub fn new(config: Config, cert: Option<Arc<CertStore>>) -> Arc<Shared> {
         let registry = Arc::new(Registry::default());
         let sids = SidTable::new(config.sticky.max_sids, config.sticky.sid_ttl);
         let snapshot = build(&config, &registry, 1, None);
@@ -137,6 +140,7 @@ impl Shared {
             registry,
             sids,
             cert,
+            privileges: Arc::new(crate::privilege::Gate::new(config.run_as.is_none())),
             generation: AtomicU64::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),

@@ -1,18 +1,31 @@
-//! TLS termination: loading the certificate chain and key, and a certificate resolver
-//! whose certificate can be swapped while the listener runs (reload, rotation).
+//! TLS termination: loading certificate chains and keys, what a certificate says about
+//! itself (names, issuer, validity), the https listener's rustls config and ALPN list,
+//! and the `Strict-Transport-Security` value.
 //!
-//! The listener's rustls config is built once with a [`SwappableCert`] resolver; a reload
-//! builds a new `CertifiedKey` first (any error keeps the old one) and stores it. New
-//! handshakes use the new certificate; open connections keep theirs.
+//! The listener's rustls config is built once with a [`CertStore`] resolver (`store`):
+//! it picks a certificate by SNI and answers ACME TLS-ALPN-01 handshakes. A reload,
+//! a file change or an ACME renewal builds the new certificates first (any error keeps
+//! the old ones) and swaps them in; new handshakes use them, open connections keep
+//! theirs. HTTP/2 server limits live in `h2`. This module does not accept connections.
+
+mod h2;
+mod store;
+
+pub use h2::{H2_LIMITS, H2Limits, h2_options};
+pub use store::{CertSet, CertStore, Certificate, wildcard_of};
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
-use rustls::ServerConfig;
 use rustls::crypto::ring::sign::any_supported_type;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
+
+use crate::config::{Config, Tls};
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -26,6 +39,10 @@ pub enum TlsError {
     BadKey { path: String, reason: String },
     #[error("{key} does not match the certificate in {cert}")]
     Mismatch { cert: String, key: String },
+    #[error("{path}: cannot parse the certificate: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("tls.acme: {0}")]
+    Acme(String),
 }
 
 /// Load a PEM chain and its private key, checking that they belong together.
@@ -36,68 +53,156 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
             source,
         })
     };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
+    certified_key_from_pem(
+        &read(cert)?,
+        &read(key)?,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+}
+
+/// [`load_certified_key`] on PEM bytes; `cert_name` and `key_name` name them in errors.
+pub fn certified_key_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .filter_map(Result::ok)
         .collect();
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: cert.display().to_string(),
+            path: cert_name.to_string(),
         });
     }
     let der = rustls_pemfile::private_key(&mut &key_pem[..])
         .ok()
         .flatten()
         .ok_or_else(|| TlsError::NoKey {
-            path: key.display().to_string(),
+            path: key_name.to_string(),
         })?;
     let signing = any_supported_type(&der).map_err(|e| TlsError::BadKey {
-        path: key.display().to_string(),
+        path: key_name.to_string(),
         reason: e.to_string(),
     })?;
     let ck = CertifiedKey::new(chain, signing);
     ck.keys_match().map_err(|_| TlsError::Mismatch {
-        cert: cert.display().to_string(),
-        key: key.display().to_string(),
+        cert: cert_name.to_string(),
+        key: key_name.to_string(),
     })?;
     Ok(ck)
 }
 
-/// A certificate resolver serving one certificate that can be replaced at any time.
-#[derive(Debug)]
-pub struct SwappableCert {
-    current: ArcSwap<CertifiedKey>,
+/// What a leaf certificate says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// DNS names of its subjectAltName (lowercase), or its CN when it has none.
+    pub names: Vec<String>,
+    /// The issuer's common name (or the whole issuer name).
+    pub issuer: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
-impl SwappableCert {
-    pub fn new(initial: CertifiedKey) -> Arc<SwappableCert> {
-        Arc::new(SwappableCert {
-            current: ArcSwap::from_pointee(initial),
+impl CertInfo {
+    /// Parse the leaf (first) certificate of a chain; `path` names it in errors.
+    pub fn of(leaf: &CertificateDer<'_>, path: &str) -> Result<CertInfo, TlsError> {
+        use x509_parser::prelude::*;
+        let bad = |reason: String| TlsError::Parse {
+            path: path.to_string(),
+            reason,
+        };
+        let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                if let GeneralName::DNSName(d) = n {
+                    names.push(d.to_ascii_lowercase());
+                }
+            }
+        }
+        if names.is_empty()
+            && let Some(cn) = cert.subject().iter_common_name().next().and_then(|c| c.as_str().ok())
+        {
+            names.push(cn.to_ascii_lowercase());
+        }
+        let issuer = cert
+            .issuer()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .map_or_else(|| cert.issuer().to_string(), str::to_string);
+        let time = |t: &ASN1Time| {
+            let secs = t.timestamp();
+            if secs >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+            } else {
+                SystemTime::UNIX_EPOCH
+            }
+        };
+        Ok(CertInfo {
+            names,
+            issuer,
+            not_before: time(&cert.validity().not_before),
+            not_after: time(&cert.validity().not_after),
         })
     }
 
-    pub fn store(&self, ck: CertifiedKey) {
-        self.current.store(Arc::new(ck));
+    /// Time left before it expires (zero once expired).
+    pub fn remaining(&self, now: SystemTime) -> Duration {
+        self.not_after.duration_since(now).unwrap_or_default()
     }
 
-    /// The certificate served now (for tests and the stats page).
-    pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current.load_full()
-    }
-}
-
-impl ResolvesServerCert for SwappableCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    /// Its whole validity period.
+    pub fn lifetime(&self) -> Duration {
+        self.not_after.duration_since(self.not_before).unwrap_or_default()
     }
 }
 
-/// The rustls config of the https listener: certificates from `resolver` (read at each
-/// handshake, so swaps apply to new connections), ALPN protocols in preference order.
-/// Session resumption by tickets and a session cache, as pingora's listener had.
-pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+/// The ALPN protocols the https listener offers, in preference order: `h2` when
+/// `tls.h2`, `http/1.1`, and `acme-tls/1` when ACME is configured (a client offering
+/// only that gets it and is served the challenge certificate, nothing else).
+pub fn alpn_protocols(tls: &Tls) -> Vec<Vec<u8>> {
+    let mut alpn = Vec::with_capacity(3);
+    if tls.h2 {
+        alpn.push(b"h2".to_vec());
+    }
+    alpn.push(b"http/1.1".to_vec());
+    if tls.acme.is_some() {
+        alpn.push(ACME_TLS_ALPN.to_vec());
+    }
+    alpn
+}
+
+/// The `Strict-Transport-Security` value for https responses, when `tls.hsts` is set.
+pub fn hsts_value(config: &Config) -> Option<http::HeaderValue> {
+    config.tls.as_ref()?.hsts.as_ref().map(|h| h.header.clone())
+}
+
+/// The certificate store of the https listener, loaded from the config's files and the
+/// ACME storage; `None` without an https listener.
+pub fn listener_certs(config: &Config) -> Result<Option<Arc<CertStore>>, TlsError> {
+    let (Some(t), Some(_)) = (&config.tls, config.listen.https) else {
+        return Ok(None);
+    };
+    let store = CertStore::new(CertSet::load(t)?, t.acme.is_some());
+    if let (Some(acme), Some(state)) = (&t.acme, store.acme()) {
+        let cert = crate::acme::initial_certificate(acme, state).map_err(|e| TlsError::Acme(e.to_string()))?;
+        store.store_acme(cert);
+    }
+    Ok(Some(store))
+}
+
+/// The rustls config of the https listener: certificates from `resolver` (the
+/// [`CertStore`] in `Shared::cert`, read at each handshake, so swaps apply to new
+/// connections), ALPN protocols in preference order ([`alpn_protocols`]). Session
+/// resumption by tickets and a session cache, as pingora's listener had.
+pub fn server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
@@ -114,7 +219,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, alpn: Vec<Vec<u8>>) 
 const SESSION_CACHE: usize = 20_480;
 
 /// Fingerprint of a file's metadata, to notice certificate rotation by polling.
-pub fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+pub fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
 }
@@ -135,5 +240,47 @@ mod tests {
         let err = load_certified_key(&a.key, &a.key).unwrap_err();
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn info_reads_names_issuer_and_validity() {
+        let dir = std::env::temp_dir().join(format!("edgepin-tls-info-{}", std::process::id()));
+        let a = crate::certs::generate(&dir).unwrap();
+        let ck = load_certified_key(&a.cert, &a.key).unwrap();
+        let info = CertInfo::of(&ck.cert[0], "edge.crt").unwrap();
+        assert_eq!(info.names, vec!["localhost"], "IP SANs are not SNI names");
+        assert_eq!(info.issuer, "edgepin development CA");
+        let days = info.lifetime().as_secs() / 86400;
+        assert_eq!(days, 398, "-1 day .. +397 days");
+        assert!(info.remaining(SystemTime::now()) > Duration::from_secs(396 * 86400));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn alpn_offers_h2_and_acme_only_when_configured() {
+        let mut t = Tls {
+            certificates: vec![],
+            default: None,
+            acme: None,
+            h2: false,
+            watch: None,
+            hsts: None,
+            pos: Default::default(),
+        };
+        assert_eq!(alpn_protocols(&t), vec![b"http/1.1".to_vec()]);
+        t.h2 = true;
+        t.acme = Some(crate::config::Acme {
+            domains: vec!["a.test".into()],
+            email: None,
+            directory: "https://acme.test".into(),
+            ca: None,
+            storage: "s".into(),
+            challenge: crate::config::AcmeChallenge::TlsAlpn01,
+            pos: Default::default(),
+        });
+        assert_eq!(
+            alpn_protocols(&t),
+            vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"acme-tls/1".to_vec()]
+        );
     }
 }

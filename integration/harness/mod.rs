@@ -6,6 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod load;
 pub mod node;
+pub mod pebble;
 pub mod process;
 pub mod proxy;
 pub mod redis;

@@ -25,6 +25,10 @@ pub struct ProxyBuilder {
     h2: bool,
     stats_auth: Option<(String, String)>,
     fd_limit: Option<u32>,
+    /// Fixed (https, http) addresses instead of free ones chosen at start.
+    addrs: Option<(SocketAddr, SocketAddr)>,
+    /// The whole `tls:` section, instead of the test certificate.
+    tls_yaml: Option<String>,
 }
 
 pub struct Proxy {
@@ -81,6 +85,16 @@ impl ProxyBuilder {
         self.fd_limit = Some(n);
         self
     }
+    /// Listen on these (https, http) addresses (e.g. ports an ACME server was told).
+    pub fn at(mut self, https: SocketAddr, http: SocketAddr) -> Self {
+        self.addrs = Some((https, http));
+        self
+    }
+    /// Use this YAML as the `tls:` section (a flow mapping, e.g. `{ acme: {...} }`).
+    pub fn tls_yaml(mut self, yaml: &str) -> Self {
+        self.tls_yaml = Some(yaml.to_string());
+        self
+    }
     pub fn no_https(mut self) -> Self {
         self.https = false;
         self
@@ -91,7 +105,8 @@ impl ProxyBuilder {
             .prefix("edgepin-test-")
             .tempdir()
             .expect("temp dir");
-        let (https, http, stats) = (free_addr(), free_addr(), free_addr());
+        let (https, http) = self.addrs.unwrap_or_else(|| (free_addr(), free_addr()));
+        let stats = free_addr();
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, self.render(https, http, stats, dir.path())).expect("write config");
         let mut cmd = match self.fd_limit {
@@ -140,7 +155,9 @@ impl ProxyBuilder {
             "  http: {http}\n  stats: {stats}\n  redirect: {}\n{}",
             self.redirect, self.extra_listen
         ));
-        if self.https {
+        if let Some(tls) = self.tls_yaml.as_ref().filter(|_| self.https) {
+            y.push_str(&format!("tls: {tls}\n"));
+        } else if self.https {
             let (cert, key) = self.tls_files.clone().unwrap_or((c.cert.clone(), c.key.clone()));
             y.push_str(&format!(
                 "tls: {{ cert: {}, key: {}, h2: {} }}\n",
@@ -181,6 +198,8 @@ impl Proxy {
             h2: false,
             stats_auth: None,
             fd_limit: None,
+            addrs: None,
+            tls_yaml: None,
         }
     }
 

@@ -22,8 +22,14 @@ pub struct SioClients {
 
 impl SioClients {
     pub fn start() -> SioClients {
+        SioClients::start_with_env(&[])
+    }
+
+    /// With extra environment, e.g. `NODE_EXTRA_CA_CERTS` to trust the test CA over https.
+    pub fn start_with_env(env: &[(&str, &str)]) -> SioClients {
         let mut child = Command::new("node")
             .arg(node_dir().join("sio-driver.js"))
+            .envs(env.iter().copied())
             .current_dir(node_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

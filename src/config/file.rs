@@ -46,6 +46,9 @@ pub struct FileConfig {
     pub reload: Option<ReloadFile>,
     #[serde(default)]
     pub workers: Option<Spanned<WorkersFile>>,
+    /// Switch to this user (and group) once the listeners are bound.
+    #[serde(default)]
+    pub run_as: Option<Spanned<RunAsFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,14 +74,76 @@ pub struct ListenFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    pub cert: Str,
-    pub key: Str,
+    /// The single (or default) certificate chain and its key.
+    #[serde(default)]
+    pub cert: Option<Str>,
+    #[serde(default)]
+    pub key: Option<Str>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Option<Spanned<Vec<Spanned<CertificateFile>>>>,
+    /// Certificates obtained and renewed over ACME.
+    #[serde(default)]
+    pub acme: Option<Spanned<TlsAcmeFile>>,
     /// Offer HTTP/2 through ALPN (default false: WebSockets need HTTP/1.1 anyway).
     #[serde(default)]
     pub h2: Option<Spanned<bool>>,
     /// Poll the certificate files this often and reload them when they change.
     #[serde(default)]
     pub watch: Option<Str>,
+    /// `Strict-Transport-Security` on https responses (off without it).
+    #[serde(default)]
+    pub hsts: Option<Spanned<HstsFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    pub cert: Str,
+    pub key: Str,
+    /// Names it serves (default: the certificate's DNS names); `*.example.com` matches one label.
+    #[serde(default)]
+    pub names: Option<Vec<Str>>,
+    /// Served to clients without SNI or with a name no certificate has.
+    #[serde(default)]
+    pub default: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsAcmeFile {
+    pub domains: Spanned<Vec<Str>>,
+    #[serde(default)]
+    pub email: Option<Str>,
+    /// The ACME server's directory URL.
+    pub directory: Str,
+    /// PEM root of a private ACME server (default: the system's roots).
+    #[serde(default)]
+    pub ca: Option<Str>,
+    /// Directory for the account and the certificates.
+    pub storage: Str,
+    /// `http-01` (default when `listen.http` is set) or `tls-alpn-01`.
+    #[serde(default)]
+    pub challenge: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsFile {
+    pub max_age: Str,
+    #[serde(default)]
+    pub include_subdomains: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub preload: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunAsFile {
+    pub user: Str,
+    /// Default: the user's primary group.
+    #[serde(default)]
+    pub group: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -68,7 +68,7 @@ pub struct Config {
     /// The file it was read from (errors and `check --diff` name it).
     pub source: PathBuf,
     pub listen: Listen,
-    pub tls: Option<TlsFiles>,
+    pub tls: Option<Tls>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub access_log: bool,
@@ -86,6 +86,8 @@ pub struct Config {
     pub trusted_proxies: Vec<Network>,
     pub reload: Reload,
     pub workers: Workers,
+    /// Drop root for this user once the listeners are bound.
+    pub run_as: Option<RunAs>,
 }
 
 impl Config {
@@ -111,14 +113,99 @@ pub struct Listen {
     pub proxy_protocol: bool,
 }
 
+/// The https listener's TLS: certificates from files and/or ACME, and HTTP/2 and HSTS.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub struct Tls {
+    /// Certificate files: `tls.cert`/`tls.key` first (when set), then `tls.certificates`.
+    pub certificates: Vec<CertFiles>,
+    /// Index into `certificates` of the default certificate; `None` when there are no
+    /// files (the ACME certificate is the default then).
+    pub default: Option<usize>,
+    pub acme: Option<Acme>,
     pub h2: bool,
     /// Poll interval for certificate rotation without SIGHUP.
     pub watch: Option<Duration>,
+    pub hsts: Option<Hsts>,
     /// Position of the `tls` section, for errors found when the files are loaded.
+    pub pos: Pos,
+}
+
+/// One certificate chain and key from files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Names it serves, lowercase (`*.example.com` allowed); empty: the certificate's own.
+    pub names: Vec<String>,
+    pub pos: Pos,
+}
+
+/// Automatic certificates (`tls.acme`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// DNS names of the one certificate ordered, lowercase.
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    /// Root of a private ACME server's HTTPS certificate.
+    pub ca: Option<PathBuf>,
+    pub storage: PathBuf,
+    pub challenge: AcmeChallenge,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on the http listener (`/.well-known/acme-challenge/`).
+    Http01,
+    /// Answered in the TLS handshake on the https listener (ALPN `acme-tls/1`).
+    TlsAlpn01,
+}
+
+impl AcmeChallenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// `Strict-Transport-Security` sent on https responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+    /// [`Hsts::value`], made once (every https response carries it).
+    pub header: http::HeaderValue,
+}
+
+impl Hsts {
+    /// The header value, e.g. `max-age=31536000; includeSubDomains; preload`.
+    pub fn value(&self) -> String {
+        Self::render(self.max_age, self.include_subdomains, self.preload)
+    }
+
+    pub fn render(max_age: Duration, include_subdomains: bool, preload: bool) -> String {
+        let mut v = format!("max-age={}", max_age.as_secs());
+        if include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+}
+
+/// The user and group `edgepin run` switches to once its listeners are bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub group: String,
+    pub uid: u32,
+    pub gid: u32,
     pub pos: Pos,
 }
 

@@ -191,6 +191,8 @@ impl Drop for Open {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // Nothing is served before privileges are dropped (`run_as`).
+        self.shared.privileges.ready().await;
         let https = self.on_https(&stream);
         let counters = if https { &self.shared.https } else { &self.shared.http };
         if self.shared.stopping() {
@@ -250,14 +252,16 @@ pub struct ConnectionCap {
 /// and its clients, health checks, logs, the reload and certificate files.
 const FD_RESERVE: u64 = 128;
 
-/// Descriptors one proxied connection may hold: the client's and the server's (a tunnel,
-/// or a request with its upstream connection), plus one idle pooled upstream connection.
-pub const FDS_PER_CONNECTION: u64 = 3;
+/// Descriptors one proxied connection holds: the client's and the server's (a tunnel, or
+/// a request with its upstream connection).
+pub const FDS_PER_CONNECTION: u64 = 2;
 
-/// The connections that fit in `fd_limit` descriptors, capped by `configured`. Waiters hold
-/// a descriptor each while they wait: at most a tenth of the connections, at most 256.
+/// The connections that fit in `fd_limit` descriptors next to the upstream keep-alive
+/// pool of `servers` servers, capped by `configured`. Waiters hold one descriptor each
+/// while they wait: a tenth of the connections, at least 16, at most 256.
 pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> ConnectionCap {
-    let reserve = FD_RESERVE + 2 * servers as u64;
+    let pool = (super::h1::POOL_PER_SERVER * servers) as u64;
+    let reserve = FD_RESERVE + 2 * servers as u64 + pool;
     let usable = fd_limit.saturating_sub(reserve);
     // c connections + c/10 waiters <= usable / FDS_PER_CONNECTION (a waiter holds only
     // its client's descriptor, counted generously here).
@@ -265,7 +269,7 @@ pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> Conne
     let connections = (configured as u64).min(fit).max(1) as usize;
     ConnectionCap {
         connections,
-        waiting: (connections / 10).clamp(1, 256),
+        waiting: (connections / 10).clamp(16, 256),
     }
 }
 
@@ -283,10 +287,10 @@ mod tests {
     #[test]
     fn a_low_descriptor_limit_lowers_the_cap() {
         let cap = connection_cap(10_000, 1024, 4);
-        let reserve = FD_RESERVE + 8;
+        let reserve = FD_RESERVE + 8 + 4 * super::super::h1::POOL_PER_SERVER as u64;
         let used = cap.connections as u64 * FDS_PER_CONNECTION + cap.waiting as u64 + reserve;
         assert!(used <= 1024, "{cap:?} uses {used} descriptors");
-        assert!(cap.connections > 200, "{cap:?}");
+        assert!(cap.connections > 300, "{cap:?}");
     }
 
     #[test]

@@ -207,6 +207,16 @@ impl ProxyHttp for H2Proxy {
                 respond::redirect(session, &location).await?;
                 return Ok(true);
             }
+            Routed::AcmeAnswer => {
+                let Some(key_authorization) = crate::acme::http01_answer(self.shared.cert.as_deref(), &path) else {
+                    let why = Refusal::Status(404, "no such ACME challenge");
+                    return self.refuse(session, ctx, why).await;
+                };
+                ctx.local = true;
+                ctx.status = 200;
+                respond::send(session, 200, "text/plain", &[], &key_authorization).await?;
+                return Ok(true);
+            }
             Routed::Refuse(why) => return self.refuse(session, ctx, why).await,
         };
         let b = &snapshot.backends[backend];
@@ -318,6 +328,14 @@ impl ProxyHttp for H2Proxy {
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if ctx.tls
+            && let Some(hsts) = ctx
+                .account
+                .as_ref()
+                .and_then(|a| crate::tls::hsts_value(&a.snapshot().config))
+        {
+            resp.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
         if resp.status.is_informational() {
             return Ok(());
         }

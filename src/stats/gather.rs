@@ -11,8 +11,8 @@ use crate::state::{FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    BackendView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView, Responses, ServerView,
-    SidView, StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView,
+    Responses, ServerView, SidView, StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -89,8 +89,46 @@ impl StatsView {
             },
             frontends,
             backends,
+            certificates: certificates(shared),
         }
     }
+}
+
+/// The https listener's certificates, with the ACME one's renewal state.
+fn certificates(shared: &Shared) -> Vec<CertificateView> {
+    let Some(store) = &shared.cert else { return Vec::new() };
+    let set = store.current();
+    let default = set.resolve(None);
+    let now = SystemTime::now();
+    set.all()
+        .map(|c| {
+            let acme = set
+                .acme()
+                .filter(|a| std::sync::Arc::ptr_eq(a, c))
+                .and(store.acme())
+                .map(|a| {
+                    let s = a.status();
+                    AcmeView {
+                        issued: s.issued,
+                        last_attempt_unix: s.last_attempt.map(unix_seconds),
+                        last_ok: s.last_ok,
+                        last_error: s.last_error,
+                        last_success_unix: s.last_success.map(unix_seconds),
+                        next_attempt_unix: s.next_attempt.map(unix_seconds),
+                        failures: s.failures,
+                    }
+                });
+            CertificateView {
+                names: c.names.clone(),
+                source: c.source.clone(),
+                issuer: c.info.issuer.clone(),
+                not_after_unix: unix_seconds(c.info.not_after),
+                expires_in_seconds: c.info.remaining(now).as_secs(),
+                default: default.is_some_and(|d| std::sync::Arc::ptr_eq(d, c)),
+                acme,
+            }
+        })
+        .collect()
 }
 
 /// What a listener's row is made of.

@@ -110,6 +110,10 @@ impl Page<'_> {
                         (self.cards())
                         h2 { "Listeners" }
                         (self.listeners(&v.frontends))
+                        @if !v.certificates.is_empty() {
+                            h2 { "Certificates" }
+                            (certificates(&v.certificates))
+                        }
                         @for b in &v.backends {
                             (self.backend(b))
                         }
@@ -374,6 +378,40 @@ impl Page<'_> {
             }
             @if self.csrf.is_none() {
                 p { "Admin actions (DRAIN, MAINT, weight) are available when " code { "stats.auth" } " is configured." }
+            }
+        }
+    }
+}
+
+/// One row per certificate: names, issuer, expiry, and the ACME renewal state.
+fn certificates(certs: &[super::view::CertificateView]) -> Markup {
+    html! {
+        table.certificates {
+            thead { tr { th { "names" } th { "source" } th { "issuer" } th { "expires in" } th { "renewal" } } }
+            tbody {
+                @for c in certs {
+                    tr {
+                        td.names { (c.names.join(", ")) @if c.default { " " em { "(default)" } } }
+                        td.source { (c.source) }
+                        td.issuer { (c.issuer) }
+                        td.expires class=[(c.expires_in_seconds < 14 * 86400).then_some("bad")] {
+                            (human_duration(c.expires_in_seconds))
+                        }
+                        td.renewal {
+                            @match &c.acme {
+                                None => { "files" }
+                                Some(a) => {
+                                    @match a.last_ok {
+                                        None => { "ACME: not tried yet" }
+                                        Some(true) => { "ACME: last renewal OK" }
+                                        Some(false) => { span.bad { "ACME: last renewal failed (" (a.failures) "): " (a.last_error) } }
+                                    }
+                                    @if !a.issued { " · serving a self-signed stand-in" }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -283,10 +283,64 @@ fn process(families: &mut Families, view: &StatsView) -> prometheus::Result<()> 
     Ok(())
 }
 
+/// The https listener's certificates: expiry, and the ACME renewal state.
+fn certificates(families: &mut Families, view: &StatsView) -> prometheus::Result<()> {
+    let g = Kind::Gauge;
+    for c in &view.certificates {
+        let names = c.names.join(",");
+        let labels = [
+            ("names", names.as_str()),
+            ("issuer", c.issuer.as_str()),
+            ("source", c.source.as_str()),
+        ];
+        families.put(
+            "edgepin_certificate_expiry_timestamp_seconds",
+            "When the certificate expires, Unix seconds.",
+            g,
+            &labels,
+            c.not_after_unix as f64,
+        )?;
+        let Some(a) = &c.acme else { continue };
+        let labels = [("names", names.as_str())];
+        families.put(
+            "edgepin_certificate_acme_issued",
+            "1 once the ACME server issued the certificate served (0: self-signed stand-in).",
+            g,
+            &labels,
+            f64::from(u8::from(a.issued)),
+        )?;
+        families.put(
+            "edgepin_certificate_acme_renewal_failures",
+            "Failed ACME renewal attempts since the last success.",
+            g,
+            &labels,
+            f64::from(a.failures),
+        )?;
+        if let (Some(ok), Some(at)) = (a.last_ok, a.last_attempt_unix) {
+            families.put(
+                "edgepin_certificate_acme_last_renewal_success",
+                "1 if the last ACME renewal attempt succeeded.",
+                g,
+                &labels,
+                f64::from(u8::from(ok)),
+            )?;
+            families.put(
+                "edgepin_certificate_acme_last_renewal_timestamp_seconds",
+                "Time of the last ACME renewal attempt.",
+                g,
+                &labels,
+                at as f64,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The Prometheus text for `view`.
 pub fn render(view: &StatsView) -> prometheus::Result<String> {
     let mut families = Families::default();
     process(&mut families, view)?;
+    certificates(&mut families, view)?;
     for r in view.rows() {
         row(&mut families, &r)?;
     }

@@ -19,6 +19,39 @@ pub struct StatsView {
     pub sids: SidView,
     pub frontends: Vec<FrontendView>,
     pub backends: Vec<BackendView>,
+    /// The https listener's certificates (files, then the ACME one).
+    pub certificates: Vec<CertificateView>,
+}
+
+/// One certificate the https listener serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateView {
+    /// Names it is chosen for by SNI.
+    pub names: Vec<String>,
+    /// The certificate file, or the ACME stand-in.
+    pub source: String,
+    pub issuer: String,
+    pub not_after_unix: u64,
+    pub expires_in_seconds: u64,
+    /// Served to clients without SNI or with a name no certificate has.
+    pub default: bool,
+    /// Set for the ACME certificate.
+    pub acme: Option<AcmeView>,
+}
+
+/// The ACME certificate's renewal state.
+#[derive(Debug, Clone, Serialize)]
+pub struct AcmeView {
+    /// Issued by the ACME server (false: the self-signed stand-in until then).
+    pub issued: bool,
+    pub last_attempt_unix: Option<u64>,
+    /// Result of the last renewal attempt (`None` before the first).
+    pub last_ok: Option<bool>,
+    pub last_error: String,
+    pub last_success_unix: Option<u64>,
+    pub next_attempt_unix: Option<u64>,
+    /// Failed attempts since the last success.
+    pub failures: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]

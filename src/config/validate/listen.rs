@@ -1,4 +1,4 @@
-//! Validation of the edge itself: listeners, TLS files, timeouts and limits.
+//! Validation of the edge itself: listeners, timeouts and limits (TLS: `tls`).
 
 use super::*;
 
@@ -50,43 +50,6 @@ impl Validator<'_> {
             redirect_port,
             proxy_protocol: l.value.proxy_protocol.as_ref().is_some_and(|p| p.value),
         }
-    }
-
-    pub(super) fn tls(
-        &mut self,
-        t: Option<&Spanned<file::TlsFile>>,
-        listen: &Listen,
-        l: &Spanned<file::ListenFile>,
-    ) -> Option<TlsFiles> {
-        let Some(t) = t else {
-            if let Some(https) = &l.value.https {
-                self.err(
-                    https.referenced,
-                    "listen.https needs a `tls` section with `cert` and `key`",
-                );
-            }
-            return None;
-        };
-        if listen.https.is_none() && l.value.https.is_none() {
-            self.err(
-                t.referenced,
-                "`tls` is set but there is no `listen.https` listener to use it",
-            );
-        }
-        let cert = self.pem_file(&t.value.cert, PemKind::Certificate);
-        let key = self.pem_file(&t.value.key, PemKind::PrivateKey);
-        let watch = t
-            .value
-            .watch
-            .as_ref()
-            .and_then(|w| self.check(w, |s| parse_duration(s)));
-        Some(TlsFiles {
-            cert: cert.unwrap_or_default(),
-            key: key.unwrap_or_default(),
-            h2: t.value.h2.as_ref().map(|h| h.value).unwrap_or(false),
-            watch,
-            pos: pos(t.referenced),
-        })
     }
 
     pub(super) fn pem_file(&mut self, value: &Str, kind: PemKind) -> Option<PathBuf> {

@@ -2,7 +2,7 @@
 //! each name `file:line:col` and the offending value.
 //!
 //! All rules live in this module (the pipeline and its helpers) and its parts by area:
-//! `listen` (listeners, TLS, timeouts, limits), `routing` (servers, backends, routes) and
+//! `listen` (listeners, timeouts, limits), `tls` (certificates, ACME, HSTS, run_as), `routing` (servers, backends, routes) and
 //! `operations` (health, stats, sticky, trusted proxies, reload, workers). Single values
 //! are parsed by `config::values`. Validation collects every error it can find instead
 //! of stopping at the first, so an operator fixes a file in one pass. It reads the files the config
@@ -17,6 +17,7 @@ use serde_saphyr::{Location, Spanned};
 mod listen;
 mod operations;
 mod routing;
+mod tls;
 
 use super::file::{self, FileConfig, Str, TimeoutsFile};
 use super::values::*;
@@ -121,6 +122,14 @@ impl Validator<'_> {
         let acme_backend = f.acme.as_ref().and_then(|a| self.backend_ref(&a.backend, &backends));
         let listen = self.listen(&f.listen);
         let tls = self.tls(f.tls.as_ref(), &listen, &f.listen);
+        if let Some(a) = &f.acme
+            && tls.as_ref().is_some_and(|t| t.acme.is_some())
+        {
+            self.err(
+                a.backend.referenced,
+                "acme.backend and tls.acme both answer ACME challenges: keep one (tls.acme answers them itself)",
+            );
+        }
         let stats = self.stats(f.stats.as_ref(), &listen, &f.listen);
         let limits = self.limits(f.limits.as_ref());
         let health = self.health(f.health.as_ref());
@@ -137,6 +146,7 @@ impl Validator<'_> {
         let threads = self.count(&f.threads, "threads", (1, 256), default_threads() as u64) as usize;
         let reload = self.reload(f.reload.as_ref());
         let workers = self.workers(f.workers.as_ref());
+        let run_as = f.run_as.as_ref().and_then(|r| self.run_as(r));
         Config {
             source: PathBuf::from(&self.file),
             listen,
@@ -155,6 +165,7 @@ impl Validator<'_> {
             trusted_proxies,
             reload,
             workers,
+            run_as,
         }
     }
 }

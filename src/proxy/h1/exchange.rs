@@ -117,6 +117,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 rec.local = true;
                 return self.finish_local(head, acct, rec, 308, client, close).await;
             }
+            Routed::AcmeAnswer => {
+                let Some(key_authorization) = crate::acme::http01_answer(self.shared.cert.as_deref(), &path) else {
+                    let why = Refusal::Status(404, "no such ACME challenge");
+                    return self.refuse(head, acct, rec, why, client, None).await;
+                };
+                self.wbuf.clear();
+                let close = !head.keep_alive || head.body() != Body::None;
+                write_local_body(&mut self.wbuf, 200, "text/plain", &[], &key_authorization, close);
+                rec.local = true;
+                return self.finish_local(head, acct, rec, 200, client, close).await;
+            }
             Routed::Refuse(why) => return self.refuse(head, acct, rec, why, client, None).await,
         };
         acct.routed(b_index);
@@ -433,12 +444,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .map(|name| cookie::set_cookie(name, &m.cookie_id, self.tls, cfg.sticky.same_site));
         let dechunk = head.minor == 0 && parsed.body == RespBody::Chunked;
         let keep = head.keep_alive && !self.shared.stopping() && parsed.body != RespBody::Close && !dechunk;
+        let hsts = self.tls.then(|| crate::tls::hsts_value(cfg)).flatten();
         let rewrite = Rewrite {
             close: !keep,
             keep_alive_1_0: keep && head.minor == 0,
             dechunk,
             set_cookie: set_cookie.as_deref(),
-            hsts: None,
+            hsts: hsts.as_ref().map(|h| h.as_bytes()),
         };
         self.wbuf.clear();
         let mut out = std::mem::take(&mut self.wbuf);

@@ -19,7 +19,7 @@ mod pool;
 mod request;
 mod response;
 
-pub use pool::Pool;
+pub use pool::{PER_SERVER as POOL_PER_SERVER, Pool};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 pub const IDLE: Duration = Duration::from_secs(4);
 
 /// Idle connections kept per server address.
-const PER_SERVER: usize = 256;
+pub const PER_SERVER: usize = 64;
 
 /// Why a connection to a server could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

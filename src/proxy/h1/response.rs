@@ -207,7 +207,7 @@ pub struct Rewrite<'a> {
     /// The body is decoded from chunked for an HTTP/1.0 client: drop Transfer-Encoding.
     pub dechunk: bool,
     pub set_cookie: Option<&'a str>,
-    pub hsts: Option<&'a str>,
+    pub hsts: Option<&'a [u8]>,
 }
 
 /// Write the response head parsed from `input` to `out`, rewritten for the client.
@@ -250,7 +250,7 @@ pub fn write_head(out: &mut Vec<u8>, input: &[u8], parsed: &Parsed, headers: &[H
     }
     if let Some(hsts) = rw.hsts {
         out.extend_from_slice(b"strict-transport-security: ");
-        out.extend_from_slice(hsts.as_bytes());
+        out.extend_from_slice(hsts);
         out.extend_from_slice(b"\r\n");
     }
     if parsed.status == 101 {
