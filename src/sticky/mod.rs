@@ -5,3 +5,4 @@
 pub mod cookie;
 pub mod engineio;
 pub mod sid;
+mod slru;
