@@ -67,5 +67,9 @@ pub fn summary(c: &Config) -> String {
             servers.join(", ")
         );
     }
+    if c.backends.iter().any(|b| b.balance == crate::config::Balance::Sticky) {
+        let rate = c.sticky.handshake_rate.map_or("off".to_string(), |r| r.to_string());
+        let _ = writeln!(out, "sticky: Engine.IO handshakes per client address: {rate}");
+    }
     out
 }

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod edge;
 pub mod health;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reload;
 pub mod runtime;
 pub mod state;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
+use crate::rate_limit::ClientLimiter;
 use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
 use crate::tls::SwappableCert;
@@ -109,6 +110,8 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Arc<Registry>,
     pub sids: SidTable,
+    /// Engine.IO handshakes per client address (`sticky.handshake_rate`).
+    pub handshakes: ClientLimiter,
     /// The https listener's certificate, swapped on reload and rotation.
     pub cert: Option<Arc<SwappableCert>>,
     pub https: Arc<FrontendCounters>,
@@ -134,6 +137,7 @@ impl Shared {
             http: registry.frontend("http"),
             registry,
             sids,
+            handshakes: ClientLimiter::new(),
             cert,
             generation: AtomicU64::new(1),
             in_flight: Default::default(),

@@ -163,6 +163,12 @@ impl ProxyHttp for EdgeProxy {
             if b.cfg.balance == Balance::Sticky {
                 ctx.sticky.handshake = q.is_handshake();
                 ctx.sticky.sid = q.sid.map(str::to_string);
+                if ctx.sticky.handshake
+                    && let (Some(rate), Some(client)) = (cfg.sticky.handshake_rate, ctx.client)
+                    && let Err(wait) = self.shared.handshakes.check(client, rate, Instant::now())
+                {
+                    return self.refuse(session, ctx, Refusal::TooManyHandshakes(wait)).await;
+                }
             }
         }
         let cookie = b

@@ -62,6 +62,8 @@ pub enum Refusal {
     Status(u16, &'static str),
     NoServer,
     SessionGone,
+    /// The client is over `sticky.handshake_rate`: 429, retry after this long.
+    TooManyHandshakes(std::time::Duration),
 }
 
 impl EdgeProxy {
@@ -92,6 +94,18 @@ impl EdgeProxy {
                 }
                 self.session_lost(ctx);
                 session_unknown(session).await?;
+            }
+            Refusal::TooManyHandshakes(wait) => {
+                ctx.status = 429;
+                self.frontend(ctx).denied.inc();
+                let secs = crate::rate_limit::retry_after_secs(wait).to_string();
+                text(
+                    session,
+                    429,
+                    "too many new sessions from this address",
+                    &[("retry-after", &secs)],
+                )
+                .await?;
             }
         }
         Ok(true)
