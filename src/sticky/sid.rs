@@ -107,7 +107,7 @@ impl SidTable {
     pub fn learn(&self, sid: &str, server: &Arc<ServerState>) {
         let now = self.now();
         let mut shard = self.shard(sid);
-        if !shard.entries.contains(sid) && shard.entries.len() >= self.per_shard {
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains(sid) {
             self.make_room(&mut shard, now);
         }
         let entry = Entry {

@@ -14,6 +14,7 @@
 //! decides when a key is learned, hit, pinned, expired or evicted.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 /// "No slot" in a link.
@@ -114,25 +115,26 @@ impl<V> Slru<V> {
     /// Add `key` at the head of probation; an existing key keeps its place and gets the
     /// new value (the old one is returned).
     pub fn insert(&mut self, key: &str, value: V) -> Option<V> {
-        if let Some(&i) = self.index.get(key) {
-            return Some(std::mem::replace(&mut self.slots[i as usize].value, value));
-        }
-        let Ok(i) = u32::try_from(self.slots.len()) else {
+        let i = match u32::try_from(self.slots.len()) {
+            Ok(i) if i != NIL => i,
             // 4 billion keys: not a table anyone configures; refuse rather than corrupt.
-            return Some(value);
+            _ => return Some(value),
         };
-        if i == NIL {
-            return Some(value);
-        }
+        // One hash of the key; the allocation is wasted only for a key already here.
         let key: Arc<str> = Arc::from(key);
+        match self.index.entry(Arc::clone(&key)) {
+            Entry::Occupied(at) => {
+                return Some(std::mem::replace(&mut self.slots[*at.get() as usize].value, value));
+            }
+            Entry::Vacant(at) => at.insert(i),
+        };
         self.slots.push(Slot {
-            key: Arc::clone(&key),
+            key,
             value,
             segment: Segment::Pinned,
             prev: NIL,
             next: NIL,
         });
-        self.index.insert(key, i);
         self.push_front(i, Segment::Probation);
         None
     }
