@@ -6,6 +6,7 @@
 mod harness;
 
 mod foundation;
+mod fuzz;
 mod health;
 mod reload;
 mod stats;
