@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 mod listen;
+#[cfg(test)]
+mod mutated;
 mod operations;
 mod routing;
 
