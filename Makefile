@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps node-deps chromium pebble unit integration bench bench-deps bench-broadcast clean systemd-verify
+.PHONY: run test lint build release certs check deps deny-tool node-deps chromium pebble unit integration bench bench-deps bench-broadcast clean systemd-verify
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -44,9 +44,19 @@ certs: build
 check: certs
 	./target/debug/edgepin check -c proxy.yaml
 
-lint: deps
+## cargo-deny for `lint` (deny.toml), built from crates.io when missing: about 7.5 min
+## on a busy 2-core machine, once per machine.
+CARGO_DENY_VERSION ?= 0.20.2
+deny-tool:
+	@$(CARGO) deny --version >/dev/null 2>&1 || { \
+	  echo "installing: cargo-deny $(CARGO_DENY_VERSION) (cargo install, several minutes)"; \
+	  $(CARGO) install --locked cargo-deny@$(CARGO_DENY_VERSION); \
+	}
+
+lint: deps deny-tool
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) deny check --hide-inclusion-graph bans licenses sources
 	@$(MAKE) --no-print-directory systemd-verify
 
 ## `systemd-analyze verify` on packaging/edgepin.service, where the tool exists (it is

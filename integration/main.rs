@@ -7,6 +7,7 @@ mod harness;
 
 mod edge;
 mod foundation;
+mod fuzz;
 mod hardening;
 mod health;
 mod reload;

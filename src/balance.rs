@@ -394,4 +394,94 @@ mod tests {
         let allowed = (0..100).filter(|_| b.try_retry()).count();
         assert_eq!(allowed, 4);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Up to 8 servers with distinct names, weights 0–256 (0 often), and loads in
+        /// the range of open sessions (sums cannot overflow).
+        fn servers() -> impl Strategy<Value = Vec<HashCandidate>> {
+            proptest::collection::vec((prop_oneof![Just(0u32), 0u32..=256], 0u64..1_000_000), 0..8).prop_map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (weight, load))| HashCandidate {
+                        index: i,
+                        id: name_id(&format!("w{i}")),
+                        weight,
+                        load,
+                    })
+                    .collect()
+            })
+        }
+
+        fn factor() -> impl Strategy<Value = f64> {
+            prop_oneof![Just(f64::INFINITY), Just(1.0), Just(1.05), 1.0f64..4.0]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn a_pick_is_a_weighted_candidate_whatever_their_order(
+                cands in servers(),
+                key in any::<u64>(),
+                factor in factor(),
+                shuffled in Just(()).prop_perturb(|_, mut rng| rng.next_u64()),
+            ) {
+                let picked = pick_bounded(key, &cands, factor);
+                let any_weight = cands.iter().any(|c| c.weight > 0);
+                prop_assert_eq!(picked.is_some(), any_weight);
+                if let Some(i) = picked {
+                    let c = cands.iter().find(|c| c.index == i);
+                    prop_assert!(c.is_some_and(|c| c.weight > 0), "weight 0 is never picked");
+                }
+                prop_assert_eq!(pick_bounded(key, &cands, factor), picked, "deterministic");
+                let mut reordered = cands.clone();
+                let n = reordered.len().max(1);
+                reordered.rotate_left((shuffled as usize) % n);
+                reordered.reverse();
+                prop_assert_eq!(pick_bounded(key, &reordered, factor), picked, "order does not matter");
+            }
+
+            #[test]
+            fn a_server_over_its_bound_is_picked_only_when_all_are(
+                cands in servers(),
+                key in any::<u64>(),
+                factor in 1.0f64..4.0,
+            ) {
+                let total_weight: u64 = cands.iter().map(|c| u64::from(c.weight)).sum();
+                let total_load: u64 = cands.iter().map(|c| c.load).sum();
+                let over = |c: &HashCandidate| {
+                    let share = (total_load + 1) as f64 * f64::from(c.weight) / total_weight as f64;
+                    c.load >= (share * factor).ceil() as u64
+                };
+                if let Some(i) = pick_bounded(key, &cands, factor) {
+                    let c = cands.iter().find(|c| c.index == i).copied();
+                    if c.is_some_and(|c| over(&c)) {
+                        prop_assert!(cands.iter().filter(|c| c.weight > 0).all(over));
+                    }
+                }
+            }
+
+            #[test]
+            fn without_a_bound_only_the_removed_servers_keys_move(
+                cands in servers(),
+                key in any::<u64>(),
+                remove in any::<usize>(),
+            ) {
+                let picked = pick_bounded(key, &cands, f64::INFINITY);
+                let zero_load: Vec<HashCandidate> = cands.iter().map(|c| HashCandidate { load: 0, ..*c }).collect();
+                prop_assert_eq!(pick_bounded(key, &zero_load, f64::INFINITY), picked, "loads do not matter");
+                if !cands.is_empty() {
+                    let gone = cands[remove % cands.len()].index;
+                    let rest: Vec<HashCandidate> = cands.iter().copied().filter(|c| c.index != gone).collect();
+                    let after = pick_bounded(key, &rest, f64::INFINITY);
+                    if picked != Some(gone) {
+                        prop_assert_eq!(after, picked);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -140,6 +140,10 @@ pub fn summary(c: &Config) -> String {
             servers.join(", ")
         );
     }
+    if c.backends.iter().any(|b| b.balance == crate::config::Balance::Sticky) {
+        let rate = c.sticky.handshake_rate.map_or("off".to_string(), |r| r.to_string());
+        let _ = writeln!(out, "sticky: Engine.IO handshakes per client address: {rate}");
+    }
     for w in warnings(c) {
         let _ = writeln!(out, "{w}");
     }

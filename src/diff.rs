@@ -60,6 +60,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         &format!("{:?}", new.health),
     );
     out.changed("access_log".into(), &old.access_log, &new.access_log);
+    out.changed(
+        "sticky.handshake_rate".into(),
+        &opt(old.sticky.handshake_rate),
+        &opt(new.sticky.handshake_rate),
+    );
     let routes = |c: &Config| -> Vec<String> {
         c.routes
             .iter()

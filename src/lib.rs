@@ -19,6 +19,7 @@ pub mod fdlimit;
 pub mod health;
 pub mod privilege;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reload;
 pub mod route;
 pub mod runtime;

@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
+use crate::rate_limit::ClientLimiter;
 use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
 use crate::tls::CertStore;
@@ -109,6 +110,8 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Arc<Registry>,
     pub sids: SidTable,
+    /// Engine.IO handshakes per client address (`sticky.handshake_rate`).
+    pub handshakes: ClientLimiter,
     /// The https listener's certificates (by SNI), swapped on reload, rotation and ACME
     /// renewal; also holds the ACME challenge answers.
     pub cert: Option<Arc<CertStore>>,
@@ -139,6 +142,7 @@ impl Shared {
             http: registry.frontend("http"),
             registry,
             sids,
+            handshakes: ClientLimiter::new(),
             cert,
             privileges: Arc::new(crate::privilege::Gate::new(config.run_as.is_none())),
             generation: AtomicU64::new(1),

@@ -291,6 +291,19 @@ pub struct StickyFile {
     /// Most session ids remembered at once.
     #[serde(default)]
     pub max_sids: Option<Spanned<u64>>,
+    /// Engine.IO handshakes per client address.
+    #[serde(default)]
+    pub handshake_rate: Option<Spanned<RateFile>>,
+}
+
+/// A rate per client; `per_second: 0` turns the limit off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    #[serde(default)]
+    pub per_second: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub burst: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

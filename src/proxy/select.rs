@@ -47,6 +47,25 @@ pub struct Request<'a> {
     pub tried: &'a [usize],
 }
 
+/// A new Engine.IO session (`handshake`) from `client` is within the client's
+/// `sticky.handshake_rate`, or is refused with 429 and how long to wait.
+pub fn admit_handshake(
+    shared: &crate::runtime::Shared,
+    cfg: &crate::config::Config,
+    handshake: bool,
+    client: Option<IpAddr>,
+) -> Result<(), crate::failure::Refusal> {
+    let (true, Some(rate), Some(client)) = (handshake, cfg.sticky.handshake_rate, client) else {
+        return Ok(());
+    };
+    shared
+        .handshakes
+        .check(client, rate, std::time::Instant::now())
+        .map_err(|wait| crate::failure::Refusal::TooMany {
+            retry_after: crate::rate_limit::retry_after_secs(wait),
+        })
+}
+
 /// Wait until [`select`] finds a server with a free slot (the backend's queue when every
 /// candidate is at `max_connections`, or the pinned server's queue), or refuse: no server
 /// (503), the session's server gone (Engine.IO 400), queue full or timed out (503).

@@ -36,43 +36,37 @@ pub fn find<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
 }
 
 /// `header` without cookie `name`; `None` when nothing else is left.
-/// Returns the header unchanged (as `Some`) when the cookie is absent.
+/// Every other cookie is kept byte for byte (quotes, empty values, flags), in order.
 pub fn strip(header: &[u8], name: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(header.len());
-    for (k, v) in pairs(header) {
-        if k == name.as_bytes() {
+    for pair in segments(header) {
+        if pair_name(pair) == name.as_bytes() {
             continue;
         }
         if !out.is_empty() {
             out.extend_from_slice(b"; ");
         }
-        out.extend_from_slice(k);
-        if !v.is_empty() || header_has_equals(header, k) {
-            out.push(b'=');
-            out.extend_from_slice(v);
-        }
+        out.extend_from_slice(pair);
     }
     (!out.is_empty()).then_some(out)
 }
 
-/// Whether pair `k` was written as `k=` (keep a cookie with an empty value as it was).
-fn header_has_equals(header: &[u8], k: &[u8]) -> bool {
-    header
-        .split(|&b| b == b';')
-        .map(trim)
-        .any(|p| p.starts_with(k) && p.get(k.len()) == Some(&b'='))
+/// The `name=value` pairs of a Cookie header, trimmed, empty ones left out.
+fn segments(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+    header.split(|&b| b == b';').map(trim).filter(|p| !p.is_empty())
+}
+
+fn pair_name(pair: &[u8]) -> &[u8] {
+    match pair.iter().position(|&b| b == b'=') {
+        Some(i) => trim(&pair[..i]),
+        None => pair,
+    }
 }
 
 fn pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    header.split(|&b| b == b';').filter_map(|pair| {
-        let pair = trim(pair);
-        if pair.is_empty() {
-            return None;
-        }
-        Some(match pair.iter().position(|&b| b == b'=') {
-            Some(i) => (trim(&pair[..i]), unquote(trim(&pair[i + 1..]))),
-            None => (pair, &pair[pair.len()..]),
-        })
+    segments(header).map(|pair| match pair.iter().position(|&b| b == b'=') {
+        Some(i) => (trim(&pair[..i]), unquote(trim(&pair[i + 1..]))),
+        None => (pair, &pair[pair.len()..]),
     })
 }
 
@@ -139,6 +133,8 @@ mod tests {
         assert_eq!(strip(b"EDGEPIN=abc", "EDGEPIN"), None);
         assert_eq!(strip(b"EDGEPINX=1", "EDGEPIN").unwrap(), b"EDGEPINX=1");
         assert_eq!(strip(b"flag; e=; EDGEPIN=1", "EDGEPIN").unwrap(), b"flag; e=");
+        // Found by the property test: quotes of other cookies used to be dropped.
+        assert_eq!(strip(b"a=\"x\"; EDGEPIN=1", "EDGEPIN").unwrap(), b"a=\"x\"");
     }
 
     #[test]
@@ -152,5 +148,68 @@ mod tests {
             "E=1; Path=/; HttpOnly; SameSite=Lax",
             "SameSite=None needs Secure"
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Cookie-ish headers: names and values from a small alphabet with the
+        /// separators, quotes and spaces that parsing must get right.
+        fn header() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(
+                    prop_oneof![
+                        Just(b'E'),
+                        Just(b'a'),
+                        Just(b'='),
+                        Just(b';'),
+                        Just(b' '),
+                        Just(b'"'),
+                        Just(b'\t')
+                    ],
+                    0..48
+                ),
+                proptest::collection::vec(("(EDGEPIN|E|a|b|_ga)", "[a-z0-9\"=]{0,6}", "[ ;]{0,3}"), 0..6).prop_map(
+                    |ps| ps
+                        .iter()
+                        .flat_map(|(k, v, sep)| format!("{k}={v};{sep}").into_bytes())
+                        .collect()
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn strip_removes_exactly_our_cookie_and_keeps_the_rest_byte_for_byte(h in header(), name in "(EDGEPIN|E|a)") {
+                let stripped = strip(&h, &name);
+                let kept: Vec<&[u8]> = segments(&h).filter(|p| pair_name(p) != name.as_bytes()).collect();
+                match &stripped {
+                    None => prop_assert!(kept.is_empty()),
+                    Some(s) => {
+                        prop_assert_eq!(find(s, &name), None);
+                        prop_assert_eq!(segments(s).collect::<Vec<_>>(), kept);
+                        let again = strip(s, &name);
+                        prop_assert_eq!(again.as_ref(), Some(s), "idempotent");
+                    }
+                }
+            }
+
+            #[test]
+            fn find_returns_our_value_wherever_it_is(
+                others in proptest::collection::vec(("[a-z_]{1,8}", "[A-Za-z0-9\"%]{0,10}"), 0..5),
+                at in 0usize..6,
+                value in "[0-9a-f]{16}",
+                space in "[ \t]{0,2}",
+            ) {
+                let mut parts: Vec<String> = others.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                parts.insert(at.min(parts.len()), format!("EDGEPIN{space}={space}{value}"));
+                let h = parts.join(";").into_bytes();
+                prop_assert_eq!(find(&h, "EDGEPIN"), Some(value.as_bytes()));
+            }
+        }
     }
 }

@@ -155,4 +155,103 @@ mod tests {
         assert!(is_session_unknown(br#"{"code":"1","message":"Session ID unknown"}"#));
         assert!(!is_session_unknown(b"Bad Request"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn sid() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_-]{1,64}"
+        }
+
+        /// Query parameters other than the three Engine.IO ones.
+        fn other_param() -> impl Strategy<Value = String> {
+            ("(t|b64|x|EIOx|sidx|j)", "[A-Za-z0-9=%._-]{0,8}").prop_map(|(k, v)| format!("{k}={v}"))
+        }
+
+        /// An open packet's JSON with the sid somewhere among the other fields.
+        fn open_packet(sid: &str, before: bool, space: &str, pad: usize) -> String {
+            let sid_field = format!("\"sid\":{space}\"{sid}\"");
+            let other = format!("\"upgrades\":[\"websocket\"],\"pad\":\"{}\"", "p".repeat(pad));
+            if before {
+                format!("0{{{sid_field},{other}}}")
+            } else {
+                format!("0{{{other},{sid_field}}}")
+            }
+        }
+
+        /// An unmasked server → client text frame.
+        fn text_frame(payload: &[u8]) -> Vec<u8> {
+            let mut f = vec![0x81];
+            if payload.len() < 126 {
+                f.push(payload.len() as u8);
+            } else {
+                f.push(126);
+                f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            f.extend_from_slice(payload);
+            f
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn parsing_anything_never_panics_and_only_keeps_valid_sids(q in any::<String>(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let parsed = EngineQuery::parse(Some(&q));
+                if let Some(sid) = parsed.sid {
+                    prop_assert!(valid_sid(sid));
+                    let pair = format!("sid={sid}");
+                    prop_assert!(q.split('&').any(|p| p == pair));
+                }
+                if let Some(sid) = open_packet_sid(&body) {
+                    prop_assert!(valid_sid(sid));
+                }
+                if let FirstFrame::Open(sid) = ws_first_frame(&body) {
+                    prop_assert!(valid_sid(sid));
+                }
+                is_session_unknown(&body);
+            }
+
+            #[test]
+            fn a_query_gives_back_its_engine_io_parameters(
+                eio in any::<bool>(),
+                sid in proptest::option::of(sid()),
+                transport in proptest::option::of("(polling|websocket)"),
+                others in proptest::collection::vec(other_param(), 0..4),
+                order in any::<u64>(),
+            ) {
+                let mut params = others.clone();
+                if eio { params.push("EIO=4".into()); }
+                if let Some(s) = &sid { params.push(format!("sid={s}")); }
+                if let Some(t) = &transport { params.push(format!("transport={t}")); }
+                let n = params.len().max(1);
+                params.rotate_left((order as usize) % n);
+                let q = params.join("&");
+                let parsed = EngineQuery::parse(Some(&q));
+                prop_assert_eq!(parsed.eio, eio);
+                prop_assert_eq!(parsed.sid, sid.as_deref());
+                prop_assert_eq!(parsed.websocket, transport.as_deref() == Some("websocket"));
+                prop_assert_eq!(parsed.is_handshake(), eio && sid.is_none());
+            }
+
+            #[test]
+            fn the_sid_of_an_open_packet_is_found_in_every_framing(
+                sid in sid(),
+                before in any::<bool>(),
+                space in "[ \t]{0,2}",
+                pad in 0usize..300,
+            ) {
+                let json = open_packet(&sid, before, &space, pad);
+                prop_assert_eq!(open_packet_sid(json.as_bytes()), Some(sid.as_str()));
+                let eio3 = format!("{}:{json}2:40", json.len());
+                prop_assert_eq!(open_packet_sid(eio3.as_bytes()), Some(sid.as_str()));
+                let frame = text_frame(json.as_bytes());
+                prop_assert_eq!(ws_first_frame(&frame), FirstFrame::Open(sid.as_str()));
+                for cut in 0..frame.len() {
+                    prop_assert_eq!(ws_first_frame(&frame[..cut]), FirstFrame::Incomplete, "cut at {}", cut);
+                }
+            }
+        }
+    }
 }

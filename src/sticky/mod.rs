@@ -6,3 +6,4 @@ pub mod cookie;
 pub mod engineio;
 pub mod exchange;
 pub mod sid;
+mod slru;

@@ -3,36 +3,44 @@
 //! Learned from handshake answers, looked up on every Engine.IO request that carries a
 //! `sid`, forgotten when a session ends (its tunnel closes, or the server says it does
 //! not know it) or after an idle TTL. Memory is bounded: `max` entries in all, spread over
-//! shards; a full shard first drops its expired entries, then an arbitrary idle one, so a
-//! flood of handshakes cannot grow it. Each entry counts as an open session on its server
-//! (the load that bounded hashing balances).
+//! shards. Each shard orders its sids as a segmented LRU (`slru`): a sid is on probation
+//! from its handshake until its second request, then protected (at most
+//! [`PROTECTED_PERCENT`] of the shard). A full shard first drops its expired entries, then
+//! the least recently used sid on probation, and only then a protected one; sids with an
+//! open tunnel are never evicted. So a flood of handshakes nobody follows up cannot grow
+//! the table nor push out sessions in use. Each entry counts as an open session on its
+//! server (the load that bounded hashing balances).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::slru::Slru;
 use crate::state::{Counter, ServerState};
 
 const SHARDS: usize = 16;
+
+/// Share of a shard the protected segment (sessions seen twice or more) may fill; the
+/// rest is always left to new sessions on probation.
+pub const PROTECTED_PERCENT: usize = 80;
 
 #[derive(Debug)]
 struct Entry {
     server: Arc<ServerState>,
     /// Seconds since the table's origin when the sid was last seen.
     seen: u32,
-    /// Open tunnels of this session: an entry with a tunnel never expires by TTL.
+    /// Open tunnels of this session: an entry with a tunnel never expires by TTL and is
+    /// pinned (never evicted).
     tunnels: u16,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shard {
-    map: HashMap<Box<str>, Entry>,
+    entries: Slru<Entry>,
     /// When this shard last dropped its expired entries (seconds since origin).
     swept: u32,
 }
 
-/// Lookup outcomes, for the stats page.
 #[derive(Debug, Default)]
 pub struct SidCounters {
     pub hits: Counter,
@@ -56,9 +64,17 @@ pub struct SidTable {
 
 impl SidTable {
     pub fn new(max: usize, ttl: Duration) -> SidTable {
+        let per_shard = max.div_ceil(SHARDS).max(1);
         SidTable {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: max.div_ceil(SHARDS).max(1),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: Slru::new(per_shard * PROTECTED_PERCENT / 100),
+                        swept: 0,
+                    })
+                })
+                .collect(),
+            per_shard,
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             origin: Instant::now(),
             counters: SidCounters::default(),
@@ -91,7 +107,7 @@ impl SidTable {
     pub fn learn(&self, sid: &str, server: &Arc<ServerState>) {
         let now = self.now();
         let mut shard = self.shard(sid);
-        if !shard.map.contains_key(sid) && shard.map.len() >= self.per_shard {
+        if shard.entries.len() >= self.per_shard && !shard.entries.contains(sid) {
             self.make_room(&mut shard, now);
         }
         let entry = Entry {
@@ -100,49 +116,49 @@ impl SidTable {
             tunnels: 0,
         };
         server.add_sessions(1);
-        if let Some(old) = shard.map.insert(sid.into(), entry) {
+        if let Some(old) = shard.entries.insert(sid, entry) {
             old.server.add_sessions(-1);
         }
         self.counters.learned.inc();
     }
 
     /// Free one slot in a full shard: drop expired entries (at most once a second, so a
-    /// flood does not rescan the shard per insert), else evict one entry without a tunnel.
-    /// The victim is the first in hash order: effectively random, and O(1).
+    /// flood does not rescan the shard per insert), else evict the least recently used
+    /// sid on probation (or, if none, in the protected segment); never one with a tunnel.
     fn make_room(&self, shard: &mut Shard, now: u32) {
         if shard.swept != now {
             shard.swept = now;
-            let before = shard.map.len();
-            shard.map.retain(|_, e| {
+            let before = shard.entries.len();
+            shard.entries.retain(|e| {
                 let keep = !self.expired(e, now);
                 if !keep {
                     e.server.add_sessions(-1);
                 }
                 keep
             });
-            self.counters.expired.add((before - shard.map.len()) as u64);
-            if shard.map.len() < self.per_shard {
+            self.counters.expired.add((before - shard.entries.len()) as u64);
+            if shard.entries.len() < self.per_shard {
                 return;
             }
         }
-        let victim = shard.map.iter().find(|(_, e)| e.tunnels == 0).map(|(k, _)| k.clone());
-        if let Some(e) = victim.and_then(|k| shard.map.remove(&k)) {
+        if let Some(e) = shard.entries.evict() {
             e.server.add_sessions(-1);
             self.counters.evicted.inc();
         }
     }
 
-    /// The server that issued `sid`, if known and not expired; refreshes its idle time.
+    /// The server that issued `sid`, if known and not expired; refreshes its idle time
+    /// and, being a use of the session, protects it from eviction by new sessions.
     pub fn lookup(&self, sid: &str) -> Option<Arc<ServerState>> {
         let now = self.now();
         let mut shard = self.shard(sid);
-        let found = match shard.map.get_mut(sid) {
-            Some(e) if !self.expired(e, now) => {
-                e.seen = now;
-                Some(Arc::clone(&e.server))
+        let found = shard.entries.hit(sid, |e| {
+            if self.expired(e, now) {
+                return None;
             }
-            _ => None,
-        };
+            e.seen = now;
+            Some(Arc::clone(&e.server))
+        });
         drop(shard);
         match &found {
             Some(_) => self.counters.hits.inc(),
@@ -153,14 +169,14 @@ impl SidTable {
 
     /// A tunnel of session `sid` opened: it stays remembered while the tunnel is open.
     pub fn tunnel_opened(&self, sid: &str) {
-        if let Some(e) = self.shard(sid).map.get_mut(sid) {
+        if let Some(e) = self.shard(sid).entries.pin(sid) {
             e.tunnels = e.tunnels.saturating_add(1);
         }
     }
 
     /// The session ended (its tunnel closed, or its server disowned it).
     pub fn forget(&self, sid: &str) {
-        if let Some(e) = self.shard(sid).map.remove(sid) {
+        if let Some(e) = self.shard(sid).entries.remove(sid) {
             e.server.add_sessions(-1);
             self.counters.forgotten.inc();
         }
@@ -172,7 +188,7 @@ impl SidTable {
         let mut removed = 0;
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            shard.map.retain(|_, e| {
+            shard.entries.retain(|e| {
                 let keep = !self.expired(e, now) && !gone(&e.server);
                 if !keep {
                     e.server.add_sessions(-1);
@@ -188,7 +204,7 @@ impl SidTable {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len())
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).entries.len())
             .sum()
     }
 
@@ -234,6 +250,45 @@ mod tests {
         assert!(t.capacity() < 1100);
         assert_eq!(a.sessions() as usize, t.len(), "session counts follow the table");
         assert!(t.counters.evicted.get() >= 98_000);
+    }
+
+    #[test]
+    fn sessions_in_use_survive_a_handshake_flood() {
+        // The finding: 3,000 handshakes evicted live sessions. A session seen twice is
+        // protected; handshakes nobody follows up only evict each other.
+        let t = SidTable::new(128, Duration::from_secs(3600));
+        let (a, b) = (server("a"), server("b"));
+        let live: Vec<String> = (0..8).map(|i| format!("live{i}")).collect();
+        for sid in &live {
+            t.learn(sid, &a);
+            assert!(t.lookup(sid).is_some(), "the session's second request");
+        }
+        for i in 0..3000 {
+            t.learn(&format!("flood{i}"), &b);
+        }
+        for sid in &live {
+            assert!(Arc::ptr_eq(&t.lookup(sid).expect(sid), &a), "{sid}");
+        }
+        assert!(t.len() <= t.capacity());
+        assert_eq!(a.sessions(), 8);
+        assert_eq!((a.sessions() + b.sessions()) as usize, t.len());
+    }
+
+    #[test]
+    fn the_protected_share_leaves_room_for_new_sessions() {
+        // Every sid used twice: the protected segment fills to its bound, and a new
+        // handshake still gets a slot and lives until its own second request.
+        let t = SidTable::new(16 * 10, Duration::from_secs(3600));
+        let a = server("a");
+        for i in 0..1000 {
+            let sid = format!("used{i}");
+            t.learn(&sid, &a);
+            assert!(t.lookup(&sid).is_some());
+        }
+        t.learn("fresh", &a);
+        assert!(t.lookup("fresh").is_some());
+        assert!(t.len() <= t.capacity());
+        assert_eq!(a.sessions() as usize, t.len());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde_saphyr::{Location, Spanned};
 
 mod listen;
+#[cfg(test)]
+mod mutated;
 mod operations;
 mod routing;
 mod tls;
@@ -392,6 +394,29 @@ servers:
             "{ balance: source, servers: [a, b], hash_balance_factor: 1.5 }",
         );
         assert_eq!(check(&set).unwrap().backends[0].hash_balance_factor, 1.5);
+    }
+
+    #[test]
+    fn handshake_rate_is_on_by_default_configurable_and_off_at_zero() {
+        assert_eq!(
+            check(MINIMAL).unwrap().sticky.handshake_rate,
+            Some(Rate::DEFAULT_HANDSHAKES)
+        );
+        let set = format!("{MINIMAL}sticky: {{ handshake_rate: {{ per_second: 5, burst: 50 }} }}\n");
+        assert_eq!(
+            check(&set).unwrap().sticky.handshake_rate,
+            Some(Rate {
+                per_second: 5,
+                burst: 50
+            })
+        );
+        let off = format!("{MINIMAL}sticky: {{ handshake_rate: {{ per_second: 0 }} }}\n");
+        assert_eq!(check(&off).unwrap().sticky.handshake_rate, None);
+        let bad = format!("{MINIMAL}sticky: {{ handshake_rate: {{ burst: 0 }} }}\n");
+        assert_eq!(
+            check(&bad).unwrap_err(),
+            vec!["t.yaml:9:36: handshake_rate.burst 0 is out of range (allowed 1..=1000000)"]
+        );
     }
 
     #[test]

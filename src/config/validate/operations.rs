@@ -171,12 +171,35 @@ impl Validator<'_> {
         };
         let sid_ttl = self.duration(&sf.sid_ttl, Duration::from_secs(120));
         let max_sids = self.count(&sf.max_sids, "max_sids", (16, 10_000_000), 100_000) as usize;
+        let handshake_rate = self.rate(sf.handshake_rate.as_ref(), "handshake_rate", Rate::DEFAULT_HANDSHAKES);
         Sticky {
             secret,
             same_site,
             sid_ttl,
             max_sids,
+            handshake_rate,
         }
+    }
+
+    /// A per-client rate: the default when absent, `None` when `per_second` is 0.
+    fn rate(&mut self, r: Option<&Spanned<file::RateFile>>, what: &str, default: Rate) -> Option<Rate> {
+        let Some(r) = r else { return Some(default) };
+        let per_second = self.count(
+            &r.value.per_second,
+            &format!("{what}.per_second"),
+            (0, 1_000_000),
+            default.per_second.into(),
+        );
+        let burst = self.count(
+            &r.value.burst,
+            &format!("{what}.burst"),
+            (1, 1_000_000),
+            default.burst.into(),
+        );
+        (per_second > 0).then_some(Rate {
+            per_second: per_second as u32,
+            burst: burst as u32,
+        })
     }
 
     pub(super) fn trusted_proxies(&mut self, list: Option<&Spanned<Vec<Str>>>) -> Vec<Network> {

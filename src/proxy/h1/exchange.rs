@@ -147,6 +147,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 .await;
         }
         let mut sticky = Exchange::on_request(head.query(), b.cfg.balance == Balance::Sticky);
+        if let Err(why) = super::super::select::admit_handshake(&self.shared, cfg, sticky.handshake, client) {
+            return self.refuse(head, acct, rec, why, client, None).await;
+        }
         let cookie_name = b.cfg.cookie.as_deref();
         let cookie_sent: Option<Vec<u8>> = cookie_name.and_then(|name| {
             head.values(Kind::Cookie)
