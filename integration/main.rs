@@ -11,3 +11,4 @@ mod reload;
 mod stats;
 mod sticky;
 mod worker;
+mod worker_guard;

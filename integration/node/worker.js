@@ -4,7 +4,8 @@
 //   node worker.js --port 3001 --id n1 --redis redis://127.0.0.1:6379
 //
 // Socket.IO events on "/": join(room, ack), leave(room), say(room, msg) -> "said"
-// {from, room, msg} to the room on every worker, whoami(ack) -> {id, transport}.
+// {from, room, msg} to the room on every worker, whoami(ack) -> {id, transport},
+// members(room, ack) -> {ok, room, members} across workers (rooms the socket is in).
 // HTTP: GET /health, GET /api/whoami, POST /api/rooms/:room/emit {event, data},
 // GET /api/rooms/:room -> {room, members} across workers.
 "use strict";
@@ -68,6 +69,15 @@ async function main() {
     socket.on("leave", (room) => socket.leave(room));
     socket.on("say", (room, msg) => io.to(room).emit("said", { from: id, room, msg }));
     socket.on("whoami", (ack) => { if (typeof ack === "function") ack({ id, transport: socket.conn.transport.name }); });
+    socket.on("members", async (room, ack) => {
+      if (typeof ack !== "function") return;
+      if (!socket.rooms.has(room)) return ack({ ok: false, error: "only the rooms this socket is in can be counted" });
+      try {
+        ack({ ok: true, room, members: (await io.in(room).fetchSockets()).length });
+      } catch (e) {
+        ack({ ok: false, error: String(e.message) });
+      }
+    });
   });
 
   server.listen(port, "127.0.0.1", () => console.log(`[${id}] listening on 127.0.0.1:${port}`));
