@@ -11,4 +11,5 @@ mod reload;
 mod stats;
 mod sticky;
 mod worker;
+mod worker_cluster;
 mod worker_guard;

@@ -39,6 +39,8 @@ type Socket = SocketRef<WorkerAdapter>;
 /// middleware runs before CONNECT is sent. Register with `connected.with(set_up)`.
 pub async fn set_up(socket: Socket, State(state): State<Arc<WorkerState>>) -> Result<(), Infallible> {
     socket.join(socket.id);
+    // On a cluster, the socket's own room is heard before the client is told it is in.
+    state.link.ensure_rooms(socket.ns(), [socket.id.to_string()]).await;
     state.metrics.sockets.inc();
     socket.on("join", on_join);
     socket.on("leave", on_leave);
@@ -77,6 +79,8 @@ async fn on_join(
         }
         Ok(room) => {
             socket.join(room.to_string());
+            // Acked once the room's broadcasts from other workers reach this one.
+            state.link.ensure_rooms(socket.ns(), [room.to_string()]).await;
             json!({ "ok": true, "id": state.id })
         }
     };

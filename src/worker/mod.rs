@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tower::Layer;
 
 use metrics::WorkerMetrics;
+pub use redis_link::RedisTarget;
 use redis_link::{LinkError, RedisLink};
 use wire::Channels;
 
@@ -53,8 +54,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct WorkerOptions {
     /// Shown in `/api/whoami`, acks and `said` messages (e.g. the server name in proxy.yaml).
     pub id: String,
-    /// `redis://host:port[/db]`.
-    pub redis_url: String,
+    /// One Redis (`redis://host:port[/db]`) or a Redis Cluster.
+    pub redis: RedisTarget,
     /// When set, `POST /api/rooms/{room}/emit` needs `Authorization: Bearer <token>`:
     /// behind the proxy's catch-all route the REST API is as public as the site.
     pub emit_token: Option<String>,
@@ -113,13 +114,13 @@ pub async fn serve(
 ) -> Result<(), WorkerError> {
     check_id(&options.id)?;
     let metrics = WorkerMetrics::new()?;
-    let link = RedisLink::start(&options.redis_url, metrics.adapter.clone())?;
+    let link = RedisLink::start(&options.redis, metrics.adapter.clone())?;
     let emit_token = match options.emit_token.filter(|t| !t.is_empty()) {
         Some(t) => Some(access::EmitToken::new(&t)?),
         None => None,
     };
     let state = Arc::new(WorkerState {
-        root_channels: Channels::new(link.prefix(), "/", link.uid()),
+        root_channels: link.channels("/"),
         emit_token,
         id: options.id,
         link: Arc::clone(&link),
