@@ -20,6 +20,26 @@ fn members(w: &Worker, room: &str) -> Json {
     serde_json::from_str::<Json>(&body).expect("JSON")["members"].clone()
 }
 
+/// A JSON POST straight to a worker (loopback: the emit needs no token).
+fn request(w: &Worker, path: &str, body: &str) -> Json {
+    let (addr, path, body) = (w.addr, path.to_string(), body.to_string());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let mut conn = crate::harness::Conn::open(&crate::harness::Target::plain(addr)).await?;
+                let json = ["Content-Type: application/json".to_string()];
+                conn.request("POST", &path, &json, body.as_bytes()).await
+            })
+    })
+    .join()
+    .expect("request thread")
+    .expect("request")
+    .json()
+}
+
 /// Whether `name` got a numbered message (sent after the kill) from `tag` in `room`.
 fn heard_again(got: &HashMap<(String, String), usize>, name: &str, tag: &str, room: &str) -> bool {
     let (prefix, suffix) = (format!("{tag} #"), format!(" to {room}"));
@@ -92,9 +112,22 @@ fn edgepin_and_node_workers_share_rooms_on_a_redis_cluster_and_heal_after_a_mast
     // Member counts ask every worker (fetchSockets on the main channel), both ways.
     assert_eq!(members(&w1, &hit), 3);
     assert_eq!(members(&n1, &spared), 3);
-    // A server-side emit from an edgepin worker reaches Node members too.
     let r = c.call("a", "members", json!([hit]));
     assert_eq!(r["members"], 3, "{r}");
+    // A REST emit with acks from an edgepin worker collects every member's, Node's too.
+    let r = request(
+        &w2,
+        &format!("/api/rooms/{spared}/emit"),
+        r#"{"event":"poll","ack_timeout_ms":3000}"#,
+    );
+    let mut from: Vec<&str> = r["acks"]
+        .as_array()
+        .expect("acks")
+        .iter()
+        .filter_map(|a| a["from"].as_str())
+        .collect();
+    from.sort();
+    assert_eq!(from, ["a", "b", "n"], "{r}");
 
     let pids: Vec<u32> = [&w1, &w2, &n1].iter().map(|w| w.proc.pid()).collect();
     cluster.kill(doomed);
@@ -150,4 +183,65 @@ fn edgepin_and_node_workers_share_rooms_on_a_redis_cluster_and_heal_after_a_mast
     }
     let mut alive = [w1, w2, n1];
     assert!(alive.iter_mut().all(|w| w.proc.alive()), "no worker restarted");
+}
+
+#[test]
+fn edgepin_up_runs_its_workers_on_a_redis_cluster_and_starts_no_redis() {
+    use crate::harness::{Proc, blocking_get, free_port};
+    let cluster = RedisCluster::start(3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let local = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (http, a1, a2) = (local(), local(), local());
+    let seeds: Vec<String> = cluster.seeds().split(',').map(|s| format!("\"{s}\"")).collect();
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{ http: {http} }}\nroutes:\n  - {{ path_prefix: /, backend: api }}\n\
+             backends:\n  api: {{ servers: [w1, w2] }}\nhealth: {{ interval: 1s, timeout: 500ms }}\n\
+             workers: {{ redis: {{ cluster: [{}] }} }}\nservers:\n  w1: {{ address: {a1} }}\n  w2: {{ address: {a2} }}\n",
+            seeds.join(", ")
+        ),
+    )
+    .expect("write proxy.yaml");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgepin"));
+    cmd.arg("up")
+        .arg("-c")
+        .arg(&config)
+        .env("RUST_LOG", "info,edgepin::access=warn,pingora=warn");
+    let mut up = Proc::spawn("up", cmd, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while blocking_get(http, "/api/whoami").is_none_or(|(s, _)| s != 200) {
+        assert!(
+            up.alive() && Instant::now() < deadline,
+            "not serving:\n{}",
+            up.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started: Vec<String> = up
+        .log()
+        .lines()
+        .filter_map(|l| {
+            l.split("started name=")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(started, ["w1", "w2"], "no redis-server: the cluster is external");
+
+    let mut c = SioClients::start();
+    for (name, addr) in [("a", a1), ("b", a2)] {
+        c.connect(name, &format!("http://{addr}"));
+        c.join(name, "lobby");
+    }
+    c.emit("a", "say", json!(["lobby", "over the cluster"]));
+    assert!(c.wait_event("b", "said", WAIT, |a| a[0]["msg"] == "over the cluster"
+        && a[0]["from"] == "w1"));
+    drop(c);
+
+    up.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(30)).expect("up exits").success());
 }
