@@ -365,7 +365,7 @@ impl RedisLink {
         }
     }
 
-    /// The link came up (or went down): the gauges, and a log line for a recovery.
+    /// Whether messages can be published; without a connection the link is not up.
     fn connection_changed(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
         if !connected {
@@ -410,11 +410,8 @@ struct Backoff {
 
 impl Backoff {
     fn new(first: Duration, max: Duration) -> Backoff {
-        Backoff {
-            first,
-            max,
-            attempts: 0,
-        }
+        let attempts = 0;
+        Backoff { first, max, attempts }
     }
 
     fn reset(&mut self) {
