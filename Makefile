@@ -84,10 +84,14 @@ run: release
 	./target/release/edgepin up -c proxy.yaml
 
 ## Cross-worker broadcast: 1,000 Socket.IO clients in 100 rooms on 4 workers (edgepin,
-## then the Node.js reference worker), emit-to-delivery p50/p99 and RSS per client.
-## About a minute; writes target/bench/broadcast.json.
+## then the Node.js reference worker), emit-to-delivery p50/p99 and RSS per client; then
+## edgepin on a Redis Cluster (3 masters) beside one Redis: 2,000 clients, 1,000 rooms,
+## 8 workers. About three minutes; writes target/bench/broadcast.json and
+## target/bench/broadcast-cluster.json.
 bench-broadcast: release node-deps
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
+	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --kinds edgepin --redis single,cluster \
+	  --workers 8 --clients 2000 --rooms 1000 --out target/bench/broadcast-cluster.json
 
 ## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~14 min;
 ## `make bench QUICK=1` for one short repetition (~2.5 min). Then the Socket.IO broadcast

@@ -14,3 +14,5 @@ mod reload;
 mod stats;
 mod sticky;
 mod worker;
+mod worker_cluster;
+mod worker_guard;

@@ -59,6 +59,16 @@ enum Command {
         /// when it carries a password: the command line is visible to every local user).
         #[arg(long, env = "EDGEPIN_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis: String,
+        /// A Redis Cluster instead, by seed nodes: redis://h1:7000,redis://h2:7001 (rooms
+        /// on sharded pub/sub, the protocol of the Node sharded adapter; Redis >= 7).
+        #[arg(
+            long,
+            env = "EDGEPIN_REDIS_CLUSTER",
+            value_delimiter = ',',
+            conflicts_with = "redis",
+            value_name = "URL,URL"
+        )]
+        redis_cluster: Option<Vec<String>>,
         /// Stop when this process (`edgepin up`) exits.
         #[arg(long, hide = true)]
         exit_with_parent: Option<u32>,
@@ -132,11 +142,16 @@ fn main() -> ExitCode {
             listen,
             id,
             redis,
+            redis_cluster,
             exit_with_parent,
         } => {
+            let redis = match redis_cluster {
+                Some(seeds) => edgepin::worker::RedisTarget::Cluster(seeds),
+                None => edgepin::worker::RedisTarget::Url(redis),
+            };
             let options = edgepin::worker::WorkerOptions {
                 id,
-                redis_url: redis,
+                redis,
                 emit_token: None,
             };
             let run = || edgepin::worker::run(listen, options);

@@ -38,18 +38,32 @@ impl Worker {
         Worker::spawn(id, addr, cmd)
     }
 
+    /// `edgepin worker --id ID --redis-cluster SEEDS` (comma-separated URLs).
+    pub fn start_cluster(id: &str, seeds: &str) -> Worker {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = addr.to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
+        cmd.args(["worker", "--listen", &listen, "--id", id, "--redis-cluster", seeds])
+            .env("RUST_LOG", "info,edgepin=debug");
+        Worker::spawn(id, addr, cmd)
+    }
+
     /// The Node.js worker (socket.io 4.8 + @socket.io/redis-adapter) on a free port.
     pub fn start_node(id: &str, redis_url: &str) -> Worker {
+        Worker::node(id, &["--redis", redis_url])
+    }
+
+    /// The Node.js worker with the sharded adapter on a Redis Cluster (`SEEDS` as above).
+    pub fn start_node_cluster(id: &str, seeds: &str) -> Worker {
+        Worker::node(id, &["--redis-cluster", seeds])
+    }
+
+    fn node(id: &str, redis: &[&str]) -> Worker {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new("node");
-        cmd.arg(node_dir().join("worker.js")).args([
-            "--port",
-            &addr.port().to_string(),
-            "--id",
-            id,
-            "--redis",
-            redis_url,
-        ]);
+        cmd.arg(node_dir().join("worker.js"))
+            .args(["--port", &addr.port().to_string(), "--id", id])
+            .args(redis);
         Worker::spawn(id, addr, cmd)
     }
 

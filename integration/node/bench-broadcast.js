@@ -1,12 +1,17 @@
 // Cross-worker broadcast benchmark: N Socket.IO clients (socket.io-client 4.8, WebSocket)
-// in R rooms spread over W workers on one Redis; a member of a room says something and the
-// time from that emit to its delivery at every member of the room is measured.
+// in R rooms spread over W workers on one Redis (or a Redis Cluster); a member of a room
+// says something and the time from that emit to its delivery at every member of the room
+// is measured.
 //
 //   node bench-broadcast.js --edgepin ../../target/release/edgepin [--kinds edgepin,node]
-//        [--clients 1000] [--rooms 100] [--workers 4] [--rate 100] [--seconds 15]
-//        [--bursts 10] [--out ../../target/bench/broadcast.json]
+//        [--redis single,cluster] [--clients 1000] [--rooms 100] [--workers 4]
+//        [--rate 100] [--seconds 15] [--bursts 10] [--out ../../target/bench/broadcast.json]
 //
-// Phases, per kind of worker (edgepin, and the Node.js reference worker for comparison):
+// --redis cluster starts a Redis Cluster of 3 masters (no replicas) on loopback and runs
+// the workers on it (edgepin --redis-cluster, Node with the sharded adapter).
+//
+// Phases, per kind of worker (edgepin, and the Node.js reference worker for comparison)
+// and per Redis:
 //   steady: one broadcast every 1/rate s, rooms in turn, for --seconds;
 //   burst:  every room at once, --bursts times, 1 s apart.
 // Room r's members are clients r, r+R, r+2R, …, client i on worker floor(i/R) mod W, so
@@ -27,6 +32,7 @@ function arg(name, fallback) {
 const opts = {
   edgepin: arg("edgepin", path.join(__dirname, "../../target/release/edgepin")),
   kinds: arg("kinds", "edgepin,node").split(","),
+  redis: arg("redis", "single").split(","),
   clients: Number(arg("clients", "1000")),
   rooms: Number(arg("rooms", "100")),
   workers: Number(arg("workers", "4")),
@@ -35,7 +41,7 @@ const opts = {
   bursts: Number(arg("bursts", "10")),
   out: arg("out", path.join(__dirname, "../../target/bench/broadcast.json")),
 };
-const HARD_LIMIT_MS = 240_000;
+const HARD_LIMIT_MS = 240_000 * opts.kinds.length * opts.redis.length;
 if (opts.clients % opts.rooms !== 0) {
   console.error("--clients must be a multiple of --rooms (every room has the same members)");
   process.exit(2);
@@ -108,28 +114,56 @@ function summary(latenciesMs, expected) {
   };
 }
 
-async function runKind(kind) {
-  const redisPort = await freePort();
-  const redis = start("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
-  await waitFor(() => new Promise((r) => {
-    const s = net.connect(redisPort, "127.0.0.1", () => { s.destroy(); r(true); });
-    s.on("error", () => r(false));
-  }), 10_000, "redis-server");
-  const redisUrl = `redis://127.0.0.1:${redisPort}`;
+const listening = (port) => new Promise((r) => {
+  const s = net.connect(port, "127.0.0.1", () => { s.destroy(); r(true); });
+  s.on("error", () => r(false));
+});
+
+const redisArgs = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+
+// One redis-server, or a cluster of 3 masters; the workers' arguments to reach it.
+async function startRedis(mode) {
+  if (mode === "single") {
+    const port = await freePort();
+    const server = start("redis-server", ["--port", String(port), ...redisArgs]);
+    await waitFor(() => listening(port), 10_000, "redis-server");
+    return { servers: [server], args: ["--redis", `redis://127.0.0.1:${port}`] };
+  }
+  const servers = [];
+  const ports = [];
+  for (let i = 0; i < 3; i++) {
+    const [port, bus] = [await freePort(), await freePort()];
+    const dir = fs.mkdtempSync(path.join(require("os").tmpdir(), "bench-cluster-"));
+    servers.push(start("redis-server", ["--port", String(port), ...redisArgs, "--cluster-enabled", "yes",
+      "--cluster-port", String(bus), "--dir", dir]));
+    ports.push(port);
+  }
+  for (const port of ports) await waitFor(() => listening(port), 10_000, `redis-server ${port}`);
+  const create = require("child_process").spawnSync("redis-cli", ["--cluster", "create",
+    ...ports.map((p) => `127.0.0.1:${p}`), "--cluster-replicas", "0", "--cluster-yes"]);
+  if (create.status !== 0) throw new Error(`redis-cli --cluster create: ${create.stdout}${create.stderr}`);
+  const ok = (port) => require("child_process")
+    .spawnSync("redis-cli", ["-p", String(port), "cluster", "info"]).stdout.toString().includes("cluster_state:ok");
+  await waitFor(async () => ports.every(ok), 20_000, "the cluster");
+  return { servers, args: ["--redis-cluster", ports.map((p) => `redis://127.0.0.1:${p}`).join(",")] };
+}
+
+async function runKind(kind, mode) {
+  const redis = await startRedis(mode);
 
   const workers = [];
   for (let w = 0; w < opts.workers; w++) {
     const port = await freePort();
     const id = `${kind}${w + 1}`;
     const child = kind === "edgepin"
-      ? start(opts.edgepin, ["worker", "--listen", `127.0.0.1:${port}`, "--id", id, "--redis", redisUrl])
-      : start("node", [path.join(__dirname, "worker.js"), "--port", String(port), "--id", id, "--redis", redisUrl]);
+      ? start(opts.edgepin, ["worker", "--listen", `127.0.0.1:${port}`, "--id", id, ...redis.args])
+      : start("node", [path.join(__dirname, "worker.js"), "--port", String(port), "--id", id, ...redis.args]);
     workers.push({ id, port, child });
   }
   for (const w of workers) await waitFor(() => healthy(w.port), 20_000, `worker ${w.id}`);
   await sleep(500);
   const idleRss = workers.map((w) => rssKb(w.child.pid));
-  progress(`${kind}: ${opts.workers} workers up`);
+  progress(`${kind} (${mode} Redis): ${opts.workers} workers up`);
 
   // Connect and join, 50 at a time.
   const clients = new Array(opts.clients);
@@ -200,11 +234,12 @@ async function runKind(kind) {
   for (const c of clients) c.close();
   for (const w of workers) w.child.kill("SIGTERM");
   await sleep(300);
-  redis.kill("SIGTERM");
+  for (const server of redis.servers) server.kill("SIGTERM");
 
   const rssDeltaKb = loadedRss.reduce((a, b) => a + b, 0) - idleRss.reduce((a, b) => a + b, 0);
   return {
     kind,
+    redis: mode,
     workers: opts.workers,
     clients: opts.clients,
     rooms: opts.rooms,
@@ -219,16 +254,19 @@ async function runKind(kind) {
 
 (async () => {
   const results = [];
-  for (const kind of opts.kinds) {
-    process.stderr.write(`bench-broadcast: ${kind} workers…\n`);
-    results.push(await runKind(kind));
+  for (const mode of opts.redis) {
+    for (const kind of opts.kinds) {
+      process.stderr.write(`bench-broadcast: ${kind} workers, ${mode} Redis…\n`);
+      results.push(await runKind(kind, mode));
+    }
   }
   const row = (cols) => cols.map((c, i) => String(c).padEnd(i === 0 ? 9 : 13)).join("");
-  console.log(`\ncross-worker broadcast: ${opts.clients} clients, ${opts.rooms} rooms, ${opts.workers} workers, one Redis`);
-  console.log(row(["workers", "steady p50", "steady p99", "burst p50", "burst p99", "lost", "RSS/client", "idle RSS"]));
+  console.log(`\ncross-worker broadcast: ${opts.clients} clients, ${opts.rooms} rooms, ${opts.workers} workers`);
+  console.log(row(["workers", "Redis", "steady p50", "steady p99", "burst p50", "burst p99", "lost", "RSS/client", "idle RSS"]));
   for (const r of results) {
     console.log(row([
       r.kind,
+      r.redis === "cluster" ? "3 masters" : "one",
       `${r.steady.p50_ms} ms`, `${r.steady.p99_ms} ms`,
       `${r.burst.p50_ms} ms`, `${r.burst.p99_ms} ms`,
       r.steady.lost + r.burst.lost,

@@ -317,12 +317,28 @@ pub struct ReloadFile {
     pub pidfile: Option<Str>,
 }
 
+/// `workers.redis`: one Redis by name or URL, or a Redis Cluster by its seed nodes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RedisFile {
+    /// `spawn` or `redis://host:port`.
+    One(String),
+    Cluster(RedisClusterFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisClusterFile {
+    /// Seed nodes, `redis://host:port` each.
+    pub cluster: Vec<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersFile {
-    /// `spawn` (start redis-server) or a `redis://` URL.
+    /// `spawn` (start redis-server), a `redis://` URL, or `{ cluster: [URL, …] }`.
     #[serde(default)]
-    pub redis: Option<Str>,
+    pub redis: Option<Spanned<RedisFile>>,
     /// Port of the redis-server `edgepin up` spawns (on 127.0.0.1).
     #[serde(default)]
     pub redis_port: Option<Spanned<u64>>,

@@ -503,6 +503,8 @@ pub enum RedisSource {
     /// `edgepin up` starts its own redis-server.
     Spawn,
     Url(String),
+    /// A Redis Cluster, by seed nodes (`redis://` URLs): rooms on sharded pub/sub.
+    Cluster(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

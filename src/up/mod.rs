@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, Config, RedisSource};
 use crate::edge;
+use crate::worker::RedisTarget;
 use supervisor::{Kind, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -112,13 +113,14 @@ fn current_exe() -> Result<PathBuf, UpError> {
 /// Redis (when spawned) first, then a worker per server, in proxy.yaml's order.
 fn children_of(config: &Config) -> Vec<(String, Kind)> {
     let mut out = Vec::new();
-    let redis_url = match &config.workers.redis {
+    let redis = match &config.workers.redis {
         RedisSource::Spawn => {
             let port = config.workers.redis_port;
             out.push(("redis".to_string(), Kind::Redis { port }));
-            format!("redis://127.0.0.1:{port}")
+            RedisTarget::Url(format!("redis://127.0.0.1:{port}"))
         }
-        RedisSource::Url(url) => url.clone(),
+        RedisSource::Url(url) => RedisTarget::Url(url.clone()),
+        RedisSource::Cluster(seeds) => RedisTarget::Cluster(seeds.clone()),
     };
     for s in &config.servers {
         out.push((
@@ -126,7 +128,7 @@ fn children_of(config: &Config) -> Vec<(String, Kind)> {
             Kind::Worker {
                 addr: s.address,
                 weight: s.weight,
-                redis_url: redis_url.clone(),
+                redis: redis.clone(),
             },
         ));
     }
@@ -208,21 +210,29 @@ mod tests {
         let kids = children_of(&config("workers: { redis_port: 7001 }\n", 8080));
         let names: Vec<&str> = kids.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["redis", "w1", "w2"]);
-        let Kind::Worker {
-            addr,
-            weight,
-            redis_url,
-        } = &kids[2].1
-        else {
+        let Kind::Worker { addr, weight, redis } = &kids[2].1 else {
             panic!()
         };
         assert_eq!(
-            (addr.port(), *weight, redis_url.as_str()),
-            (3102, 2, "redis://127.0.0.1:7001")
+            (addr.port(), *weight, redis),
+            (3102, 2, &RedisTarget::Url("redis://127.0.0.1:7001".into()))
         );
 
         let kids = children_of(&config("workers: { redis: \"redis://10.1.1.1:6379\" }\n", 8080));
         assert_eq!(kids.len(), 2, "an external Redis is not spawned");
+        let kids = children_of(&config(
+            "workers: { redis: { cluster: [\"redis://10.1.1.1:7000\", \"redis://10.1.1.2:7000\"] } }\n",
+            8080,
+        ));
+        let names: Vec<&str> = kids.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["w1", "w2"], "nor is a cluster");
+        let Kind::Worker { redis, .. } = &kids[0].1 else {
+            panic!()
+        };
+        assert_eq!(
+            redis,
+            &RedisTarget::Cluster(vec!["redis://10.1.1.1:7000".into(), "redis://10.1.1.2:7000".into()])
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::children::{self, ChildProcess};
 use crate::health::set_admin;
 use crate::runtime::Shared;
 use crate::state::Admin;
+use crate::worker::RedisTarget;
 
 /// Longest wait for a worker's requests in flight before it is restarted.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -37,7 +38,7 @@ pub enum Kind {
     Worker {
         addr: SocketAddr,
         weight: u32,
-        redis_url: String,
+        redis: RedisTarget,
     },
 }
 
@@ -365,11 +366,16 @@ fn command(exe: &std::path::Path, name: &str, kind: &Kind) -> Command {
     match kind {
         // Should `up` die without stopping it (SIGKILL), redis-server stops too.
         Kind::Redis { port } => super::lifeline::following_this_process(exe, &super::redis_command(*port)),
-        Kind::Worker { addr, redis_url, .. } => {
+        Kind::Worker { addr, redis, .. } => {
             let mut cmd = Command::new(exe);
             cmd.args(["worker", "--listen", &addr.to_string(), "--id", name]);
-            // Not on the command line, which every local user can read: it may hold a password.
-            cmd.env("EDGEPIN_REDIS_URL", redis_url);
+            // Not on the command line, which every local user can read: it may hold a
+            // password. The other variable, if `up` has it, must not reach the worker.
+            let (set, unset, value) = match redis {
+                RedisTarget::Url(url) => ("EDGEPIN_REDIS_URL", "EDGEPIN_REDIS_CLUSTER", url.clone()),
+                RedisTarget::Cluster(seeds) => ("EDGEPIN_REDIS_CLUSTER", "EDGEPIN_REDIS_URL", seeds.join(",")),
+            };
+            cmd.env(set, value).env_remove(unset);
             // Should `up` die without stopping it (SIGKILL), the worker stops by itself.
             cmd.args(["--exit-with-parent", &std::process::id().to_string()]);
             cmd

@@ -6,6 +6,9 @@
 //! - `say(room, msg)`: `said {from, room, msg}` to every member of the room on every worker
 //!   (the sender too, if it is a member).
 //! - `whoami(ack)`: ack `{id, transport}`.
+//! - `members(room, ack)`: ack `{ok: true, room, members}` counted on every worker, for a
+//!   room the socket is in (or `{ok: false, error}`); a few counts at a time per worker,
+//!   since each one asks every other worker.
 //!
 //! Every socket also joins the room named by its own id, as in Node, so a server can reach
 //! one socket wherever it is connected. Input is checked here; rooms are kept by the adapter.
@@ -17,7 +20,10 @@ use serde_json::{Value as Json, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
+use socketioxide_core::adapter::BroadcastOptions;
 
+use super::adapter::fetch_remote;
+use super::redis_link::LinkError;
 use super::{WorkerAdapter, WorkerState};
 
 /// Longest room name, in bytes.
@@ -33,11 +39,14 @@ type Socket = SocketRef<WorkerAdapter>;
 /// middleware runs before CONNECT is sent. Register with `connected.with(set_up)`.
 pub async fn set_up(socket: Socket, State(state): State<Arc<WorkerState>>) -> Result<(), Infallible> {
     socket.join(socket.id);
+    // On a cluster, the socket's own room is heard before the client is told it is in.
+    state.link.ensure_rooms(socket.ns(), [socket.id.to_string()]).await;
     state.metrics.sockets.inc();
     socket.on("join", on_join);
     socket.on("leave", on_leave);
     socket.on("say", on_say);
     socket.on("whoami", on_whoami);
+    socket.on("members", on_members);
     socket.on_disconnect(
         async |socket: Socket, reason: DisconnectReason, State(state): State<Arc<WorkerState>>| {
             state.metrics.sockets.dec();
@@ -70,6 +79,8 @@ async fn on_join(
         }
         Ok(room) => {
             socket.join(room.to_string());
+            // Acked once the room's broadcasts from other workers reach this one.
+            state.link.ensure_rooms(socket.ns(), [room.to_string()]).await;
             json!({ "ok": true, "id": state.id })
         }
     };
@@ -110,6 +121,47 @@ async fn on_whoami(socket: Socket, ack: AckSender<WorkerAdapter>, State(state): 
         socketioxide::TransportType::Polling => "polling",
     };
     let _ = ack.send(&json!({ "id": state.id, "transport": transport }));
+}
+
+async fn on_members(
+    socket: Socket,
+    io: SocketIo<WorkerAdapter>,
+    TryData(room): TryData<Json>,
+    ack: AckSender<WorkerAdapter>,
+    State(state): State<Arc<WorkerState>>,
+) {
+    state.metrics.messages_in.inc();
+    let room = room.unwrap_or(Json::Null);
+    let reply = match joinable_room(&room) {
+        Err(error) => json!({ "ok": false, "error": error }),
+        Ok(room) if !socket.rooms().iter().any(|r| r == room) => {
+            json!({ "ok": false, "error": "only the rooms this socket is in can be counted" })
+        }
+        Ok(room) => match state.member_counts.try_acquire() {
+            Err(_) => json!({ "ok": false, "error": "busy counting; try again" }),
+            Ok(_permit) => match count_members(&state, &io, room).await {
+                Ok(members) => json!({ "ok": true, "room": room, "members": members }),
+                Err((e, _)) => json!({ "ok": false, "error": format!("cannot count on every worker: {e}") }),
+            },
+        },
+    };
+    let _ = ack.send(&reply);
+}
+
+/// Members of `room` on every worker (edgepin and Node); on error, why and the members
+/// here.
+pub async fn count_members(
+    worker: &WorkerState,
+    io: &SocketIo<WorkerAdapter>,
+    room: &str,
+) -> Result<usize, (LinkError, usize)> {
+    let local = io.of("/").map_or(0, |ns| ns.within(room.to_string()).sockets().len());
+    let mut opts = BroadcastOptions::default();
+    opts.rooms.push(room.to_string().into());
+    match fetch_remote(&worker.link, &worker.root_channels, &opts).await {
+        Ok(remote) => Ok(local + remote.len()),
+        Err(e) => Err((e, local)),
+    }
 }
 
 /// A room name: a string of 1 to `MAX_ROOM_LEN` bytes.

@@ -8,30 +8,31 @@
 //! - `GET /api/whoami` → `{id}`; `GET /api/rooms/{room}` → `{room, members}` counted on
 //!   every worker; `POST /api/rooms/{room}/emit` `{event, data}` → emit to the room on
 //!   every worker (how backend services push to clients); with `ack_timeout_ms`, also wait
-//!   for the members' acknowledgements and return them as `acks`. With an emit token set
-//!   (`EDGEPIN_EMIT_TOKEN`), it needs `Authorization: Bearer <token>`.
+//!   for the members' acknowledgements and return them as `acks`.
+//! - Who may call the emit, `/metrics` and the member count is `access`'s decision (not
+//!   through a proxy, or with `EDGEPIN_EMIT_TOKEN`).
 //! - `GET /`: a small chat page (two tabs, one room) using the Socket.IO client bundled in
 //!   the binary at `/assets/socket.io.min.js`.
 //!
 //! Errors are JSON `{error}` with a 4xx/5xx status; nothing here panics on bad input.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
 use socketioxide::SocketIo;
-use socketioxide_core::adapter::BroadcastOptions;
 
-use super::adapter::fetch_remote;
-use super::events::room_name;
+use super::access::{self, Caller};
+use super::events::{count_members, room_name};
 use super::redis_link::LinkError;
 use super::{MAX_PAYLOAD, WorkerAdapter, WorkerState};
 
@@ -127,7 +128,23 @@ async fn ready(State(api): State<Api>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
+/// The answer for this caller if `access`'s `rule` keeps it out.
+fn refused(
+    rule: fn(Option<&access::EmitToken>, Caller, &HeaderMap) -> Result<(), access::Refusal>,
+    worker: &WorkerState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let caller = Caller::of(peer, headers);
+    rule(worker.emit_token.as_ref(), caller, headers)
+        .err()
+        .map(|(status, why)| error(status, why))
+}
+
+async fn metrics(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(access::ops, &api.worker, peer, &headers) {
+        return refusal;
+    }
     if let Some(ns) = api.io.of("/") {
         // Every socket is in the room named by its id; those are not rooms to a reader.
         let own: HashSet<String> = ns
@@ -153,20 +170,21 @@ async fn whoami(State(api): State<Api>) -> Response {
     axum::Json(json!({ "id": api.worker.id })).into_response()
 }
 
-async fn room_members(State(api): State<Api>, Path(room): Path<String>) -> Response {
+async fn room_members(
+    State(api): State<Api>,
+    Path(room): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refused(access::ops, &api.worker, peer, &headers) {
+        return refusal;
+    }
     if let Err(e) = room_name(&Json::String(room.clone())) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let Some(ns) = api.io.of("/") else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "namespace / is not served");
-    };
-    let local = ns.within(room.clone()).sockets().len();
-    let mut opts = BroadcastOptions::default();
-    opts.rooms.push(room.clone().into());
-    let w = &api.worker;
-    match fetch_remote(&w.link, &w.root_channels, &opts).await {
-        Ok(remote) => axum::Json(json!({ "room": room, "members": local + remote.len() })).into_response(),
-        Err(e) => {
+    match count_members(&api.worker, &api.io, &room).await {
+        Ok(members) => axum::Json(json!({ "room": room, "members": members })).into_response(),
+        Err((e, local)) => {
             let status = match e {
                 LinkError::Incomplete { .. } => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -181,15 +199,15 @@ async fn room_members(State(api): State<Api>, Path(room): Path<String>) -> Respo
     }
 }
 
-async fn emit(State(api): State<Api>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(token) = &api.worker.emit_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| token.matches(g.as_bytes())) {
-            return error(StatusCode::UNAUTHORIZED, "emit needs Authorization: Bearer <token>");
-        }
+async fn emit(
+    State(api): State<Api>,
+    Path(room): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refusal) = refused(access::emit, &api.worker, peer, &headers) {
+        return refusal;
     }
     if let Err(e) = room_name(&Json::String(room.clone())) {
         return error(StatusCode::BAD_REQUEST, e);
@@ -264,15 +282,6 @@ fn parse_emit(body: &[u8]) -> Result<Emit, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_whole() {
-        let token = super::super::EmitToken::new("s3cret").unwrap();
-        assert!(token.matches(b"s3cret"));
-        assert!(!token.matches(b"s3creT"));
-        assert!(!token.matches(b"s3cre"));
-        assert!(!token.matches(b""));
-    }
 
     #[test]
     fn emit_bodies_are_checked() {

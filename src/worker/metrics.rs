@@ -34,6 +34,8 @@ pub struct WorkerMetrics {
     pub rooms: IntGauge,
     /// Socket.IO events received from clients.
     pub messages_in: IntCounter,
+    /// Sessions closed because binary attachments they announced did not come in time.
+    pub attachments_overdue: IntCounter,
     pub adapter: AdapterMetrics,
 }
 
@@ -88,6 +90,10 @@ impl WorkerMetrics {
                 "edgepin_worker_messages_in_total",
                 "Socket.IO events received from clients",
             )?,
+            attachments_overdue: counter(
+                "edgepin_worker_attachments_overdue_total",
+                "Sessions closed because binary attachments they announced did not come in time",
+            )?,
             adapter,
             registry,
         })
@@ -118,6 +124,7 @@ mod tests {
             "edgepin_worker_sockets 3",
             "edgepin_worker_rooms 0",
             "edgepin_worker_messages_in_total 0",
+            "edgepin_worker_attachments_overdue_total 0",
             "edgepin_worker_messages_out_total 0",
             "edgepin_worker_redis_up 1",
             "edgepin_worker_redis_errors_total 0",

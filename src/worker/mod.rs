@@ -4,13 +4,17 @@
 //!
 //! `wire` speaks `@socket.io/redis-adapter`'s protocol, `redis_link` owns the Redis
 //! connections and their recovery, `adapter` plugs both into socketioxide, `events` and
-//! `http` are what clients see, `metrics` counts. This module assembles them: [`serve`]
-//! runs a worker on a bound listener until a shutdown future resolves (tests run it
-//! in-process); [`run`] is the command. The worker depends on nothing else in edgepin.
+//! `http` are what clients see, `access` decides who may call the REST emit and the ops
+//! endpoints, `guard` watches the attachments clients owe, `metrics` counts. This module
+//! assembles them and sets every Socket.IO limit in one place: [`serve`] runs a worker on
+//! a bound listener until a shutdown future resolves (tests run it in-process); [`run`] is
+//! the command. The worker depends on nothing else in edgepin.
 
+mod access;
 pub mod acks;
 pub mod adapter;
 mod events;
+mod guard;
 mod http;
 pub mod metrics;
 pub mod redis_link;
@@ -22,20 +26,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
+use tower::Layer;
 
 use metrics::WorkerMetrics;
+pub use redis_link::RedisTarget;
 use redis_link::{LinkError, RedisLink};
 use wire::Channels;
 
 /// The adapter type of the worker's Socket.IO server.
 pub type WorkerAdapter = adapter::NodeRedisAdapter<socketioxide::adapter::Emitter>;
 
-/// Largest Socket.IO message and REST body, the same as Node's socket.io default, so a
+/// Largest Socket.IO message on either transport (a polling POST, a WebSocket message),
+/// the binary attachments a packet may announce together, and a REST body: Node's
+/// socket.io default (`maxHttpBufferSize`, which covers both transports there too), so a
 /// client that works against a Node worker works against this one.
 pub const MAX_PAYLOAD: u64 = 1_000_000;
+/// Rooms' member counts asked of every worker at once through the `members` event; more
+/// are refused as busy (each asks every other worker over Redis).
+const MEMBER_COUNTS: usize = 8;
 /// After the shutdown signal: longest wait for open connections to close.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -43,8 +54,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct WorkerOptions {
     /// Shown in `/api/whoami`, acks and `said` messages (e.g. the server name in proxy.yaml).
     pub id: String,
-    /// `redis://host:port[/db]`.
-    pub redis_url: String,
+    /// One Redis (`redis://host:port[/db]`) or a Redis Cluster.
+    pub redis: RedisTarget,
     /// When set, `POST /api/rooms/{room}/emit` needs `Authorization: Bearer <token>`:
     /// behind the proxy's catch-all route the REST API is as public as the site.
     pub emit_token: Option<String>,
@@ -73,27 +84,6 @@ pub enum WorkerError {
     Random,
 }
 
-/// The REST emit's bearer token, kept as an HMAC under a key of this process: a guess is
-/// checked in the same time wherever it differs (as the stats credentials are).
-pub(crate) struct EmitToken {
-    key: ring::hmac::Key,
-    tag: ring::hmac::Tag,
-}
-
-impl EmitToken {
-    fn new(token: &str) -> Result<EmitToken, WorkerError> {
-        use ring::hmac;
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-            .map_err(|_| WorkerError::Random)?;
-        let tag = hmac::sign(&key, token.as_bytes());
-        Ok(EmitToken { key, tag })
-    }
-
-    pub(crate) fn matches(&self, given: &[u8]) -> bool {
-        ring::hmac::verify(&self.key, given, self.tag.as_ref()).is_ok()
-    }
-}
-
 /// What handlers share.
 pub struct WorkerState {
     pub id: String,
@@ -101,8 +91,10 @@ pub struct WorkerState {
     pub metrics: WorkerMetrics,
     /// Channels of namespace `/`, for requests the REST API makes.
     root_channels: Channels,
-    /// Required bearer token of the REST emit, if any.
-    emit_token: Option<EmitToken>,
+    /// Required bearer token of the REST emit, if any (it also opens the ops endpoints).
+    emit_token: Option<access::EmitToken>,
+    /// Member counts in progress for the `members` event.
+    member_counts: tokio::sync::Semaphore,
     /// Set once shutdown begins: `/health` and `/ready` turn 503.
     stopping: AtomicBool,
 }
@@ -122,26 +114,42 @@ pub async fn serve(
 ) -> Result<(), WorkerError> {
     check_id(&options.id)?;
     let metrics = WorkerMetrics::new()?;
-    let link = RedisLink::start(&options.redis_url, metrics.adapter.clone())?;
+    let link = RedisLink::start(&options.redis, metrics.adapter.clone())?;
     let emit_token = match options.emit_token.filter(|t| !t.is_empty()) {
-        Some(t) => Some(EmitToken::new(&t)?),
+        Some(t) => Some(access::EmitToken::new(&t)?),
         None => None,
     };
     let state = Arc::new(WorkerState {
-        root_channels: Channels::new(link.prefix(), "/", link.uid()),
+        root_channels: link.channels("/"),
         emit_token,
         id: options.id,
         link: Arc::clone(&link),
         metrics,
+        member_counts: tokio::sync::Semaphore::new(MEMBER_COUNTS),
         stopping: AtomicBool::new(false),
     });
+    // One payload limit for both transports (engineioxide's `max_payload` covers polling
+    // only; WebSocket messages have their own), and for the attachments of one packet.
+    let limit = MAX_PAYLOAD as usize;
+    let parser = ParserConfig::common()
+        .max_incoming_binary_buf_size(limit)
+        .packet_completion_timeout(guard::ATTACHMENT_DEADLINE);
     let (layer, io) = SocketIo::builder()
         .with_state(Arc::clone(&state))
         .max_payload(MAX_PAYLOAD)
+        .ws_max_message_size(limit)
+        .ws_max_frame_size(limit)
+        .with_parser(parser)
         .with_adapter::<WorkerAdapter>(Arc::clone(&link))
         .build_layer();
     io.ns("/", events::connected.with(events::set_up));
-    let app = http::router(Arc::clone(&state), io.clone()).layer(layer);
+    // One socketioxide service (one Engine.IO session table) in front of the routes, and
+    // the guard in front of it; the peer address is kept for `access`.
+    let sockets = layer.layer(http::router(Arc::clone(&state), io.clone()));
+    let guarded = guard::Guard::new(sockets, state.metrics.attachments_overdue.clone());
+    let app = axum::Router::new()
+        .fallback_service(guarded)
+        .into_make_service_with_connect_info::<SocketAddr>();
 
     let addr = listener.local_addr().map_err(WorkerError::Serve)?;
     tracing::info!(id = %state.id, %addr, uid = %link.uid(), "worker listening");

@@ -468,6 +468,31 @@ servers:
         assert_eq!(errs.len(), 1);
         assert!(errs[0].starts_with("t.yaml:9:"), "{errs:?}");
         assert!(check(&format!("{MINIMAL}workers: {{ redis: memcached }}\n")).is_err());
+        let c = check(&format!(
+            "{MINIMAL}workers: {{ redis: {{ cluster: [\"redis://10.0.0.2:7000\", \"redis://10.0.0.3:7000\"] }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.workers.redis,
+            RedisSource::Cluster(vec!["redis://10.0.0.2:7000".into(), "redis://10.0.0.3:7000".into()])
+        );
+        for bad in [
+            "{ cluster: [] }",
+            "{ cluster: [\"http://h:1\"] }",
+            "{ cluster: [\"rediss://h:1\"] }",
+            "{ clusters: [\"redis://h:1\"] }",
+        ] {
+            let errs = check(&format!("{MINIMAL}workers: {{ redis: {bad} }}\n")).unwrap_err();
+            assert!(errs[0].starts_with("t.yaml:9:"), "{bad}: {errs:?}");
+        }
+        let errs = check(&format!(
+            "{MINIMAL}workers: {{ redis: {{ cluster: [\"redis://h:1\"] }}, redis_port: 7000 }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            errs[0].contains("redis_port applies to `redis: spawn` only"),
+            "{errs:?}"
+        );
         let tls = check(&format!("{MINIMAL}workers: {{ redis: \"rediss://h:6380\" }}\n")).unwrap_err();
         assert!(
             tls.iter()

@@ -223,19 +223,19 @@ impl Validator<'_> {
         let redis = match w.and_then(|w| w.value.redis.as_ref()) {
             None => RedisSource::Spawn,
             Some(r) => self
-                .check(r, |r| {
-                    if r == "spawn" {
-                        Ok(RedisSource::Spawn)
-                    } else if r.starts_with("redis://") {
-                        Ok(RedisSource::Url(r.clone()))
-                    } else if r.starts_with("rediss://") {
-                        Err(
-                            "rediss:// (Redis over TLS) is not supported by the workers; use redis:// \
-                             on a private network or through a local TLS tunnel"
-                                .to_string(),
-                        )
-                    } else {
-                        Err(format!("workers.redis {r:?} must be `spawn` or a redis:// URL"))
+                .check(r, |r| match r {
+                    file::RedisFile::One(r) if r == "spawn" => Ok(RedisSource::Spawn),
+                    file::RedisFile::One(r) => {
+                        redis_url(r, "`spawn` or a redis:// URL").map(|()| RedisSource::Url(r.clone()))
+                    }
+                    file::RedisFile::Cluster(c) if c.cluster.is_empty() => {
+                        Err("workers.redis.cluster lists no seed node (redis://host:port)".to_string())
+                    }
+                    file::RedisFile::Cluster(c) => {
+                        for url in &c.cluster {
+                            redis_url(url, "a redis:// URL")?;
+                        }
+                        Ok(RedisSource::Cluster(c.cluster.clone()))
                     }
                 })
                 .unwrap_or(RedisSource::Spawn),
@@ -247,12 +247,27 @@ impl Validator<'_> {
             (1, 65535),
             DEFAULT_REDIS_PORT.into(),
         ) as u16;
-        if let (Some(p), RedisSource::Url(_)) = (port, &redis) {
+        if let (Some(p), RedisSource::Url(_) | RedisSource::Cluster(_)) = (port, &redis) {
             self.err(
                 p.referenced,
                 "workers.redis_port applies to `redis: spawn` only (the URL names its port)",
             );
         }
         Workers { redis, redis_port }
+    }
+}
+
+/// A Redis URL the workers can use, or why not (`what` says what was expected).
+fn redis_url(url: &str, what: &str) -> Result<(), String> {
+    if url.starts_with("redis://") {
+        Ok(())
+    } else if url.starts_with("rediss://") {
+        Err(
+            "rediss:// (Redis over TLS) is not supported by the workers; use redis:// \
+             on a private network or through a local TLS tunnel"
+                .to_string(),
+        )
+    } else {
+        Err(format!("workers.redis {url:?} must be {what}"))
     }
 }

@@ -267,7 +267,7 @@ mod tests {
         let b = decode_broadcast(&encode_broadcast("u", &packet, &single).unwrap()).unwrap();
         assert_eq!(b.opts.rooms.as_slice(), &[Room::from(sid.to_string())]);
         assert!(b.opts.except.is_empty());
-        let channels = Channels::new(DEFAULT_PREFIX, "/", "u");
+        let channels = Channels::new(super::super::Dialect::Classic, DEFAULT_PREFIX, "/", "u");
         assert_eq!(broadcast_channel(&channels, &single), format!("socket.io#/#{sid}#"));
     }
 }

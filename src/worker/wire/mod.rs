@@ -20,6 +20,7 @@
 mod broadcast;
 mod payload;
 mod request;
+pub mod sharded;
 
 use std::hash::{BuildHasher, Hasher};
 
@@ -57,54 +58,124 @@ pub enum WireError {
     BinaryParser,
 }
 
+/// Which of the Node adapter's protocols a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `createAdapter`: pub/sub on one Redis (PSUBSCRIBE to every broadcast).
+    Classic,
+    /// `createShardedAdapter`: sharded pub/sub on a Redis Cluster (`sharded`).
+    Sharded,
+}
+
 /// The channel names of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channels {
-    /// `socket.io#/#`: namespace-wide broadcasts, and the prefix of per-room ones.
+    pub dialect: Dialect,
+    nsp: String,
+    /// `socket.io#/#`: namespace-wide broadcasts and the prefix of per-room ones; in the
+    /// sharded dialect also where requests go (every server subscribes to it).
     pub broadcast: String,
+    /// Where requests go: `socket.io-request#/#` (the broadcast channel when sharded).
     pub request: String,
+    /// Where classic responses go (`socket.io-response#/#`).
     pub response: String,
-    /// Responses meant for this server only (`publishOnSpecificResponseChannel`).
+    /// Responses meant for this server only (`publishOnSpecificResponseChannel`, and every
+    /// sharded response: `socket.io#/#UID#`).
     pub own_response: String,
 }
 
+/// What a message on one of a namespace's channels is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival<'a> {
+    /// Classic: a broadcast, on a room's channel (`Some`) or the namespace's.
+    Broadcast(Option<&'a str>),
+    /// Classic: a request.
+    Request,
+    /// A response to a request of this server.
+    Response,
+    /// Sharded: any message, on a room's channel (`Some`) or the main one.
+    Message(Option<&'a str>),
+}
+
 impl Channels {
-    pub fn new(prefix: &str, nsp: &str, uid: &str) -> Channels {
-        let response = format!("{prefix}-response#{nsp}#");
-        Channels {
-            broadcast: format!("{prefix}#{nsp}#"),
-            request: format!("{prefix}-request#{nsp}#"),
-            own_response: format!("{response}{uid}#"),
-            response,
+    pub fn new(dialect: Dialect, prefix: &str, nsp: &str, uid: &str) -> Channels {
+        let broadcast = format!("{prefix}#{nsp}#");
+        match dialect {
+            Dialect::Classic => {
+                let response = format!("{prefix}-response#{nsp}#");
+                Channels {
+                    dialect,
+                    nsp: nsp.to_string(),
+                    request: format!("{prefix}-request#{nsp}#"),
+                    own_response: format!("{response}{uid}#"),
+                    response,
+                    broadcast,
+                }
+            }
+            Dialect::Sharded => Channels {
+                dialect,
+                nsp: nsp.to_string(),
+                request: broadcast.clone(),
+                response: String::new(),
+                own_response: format!("{broadcast}{uid}#"),
+                broadcast,
+            },
         }
     }
 
-    /// The pattern that takes every broadcast of the namespace.
+    /// The namespace these channels are of.
+    pub fn nsp(&self) -> &str {
+        &self.nsp
+    }
+
+    /// The pattern that takes every classic broadcast of the namespace.
     pub fn broadcast_pattern(&self) -> String {
         format!("{}*", self.broadcast)
     }
 
     /// Where a broadcast to `rooms` is published: the room's own channel when there is
-    /// exactly one, so servers without members can skip it unread.
+    /// exactly one (and, sharded, when it has one), so servers without members can skip it
+    /// (sharded: never get it).
     pub fn broadcast_to(&self, rooms: &[Room]) -> String {
         match rooms {
-            [room] => format!("{}{room}#", self.broadcast),
+            [room] => self.room(room).unwrap_or_else(|| self.broadcast.clone()),
             _ => self.broadcast.clone(),
         }
     }
 
-    /// For a message on `channel`: `Some(Some(room))` on a room channel, `Some(None)` on the
-    /// namespace-wide one, `None` when it is not a broadcast channel of this namespace.
-    pub fn broadcast_room<'a>(&self, channel: &'a str) -> Option<Option<&'a str>> {
-        let rest = channel.strip_prefix(self.broadcast.as_str())?;
-        if rest.is_empty() {
-            return Some(None);
-        }
-        rest.strip_suffix('#').map(Some)
+    /// A room's own channel, `socket.io#/#ROOM#`. Sharded, a room whose name is 20 UTF-16
+    /// units long has none: the Node adapter takes it for a Node socket id and sends its
+    /// broadcasts on the main channel.
+    pub fn room(&self, room: &str) -> Option<String> {
+        let own = self.dialect == Dialect::Classic || room.encode_utf16().count() != 20;
+        own.then(|| format!("{}{room}#", self.broadcast))
     }
 
-    pub fn is_response(&self, channel: &str) -> bool {
-        channel == self.response || channel == self.own_response
+    /// Where the answer to a request from server `requester` goes.
+    pub fn reply_to(&self, requester: Option<&str>) -> String {
+        match (self.dialect, requester) {
+            (Dialect::Sharded, Some(uid)) => format!("{}{uid}#", self.broadcast),
+            _ => self.response.clone(),
+        }
+    }
+
+    /// What a message on `channel` is, if it is one of this namespace's.
+    pub fn arrival<'a>(&self, channel: &'a str) -> Option<Arrival<'a>> {
+        if channel == self.own_response || (!self.response.is_empty() && channel == self.response) {
+            return Some(Arrival::Response);
+        }
+        if self.dialect == Dialect::Classic && channel == self.request {
+            return Some(Arrival::Request);
+        }
+        let rest = channel.strip_prefix(self.broadcast.as_str())?;
+        let room = match rest {
+            "" => None,
+            _ => Some(rest.strip_suffix('#')?),
+        };
+        Some(match self.dialect {
+            Dialect::Classic => Arrival::Broadcast(room),
+            Dialect::Sharded => Arrival::Message(room),
+        })
     }
 }
 
@@ -188,7 +259,7 @@ mod tests {
 
     #[test]
     fn channel_names_match_the_node_adapter() {
-        let c = Channels::new(DEFAULT_PREFIX, "/", "AbC123");
+        let c = Channels::new(Dialect::Classic, DEFAULT_PREFIX, "/", "AbC123");
         assert_eq!(c.broadcast_pattern(), "socket.io#/#*");
         assert_eq!(c.request, "socket.io-request#/#");
         assert_eq!(c.response, "socket.io-response#/#");
@@ -196,10 +267,40 @@ mod tests {
         assert_eq!(c.broadcast_to(&["r1".into()]), "socket.io#/#r1#");
         assert_eq!(c.broadcast_to(&["a".into(), "b".into()]), "socket.io#/#");
         assert_eq!(c.broadcast_to(&[]), "socket.io#/#");
-        assert_eq!(c.broadcast_room("socket.io#/#r1#"), Some(Some("r1")));
-        assert_eq!(c.broadcast_room("socket.io#/#"), Some(None));
-        assert_eq!(c.broadcast_room("socket.io#/admin#r1#"), None);
-        assert_eq!(c.broadcast_room("socket.io-request#/#"), None);
+        assert_eq!(c.reply_to(Some("x")), "socket.io-response#/#");
+        assert_eq!(c.arrival("socket.io#/#r1#"), Some(Arrival::Broadcast(Some("r1"))));
+        assert_eq!(c.arrival("socket.io#/#"), Some(Arrival::Broadcast(None)));
+        assert_eq!(c.arrival("socket.io#/admin#r1#"), None);
+        assert_eq!(c.arrival("socket.io-request#/#"), Some(Arrival::Request));
+        assert_eq!(c.arrival("socket.io-response#/#"), Some(Arrival::Response));
+        assert_eq!(c.arrival("socket.io-response#/#AbC123#"), Some(Arrival::Response));
+    }
+
+    #[test]
+    fn sharded_channel_names_match_the_node_sharded_adapter() {
+        let c = Channels::new(Dialect::Sharded, DEFAULT_PREFIX, "/", "0123456789abcdef");
+        assert_eq!(c.request, "socket.io#/#");
+        assert_eq!(c.nsp(), "/");
+        assert_eq!(
+            Channels::new(Dialect::Sharded, DEFAULT_PREFIX, "/admin", "u").nsp(),
+            "/admin"
+        );
+        assert_eq!(c.own_response, "socket.io#/#0123456789abcdef#");
+        assert_eq!(c.reply_to(Some("fedcba9876543210")), "socket.io#/#fedcba9876543210#");
+        assert_eq!(c.broadcast_to(&["r1".into()]), "socket.io#/#r1#");
+        assert_eq!(c.broadcast_to(&["a".into(), "b".into()]), "socket.io#/#");
+        // 20 UTF-16 units: a Node socket id to the Node adapter, so the main channel.
+        assert_eq!(c.broadcast_to(&["NnUyg51kN4WQXNaQAAAA".into()]), "socket.io#/#");
+        assert_eq!(c.room("éééééééééééééééééé😀"), None, "18 + a surrogate pair: 20 units");
+        assert!(c.room("ééééééééééééééééééé😀").is_some(), "21 units");
+        assert_eq!(
+            c.room("aB3-_aB3-_aB3-_x").as_deref(),
+            Some("socket.io#/#aB3-_aB3-_aB3-_x#")
+        );
+        assert_eq!(c.arrival("socket.io#/#"), Some(Arrival::Message(None)));
+        assert_eq!(c.arrival("socket.io#/#r1#"), Some(Arrival::Message(Some("r1"))));
+        assert_eq!(c.arrival("socket.io#/#0123456789abcdef#"), Some(Arrival::Response));
+        assert_eq!(c.arrival("socket.io-request#/#"), None);
     }
 
     #[test]

@@ -185,21 +185,23 @@ pub struct FetchedSocket {
     pub rooms: Vec<String>,
 }
 
-pub fn fetch_response(request_id: &str, sockets: &[FetchedSocket]) -> Vec<u8> {
-    let sockets: Vec<Json> = sockets
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "id": s.id,
-                // socketioxide does not keep the handshake in a form Node's Handshake has;
-                // these are the fields Node code reads, empty.
-                "handshake": { "headers": {}, "time": "", "address": "", "xdomain": false,
-                               "secure": false, "issued": 0, "url": "", "query": {}, "auth": {} },
-                "rooms": s.rooms,
-                "data": {},
-            })
+impl FetchedSocket {
+    /// As Node's `RemoteSocket` reads it.
+    pub fn to_json(&self) -> Json {
+        serde_json::json!({
+            "id": self.id,
+            // socketioxide does not keep the handshake in a form Node's Handshake has;
+            // these are the fields Node code reads, empty.
+            "handshake": { "headers": {}, "time": "", "address": "", "xdomain": false,
+                           "secure": false, "issued": 0, "url": "", "query": {}, "auth": {} },
+            "rooms": self.rooms,
+            "data": {},
         })
-        .collect();
+    }
+}
+
+pub fn fetch_response(request_id: &str, sockets: &[FetchedSocket]) -> Vec<u8> {
+    let sockets: Vec<Json> = sockets.iter().map(FetchedSocket::to_json).collect();
     json_bytes(&serde_json::json!({ "requestId": request_id, "sockets": sockets }))
 }
 
@@ -238,6 +240,7 @@ pub fn broadcast_ack_response(request_id: &str, ack: &Value) -> Result<Vec<u8>, 
 }
 
 /// A response on a response channel: its request id and the whole message.
+#[derive(Debug)]
 pub struct Response {
     pub request_id: String,
     pub body: Msgpack,
