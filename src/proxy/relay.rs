@@ -287,8 +287,14 @@ where
         })
     }
 
-    /// Closing by edgepin: finish the frame in flight, send the close frame, shut down.
+    /// Closing by edgepin: the server's side ends first, then the client gets what the
+    /// server had sent, the close frame (at a frame boundary) and the end.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Relayed> {
+        if !self.up.shut {
+            // Not read from again: the server sees the end at once.
+            let _ = ready!(Pin::new(&mut self.server).poll_shutdown(cx));
+            self.up.shut = true;
+        }
         loop {
             // Unsent server bytes first (whole frames as far as they go).
             while self.down.sent < self.down.pending.len() {
