@@ -6,6 +6,7 @@
 //! - `ws-idle ADDR PATH N PIDS`: open N WebSockets (each reads its first message, the
 //!   Engine.IO open packet), let them idle, and print how much the resident memory of
 //!   the processes PIDS (comma-separated: the proxy) grew per connection.
+//! - `wss-idle ADDR PATH N PIDS`: the same over TLS (the certificate is not verified).
 //! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a small Engine.IO
 //!   message every INTERVAL_MS and wait for its echo; prints round-trip p50/p99.
 //! - `tls-handshake ADDR PATH N SECONDS`: N clients each open a TLS connection, send one
@@ -46,6 +47,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench-client handshake ADDR PATH\n       \
          bench-client ws-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
+         bench-client wss-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
          bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
     );
@@ -66,7 +68,8 @@ fn main() {
     let result = runtime.block_on(async {
         match args.first().map(String::as_str) {
             Some("handshake") => handshake(&addr, &path).await,
-            Some("ws-idle") => ws_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4)).await,
+            Some("ws-idle") => ws_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), false).await,
+            Some("wss-idle") => ws_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), true).await,
             Some("ws-echo") => {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
                 ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
@@ -123,6 +126,27 @@ async fn open(addr: &str, path: &str) -> Result<Ws, Failure> {
     tokio::time::timeout(STEP_TIMEOUT, step).await?
 }
 
+/// Open a WebSocket over TLS and read its first message.
+async fn open_tls(
+    connector: &TlsConnector,
+    addr: &str,
+    path: &str,
+) -> Result<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>, Failure> {
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let step = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let tls = connector.connect(ServerName::try_from("localhost")?, stream).await?;
+        let url = format!("wss://{addr}{path}");
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(config)).await?;
+        match ws.next().await {
+            Some(Ok(Message::Text(_))) => Ok(ws),
+            other => Err(format!("expected an open packet, got {other:?}").into()),
+        }
+    };
+    tokio::time::timeout(STEP_TIMEOUT, step).await?
+}
+
 /// Open `n` WebSockets, at most `OPEN_CONCURRENCY` at a time.
 async fn open_many(addr: &str, path: &str, n: usize) -> Result<Vec<Ws>, Failure> {
     let opening = futures_util::stream::iter(0..n)
@@ -147,14 +171,23 @@ fn rss_kib(pids: &str) -> Result<u64, Failure> {
     Ok(total)
 }
 
-async fn ws_idle(addr: &str, path: &str, n: usize, pids: &str) -> Result<(), Failure> {
+async fn ws_idle(addr: &str, path: &str, n: usize, pids: &str, tls: bool) -> Result<(), Failure> {
     let before = rss_kib(pids)?;
     let started = Instant::now();
-    let sockets = open_many(addr, path, n).await?;
+    let (plain, secure) = if tls {
+        let connector = insecure_connector(true)?;
+        let opening = futures_util::stream::iter(0..n)
+            .map(|_| open_tls(&connector, addr, path))
+            .buffer_unordered(OPEN_CONCURRENCY);
+        let all: Vec<Result<_, Failure>> = opening.collect().await;
+        (Vec::new(), all.into_iter().collect::<Result<Vec<_>, _>>()?)
+    } else {
+        (open_many(addr, path, n).await?, Vec::new())
+    };
     let opened = started.elapsed();
     tokio::time::sleep(SETTLE).await;
     let after = rss_kib(pids)?;
-    println!("connections={}", sockets.len());
+    println!("connections={}", plain.len() + secure.len());
     println!("open_seconds={:.2}", opened.as_secs_f64());
     println!("rss_before_kib={before}");
     println!("rss_after_kib={after}");
@@ -261,15 +294,22 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) -> Result<(), Failure> {
+/// A TLS client that accepts any certificate; with or without session resumption.
+fn insecure_connector(resume: bool) -> Result<TlsConnector, Failure> {
     let provider = Arc::new(ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
-    config.resumption = Resumption::disabled();
-    let connector = TlsConnector::from(Arc::new(config));
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) -> Result<(), Failure> {
+    let connector = insecure_connector(false)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();

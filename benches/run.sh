@@ -25,7 +25,7 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle reload"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle reload"}
 CONNECTIONS=${CONNECTIONS:-64}
 H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 H2_STREAMS=${H2_STREAMS:-16}
@@ -342,6 +342,13 @@ scenario_ws_idle() {
   out=$(client ws-idle "127.0.0.1:$HTTP_PORT" "/socket.io/?EIO=4&transport=websocket" "$WS_IDLE" "$PROXY_PIDS") ||
     { log "$1 ws_idle failed"; return 0; }
   record_output "$1" ws_idle "$out" kib_per_conn open_seconds
+}
+
+scenario_wss_idle() {
+  local out
+  out=$(client wss-idle "127.0.0.1:$HTTPS_PORT" "/socket.io/?EIO=4&transport=websocket" "$WS_IDLE" "$PROXY_PIDS") ||
+    { log "$1 wss_idle failed"; return 0; }
+  record_output "$1" wss_idle "$out" kib_per_conn open_seconds
 }
 
 http_body() ( # PORT PATH: the body of one GET (bash's /dev/tcp)

@@ -6,6 +6,7 @@
 mod harness;
 
 mod edge;
+mod engine;
 mod foundation;
 mod fuzz;
 mod hardening;
@@ -13,6 +14,7 @@ mod health;
 mod reload;
 mod stats;
 mod sticky;
+mod tunnels;
 mod worker;
 mod worker_cluster;
 mod worker_guard;

@@ -145,10 +145,17 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         .get("upgrade")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_ws {
+        // `/push/N`: the server sends N bytes (in 64 KiB messages) and then waits.
+        let push = path.strip_prefix("/push/").and_then(|n| n.parse::<usize>().ok());
         return match WebSocketUpgrade::from_request(req, &s).await {
             Ok(ws) => {
                 let shared = Arc::clone(&s);
-                ws.on_upgrade(move |socket| echo(socket, shared)).into_response()
+                match push {
+                    Some(n) => ws
+                        .on_upgrade(move |socket| push_bytes(socket, shared, n))
+                        .into_response(),
+                    None => ws.on_upgrade(move |socket| echo(socket, shared)).into_response(),
+                }
             }
             Err(e) => e.into_response(),
         };
@@ -181,6 +188,20 @@ fn header_json(h: &HeaderMap) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(m)
+}
+
+async fn push_bytes(mut socket: WebSocket, s: Arc<Shared>, mut n: usize) {
+    s.sockets.fetch_add(1, Relaxed);
+    while n > 0 {
+        let len = n.min(64 * 1024);
+        if socket.send(Message::Binary(vec![7u8; len].into())).await.is_err() {
+            break;
+        }
+        n -= len;
+    }
+    // Hold the socket until the client goes.
+    while let Some(Ok(_)) = socket.recv().await {}
+    s.sockets.fetch_sub(1, Relaxed);
 }
 
 async fn echo(mut socket: WebSocket, s: Arc<Shared>) {

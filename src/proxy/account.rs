@@ -134,6 +134,15 @@ impl Account {
         true
     }
 
+    /// A connection to the server: opened for this request, or reused from the pool.
+    pub fn upstream_connection(&self, reused: bool) {
+        if reused {
+            self.each_traffic(|t| t.reuses.inc());
+        } else {
+            self.each_traffic(|t| t.connects.inc());
+        }
+    }
+
     /// An error talking to the server.
     pub fn upstream_error(&self, counted: Counted) {
         match counted {

@@ -320,13 +320,16 @@ impl ProxyHttp for H2Proxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.connected_at = ctx.account.as_ref().map(|a| a.started.elapsed());
+        if let Some(a) = &ctx.account {
+            a.upstream_connection(reused);
+        }
         Ok(())
     }
 

@@ -106,6 +106,10 @@ pub struct Traffic {
     pub response_errors: Counter,
     pub retries: Counter,
     pub redispatches: Counter,
+    /// Connections opened to the server (HAProxy `connect`), and requests sent on a
+    /// kept-alive one (`reuse`).
+    pub connects: Counter,
+    pub reuses: Counter,
     /// Open WebSocket tunnels and bytes through them.
     pub tunnels: Gauge,
     pub tunnels_total: Counter,

@@ -81,6 +81,8 @@ const COLUMNS: &[Column] = &[
             .map(|s| s.address.clone())
             .or(l.frontend.and_then(|f| f.address.clone()))
     }),
+    ("connect", |l| opt(l.counters.connects)),
+    ("reuse", |l| opt(l.counters.reuses)),
     ("admin", |l| l.server.map(|s| s.admin.to_string())),
     ("ws_cur", |l| opt(l.counters.websocket.map(|w| w.open))),
     ("ws_max", |l| opt(l.counters.websocket.map(|w| w.max))),

@@ -181,6 +181,8 @@ fn traffic(t: &Traffic, rate: Rate, sticky: bool) -> Counters {
         response_errors: Some(t.response_errors.get()),
         retries: Some(t.retries.get()),
         redispatches: Some(t.redispatches.get()),
+        connects: Some(t.connects.get()),
+        reuses: Some(t.reuses.get()),
         responses: responses(&t.responses),
         avg_time_ms: (total > 0).then(|| t.time_us_total.get() as f64 / total as f64 / 1e3),
         websocket: Some(WebSocketView {

@@ -90,6 +90,18 @@ pub const ROW_METRICS: &[RowMetric] = &[
         |r| fo(r.counters.redispatches),
     ),
     (
+        "connection_attempts_total",
+        "Connections opened to servers.",
+        Kind::Counter,
+        |r| fo(r.counters.connects),
+    ),
+    (
+        "connection_reuses_total",
+        "Requests sent on a kept-alive server connection.",
+        Kind::Counter,
+        |r| fo(r.counters.reuses),
+    ),
+    (
         "total_time_average_seconds",
         "Average request time.",
         Kind::Gauge,

@@ -150,6 +150,9 @@ pub struct Counters {
     pub response_errors: Option<u64>,
     pub retries: Option<u64>,
     pub redispatches: Option<u64>,
+    /// Connections opened to servers, and requests sent on kept-alive ones.
+    pub connects: Option<u64>,
+    pub reuses: Option<u64>,
     pub responses: Responses,
     /// Average request time in milliseconds (whole request, tunnels included).
     pub avg_time_ms: Option<f64>,

@@ -219,7 +219,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let mut allow_pool = true;
             let verdict: Verdict = loop {
                 rec.attempts += 1;
-                match self.attempt(head, b, m, &fwd, replay, allow_pool, base, &mut rec).await {
+                match self
+                    .attempt(head, b, m, &fwd, replay, allow_pool, base, &mut rec, &acct)
+                    .await
+                {
                     Ok(answer) => break 'pick (answer, pick.member, slot),
                     Err((f, progress)) => {
                         let v = failure::classify(f, progress);
@@ -265,6 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         allow_pool: bool,
         base: Progress,
         rec: &mut Record,
+        acct: &Account,
     ) -> Result<Answer, Failed> {
         let t = &b.cfg.timeouts;
         let pooled = if allow_pool {
@@ -274,6 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let reused = pooled.is_some();
         let mut progress = Progress { reused, ..base };
+        acct.upstream_connection(reused);
         let mut up = match pooled {
             Some(s) => s,
             None => match pool::connect(m.addr, t.connect).await {
