@@ -65,14 +65,17 @@ enum BodyStop {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(super) async fn exchange(&mut self, snapshot: &Arc<Snapshot>) -> Next {
-        // The head is borrowed for the whole exchange while the connection's buffers move.
+        // The head (and the peer's text) are borrowed for the whole exchange while the
+        // connection's buffers move.
         let head = std::mem::take(&mut self.head);
-        let next = self.exchange_with(&head, snapshot).await;
+        let peer_text = std::mem::take(&mut self.peer_text);
+        let next = self.exchange_with(&head, &peer_text, snapshot).await;
         self.head = head;
+        self.peer_text = peer_text;
         next
     }
 
-    async fn exchange_with(&mut self, head: &Head, snap: &Arc<Snapshot>) -> Next {
+    async fn exchange_with(&mut self, head: &Head, peer_text: &[u8], snap: &Arc<Snapshot>) -> Next {
         let cfg = &snap.config;
         let mut acct = Account::start(&self.shared, snap, self.tls);
         let mut rec = Record::default();
@@ -179,6 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let fwd = request::Forwarding {
             peer: self.peer,
+            peer_text,
             client,
             peer_trusted: trusted,
             tls: self.tls,
@@ -263,7 +267,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         head: &Head,
         b: &BackendRt,
         m: &Member,
-        fwd: &request::Forwarding,
+        fwd: &request::Forwarding<'_>,
         replay: Option<usize>,
         allow_pool: bool,
         base: Progress,

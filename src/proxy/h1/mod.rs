@@ -61,6 +61,7 @@ where
         shared,
         io,
         peer: peer.addr.map(|a| a.ip()),
+        peer_text: peer.addr.map(|a| a.ip().to_string().into_bytes()).unwrap_or_default(),
         tls: peer.tls,
         rbuf: Vec::new(),
         rpos: 0,
@@ -110,6 +111,8 @@ struct Conn<S> {
     shared: Arc<Shared>,
     io: S,
     peer: Option<IpAddr>,
+    /// `peer` as text, for the forwarding headers of every request.
+    peer_text: Vec<u8>,
     tls: bool,
     /// Bytes from the client; `rbuf[rpos..]` not yet consumed.
     rbuf: Vec<u8>,

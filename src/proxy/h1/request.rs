@@ -18,9 +18,12 @@ use super::head::{Head, Kind};
 
 /// Who sent the request, as far as the forwarding headers go.
 #[derive(Debug, Clone, Copy)]
-pub struct Forwarding {
+pub struct Forwarding<'a> {
     /// The TCP peer (after a PROXY header).
     pub peer: Option<IpAddr>,
+    /// The peer as text, formatted once per connection (it is in three headers of every
+    /// request).
+    pub peer_text: &'a [u8],
     /// The client address edgepin decided on (X-Forwarded-For of a trusted peer).
     pub client: Option<IpAddr>,
     pub peer_trusted: bool,
@@ -35,7 +38,7 @@ pub struct Upstream<'a> {
 }
 
 /// Write the upstream request head for `head` to `out`.
-pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding, up: Upstream<'_>) {
+pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upstream<'_>) {
     out.extend_from_slice(head.method_str().as_bytes());
     out.push(b' ');
     let origin = head.origin_str();
@@ -105,15 +108,19 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding, up: Upstream
             }
         }
     }
-    if let Some(peer) = fwd.peer {
+    if fwd.peer.is_some() {
         if !first {
             out.extend_from_slice(b", ");
         }
-        let _ = write!(out, "{peer}");
+        out.extend_from_slice(fwd.peer_text);
     }
     out.extend_from_slice(b"\r\n");
-    if let Some(client) = fwd.client {
-        let _ = write!(out, "x-real-ip: {client}\r\n");
+    match fwd.client {
+        Some(client) if Some(client) == fwd.peer => field(out, b"x-real-ip", fwd.peer_text),
+        Some(client) => {
+            let _ = write!(out, "x-real-ip: {client}\r\n");
+        }
+        None => {}
     }
     let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
     if !have_proto {
@@ -134,7 +141,7 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding, up: Upstream
             }
         }
     }
-    forwarded_element(out, fwd.peer, proto, host);
+    forwarded_element(out, fwd.peer, fwd.peer_text, proto, host);
     out.extend_from_slice(b"\r\n");
     if head.websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
@@ -150,13 +157,16 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// `for=…;proto=…;host=…` for this hop (RFC 7239 §4; IPv6 and hosts with a port quoted).
-pub fn forwarded_element(out: &mut Vec<u8>, peer: Option<IpAddr>, proto: &[u8], host: Option<&[u8]>) {
+pub fn forwarded_element(out: &mut Vec<u8>, peer: Option<IpAddr>, peer_text: &[u8], proto: &[u8], host: Option<&[u8]>) {
     match peer {
-        Some(IpAddr::V6(ip)) => {
-            let _ = write!(out, "for=\"[{ip}]\"");
+        Some(IpAddr::V6(_)) => {
+            out.extend_from_slice(b"for=\"[");
+            out.extend_from_slice(peer_text);
+            out.extend_from_slice(b"]\"");
         }
-        Some(ip) => {
-            let _ = write!(out, "for={ip}");
+        Some(_) => {
+            out.extend_from_slice(b"for=");
+            out.extend_from_slice(peer_text);
         }
         None => out.extend_from_slice(b"for=unknown"),
     }
@@ -182,17 +192,18 @@ mod tests {
         h
     }
 
-    fn write(text: &str, fwd: Forwarding, up: Upstream<'_>) -> String {
+    fn write(text: &str, fwd: Forwarding<'_>, up: Upstream<'_>) -> String {
         let mut out = Vec::new();
         write_head(&mut out, &head(text), &fwd, up);
         String::from_utf8(out).unwrap()
     }
 
-    fn untrusted(ip: &str) -> Forwarding {
-        let ip = ip.parse().ok();
+    fn untrusted(ip: &'static str) -> Forwarding<'static> {
+        let parsed = ip.parse().ok();
         Forwarding {
-            peer: ip,
-            client: ip,
+            peer: parsed,
+            peer_text: ip.as_bytes(),
+            client: parsed,
             peer_trusted: false,
             tls: true,
         }
@@ -220,6 +231,7 @@ mod tests {
     fn a_trusted_peer_extends_the_chain() {
         let fwd = Forwarding {
             peer: "10.0.0.2".parse().ok(),
+            peer_text: b"10.0.0.2",
             client: "1.2.3.4".parse().ok(),
             peer_trusted: true,
             tls: false,
