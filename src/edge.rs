@@ -128,7 +128,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             path: pidfile.display().to_string(),
             source,
         })?;
-        if let Err(e) = crate::diff::save_loaded(pidfile, path, &text) {
+        if let Err(e) = crate::loaded::save_loaded(pidfile, path, &text) {
             tracing::warn!(error = %e, "cannot save the loaded config for `check --diff`");
         }
     }
