@@ -17,6 +17,7 @@ pub mod edge;
 pub mod failure;
 pub mod fdlimit;
 pub mod health;
+pub mod lifeline;
 pub mod loaded;
 pub mod privilege;
 pub mod proxy;
