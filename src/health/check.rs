@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{CheckMode, Health};
 use crate::runtime::Shared;
-use crate::state::CheckResult;
+use crate::state::{CheckResult, CheckStatus};
 
 use super::{Streak, apply_check};
 
@@ -26,28 +26,23 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 /// Probe a server once, within `h.timeout`.
 pub async fn probe(addr: SocketAddr, h: &Health) -> CheckResult {
     let started = Instant::now();
-    let (ok, detail) = match tokio::time::timeout(h.timeout, TcpStream::connect(addr)).await {
-        Err(_) => (false, "L4TOUT connect timeout".to_string()),
-        Ok(Err(e)) => (false, format!("L4CON {e}")),
+    let (status, reason) = match tokio::time::timeout(h.timeout, TcpStream::connect(addr)).await {
+        Err(_) => (CheckStatus::L4Tout, Some("connect timeout".to_string())),
+        Ok(Err(e)) => (CheckStatus::L4Con, Some(e.to_string())),
         Ok(Ok(stream)) => match h.mode {
-            CheckMode::Tcp => (true, "L4OK".to_string()),
+            CheckMode::Tcp => (CheckStatus::L4Ok, None),
             CheckMode::Http => {
                 let left = h.timeout.saturating_sub(started.elapsed());
                 match tokio::time::timeout(left, http_status(stream, addr, &h.path)).await {
-                    Err(_) => (false, "L7TOUT no answer in time".to_string()),
-                    Ok(Err(e)) => (false, format!("L7RSP {e}")),
-                    Ok(Ok(code)) if (h.expect.0..=h.expect.1).contains(&code) => (true, format!("L7OK {code}")),
-                    Ok(Ok(code)) => (false, format!("L7STS {code}")),
+                    Err(_) => (CheckStatus::L7Tout, Some("no answer in time".to_string())),
+                    Ok(Err(e)) => (CheckStatus::L7Rsp, Some(e.to_string())),
+                    Ok(Ok(code)) if (h.expect.0..=h.expect.1).contains(&code) => (CheckStatus::L7Ok(code), None),
+                    Ok(Ok(code)) => (CheckStatus::L7Sts(code), None),
                 }
             }
         },
     };
-    CheckResult {
-        ok,
-        detail,
-        duration: started.elapsed(),
-        at: SystemTime::now(),
-    }
+    CheckResult::new(status, reason, started.elapsed())
 }
 
 /// Send `GET path` and read the status code of the answer.
@@ -177,9 +172,14 @@ mod tests {
     #[tokio::test]
     async fn http_probe_reads_status() {
         let r = probe(answer_once("200 OK").await, &health(CheckMode::Http)).await;
-        assert!(r.ok, "{r:?}");
+        assert_eq!(r.status, CheckStatus::L7Ok(200), "{r:?}");
         let r = probe(answer_once("500 Oops").await, &health(CheckMode::Http)).await;
-        assert!(!r.ok && r.detail == "L7STS 500", "{r:?}");
+        assert_eq!(
+            (r.status, r.reason.as_deref()),
+            (CheckStatus::L7Sts(500), None),
+            "{r:?}"
+        );
+        assert_eq!(r.detail(), "L7STS 500");
     }
 
     #[tokio::test]
@@ -188,14 +188,15 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let r = probe(addr, &health(CheckMode::Http)).await;
-        assert!(!r.ok && r.detail.starts_with("L4CON"), "{r:?}");
+        assert_eq!(r.status, CheckStatus::L4Con, "{r:?}");
+        assert!(r.detail().starts_with("L4CON "), "{r:?}");
 
         // Accepts (the kernel does) but never answers.
         let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let r = probe(hang.local_addr().unwrap(), &health(CheckMode::Http)).await;
-        assert!(!r.ok && r.detail.starts_with("L7TOUT"), "{r:?}");
+        assert_eq!(r.detail(), "L7TOUT no answer in time", "{r:?}");
         let r = probe(hang.local_addr().unwrap(), &health(CheckMode::Tcp)).await;
-        assert!(r.ok, "tcp mode only connects: {r:?}");
+        assert_eq!(r.status, CheckStatus::L4Ok, "tcp mode only connects: {r:?}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub fn apply_check(state: &ServerState, streak: &mut Streak, result: CheckResult
             ..Streak::default()
         };
     }
-    let ok = result.ok;
-    let detail = result.detail.clone();
+    let ok = result.ok();
+    let detail = result.detail();
     state.set_last_check(result);
     if ok {
         streak.ok += 1;
@@ -92,15 +92,12 @@ pub fn set_admin(state: &ServerState, admin: Admin, who: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
+    use crate::state::CheckStatus;
+    use std::time::Duration;
 
     fn result(ok: bool) -> CheckResult {
-        CheckResult {
-            ok,
-            detail: if ok { "L7OK 200" } else { "L4CON" }.into(),
-            duration: Duration::ZERO,
-            at: SystemTime::now(),
-        }
+        let status = if ok { CheckStatus::L7Ok(200) } else { CheckStatus::L4Con };
+        CheckResult::new(status, None, Duration::ZERO)
     }
 
     #[test]

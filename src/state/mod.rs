@@ -8,9 +8,11 @@
 
 mod counters;
 mod server;
+mod verdict;
 
 pub use counters::*;
 pub use server::*;
+pub use verdict::*;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
