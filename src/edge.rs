@@ -1,6 +1,6 @@
 //! `edgepin run`: assembles the pingora server from a config — the proxy service on the
-//! https and http listeners, the stats listener, health checks and reload — and runs it
-//! until a signal stops it.
+//! https and http listeners, the stats listener, health checks, housekeeping and reload —
+//! and runs it until a signal stops it.
 //!
 //! Signals: SIGHUP reloads (see `reload`). SIGTERM stops gracefully: new connections are
 //! refused, requests in flight finish (up to `STOP_TIMEOUT`), open tunnels get a
@@ -24,6 +24,7 @@ use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
+use crate::upkeep::Housekeeping;
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,6 +177,12 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     server.add_service(background_service(
         "health checks",
         Checker {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping {
             shared: Arc::clone(&shared),
         },
     ));

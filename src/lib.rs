@@ -31,4 +31,5 @@ pub mod sticky;
 pub mod telemetry;
 pub mod tls;
 pub mod up;
+pub mod upkeep;
 pub mod worker;

@@ -21,9 +21,6 @@ use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerSt
 use crate::sticky::{cookie, sid::SidTable};
 use crate::tls::CertStore;
 
-/// How often idle sids are swept out.
-const SWEEP_EVERY_SECS: u64 = 5;
-
 /// A server as one backend of one snapshot sees it.
 #[derive(Debug)]
 pub struct Member {
@@ -124,8 +121,6 @@ pub struct Shared {
     pub in_flight: crate::state::Gauge,
     /// Set by SIGTERM: refuse new connections, close kept-alive ones after their request.
     stopping: AtomicBool,
-    /// Seconds since `registry.started` of the last sid table sweep.
-    last_sweep: AtomicU64,
     /// Idle keep-alive connections to servers (HTTP/1 engine).
     pub pool: crate::proxy::Pool,
 }
@@ -148,7 +143,6 @@ impl Shared {
             generation: AtomicU64::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
-            last_sweep: AtomicU64::new(0),
             pool: crate::proxy::Pool::default(),
         })
     }
@@ -164,22 +158,6 @@ impl Shared {
     /// Open tunnels over all servers.
     pub fn open_tunnels(&self) -> usize {
         self.registry.servers().iter().map(|s| s.tunnels.len()).sum()
-    }
-
-    /// Periodic upkeep: end what drained past its deadline, sweep the sid table.
-    pub fn housekeeping(&self) {
-        let now = Instant::now();
-        for gone in self.registry.forget_expired(now) {
-            let closed = gone.tunnels.close_all();
-            tracing::info!(server = %gone.name, tunnels_closed = closed, "removed server's drain time is over");
-        }
-        self.pool.sweep();
-        let secs = self.registry.started.elapsed().as_secs();
-        if secs >= self.last_sweep.load(Relaxed) + SWEEP_EVERY_SECS {
-            self.last_sweep.store(secs, Relaxed);
-            self.sids.set_ttl(self.snapshot().config.sticky.sid_ttl);
-            self.sids.sweep(|s| s.retired().is_some_and(|r| r.until <= now));
-        }
     }
 
     /// The snapshot to serve a request with.

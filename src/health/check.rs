@@ -103,8 +103,7 @@ async fn check_loop(shared: Arc<Shared>, name: String) {
     }
 }
 
-/// Runs one check task per configured server, and housekeeping (drain deadlines, sid
-/// table sweeps) between.
+/// Runs one check task per configured server.
 pub struct Checker {
     pub shared: Arc<Shared>,
 }
@@ -134,7 +133,6 @@ impl BackgroundService for Checker {
                 }
                 keep
             });
-            self.shared.housekeeping();
         }
         for task in tasks.values() {
             task.abort();
