@@ -19,12 +19,11 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
-use crate::health::check::Checker;
 use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
-use crate::upkeep::Housekeeping;
+use crate::upkeep::{ActiveChecks, Housekeeping};
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,7 +175,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     server.add_service(service);
     server.add_service(background_service(
         "health checks",
-        Checker {
+        ActiveChecks {
             shared: Arc::clone(&shared),
         },
     ));

@@ -1,9 +1,10 @@
 //! Health: the UP/DOWN verdicts of active checks and of live traffic (passive checks),
 //! and the admin states DRAIN and MAINT, applied to `ServerState`.
 //!
-//! Active checks run in `check` (one task per server, jittered); this file holds the
-//! transition rules so active checks, passive checks and admin actions change state the
-//! same way and log every change with its reason.
+//! Active checks probe in `check` (one loop per server, jittered, run by the
+//! `upkeep::ActiveChecks` service); this file holds the transition rules so active
+//! checks, passive checks and admin actions change state the same way and log every
+//! change with its reason. Nothing here knows the runtime: callers hand in the state.
 
 pub mod check;
 
