@@ -1,6 +1,8 @@
-//! Reload: on SIGHUP read the config again, validate it, build a complete snapshot and
-//! swap it in with one store; on any error keep the running snapshot, log and count it.
-//! Optionally poll the certificate files and swap the certificate when they change.
+//! Reload: on SIGHUP read the config again, validate it, load its certificate files,
+//! build a complete snapshot and install it in one step (`Shared::install`: the snapshot,
+//! its server transition, sid TTL and certificates); on any error keep the running
+//! snapshot, log and count it. Optionally poll the certificate files and swap the
+//! certificate when they change.
 //!
 //! What cannot change without a restart (listener addresses, threads, connection cap,
 //! sid table size) is reported as a warning; the rest of the reload applies.
@@ -96,18 +98,10 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         }
         _ => None,
     };
-    let acme_changed = shared.snapshot().config.tls.as_ref().and_then(|t| t.acme.as_ref())
-        != config.tls.as_ref().and_then(|t| t.acme.as_ref());
-    let snapshot = shared.build(&config);
-    let generation = snapshot.generation;
-    shared.install(snapshot);
-    if let (Some(set), Some(store)) = (cert, &shared.cert) {
-        store.store_files(set);
-        if acme_changed && let Some(acme) = store.acme() {
-            acme.wake();
-        }
-    }
-    shared.sids.set_ttl(config.sticky.sid_ttl);
+    let mut staged = shared.build(&config);
+    staged.certificates = cert;
+    let generation = staged.generation();
+    shared.install(staged);
     if let Some(pidfile) = &config.reload.pidfile
         && let Err(e) = crate::loaded::save_loaded(pidfile, path, &text)
     {

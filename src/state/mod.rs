@@ -72,6 +72,14 @@ impl Registry {
         )
     }
 
+    /// Keep `state` as its server's state if the registry has none under its name (it
+    /// was forgotten after a drain, while a new snapshot that lists it was being built).
+    pub fn adopt(&self, state: &Arc<ServerState>) {
+        lock(&self.servers)
+            .entry(state.name.clone())
+            .or_insert_with(|| Arc::clone(state));
+    }
+
     /// Every server known, including retired ones still draining.
     pub fn servers(&self) -> Vec<Arc<ServerState>> {
         lock(&self.servers).values().cloned().collect()

@@ -38,7 +38,6 @@ impl Housekeeping {
 
     /// Drop idle sids and those of servers whose drain time is over; returns how many.
     pub fn sweep_sids(&self, now: Instant) -> usize {
-        self.shared.sids.set_ttl(self.shared.snapshot().config.sticky.sid_ttl);
         self.shared.sids.sweep(|s| s.retired().is_some_and(|r| r.until <= now))
     }
 }
