@@ -1,24 +1,11 @@
 //! `edgepin check --diff`: what a reload would change, compared with the config the
-//! running proxy loaded last. `run` and every successful reload save that text next to
-//! the pidfile (`<pidfile stem>.loaded.yaml`, first line names the source file).
+//! running proxy loaded last (its saved copy, see `loaded`).
 
 use std::fmt::Display;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::config::{self, Config};
-
-/// Where the running proxy keeps the text it loaded.
-pub fn loaded_copy(pidfile: &Path) -> PathBuf {
-    pidfile.with_extension("loaded.yaml")
-}
-
-const HEADER: &str = "# edgepin: loaded from ";
-
-/// Save the text a proxy just loaded from `source`.
-pub fn save_loaded(pidfile: &Path, source: &Path, text: &str) -> std::io::Result<()> {
-    let source = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    std::fs::write(loaded_copy(pidfile), format!("{HEADER}{}\n{text}", source.display()))
-}
+use crate::loaded;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
@@ -30,11 +17,9 @@ pub enum DiffError {
 
 /// The config the running proxy loaded, as described by its saved copy.
 pub fn running_config(pidfile: &Path) -> Result<Config, DiffError> {
-    let copy = loaded_copy(pidfile);
-    let text = std::fs::read_to_string(&copy).map_err(|e| DiffError::NoCopy(format!("{}: {e}", copy.display())))?;
-    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
-    let source = first.strip_prefix(HEADER).map(PathBuf::from).unwrap_or(copy.clone());
-    config::parse(&source, rest).map_err(DiffError::Old)
+    let (source, text) = loaded::read_loaded(pidfile)
+        .map_err(|e| DiffError::NoCopy(format!("{}: {e}", loaded::loaded_copy(pidfile).display())))?;
+    config::parse(&source, &text).map_err(DiffError::Old)
 }
 
 /// Human-readable changes from `old` to `new`: `+` added, `-` removed, `~` changed,
@@ -144,11 +129,8 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             out.0.push(format!("- backend {}", b.name));
         }
     }
-    out.0.extend(
-        crate::reload::restart_needed(old, new)
-            .into_iter()
-            .map(|w| format!("! {w}")),
-    );
+    out.0
+        .extend(loaded::restart_needed(old, new).into_iter().map(|w| format!("! {w}")));
     out.0
 }
 

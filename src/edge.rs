@@ -1,6 +1,6 @@
 //! `edgepin run`: assembles the pingora server from a config — the proxy service on the
-//! https and http listeners, the stats listener, health checks and reload — and runs it
-//! until a signal stops it.
+//! https and http listeners, the stats listener, health checks, housekeeping and reload —
+//! and runs it until a signal stops it.
 //!
 //! Signals: SIGHUP reloads (see `reload`). SIGTERM stops gracefully: new connections are
 //! refused, requests in flight finish (up to `STOP_TIMEOUT`), open tunnels get a
@@ -19,11 +19,11 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
-use crate::health::check::Checker;
 use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
+use crate::upkeep::{ActiveChecks, Housekeeping};
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,7 +128,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             path: pidfile.display().to_string(),
             source,
         })?;
-        if let Err(e) = crate::diff::save_loaded(pidfile, path, &text) {
+        if let Err(e) = crate::loaded::save_loaded(pidfile, path, &text) {
             tracing::warn!(error = %e, "cannot save the loaded config for `check --diff`");
         }
     }
@@ -175,7 +175,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     server.add_service(service);
     server.add_service(background_service(
         "health checks",
-        Checker {
+        ActiveChecks {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping {
             shared: Arc::clone(&shared),
         },
     ));

@@ -1,10 +1,10 @@
 //! edgepin: an edge load balancer for Socket.IO fleets.
 //!
 //! `config` parses and validates proxy.yaml; `runtime` builds the running snapshot;
-//! `proxy` serves requests with `balance` and `sticky`; `health` checks servers; `stats`
-//! shows it all; `reload` swaps snapshots; `edge` assembles the process. `worker` is the
-//! reference Socket.IO worker (rooms over Redis); `up` runs Redis, the workers and the proxy
-//! together.
+//! `proxy` serves requests with `balance` and `sticky`; `health` turns check verdicts into
+//! UP/DOWN; `upkeep` runs the checks and housekeeping; `stats` shows it all; `reload`
+//! swaps snapshots; `edge` assembles the process. `worker` is the reference Socket.IO
+//! worker (rooms over Redis); `up` runs Redis, the workers and the proxy together.
 #![forbid(unsafe_code)]
 
 pub mod acme;
@@ -17,6 +17,8 @@ pub mod edge;
 pub mod failure;
 pub mod fdlimit;
 pub mod health;
+pub mod lifeline;
+pub mod loaded;
 pub mod privilege;
 pub mod proxy;
 pub mod rate_limit;
@@ -29,4 +31,5 @@ pub mod sticky;
 pub mod telemetry;
 pub mod tls;
 pub mod up;
+pub mod upkeep;
 pub mod worker;

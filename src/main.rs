@@ -163,9 +163,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        Command::Follow { parent, program } => {
-            fail(&edgepin::up::lifeline::exec_following(parent, &program).to_string())
-        }
+        Command::Follow { parent, program } => fail(&edgepin::lifeline::exec_following(parent, &program).to_string()),
     }
 }
 

@@ -1,6 +1,8 @@
-//! Reload: on SIGHUP read the config again, validate it, build a complete snapshot and
-//! swap it in with one store; on any error keep the running snapshot, log and count it.
-//! Optionally poll the certificate files and swap the certificate when they change.
+//! Reload: on SIGHUP read the config again, validate it, load its certificate files,
+//! build a complete snapshot and install it in one step (`Shared::install`: the snapshot,
+//! its server transition, sid TTL and certificates); on any error keep the running
+//! snapshot, log and count it. Optionally poll the certificate files and swap the
+//! certificate when they change.
 //!
 //! What cannot change without a restart (listener addresses, threads, connection cap,
 //! sid table size) is reported as a warning; the rest of the reload applies.
@@ -77,7 +79,7 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         Ok(read) => read,
         Err(e) => return Outcome::Rejected(e.errors()),
     };
-    let mut warnings = restart_needed(&shared.snapshot().config, &config);
+    let mut warnings = crate::loaded::restart_needed(&shared.snapshot().config, &config);
     let cert = match (&config.tls, &shared.cert) {
         (Some(t), Some(store)) => {
             if t.acme.is_some() && store.acme().is_none() {
@@ -96,20 +98,12 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         }
         _ => None,
     };
-    let acme_changed = shared.snapshot().config.tls.as_ref().and_then(|t| t.acme.as_ref())
-        != config.tls.as_ref().and_then(|t| t.acme.as_ref());
-    let snapshot = shared.build(&config);
-    let generation = snapshot.generation;
-    shared.install(snapshot);
-    if let (Some(set), Some(store)) = (cert, &shared.cert) {
-        store.store_files(set);
-        if acme_changed && let Some(acme) = store.acme() {
-            acme.wake();
-        }
-    }
-    shared.sids.set_ttl(config.sticky.sid_ttl);
+    let mut staged = shared.build(&config);
+    staged.certificates = cert;
+    let generation = staged.generation();
+    shared.install(staged);
     if let Some(pidfile) = &config.reload.pidfile
-        && let Err(e) = crate::diff::save_loaded(pidfile, path, &text)
+        && let Err(e) = crate::loaded::save_loaded(pidfile, path, &text)
     {
         warnings.push(format!("cannot save the loaded config for `check --diff`: {e}"));
     }
@@ -118,32 +112,6 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         took: started.elapsed(),
         warnings,
     }
-}
-
-/// Settings a running process cannot take over.
-pub fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
-    let mut w = Vec::new();
-    let mut note = |what: &str, changed: bool| {
-        if changed {
-            w.push(format!("{what} changed: takes effect on restart"));
-        }
-    };
-    note("listen.https", old.listen.https != new.listen.https);
-    note("listen.http", old.listen.http != new.listen.http);
-    note("listen.stats", old.listen.stats != new.listen.stats);
-    note("threads", old.threads != new.threads);
-    note(
-        "limits.max_connections",
-        old.limits.max_connections != new.limits.max_connections,
-    );
-    note("sticky.max_sids", old.sticky.max_sids != new.sticky.max_sids);
-    note(
-        "tls.h2",
-        old.tls.as_ref().map(|t| t.h2) != new.tls.as_ref().map(|t| t.h2),
-    );
-    note("stats.auth", old.stats.auth != new.stats.auth);
-    note("run_as", old.run_as != new.run_as);
-    w
 }
 
 /// Reloads on SIGHUP, and swaps the certificate when its files change (`tls.watch`).

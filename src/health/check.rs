@@ -1,53 +1,56 @@
-//! Active health checks: one task per configured server, each probing on its own
-//! jittered interval (so checks do not synchronise) with an HTTP GET or a TCP connect,
-//! and a supervisor that starts and stops those tasks as reloads add and remove servers.
+//! Active health checks of one server: the probe (a TCP connect, or an HTTP GET whose
+//! status must be in range) and the loop that probes on its own jittered interval (so
+//! checks do not synchronise) and turns the results into UP/DOWN on the server's state.
+//!
+//! The loop is given what it needs — the server's state and a [`Targets`] that says where
+//! the server is now and how to check it — and never sees the runtime. The service that
+//! runs one loop per configured server is `upkeep::checks`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 use crate::config::{CheckMode, Health};
-use crate::runtime::Shared;
-use crate::state::CheckResult;
+use crate::state::{CheckResult, CheckStatus, ServerState};
 
 use super::{Streak, apply_check};
 
-/// How often the supervisor looks for added or removed servers.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+/// What to probe for one server, as the running config says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub health: Health,
+}
+
+/// Where a check loop learns its server's current target. A reload may move a server or
+/// change the checks at any moment; `None` means the server left the config.
+pub trait Targets: Send + Sync + 'static {
+    fn target(&self, server: &str) -> Option<Target>;
+}
 
 /// Probe a server once, within `h.timeout`.
 pub async fn probe(addr: SocketAddr, h: &Health) -> CheckResult {
     let started = Instant::now();
-    let (ok, detail) = match tokio::time::timeout(h.timeout, TcpStream::connect(addr)).await {
-        Err(_) => (false, "L4TOUT connect timeout".to_string()),
-        Ok(Err(e)) => (false, format!("L4CON {e}")),
+    let (status, reason) = match tokio::time::timeout(h.timeout, TcpStream::connect(addr)).await {
+        Err(_) => (CheckStatus::L4Tout, Some("connect timeout".to_string())),
+        Ok(Err(e)) => (CheckStatus::L4Con, Some(e.to_string())),
         Ok(Ok(stream)) => match h.mode {
-            CheckMode::Tcp => (true, "L4OK".to_string()),
+            CheckMode::Tcp => (CheckStatus::L4Ok, None),
             CheckMode::Http => {
                 let left = h.timeout.saturating_sub(started.elapsed());
                 match tokio::time::timeout(left, http_status(stream, addr, &h.path)).await {
-                    Err(_) => (false, "L7TOUT no answer in time".to_string()),
-                    Ok(Err(e)) => (false, format!("L7RSP {e}")),
-                    Ok(Ok(code)) if (h.expect.0..=h.expect.1).contains(&code) => (true, format!("L7OK {code}")),
-                    Ok(Ok(code)) => (false, format!("L7STS {code}")),
+                    Err(_) => (CheckStatus::L7Tout, Some("no answer in time".to_string())),
+                    Ok(Err(e)) => (CheckStatus::L7Rsp, Some(e.to_string())),
+                    Ok(Ok(code)) if (h.expect.0..=h.expect.1).contains(&code) => (CheckStatus::L7Ok(code), None),
+                    Ok(Ok(code)) => (CheckStatus::L7Sts(code), None),
                 }
             }
         },
     };
-    CheckResult {
-        ok,
-        detail,
-        duration: started.elapsed(),
-        at: SystemTime::now(),
-    }
+    CheckResult::new(status, reason, started.elapsed())
 }
 
 /// Send `GET path` and read the status code of the answer.
@@ -78,72 +81,25 @@ fn jittered(interval: Duration, seed: &mut u64) -> Duration {
     interval.mul_f64(0.9 + 0.2 * frac)
 }
 
-/// Check server `name` until it leaves the config.
-async fn check_loop(shared: Arc<Shared>, name: String) {
+/// Check server `name` until it leaves the config, applying the verdicts to `state`.
+pub async fn run(name: String, state: Arc<ServerState>, targets: Arc<dyn Targets>) {
     let mut seed = crate::balance::name_id(&name) ^ u64::from(std::process::id());
     let mut streak = Streak::default();
+    let Some(first) = targets.target(&name) else { return };
     // The first check comes soon, spread over a tenth of the interval.
-    let mut delay = jittered(shared.snapshot().config.health.interval / 10, &mut seed);
+    let mut delay = jittered(first.health.interval / 10, &mut seed);
     loop {
         tokio::time::sleep(delay).await;
-        let snapshot = shared.snapshot();
-        let Some(server) = snapshot.config.server(&name) else {
+        let Some(Target { addr, health: h }) = targets.target(&name) else {
             return;
         };
-        let h = snapshot.config.health.clone();
-        let state = shared.registry.server(&name, server.weight);
-        let probed = server.address;
-        let result = probe(probed, &h).await;
+        let result = probe(addr, &h).await;
         // A reload may have moved the server meanwhile: a verdict on the old address
         // says nothing of the new one.
-        if shared
-            .snapshot()
-            .config
-            .server(&name)
-            .is_some_and(|s| s.address == probed)
-        {
+        if targets.target(&name).is_some_and(|t| t.addr == addr) {
             apply_check(&state, &mut streak, result, h.rise, h.fall);
         }
         delay = jittered(h.interval, &mut seed);
-    }
-}
-
-/// Runs one check task per configured server, and housekeeping (drain deadlines, sid
-/// table sweeps) between.
-pub struct Checker {
-    pub shared: Arc<Shared>,
-}
-
-#[async_trait]
-impl BackgroundService for Checker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
-        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
-            }
-            let snapshot = self.shared.snapshot();
-            for s in &snapshot.config.servers {
-                let running = tasks.get(&s.name).is_some_and(|t| !t.is_finished());
-                if !running {
-                    let task = tokio::spawn(check_loop(Arc::clone(&self.shared), s.name.clone()));
-                    tasks.insert(s.name.clone(), task);
-                }
-            }
-            tasks.retain(|name, task| {
-                let keep = snapshot.config.server(name).is_some();
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
-            self.shared.housekeeping();
-        }
-        for task in tasks.values() {
-            task.abort();
-        }
     }
 }
 
@@ -177,9 +133,14 @@ mod tests {
     #[tokio::test]
     async fn http_probe_reads_status() {
         let r = probe(answer_once("200 OK").await, &health(CheckMode::Http)).await;
-        assert!(r.ok, "{r:?}");
+        assert_eq!(r.status, CheckStatus::L7Ok(200), "{r:?}");
         let r = probe(answer_once("500 Oops").await, &health(CheckMode::Http)).await;
-        assert!(!r.ok && r.detail == "L7STS 500", "{r:?}");
+        assert_eq!(
+            (r.status, r.reason.as_deref()),
+            (CheckStatus::L7Sts(500), None),
+            "{r:?}"
+        );
+        assert_eq!(r.detail(), "L7STS 500");
     }
 
     #[tokio::test]
@@ -188,14 +149,61 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let r = probe(addr, &health(CheckMode::Http)).await;
-        assert!(!r.ok && r.detail.starts_with("L4CON"), "{r:?}");
+        assert_eq!(r.status, CheckStatus::L4Con, "{r:?}");
+        assert!(r.detail().starts_with("L4CON "), "{r:?}");
 
         // Accepts (the kernel does) but never answers.
         let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let r = probe(hang.local_addr().unwrap(), &health(CheckMode::Http)).await;
-        assert!(!r.ok && r.detail.starts_with("L7TOUT"), "{r:?}");
+        assert_eq!(r.detail(), "L7TOUT no answer in time", "{r:?}");
         let r = probe(hang.local_addr().unwrap(), &health(CheckMode::Tcp)).await;
-        assert!(r.ok, "tcp mode only connects: {r:?}");
+        assert_eq!(r.status, CheckStatus::L4Ok, "tcp mode only connects: {r:?}");
+    }
+
+    /// Targets from a script: each call gets the next answer; `None` once it runs out.
+    struct Script(std::sync::Mutex<std::collections::VecDeque<Option<Target>>>);
+
+    impl Targets for Script {
+        fn target(&self, _: &str) -> Option<Target> {
+            self.0.lock().unwrap().pop_front().flatten()
+        }
+    }
+
+    /// Run one server's check loop over `script` to its end (bounded).
+    async fn run_script(script: Vec<Option<Target>>) -> Arc<ServerState> {
+        let state = Arc::new(ServerState::new("a", 1));
+        let targets = Arc::new(Script(std::sync::Mutex::new(script.into())));
+        let ran = tokio::time::timeout(Duration::from_secs(5), run("a".into(), Arc::clone(&state), targets)).await;
+        assert!(ran.is_ok(), "the loop ends when its server leaves the config");
+        state
+    }
+
+    fn target(addr: SocketAddr) -> Option<Target> {
+        let health = Health {
+            interval: Duration::from_millis(50),
+            ..health(CheckMode::Http)
+        };
+        Some(Target { addr, health })
+    }
+
+    #[tokio::test]
+    async fn a_verdict_on_the_current_address_is_applied() {
+        let up = answer_once("200 OK").await;
+        // First delay, probe, still there after the probe; then gone.
+        let state = run_script(vec![target(up), target(up), target(up)]).await;
+        assert_eq!(state.health(), crate::state::Health::Up);
+        let last = state.detail().last_check.clone().unwrap();
+        assert_eq!(last.status, CheckStatus::L7Ok(200));
+    }
+
+    #[tokio::test]
+    async fn a_verdict_on_an_address_the_server_moved_from_is_dropped() {
+        let failing = answer_once("500 Oops").await;
+        let elsewhere = answer_once("200 OK").await;
+        // The probe of the old address ends after a reload moved the server.
+        let state = run_script(vec![target(failing), target(failing), target(elsewhere)]).await;
+        assert_eq!(state.health(), crate::state::Health::Checking, "the 500 is not applied");
+        assert!(state.detail().last_check.is_none());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Health: the UP/DOWN verdicts of active checks and of live traffic (passive checks),
 //! and the admin states DRAIN and MAINT, applied to `ServerState`.
 //!
-//! Active checks run in `check` (one task per server, jittered); this file holds the
-//! transition rules so active checks, passive checks and admin actions change state the
-//! same way and log every change with its reason.
+//! Active checks probe in `check` (one loop per server, jittered, run by the
+//! `upkeep::ActiveChecks` service); this file holds the transition rules so active
+//! checks, passive checks and admin actions change state the same way and log every
+//! change with its reason. Nothing here knows the runtime: callers hand in the state.
 
 pub mod check;
 
@@ -27,8 +28,8 @@ pub fn apply_check(state: &ServerState, streak: &mut Streak, result: CheckResult
             ..Streak::default()
         };
     }
-    let ok = result.ok;
-    let detail = result.detail.clone();
+    let ok = result.ok();
+    let detail = result.detail();
     state.set_last_check(result);
     if ok {
         streak.ok += 1;
@@ -92,15 +93,12 @@ pub fn set_admin(state: &ServerState, admin: Admin, who: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, SystemTime};
+    use crate::state::CheckStatus;
+    use std::time::Duration;
 
     fn result(ok: bool) -> CheckResult {
-        CheckResult {
-            ok,
-            detail: if ok { "L7OK 200" } else { "L4CON" }.into(),
-            duration: Duration::ZERO,
-            at: SystemTime::now(),
-        }
+        let status = if ok { CheckStatus::L7Ok(200) } else { CheckStatus::L4Con };
+        CheckResult::new(status, None, Duration::ZERO)
     }
 
     #[test]

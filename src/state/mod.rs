@@ -8,9 +8,11 @@
 
 mod counters;
 mod server;
+mod verdict;
 
 pub use counters::*;
 pub use server::*;
+pub use verdict::*;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -68,6 +70,14 @@ impl Registry {
                 .entry(name.to_string())
                 .or_insert_with(|| Arc::new(ServerState::new(name, weight))),
         )
+    }
+
+    /// Keep `state` as its server's state if the registry has none under its name (it
+    /// was forgotten after a drain, while a new snapshot that lists it was being built).
+    pub fn adopt(&self, state: &Arc<ServerState>) {
+        lock(&self.servers)
+            .entry(state.name.clone())
+            .or_insert_with(|| Arc::clone(state));
     }
 
     /// Every server known, including retired ones still draining.

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use super::{Counter, Gauge, lock};
+use super::{CheckResult, Counter, Gauge, lock};
 
 /// What the health checks say about a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,16 +78,6 @@ impl Admin {
             _ => None,
         }
     }
-}
-
-/// The outcome of the most recent active check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckResult {
-    pub ok: bool,
-    /// e.g. "L7OK 200", "L4CON connection refused", "L7TOUT".
-    pub detail: String,
-    pub duration: Duration,
-    pub at: SystemTime,
 }
 
 /// Rarely written details of a server's state.
@@ -296,7 +286,7 @@ impl ServerState {
     }
 
     pub fn set_last_check(&self, r: CheckResult) {
-        if !r.ok {
+        if !r.ok() {
             self.checks_failed.inc();
         }
         self.detail().last_check = Some(r);

@@ -26,10 +26,7 @@ use crate::state::{Admin, ServerState};
 
 use super::StatsApp;
 use super::auth::{User, same_origin};
-
-/// The client address of a stats connection, attached to each of its requests.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+use super::listener::Peer;
 
 #[derive(Debug, Deserialize)]
 pub struct StateChange {

@@ -24,7 +24,7 @@ use ring::rand::SystemRandom;
 use crate::config::StatsAuth;
 
 use super::StatsApp;
-use super::admin::Peer;
+use super::listener::Peer;
 
 /// The realm browsers show in their login dialog.
 const REALM: &str = "Basic realm=\"edgepin stats\", charset=\"UTF-8\"";

@@ -62,7 +62,7 @@ const COLUMNS: &[Column] = &[
     ("type", |l| Some((l.kind as u8).to_string())),
     ("rate", |l| n(l.counters.session_rate.current)),
     ("rate_max", |l| n(l.counters.session_rate.max)),
-    ("check_status", |l| check(l).map(|c| c.status.clone())),
+    ("check_status", |l| check(l).map(|c| c.status.name().to_string())),
     ("check_code", |l| check(l).and_then(|c| c.code).map(|c| c.to_string())),
     ("check_duration", |l| check(l).map(|c| format!("{:.0}", c.duration_ms))),
     ("hrsp_1xx", |l| n(l.counters.responses.r1xx)),

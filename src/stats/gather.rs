@@ -238,21 +238,13 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
     }
     let downtime = state.downtime();
     let detail = state.detail();
-    let last_check = detail.last_check.as_ref().map(|c| {
-        let mut words = c.detail.split_whitespace();
-        let check_status = words.next().unwrap_or("UNK").to_string();
-        let code = words
-            .next()
-            .and_then(|w| w.parse().ok())
-            .filter(|_| check_status.starts_with("L7"));
-        CheckView {
-            ok: c.ok,
-            status: check_status,
-            code,
-            detail: c.detail.clone(),
-            duration_ms: c.duration.as_secs_f64() * 1e3,
-            ago_seconds: c.at.elapsed().unwrap_or_default().as_secs(),
-        }
+    let last_check = detail.last_check.as_ref().map(|c| CheckView {
+        ok: c.ok(),
+        status: c.status,
+        code: c.status.code(),
+        detail: c.detail(),
+        duration_ms: c.duration.as_secs_f64() * 1e3,
+        ago_seconds: c.at.elapsed().unwrap_or_default().as_secs(),
     });
     let status_seconds = detail.since.elapsed().as_secs();
     let status_reason = detail.reason.clone();
@@ -361,19 +353,29 @@ pub(crate) mod tests {
         let snapshot = shared.snapshot();
         let a = &snapshot.backend("api").unwrap().members[0].state;
         a.set_admin(Admin::Drain, "admin: drain by alice");
-        a.set_last_check(crate::state::CheckResult {
-            ok: false,
-            detail: "L7STS 500".into(),
-            duration: Duration::from_millis(3),
-            at: SystemTime::now(),
-        });
+        a.set_last_check(crate::state::CheckResult::new(
+            crate::state::CheckStatus::L7Sts(500),
+            None,
+            Duration::from_millis(3),
+        ));
         let view = StatsView::gather(&shared, &Rates::default());
         let a = &view.backends[0].servers[0];
         assert_eq!((a.status, a.admin), ("DRAIN", "DRAIN"));
         let check = a.last_check.as_ref().unwrap();
         assert_eq!(
-            (check.status.as_str(), check.code, check.ok),
-            ("L7STS", Some(500), false)
+            (check.status.name(), check.code, check.ok, check.detail.as_str()),
+            ("L7STS", Some(500), false, "L7STS 500")
+        );
+        let json = serde_json::to_value(check).unwrap();
+        assert_eq!(
+            (&json["status"], &json["code"], &json["detail"], &json["ok"]),
+            (
+                &serde_json::json!("L7STS"),
+                &serde_json::json!(500),
+                &serde_json::json!("L7STS 500"),
+                &serde_json::json!(false)
+            ),
+            "the JSON keeps its strings"
         );
         assert_eq!(a.checks_failed, 1);
         assert_eq!(view.backends[0].servers_up, 1);

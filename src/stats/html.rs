@@ -421,7 +421,7 @@ fn check_cell(s: &ServerView) -> Markup {
     match &s.last_check {
         Some(c) => html! {
             td.last_chk title=(format!("{} · {} s ago", c.detail, c.ago_seconds)) {
-                span class=[(!c.ok).then_some("bad")] { (c.status) }
+                span class=[(!c.ok).then_some("bad")] { (c.status.name()) }
                 @if let Some(code) = c.code { " " (code) }
                 " · " (format!("{:.0}", c.duration_ms)) "ms"
             }

@@ -7,7 +7,7 @@
 //! one serving a request is never cut, and when all are, the newcomer is closed); time
 //! to send a complete request head; idle time between keep-alive requests; time for a
 //! whole request (body included) until its answer is ready; a connection's lifetime.
-//! Each request carries its client address (`admin::Peer`) and the address it reached
+//! Each request carries its client address ([`Peer`]) and the address it reached
 //! (`host::Local`).
 
 use std::convert::Infallible;
@@ -30,9 +30,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-use super::admin::Peer;
 use super::host::Local;
 use super::slots::{Admission, Busy, Deadlines, Slot, Slots, Watch};
+
+/// The client address of a stats connection, attached to each of its requests (auth
+/// throttles by it, admin actions log it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
 
 /// What one client may take of the stats listener.
 #[derive(Debug, Clone, Copy)]
@@ -253,13 +257,22 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    /// A listener on 127.0.0.1:0 serving `/` → "ok", `/wait` (answers after 500 ms) and
-    /// `/slow` (never answers) within `limits`; stops when the returned sender is dropped.
+    /// A listener on 127.0.0.1:0 serving `/` → "ok", `/peer` (the request's [`Peer`]),
+    /// `/wait` (answers after 500 ms) and `/slow` (never answers) within `limits`; stops
+    /// when the returned sender is dropped.
     async fn start(limits: Limits) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
+            .route(
+                "/peer",
+                get(|req: Request| async move {
+                    req.extensions()
+                        .get::<Peer>()
+                        .map_or("none".to_string(), |p| p.0.to_string())
+                }),
+            )
             .route(
                 "/wait",
                 get(|| async {
@@ -308,6 +321,20 @@ mod tests {
             tokio::time::timeout(within, stream.read(&mut buf)).await,
             Ok(Ok(0)) | Ok(Err(_))
         )
+    }
+
+    #[tokio::test]
+    async fn each_request_carries_its_client_address() {
+        let (addr, _stop) = start(Limits::default()).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mine = client.local_addr().unwrap().to_string();
+        client
+            .write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.ends_with(&format!("\r\n\r\n{mine}")), "{answer:?} names {mine}");
     }
 
     #[tokio::test]

@@ -299,7 +299,7 @@ mod tests {
         let app = app(true);
         let from = |mut req: Request<Body>| {
             let peer = "192.0.2.9:4000".parse().unwrap();
-            req.extensions_mut().insert(admin::Peer(peer));
+            req.extensions_mut().insert(listener::Peer(peer));
             req
         };
         let with_host = |host: &'static str, pass: &str| {

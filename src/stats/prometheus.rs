@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
+use crate::state::CheckStatus;
+
 use super::row_metrics::{Kind, ROW_METRICS};
 use super::view::{Row, RowKind, StatsView};
 
@@ -17,8 +19,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Server states of `*_server_status`, as HAProxy's exporter lists them.
 const SERVER_STATES: [&str; 5] = ["DOWN", "UP", "MAINT", "DRAIN", "NOLB"];
-/// Check results edgepin reports, in HAProxy's `check_status` names.
-const CHECK_STATES: [&str; 8] = ["UNK", "L4OK", "L4TOUT", "L4CON", "L7OK", "L7TOUT", "L7RSP", "L7STS"];
+/// The `state` label of `check_status` before a server's first check.
+const NOT_CHECKED: &str = "UNK";
 
 enum Family {
     Gauge(GaugeVec),
@@ -129,10 +131,10 @@ fn row(families: &mut Families, r: &Row<'_>) -> prometheus::Result<()> {
         }
     }
     if let Some(s) = r.server {
-        let current = s.last_check.as_ref().map_or("UNK", |c| c.status.as_str());
+        let current = s.last_check.as_ref().map_or(NOT_CHECKED, |c| c.status.name());
         let name = format!("{pre}check_status");
         let help = "Status of the last health check, per state label value.";
-        for state in CHECK_STATES {
+        for state in std::iter::once(NOT_CHECKED).chain(CheckStatus::NAMES) {
             let v = if state == current { 1.0 } else { 0.0 };
             families.put(&name, help, Kind::Gauge, &with("state", state), v)?;
         }

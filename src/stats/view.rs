@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use super::rates::Rate;
+use crate::state::CheckStatus;
 
 /// Everything the stats listener shows, at one moment.
 #[derive(Debug, Clone, Serialize)]
@@ -257,10 +258,12 @@ pub struct ServerView {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckView {
     pub ok: bool,
-    /// HAProxy-style check status: L4OK, L4CON, L4TOUT, L7OK, L7STS, L7RSP, L7TOUT.
-    pub status: String,
+    /// HAProxy's check status (L4OK, L4CON, L4TOUT, L7OK, L7STS, L7RSP, L7TOUT); in JSON
+    /// its name.
+    pub status: CheckStatus,
     /// The HTTP status of an HTTP check, when it got one.
     pub code: Option<u16>,
+    /// `last_chk`: status, code and reason in one line ("L4CON connection refused").
     pub detail: String,
     pub duration_ms: f64,
     pub ago_seconds: u64,

@@ -12,7 +12,6 @@
 //! at a time).
 
 mod children;
-pub mod lifeline;
 mod supervisor;
 
 use std::net::SocketAddr;

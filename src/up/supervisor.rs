@@ -365,7 +365,7 @@ impl Supervisor {
 fn command(exe: &std::path::Path, name: &str, kind: &Kind) -> Command {
     match kind {
         // Should `up` die without stopping it (SIGKILL), redis-server stops too.
-        Kind::Redis { port } => super::lifeline::following_this_process(exe, &super::redis_command(*port)),
+        Kind::Redis { port } => crate::lifeline::following_this_process(exe, &super::redis_command(*port)),
         Kind::Worker { addr, redis, .. } => {
             let mut cmd = Command::new(exe);
             cmd.args(["worker", "--listen", &addr.to_string(), "--id", name]);

@@ -198,7 +198,7 @@ pub fn run(listen: SocketAddr, mut options: WorkerOptions) -> Result<(), WorkerE
 /// Stop (SIGTERM) when `parent`, the `edgepin up` that started this worker, dies, however
 /// it dies, so a killed supervisor leaves no worker behind.
 pub fn stop_with_parent(parent: u32) -> Result<(), WorkerError> {
-    crate::up::lifeline::follow(parent).map_err(WorkerError::Parent)
+    crate::lifeline::follow(parent).map_err(WorkerError::Parent)
 }
 
 /// SIGTERM or SIGINT.

@@ -2,6 +2,9 @@
 //! the kernel sends them SIGTERM when their parent dies (`PR_SET_PDEATHSIG`). Workers set
 //! it on themselves; redis-server cannot, so `up` starts it through `edgepin follow`,
 //! which sets it and then becomes redis-server (exec keeps the setting and the pid).
+//!
+//! A leaf (it knows only the OS): `up` starts children through it and `worker` follows
+//! its parent with it, without either depending on the other.
 
 use std::ffi::OsString;
 use std::io;
@@ -41,4 +44,29 @@ pub fn following_this_process(edgepin: &std::path::Path, command: &Command) -> C
     cmd.args(["follow", "--parent", &std::process::id().to_string(), "--"]);
     cmd.arg(command.get_program()).args(command.get_args());
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_followed_command_runs_through_edgepin_follow_with_this_pid() {
+        let mut redis = Command::new("redis-server");
+        redis.args(["--port", "7000"]);
+        let cmd = following_this_process(std::path::Path::new("/bin/edgepin"), &redis);
+        assert_eq!(cmd.get_program(), "/bin/edgepin");
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let pid = std::process::id().to_string();
+        assert_eq!(
+            args,
+            ["follow", "--parent", &pid, "--", "redis-server", "--port", "7000"]
+        );
+    }
+
+    #[test]
+    fn nothing_to_run_is_an_error_before_anything_changes() {
+        let e = exec_following(std::process::id(), &[]);
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
 }

@@ -2,10 +2,13 @@
 //! `Config`, and the [`Shared`] process state that holds the current snapshot.
 //!
 //! A request loads the snapshot once (`Shared::snapshot`) and uses it to the end, so a
-//! reload never changes the rules under an in-flight request. Building a snapshot does not
-//! touch the current one; `reload` swaps it in with one store. State that must outlive a
-//! snapshot (health, counters, the sid table) lives in `Shared` and the `Registry` and is
-//! attached to the new snapshot by name.
+//! reload never changes the rules under an in-flight request. Building a snapshot touches
+//! neither the current one nor any server's state: `Shared::build` returns the snapshot
+//! and the [`Transition`] installing it makes (a plain value, see `transition`), and
+//! `Shared::install` applies both at the swap, with the sid TTL and the certificate files
+//! that come with the config. State that must outlive a snapshot (health, counters, the
+//! sid table) lives in `Shared` and the `Registry` and is attached to the new snapshot by
+//! name.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +22,11 @@ use crate::config::{self, Config};
 use crate::rate_limit::ClientLimiter;
 use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
-use crate::tls::CertStore;
+use crate::tls::{CertSet, CertStore};
 
-/// How often idle sids are swept out.
-const SWEEP_EVERY_SECS: u64 = 5;
+mod transition;
+
+pub use transition::{Move, Retirement, Transition};
 
 /// A server as one backend of one snapshot sees it.
 #[derive(Debug)]
@@ -124,8 +128,6 @@ pub struct Shared {
     pub in_flight: crate::state::Gauge,
     /// Set by SIGTERM: refuse new connections, close kept-alive ones after their request.
     stopping: AtomicBool,
-    /// Seconds since `registry.started` of the last sid table sweep.
-    last_sweep: AtomicU64,
     /// Idle keep-alive connections to servers (HTTP/1 engine).
     pub pool: crate::proxy::Pool,
 }
@@ -135,7 +137,9 @@ impl Shared {
     pub fn new(config: Config, cert: Option<Arc<CertStore>>) -> Arc<Shared> {
         let registry = Arc::new(Registry::default());
         let sids = SidTable::new(config.sticky.max_sids, config.sticky.sid_ttl);
-        let snapshot = build(&config, &registry, 1, None);
+        let now = Instant::now();
+        transition::plan(None, &config, &registry, now).prepare(&registry);
+        let snapshot = build(&config, &registry, 1, None, now);
         Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             https: registry.frontend("https"),
@@ -148,7 +152,6 @@ impl Shared {
             generation: AtomicU64::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
-            last_sweep: AtomicU64::new(0),
             pool: crate::proxy::Pool::default(),
         })
     }
@@ -166,49 +169,55 @@ impl Shared {
         self.registry.servers().iter().map(|s| s.tunnels.len()).sum()
     }
 
-    /// Periodic upkeep: end what drained past its deadline, sweep the sid table.
-    pub fn housekeeping(&self) {
-        let now = Instant::now();
-        for gone in self.registry.forget_expired(now) {
-            let closed = gone.tunnels.close_all();
-            tracing::info!(server = %gone.name, tunnels_closed = closed, "removed server's drain time is over");
-        }
-        self.pool.sweep();
-        let secs = self.registry.started.elapsed().as_secs();
-        if secs >= self.last_sweep.load(Relaxed) + SWEEP_EVERY_SECS {
-            self.last_sweep.store(secs, Relaxed);
-            self.sids.set_ttl(self.snapshot().config.sticky.sid_ttl);
-            self.sids.sweep(|s| s.retired().is_some_and(|r| r.until <= now));
-        }
-    }
-
     /// The snapshot to serve a request with.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
     }
 
-    /// Build a snapshot for `config` (does not install it).
-    pub fn build(&self, config: &Config) -> Snapshot {
+    /// Build a snapshot for `config` and plan what installing it changes; neither the
+    /// current snapshot nor any server's state changes until [`install`](Self::install).
+    pub fn build(&self, config: &Config) -> Staged {
         let generation = self.generation.fetch_add(1, Relaxed) + 1;
-        build(config, &self.registry, generation, Some(&*self.snapshot()))
+        let current = self.snapshot();
+        let now = Instant::now();
+        Staged {
+            transition: transition::plan(Some(&current.config), config, &self.registry, now),
+            snapshot: build(config, &self.registry, generation, Some(&current), now),
+            certificates: None,
+        }
     }
 
-    /// Install a built snapshot; servers it no longer lists start draining, and servers
-    /// it moved to another address start over.
-    pub fn install(&self, next: Snapshot) -> Arc<Snapshot> {
-        let next = Arc::new(next);
+    /// Install what [`build`](Self::build) staged, in one step: weights and servers back
+    /// from draining first, then the snapshot in one store, the sid TTL and the
+    /// certificate files it comes with, then servers it no longer lists start draining
+    /// and servers it moved start over. Returns the snapshot it replaced.
+    pub fn install(&self, staged: Staged) -> Arc<Snapshot> {
+        let Staged {
+            snapshot,
+            transition,
+            certificates,
+        } = staged;
+        transition.prepare(&self.registry);
+        let next = Arc::new(snapshot);
         let old = self.snapshot.swap(Arc::clone(&next));
-        let deadline = Instant::now() + next.config.reload.drain_timeout;
-        for server in &old.config.servers {
-            let state = self.registry.server(&server.name, server.weight);
-            match next.config.server(&server.name) {
-                None if !state.is_retired() => {
-                    state.retire(server.address, deadline);
-                    tracing::info!(server = %server.name, drain_timeout = ?next.config.reload.drain_timeout, "server removed by reload: draining");
-                }
-                Some(moved) if moved.address != server.address => self.moved(&state, server.address, moved.address),
-                _ => {}
+        self.sids.set_ttl(next.config.sticky.sid_ttl);
+        if let (Some(set), Some(store)) = (certificates, &self.cert) {
+            store.store_files(set);
+            fn acme(c: &Config) -> Option<&config::Acme> {
+                c.tls.as_ref()?.acme.as_ref()
             }
+            if acme(&old.config) != acme(&next.config)
+                && let Some(state) = store.acme()
+            {
+                state.wake();
+            }
+        }
+        for r in transition.retire {
+            r.state.retire(r.address, r.until);
+            tracing::info!(server = %r.state.name, drain_timeout = ?next.config.reload.drain_timeout, "server removed by reload: draining");
+        }
+        for m in transition.moves {
+            self.moved(&m.state, m.from, m.to);
         }
         old
     }
@@ -225,18 +234,27 @@ impl Shared {
     }
 }
 
-fn build(config: &Config, registry: &Registry, generation: u64, previous: Option<&Snapshot>) -> Snapshot {
-    let secret = config.sticky.secret.as_deref();
-    // A server's weight is the config's on each reload; admin changes last until then.
-    for s in &config.servers {
-        let state = registry.server(&s.name, s.weight);
-        let changed = previous.is_none_or(|p| p.config.server(&s.name).is_none_or(|old| old.weight != s.weight));
-        if changed {
-            state.set_weight(s.weight);
-        }
-        state.unretire();
+/// A snapshot built for a config, with what installing it changes beside the snapshot.
+#[derive(Debug)]
+pub struct Staged {
+    pub snapshot: Snapshot,
+    /// Server state changes, applied by `install`.
+    pub transition: Transition,
+    /// The https listener's certificate files loaded for this config (reload loads them
+    /// before building; `None` keeps the ones in use).
+    pub certificates: Option<CertSet>,
+}
+
+impl Staged {
+    pub fn generation(&self) -> u64 {
+        self.snapshot.generation
     }
-    let now = Instant::now();
+}
+
+/// The snapshot of `config`: members attached to the registry's state by name; members
+/// `previous` had that this config removed from a backend stay until their drain ends.
+fn build(config: &Config, registry: &Registry, generation: u64, previous: Option<&Snapshot>, now: Instant) -> Snapshot {
+    let secret = config.sticky.secret.as_deref();
     let backends = config
         .backends
         .iter()
@@ -295,5 +313,64 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
         config: Arc::new(config.clone()),
         backends,
         built_at: Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(servers: &str) -> Config {
+        let text = format!(
+            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: api }}]\n\
+             backends: {{ api: {{ servers: [a] }} }}\nservers:\n{servers}"
+        );
+        crate::config::parse(Path::new("t.yaml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_built_snapshot_changes_nothing_until_it_is_installed() {
+        let shared = Shared::new(
+            config(
+                "  a: { address: 127.0.0.1:3001 }\n  b: { address: 127.0.0.1:3002 }\n  c: { address: 127.0.0.1:3003 }\n",
+            ),
+            None,
+        );
+        let (a, b, c) = (
+            shared.registry.server("a", 1),
+            shared.registry.server("b", 1),
+            shared.registry.server("c", 1),
+        );
+        c.set_health(Health::Up, "checks");
+        shared.sids.learn("on-c", &c);
+
+        let staged = shared.build(&config(
+            "  a: { address: 127.0.0.1:3001, weight: 4 }\n  c: { address: 127.0.0.1:3009 }\n",
+        ));
+        assert_eq!(staged.generation(), 2);
+        assert_eq!(shared.snapshot().generation, 1);
+        assert_eq!(a.weight(), 1);
+        assert!(!b.is_retired());
+        assert_eq!(c.health(), Health::Up);
+        assert!(shared.sids.lookup("on-c").is_some());
+
+        let old = shared.install(staged);
+        assert_eq!((old.generation, shared.snapshot().generation), (1, 2));
+        assert_eq!(a.weight(), 4);
+        assert!(b.is_retired(), "b drains");
+        assert_eq!(c.health(), Health::Checking, "c's new address is checked anew");
+        assert!(shared.sids.lookup("on-c").is_none(), "its sessions ended with the move");
+    }
+
+    #[test]
+    fn a_staged_snapshot_never_installed_leaves_every_server_as_it_was() {
+        let shared = Shared::new(config("  a: { address: 127.0.0.1:3001 }\n"), None);
+        let a = shared.registry.server("a", 1);
+        a.retire("127.0.0.1:3001".parse().unwrap(), Instant::now());
+        a.set_weight(9);
+        drop(shared.build(&config("  a: { address: 127.0.0.1:3001, weight: 2 }\n")));
+        assert!(a.is_retired());
+        assert_eq!(a.weight(), 9);
     }
 }

@@ -1,0 +1,183 @@
+//! What installing a new snapshot changes in the state that outlives snapshots: weights
+//! the config changed, servers it lists again after a reload removed them, servers it no
+//! longer lists (they drain until a deadline), servers it moved to another address.
+//!
+//! [`plan`] decides it from the old and the new config while the snapshot is built, and
+//! changes nothing: the [`Transition`] is a plain value. `Shared::install` applies it at
+//! the swap, so a snapshot that is built but never installed leaves every server as it
+//! was.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::state::{Registry, ServerState};
+
+/// A server the new config no longer lists: it keeps its sessions until `until`.
+#[derive(Debug)]
+pub struct Retirement {
+    pub state: Arc<ServerState>,
+    /// The address it drains at (the old config's).
+    pub address: SocketAddr,
+    pub until: Instant,
+}
+
+/// A server the new config lists at another address.
+#[derive(Debug)]
+pub struct Move {
+    pub state: Arc<ServerState>,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+}
+
+/// The changes to server state that installing one snapshot makes.
+#[derive(Debug, Default)]
+pub struct Transition {
+    /// New weights: the config's, where it changed them (an admin's weight otherwise
+    /// lasts until then) or for every server on the first snapshot.
+    pub weights: Vec<(Arc<ServerState>, u32)>,
+    /// Servers a reload had removed and this config lists again: no longer draining.
+    pub unretire: Vec<Arc<ServerState>>,
+    /// Servers this config removed.
+    pub retire: Vec<Retirement>,
+    /// Servers this config moved.
+    pub moves: Vec<Move>,
+}
+
+/// What installing `new` over `old` (`None`: the first snapshot) changes, with drains
+/// ending `new.reload.drain_timeout` after `now`. It looks states up in `registry` (a new
+/// server's state is created there) and changes none.
+pub fn plan(old: Option<&Config>, new: &Config, registry: &Registry, now: Instant) -> Transition {
+    let mut t = Transition::default();
+    for s in &new.servers {
+        let state = registry.server(&s.name, s.weight);
+        let previous = old.and_then(|o| o.server(&s.name));
+        if previous.is_none_or(|p| p.weight != s.weight) {
+            t.weights.push((Arc::clone(&state), s.weight));
+        }
+        if state.is_retired() {
+            t.unretire.push(Arc::clone(&state));
+        }
+        if let Some(p) = previous
+            && p.address != s.address
+        {
+            t.moves.push(Move {
+                state,
+                from: p.address,
+                to: s.address,
+            });
+        }
+    }
+    let until = now + new.reload.drain_timeout;
+    for s in old.map_or(&[][..], |o| &o.servers[..]) {
+        if new.server(&s.name).is_some() {
+            continue;
+        }
+        let state = registry.server(&s.name, s.weight);
+        if !state.is_retired() {
+            t.retire.push(Retirement {
+                state,
+                address: s.address,
+                until,
+            });
+        }
+    }
+    t
+}
+
+impl Transition {
+    /// The part that must hold before the swap, as the new snapshot's members expect it:
+    /// weights, and servers back from draining (kept in `registry` even if housekeeping
+    /// forgot them meanwhile, so their checks and the stats find the same state).
+    pub fn prepare(&self, registry: &Registry) {
+        for (state, weight) in &self.weights {
+            state.set_weight(*weight);
+        }
+        for state in &self.unretire {
+            state.unretire();
+            registry.adopt(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn config(servers: &str) -> Config {
+        let text = format!(
+            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: api }}]\n\
+             reload: {{ drain_timeout: 30s }}\nbackends: {{ api: {{ servers: [a] }} }}\nservers:\n{servers}"
+        );
+        crate::config::parse(Path::new("t.yaml"), &text).unwrap()
+    }
+
+    fn names<'a>(states: impl IntoIterator<Item = &'a Arc<ServerState>>) -> Vec<&'a str> {
+        states.into_iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_first_snapshot_sets_every_weight_and_nothing_else() {
+        let registry = Registry::default();
+        let c = config("  a: { address: 127.0.0.1:3001, weight: 2 }\n  b: { address: 127.0.0.1:3002 }\n");
+        let t = plan(None, &c, &registry, Instant::now());
+        let weights: Vec<_> = t.weights.iter().map(|(s, w)| (s.name.as_str(), *w)).collect();
+        assert_eq!(weights, [("a", 2), ("b", 1)]);
+        assert!(t.unretire.is_empty() && t.retire.is_empty() && t.moves.is_empty());
+    }
+
+    #[test]
+    fn a_reload_plans_weights_removals_and_moves_and_changes_nothing() {
+        let registry = Registry::default();
+        let old = config(
+            "  a: { address: 127.0.0.1:3001 }\n  b: { address: 127.0.0.1:3002 }\n  c: { address: 127.0.0.1:3003 }\n",
+        );
+        plan(None, &old, &registry, Instant::now()).prepare(&registry);
+        let a = registry.server("a", 1);
+        a.set_weight(7); // an admin's change
+        let new = config("  a: { address: 127.0.0.1:3001, weight: 3 }\n  c: { address: 127.0.0.1:3009 }\n");
+        let now = Instant::now();
+        let t = plan(Some(&old), &new, &registry, now);
+
+        let weights: Vec<_> = t.weights.iter().map(|(s, w)| (s.name.as_str(), *w)).collect();
+        assert_eq!(weights, [("a", 3)], "only where the config changed the weight");
+        assert_eq!(names(t.retire.iter().map(|r| &r.state)), ["b"]);
+        assert_eq!(t.retire[0].address.to_string(), "127.0.0.1:3002");
+        assert_eq!(t.retire[0].until, now + Duration::from_secs(30));
+        let moves: Vec<_> = t
+            .moves
+            .iter()
+            .map(|m| (m.state.name.as_str(), m.from.port(), m.to.port()))
+            .collect();
+        assert_eq!(moves, [("c", 3003, 3009)]);
+        assert!(t.unretire.is_empty());
+
+        assert_eq!(a.weight(), 7, "planning changes nothing");
+        assert!(!registry.server("b", 1).is_retired());
+    }
+
+    #[test]
+    fn a_server_listed_again_is_unretired_and_stays_registered() {
+        let registry = Registry::default();
+        let old = config("  a: { address: 127.0.0.1:3001 }\n");
+        let b = registry.server("b", 1);
+        let now = Instant::now();
+        b.retire("127.0.0.1:3002".parse().unwrap(), now);
+        let back = config("  a: { address: 127.0.0.1:3001 }\n  b: { address: 127.0.0.1:3002 }\n");
+        let t = plan(Some(&old), &back, &registry, now);
+        assert_eq!(names(&t.unretire), ["b"]);
+        assert!(t.retire.is_empty(), "a retired server is not retired again");
+
+        // Housekeeping forgets b (its drain ended) between the build and the swap.
+        assert_eq!(registry.forget_expired(now).len(), 1);
+        t.prepare(&registry);
+        assert!(!b.is_retired());
+        assert!(
+            Arc::ptr_eq(&registry.server("b", 1), &b),
+            "the snapshot's state is the registry's"
+        );
+    }
+}
