@@ -165,7 +165,16 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         }
         _ => None,
     };
-    let frontend = Frontend::new(proxy, Arc::clone(&shared), https, cap, config.timeouts.client);
+    // Idle keep-alive connections to servers: the HTTP/1 engine's, swept by housekeeping.
+    let pool = Arc::new(crate::proxy::Pool::default());
+    let frontend = Frontend::new(
+        proxy,
+        Arc::clone(&shared),
+        Arc::clone(&pool),
+        https,
+        cap,
+        config.timeouts.client,
+    );
     let mut listeners = Listeners::new();
     for addr in [config.listen.http, config.listen.https].into_iter().flatten() {
         listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
@@ -183,6 +192,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         "housekeeping",
         Housekeeping {
             shared: Arc::clone(&shared),
+            pool,
         },
     ));
     server.add_service(background_service(

@@ -44,6 +44,8 @@ pub struct Https {
 pub struct Frontend<A> {
     http: Arc<A>,
     shared: Arc<Shared>,
+    /// Idle server connections of the HTTP/1 engine.
+    pool: Arc<h1::Pool>,
     https: Option<Https>,
     /// One per connection served: `limits.max_connections`, or fewer if the file
     /// descriptor limit cannot hold that many.
@@ -56,10 +58,18 @@ pub struct Frontend<A> {
 }
 
 impl<A> Frontend<A> {
-    pub fn new(http: A, shared: Arc<Shared>, https: Option<Https>, cap: ConnectionCap, wait: Duration) -> Self {
+    pub fn new(
+        http: A,
+        shared: Arc<Shared>,
+        pool: Arc<h1::Pool>,
+        https: Option<Https>,
+        cap: ConnectionCap,
+        wait: Duration,
+    ) -> Self {
         Frontend {
             http: Arc::new(http),
             shared,
+            pool,
             https,
             permits: Arc::new(Semaphore::new(cap.connections)),
             waiting: AtomicUsize::new(0),
@@ -226,11 +236,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 self.http.process_new(stream, shutdown).await
             }
             Accepted::Plain(l4) => {
-                h1::serve(Arc::clone(&self.shared), l4, peer, open).await;
+                h1::serve(Arc::clone(&self.shared), Arc::clone(&self.pool), l4, peer, open).await;
                 None
             }
             Accepted::Tls(tls) => {
-                h1::serve(Arc::clone(&self.shared), tls, peer, open).await;
+                h1::serve(Arc::clone(&self.shared), Arc::clone(&self.pool), tls, peer, open).await;
                 None
             }
         }

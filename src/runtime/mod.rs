@@ -128,8 +128,6 @@ pub struct Shared {
     pub in_flight: crate::state::Gauge,
     /// Set by SIGTERM: refuse new connections, close kept-alive ones after their request.
     stopping: AtomicBool,
-    /// Idle keep-alive connections to servers (HTTP/1 engine).
-    pub pool: crate::proxy::Pool,
 }
 
 impl Shared {
@@ -152,7 +150,6 @@ impl Shared {
             generation: AtomicU64::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
-            pool: crate::proxy::Pool::default(),
         })
     }
 
@@ -229,7 +226,6 @@ impl Shared {
         state.set_health(Health::Checking, &format!("address changed from {from} to {to}"));
         let sessions = self.sids.sweep(|s| std::ptr::eq(s, Arc::as_ptr(state)));
         let tunnels = state.tunnels.close_all();
-        self.pool.forget(from);
         tracing::info!(server = %state.name, %from, %to, sessions, tunnels, "server moved by reload: checking the new address");
     }
 }

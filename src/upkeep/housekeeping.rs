@@ -22,6 +22,8 @@ const SWEEP_SIDS_EVERY: Duration = Duration::from_secs(5);
 /// The housekeeping service of one proxy.
 pub struct Housekeeping {
     pub shared: Arc<Shared>,
+    /// The HTTP/1 engine's idle server connections.
+    pub pool: Arc<crate::proxy::Pool>,
 }
 
 impl Housekeeping {
@@ -54,7 +56,7 @@ impl BackgroundService for Housekeeping {
             }
             let now = Instant::now();
             self.expire_drains(now);
-            self.shared.pool.sweep();
+            self.pool.sweep();
             if now.duration_since(sids_swept) >= SWEEP_SIDS_EVERY {
                 sids_swept = now;
                 self.sweep_sids(now);
@@ -77,6 +79,7 @@ mod tests {
         .unwrap();
         Housekeeping {
             shared: Shared::new(config, None),
+            pool: Arc::default(),
         }
     }
 

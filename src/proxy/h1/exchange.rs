@@ -276,7 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Result<Answer, Failed> {
         let t = &b.cfg.timeouts;
         let pooled = if allow_pool {
-            self.shared.pool.take(m.addr)
+            self.pool.take(m.addr)
         } else {
             None
         };
@@ -575,7 +575,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let done = framing.is_none_or(|f| f.is_done());
         if parsed.keep_alive && done && !broken && upos == self.ubuf.len() {
-            self.shared.pool.put(m.addr, up);
+            self.pool.put(m.addr, up);
         }
         drop(slot);
         sticky.on_end(&self.shared.sids);

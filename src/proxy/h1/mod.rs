@@ -52,13 +52,14 @@ pub struct Peer {
 
 /// Serve HTTP/1 on `io` until the client or a timeout ends it, or it becomes a tunnel.
 /// `open` is the frontend's hold on the connection; it lives as long as the connection.
-pub async fn serve<S, O>(shared: Arc<Shared>, io: S, peer: Peer, open: O)
+pub async fn serve<S, O>(shared: Arc<Shared>, pool: Arc<Pool>, io: S, peer: Peer, open: O)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     O: Send + 'static,
 {
     let mut conn = Conn {
         shared,
+        pool,
         io,
         peer: peer.addr.map(|a| a.ip()),
         peer_text: peer.addr.map(|a| a.ip().to_string().into_bytes()).unwrap_or_default(),
@@ -109,6 +110,8 @@ enum Next {
 /// One client connection's reusable state.
 struct Conn<S> {
     shared: Arc<Shared>,
+    /// Idle server connections, shared by every client connection.
+    pool: Arc<Pool>,
     io: S,
     peer: Option<IpAddr>,
     /// `peer` as text, for the forwarding headers of every request.

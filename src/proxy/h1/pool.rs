@@ -104,11 +104,6 @@ impl Pool {
         closed
     }
 
-    /// Forget every idle connection to `addr` (the server moved or was removed).
-    pub fn forget(&self, addr: SocketAddr) {
-        self.lock().remove(&addr);
-    }
-
     pub fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
     }
