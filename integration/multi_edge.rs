@@ -31,12 +31,13 @@ struct Fleet {
 }
 
 /// Both edges' config: `/socket.io/` sticky over the workers, PROXY protocol from the
-/// L4 balancer on 127.0.0.1, the same cookie secret, and (`shared`) the shared table.
-fn edge_yaml(workers: &[Worker], shared: Option<&Redis>) -> String {
+/// L4 balancer on 127.0.0.1, the same cookie secret, and the shared table on `redis`
+/// (the YAML value of `sticky.shared.redis`), if any.
+fn edge_yaml(workers: &[Worker], redis: Option<&str>) -> String {
     let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
     let list = names.join(", ");
-    let shared = shared
-        .map(|r| format!(", shared: {{ redis: \"{}\", timeout: 50ms }}", r.url()))
+    let shared = redis
+        .map(|r| format!(", shared: {{ redis: {r}, timeout: 50ms }}"))
         .unwrap_or_default();
     let mut y = format!(
         "access_log: false\ntrusted_proxies: [127.0.0.1/32]\n\
@@ -52,17 +53,27 @@ fn edge_yaml(workers: &[Worker], shared: Option<&Redis>) -> String {
 }
 
 fn fleet(workers: usize, shared: bool) -> Fleet {
-    fleet_with(workers, shared, false)
+    fleet_with(workers, shared, false, None)
 }
 
-/// `h2`: the edges also listen on https, offering HTTP/2.
-fn fleet_with(workers: usize, shared: bool, h2: bool) -> Fleet {
+/// The YAML value naming one Redis.
+fn one(redis: &Redis) -> String {
+    format!("\"{}\"", redis.url())
+}
+
+/// `h2`: the edges also listen on https, offering HTTP/2. `cluster`: the shared table is
+/// on this Redis Cluster instead.
+fn fleet_with(workers: usize, shared: bool, h2: bool, cluster: Option<&RedisCluster>) -> Fleet {
     let rooms = Redis::start();
     let shared_redis = Redis::start();
     let workers: Vec<Worker> = (1..=workers)
         .map(|i| Worker::start(&format!("w{i}"), &rooms.url()))
         .collect();
-    let yaml = edge_yaml(&workers, shared.then_some(&shared_redis));
+    let redis = match cluster {
+        Some(c) => format!("{{ cluster: [{}] }}", c.seeds()),
+        None => one(&shared_redis),
+    };
+    let yaml = edge_yaml(&workers, shared.then_some(redis.as_str()));
     let edge = || {
         let b = Proxy::builder(&yaml)
             .listen("  proxy_protocol: true\n")
@@ -446,7 +457,7 @@ async fn h2_get(addr: SocketAddr, ip: &str, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_request_on_the_other_edge_finds_the_session_too() {
-    let fleet = fleet_with(3, true, true);
+    let fleet = fleet_with(3, true, true, None);
     for i in 0..4 {
         let a = fleet.edge(0, &format!("127.0.0.{}", 60 + i));
         let (status, sid) = handshake(&a).await;
@@ -480,7 +491,7 @@ async fn a_reload_turns_the_shared_table_on_and_off() {
         edge.stats().await["sids"]["shared"].is_null(),
         "off without sticky.shared"
     );
-    let with = edge_yaml(&fleet.workers, Some(&fleet.shared));
+    let with = edge_yaml(&fleet.workers, Some(&one(&fleet.shared)));
     edge.write_config(&with);
     edge.sighup();
     edge.wait_generation(2).await;
@@ -501,4 +512,17 @@ async fn a_reload_turns_the_shared_table_on_and_off() {
     })
     .await;
     assert!(off, "off again after the next reload");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_table_may_live_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let fleet = fleet_with(3, true, false, Some(&cluster));
+    let sessions = cross_edge_sessions(&fleet, 6).await;
+    for (i, (on_a, on_b)) in sessions.iter().enumerate() {
+        assert_eq!(on_b.as_deref(), Ok(on_a.as_str()), "session {i}: {sessions:?}");
+    }
+    let b = shared_stats(&fleet.edges[1]).await;
+    assert_eq!(count(&b, "hits"), 6, "{b}");
+    assert!(b["redis"].as_str().is_some_and(|r| r.starts_with("cluster ")), "{b}");
 }
