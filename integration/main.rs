@@ -11,6 +11,7 @@ mod foundation;
 mod fuzz;
 mod hardening;
 mod health;
+mod multi_edge;
 mod reload;
 mod stats;
 mod sticky;

@@ -143,6 +143,9 @@ pub fn summary(c: &Config) -> String {
     if c.backends.iter().any(|b| b.balance == crate::config::Balance::Sticky) {
         let rate = c.sticky.handshake_rate.map_or("off".to_string(), |r| r.to_string());
         let _ = writeln!(out, "sticky: Engine.IO handshakes per client address: {rate}");
+        if let Some(shared) = &c.sticky.shared {
+            let _ = writeln!(out, "sticky: sid table shared through Redis {shared}");
+        }
     }
     for w in warnings(c) {
         let _ = writeln!(out, "{w}");
@@ -191,6 +194,32 @@ mod tests {
         assert!(
             r.warnings[0].ends_with("expires in 4 days") || r.warnings[0].ends_with("expires in 5 days"),
             "{r:?}"
+        );
+    }
+
+    #[test]
+    fn the_summary_names_the_shared_sid_table_without_its_password() {
+        let text = "listen: { http: 127.0.0.1:8080 }\nroutes:\n  - { path_prefix: /, backend: s }\n\
+                    backends:\n  s: { balance: sticky, servers: [a] }\nservers:\n  a: { address: 127.0.0.1:3001 }\n\
+                    sticky: { shared: { redis: \"redis://10.0.0.9:6379\", timeout: 20ms } }\n";
+        let c = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+        assert!(
+            summary(&c).contains(
+                "sticky: sid table shared through Redis redis://10.0.0.9:6379 (timeout 20ms, keys edgepin:sid:*)"
+            ),
+            "{}",
+            summary(&c)
+        );
+        let mut secret = c.clone();
+        if let Some(s) = secret.sticky.shared.as_mut() {
+            s.redis = crate::config::SharedRedis::One("redis://:hunter2hunter2@10.0.0.9:6379".into());
+        }
+        let diff = crate::diff::diff(&c, &secret);
+        assert_eq!(
+            diff,
+            vec![
+                "~ sticky.shared: redis://10.0.0.9:6379 (timeout 20ms, keys edgepin:sid:*) -> redis://***@10.0.0.9:6379 (timeout 20ms, keys edgepin:sid:*)"
+            ]
         );
     }
 }

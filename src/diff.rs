@@ -50,6 +50,11 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         &opt(old.sticky.handshake_rate),
         &opt(new.sticky.handshake_rate),
     );
+    out.changed(
+        "sticky.shared".into(),
+        &opt(old.sticky.shared.as_ref()),
+        &opt(new.sticky.shared.as_ref()),
+    );
     let routes = |c: &Config| -> Vec<String> {
         c.routes
             .iter()

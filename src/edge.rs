@@ -196,6 +196,12 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         },
     ));
     server.add_service(background_service(
+        "shared sid table",
+        crate::sticky::SharedLink {
+            shared: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
         "reload",
         Reloader {
             shared: Arc::clone(&shared),

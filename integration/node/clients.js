@@ -3,8 +3,8 @@
 //   node clients.js --url https://127.0.0.1:8443 --ca ca.crt --clients 500 --addresses 20 \
 //                   --rooms 50 --rest 400 --timeout 60000
 //
-// Each client has its own cookie jar (withCredentials) and a source address 127.0.0.x
-// (x = 2 + i % addresses), uses the default transports (polling, then the upgrade to
+// Each client has its own cookie jar (withCredentials; `--cookies off`: none, like
+// socket.io-client's default in Node) and a source address 127.0.0.x (x = 2 + i % addresses), uses the default transports (polling, then the upgrade to
 // websocket), joins room `r<i % rooms>`, and asks `whoami`. Then one member per room
 // says something and every member must receive it (and nothing from other rooms).
 // Then `--rest` GET /api/whoami requests go over one keep-alive connection.
@@ -28,6 +28,7 @@ const rooms = Number(arg("rooms", "1"));
 const restCount = Number(arg("rest", "0"));
 const timeout = Number(arg("timeout", "60000"));
 const transports = arg("transports", "polling,websocket").split(",");
+const cookies = arg("cookies", "on") !== "off";
 // With --hold FILE: after the first round, print a "held" line and wait for FILE to
 // exist (the test kills a worker meanwhile), then wait until every client is connected
 // and in its room again before the broadcast round.
@@ -79,7 +80,7 @@ async function main() {
       : new http.Agent({ localAddress, keepAlive: true });
     const socket = io(url, {
       transports,
-      withCredentials: true,
+      withCredentials: cookies,
       agent,
       ca,
       localAddress,

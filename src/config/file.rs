@@ -294,6 +294,28 @@ pub struct StickyFile {
     /// Engine.IO handshakes per client address.
     #[serde(default)]
     pub handshake_rate: Option<Spanned<RateFile>>,
+    /// A sid table shared by several edgepins through Redis.
+    #[serde(default)]
+    pub shared: Option<Spanned<SharedFile>>,
+}
+
+/// `sticky.shared`: exactly one of `redis` (no password in the YAML) or `redis_env`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedFile {
+    /// `redis://host:port[/db]`, or `{ cluster: [URL, …] }`.
+    #[serde(default)]
+    pub redis: Option<Spanned<RedisFile>>,
+    /// Environment variable holding the URL (it may hold a password), or comma-separated
+    /// seed URLs of a Redis Cluster.
+    #[serde(default)]
+    pub redis_env: Option<Str>,
+    /// Longest wait for a lookup (default 50ms).
+    #[serde(default)]
+    pub timeout: Option<Str>,
+    /// Prefix of the Redis keys (default `edgepin:sid:`).
+    #[serde(default)]
+    pub key_prefix: Option<Str>,
 }
 
 /// A rate per client; `per_second: 0` turns the limit off.

@@ -407,6 +407,8 @@ pub struct Sticky {
     pub max_sids: usize,
     /// Engine.IO handshakes a client address may make (`None`: no limit).
     pub handshake_rate: Option<Rate>,
+    /// The sid table shared with other edgepins through Redis (`None`: this process's only).
+    pub shared: Option<SharedSids>,
 }
 
 impl fmt::Debug for Sticky {
@@ -417,7 +419,72 @@ impl fmt::Debug for Sticky {
             .field("sid_ttl", &self.sid_ttl)
             .field("max_sids", &self.max_sids)
             .field("handshake_rate", &self.handshake_rate)
+            .field("shared", &self.shared)
             .finish()
+    }
+}
+
+/// `sticky.shared`: where several edgepins keep sid → server name, and how long a
+/// request may wait for it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedSids {
+    pub redis: SharedRedis,
+    /// Longest wait for a lookup; past it the request goes on by cookie or hash.
+    pub timeout: Duration,
+    /// Keys are `<key_prefix><sid>`.
+    pub key_prefix: String,
+}
+
+/// The Redis of the shared sid table. A URL may hold a password (from `redis_env`): it is
+/// never printed (`Debug` and `Display` hide it).
+#[derive(Clone, PartialEq, Eq)]
+pub enum SharedRedis {
+    One(String),
+    /// A Redis Cluster by its seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// A Redis URL with any credentials replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+impl fmt::Display for SharedRedis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedRedis::One(url) => f.write_str(&redacted_url(url)),
+            SharedRedis::Cluster(seeds) => {
+                let seeds: Vec<String> = seeds.iter().map(|s| redacted_url(s)).collect();
+                write!(f, "cluster {}", seeds.join(","))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SharedRedis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for SharedSids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (timeout {}, keys {}*)",
+            self.redis,
+            humantime::format_duration(self.timeout),
+            self.key_prefix
+        )
+    }
+}
+
+impl fmt::Debug for SharedSids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
     }
 }
 

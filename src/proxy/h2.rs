@@ -234,6 +234,8 @@ impl ProxyHttp for H2Proxy {
             .as_deref()
             .and_then(|name| headers::sticky_cookie(req, name))
             .map(<[u8]>::to_vec);
+        // A sid another edge learned: ask the shared table first (sticky.shared).
+        crate::sticky::shared::resolve(&self.shared, b, ctx.sticky.sid.as_deref()).await;
         if let Err(why) = self.acquire(ctx).await {
             return self.refuse(session, ctx, why).await;
         }

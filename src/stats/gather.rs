@@ -12,7 +12,7 @@ use crate::state::{FrontendCounters, StatusClasses, Traffic};
 use super::rates::{self, Rate, Rates};
 use super::view::{
     AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView,
-    Responses, ServerView, SidView, StatsView, StickyView, WebSocketView,
+    Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -86,12 +86,30 @@ impl StatsView {
                 expired: sids.expired.get(),
                 evicted: sids.evicted.get(),
                 forgotten: sids.forgotten.get(),
+                shared: shared_sids(shared),
             },
             frontends,
             backends,
             certificates: certificates(shared),
         }
     }
+}
+
+/// The shared sid table, when one is configured.
+fn shared_sids(shared: &Shared) -> Option<SharedSidView> {
+    let t = &shared.sids.shared;
+    let settings = t.settings()?;
+    let c = &t.counters;
+    Some(SharedSidView {
+        redis: settings.redis.to_string(),
+        up: t.is_up(),
+        hits: c.hits.get(),
+        misses: c.misses.get(),
+        errors: c.errors.get(),
+        timeouts: c.timeouts.get(),
+        fallbacks: c.fallbacks.get(),
+        writes: c.writes.get(),
+    })
 }
 
 /// The https listener's certificates, with the ACME one's renewal state.

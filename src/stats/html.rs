@@ -178,6 +178,14 @@ impl Page<'_> {
                         dt { "learned" } dd { (s.learned) }
                         dt { "expired · evicted" } dd { (s.expired) " · " (s.evicted) }
                         dt { "forgotten" } dd { (s.forgotten) }
+                        @if let Some(sh) = &s.shared {
+                            dt { "shared (Redis)" }
+                            dd.shared-state { @if sh.up { "up" } @else { span.bad { "DOWN" } } " · " (sh.redis) }
+                            dt { "shared lookups" }
+                            dd.shared-lookups { (sh.hits) " hit · " (sh.misses) " miss · " (sh.errors) " error · " (sh.timeouts) " timeout" }
+                            dt { "shared writes · fallbacks" }
+                            dd.shared-fallbacks { (sh.writes) " · " (sh.fallbacks) }
+                        }
                     }
                 }
                 div.card.legend {

@@ -282,6 +282,39 @@ fn process(families: &mut Families, view: &StatsView) -> prometheus::Result<()> 
     ] {
         families.put(name, help, c, &table, v as f64)?;
     }
+    if let Some(sh) = &s.shared {
+        let help = "Whether the shared sid table's Redis is connected (sticky.shared).";
+        families.put("edgepin_shared_sids_up", help, g, &[], f64::from(u8::from(sh.up)))?;
+        let lookups = "Shared sid table lookups by result.";
+        for (result, v) in [("hit", sh.hits), ("miss", sh.misses), ("timeout", sh.timeouts)] {
+            families.put(
+                "edgepin_shared_sids_lookups_total",
+                lookups,
+                c,
+                &[("result", result)],
+                v as f64,
+            )?;
+        }
+        for (name, help, v) in [
+            (
+                "edgepin_shared_sids_errors_total",
+                "Shared sid table commands that failed (lookups, writes, connection attempts).",
+                sh.errors,
+            ),
+            (
+                "edgepin_shared_sids_fallbacks_total",
+                "Sessions routed by cookie or hash because the shared table's Redis could not be used.",
+                sh.fallbacks,
+            ),
+            (
+                "edgepin_shared_sids_writes_total",
+                "Sids written to (or deleted from) the shared table.",
+                sh.writes,
+            ),
+        ] {
+            families.put(name, help, c, &[], v as f64)?;
+        }
+    }
     Ok(())
 }
 

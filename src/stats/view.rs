@@ -104,6 +104,24 @@ pub struct SidView {
     pub expired: u64,
     pub evicted: u64,
     pub forgotten: u64,
+    /// The table shared with other edgepins (`sticky.shared`), when configured.
+    pub shared: Option<SharedSidView>,
+}
+
+/// The sid table shared through Redis (counters of `sticky::shared`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedSidView {
+    /// The Redis, credentials hidden.
+    pub redis: String,
+    /// Connected now.
+    pub up: bool,
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    /// Sessions routed by cookie or hash because Redis could not be used.
+    pub fallbacks: u64,
+    pub writes: u64,
 }
 
 /// HTTP responses by status class.

@@ -10,11 +10,17 @@
 //! open tunnel are never evicted. So a flood of handshakes nobody follows up cannot grow
 //! the table nor push out sessions in use. Each entry counts as an open session on its
 //! server (the load that bounded hashing balances).
+//!
+//! With `sticky.shared` the table also tells its [`SharedTable`] what it learns (and
+//! refreshes that while a session is in use) and what it forgets, for the other edges;
+//! entries the other edges learned come in through [`SidTable::adopt`]. Expiry and
+//! eviction are local matters and are not told (Redis expires its copy by itself).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::shared::{Change, SharedTable};
 use super::slru::Slru;
 use crate::state::{Counter, ServerState};
 
@@ -32,6 +38,8 @@ struct Entry {
     /// Open tunnels of this session: an entry with a tunnel never expires by TTL and is
     /// pinned (never evicted).
     tunnels: u16,
+    /// When the shared table was last told (or told us) about this sid.
+    shared_at: u32,
 }
 
 #[derive(Debug)]
@@ -60,6 +68,8 @@ pub struct SidTable {
     ttl_secs: AtomicU64,
     origin: Instant,
     pub counters: SidCounters,
+    /// The copy other edges see (`sticky.shared`); inert when not configured.
+    pub shared: SharedTable,
 }
 
 impl SidTable {
@@ -78,6 +88,7 @@ impl SidTable {
             ttl_secs: AtomicU64::new(ttl.as_secs().max(1)),
             origin: Instant::now(),
             counters: SidCounters::default(),
+            shared: SharedTable::default(),
         }
     }
 
@@ -103,8 +114,19 @@ impl SidTable {
         self.ttl_secs.store(ttl.as_secs().max(1), Relaxed);
     }
 
-    /// Remember that `server` issued `sid`.
+    /// Remember that `server` issued `sid` (and tell the other edges).
     pub fn learn(&self, sid: &str, server: &Arc<ServerState>) {
+        self.insert(sid, server);
+        self.counters.learned.inc();
+        self.tell_learned(sid, server);
+    }
+
+    /// Remember what another edge learned: `server` issued `sid` (not told back).
+    pub fn adopt(&self, sid: &str, server: &Arc<ServerState>) {
+        self.insert(sid, server);
+    }
+
+    fn insert(&self, sid: &str, server: &Arc<ServerState>) {
         let now = self.now();
         let mut shard = self.shard(sid);
         if shard.entries.len() >= self.per_shard && !shard.entries.contains(sid) {
@@ -114,12 +136,27 @@ impl SidTable {
             server: Arc::clone(server),
             seen: now,
             tunnels: 0,
+            shared_at: now,
         };
         server.add_sessions(1);
         if let Some(old) = shard.entries.insert(sid, entry) {
             old.server.add_sessions(-1);
         }
-        self.counters.learned.inc();
+    }
+
+    fn tell_learned(&self, sid: &str, server: &ServerState) {
+        if self.shared.configured() {
+            self.shared.tell(Change::Learned {
+                sid: sid.into(),
+                server: Arc::from(server.name.as_str()),
+            });
+        }
+    }
+
+    /// Whether `sid` is here and not expired (not a use: no counters, no refresh).
+    pub fn knows(&self, sid: &str) -> bool {
+        let now = self.now();
+        self.shard(sid).entries.get(sid).is_some_and(|e| !self.expired(e, now))
     }
 
     /// Free one slot in a full shard: drop expired entries (at most once a second, so a
@@ -149,22 +186,34 @@ impl SidTable {
 
     /// The server that issued `sid`, if known and not expired; refreshes its idle time
     /// and, being a use of the session, protects it from eviction by new sessions.
+    /// The shared copy of a session in use is refreshed every half TTL.
     pub fn lookup(&self, sid: &str) -> Option<Arc<ServerState>> {
         let now = self.now();
+        let refresh_after = (self.ttl_secs.load(Relaxed) / 2).max(1);
+        let shared = self.shared.configured();
         let mut shard = self.shard(sid);
         let found = shard.entries.hit(sid, |e| {
             if self.expired(e, now) {
                 return None;
             }
             e.seen = now;
-            Some(Arc::clone(&e.server))
+            let refresh = shared && u64::from(now.saturating_sub(e.shared_at)) >= refresh_after;
+            if refresh {
+                e.shared_at = now;
+            }
+            Some((Arc::clone(&e.server), refresh))
         });
         drop(shard);
         match &found {
-            Some(_) => self.counters.hits.inc(),
+            Some((server, refresh)) => {
+                self.counters.hits.inc();
+                if *refresh {
+                    self.tell_learned(sid, server);
+                }
+            }
             None => self.counters.misses.inc(),
         }
-        found
+        found.map(|(server, _)| server)
     }
 
     /// A tunnel of session `sid` opened: it stays remembered while the tunnel is open.
@@ -176,9 +225,11 @@ impl SidTable {
 
     /// The session ended (its tunnel closed, or its server disowned it).
     pub fn forget(&self, sid: &str) {
-        if let Some(e) = self.shard(sid).entries.remove(sid) {
+        let removed = self.shard(sid).entries.remove(sid);
+        if let Some(e) = removed {
             e.server.add_sessions(-1);
             self.counters.forgotten.inc();
+            self.shared.tell(Change::Forgotten { sid: sid.into() });
         }
     }
 
@@ -301,6 +352,57 @@ mod tests {
             t.learn(&format!("x{i}"), &a);
         }
         assert!(t.lookup("keep").is_some());
+    }
+
+    #[test]
+    fn learned_and_forgotten_sids_are_told_to_the_shared_table_and_adopted_ones_are_not() {
+        use crate::sticky::shared::Change;
+        let t = SidTable::new(100, Duration::from_secs(60));
+        let mut told = t.shared.take_inbox().expect("inbox");
+        let a = server("a");
+        t.learn("local", &a);
+        assert!(told.try_recv().is_err(), "not configured: nothing told");
+        t.shared.pretend_up(crate::sticky::shared::tests::settings());
+        t.learn("s1", &a);
+        assert_eq!(
+            told.try_recv().ok(),
+            Some(Change::Learned {
+                sid: "s1".into(),
+                server: Arc::from("a")
+            })
+        );
+        t.adopt("s2", &a);
+        assert!(told.try_recv().is_err(), "another edge's sid is not told back");
+        assert!(t.knows("s2") && !t.knows("s3"));
+        assert_eq!(
+            t.counters.hits.get() + t.counters.misses.get(),
+            0,
+            "knows is not a lookup"
+        );
+        assert!(Arc::ptr_eq(&t.lookup("s2").unwrap(), &a));
+        assert!(told.try_recv().is_err(), "fresh: no refresh");
+        t.forget("s2");
+        assert_eq!(told.try_recv().ok(), Some(Change::Forgotten { sid: "s2".into() }));
+        t.forget("never");
+        assert!(told.try_recv().is_err(), "only what was known is forgotten");
+        assert_eq!(a.sessions(), 2, "adopted sessions count as load too");
+    }
+
+    #[test]
+    fn a_session_in_use_is_told_again_every_half_ttl() {
+        let t = SidTable::new(100, Duration::from_secs(2));
+        let mut told = t.shared.take_inbox().expect("inbox");
+        t.shared.pretend_up(crate::sticky::shared::tests::settings());
+        let a = server("a");
+        t.adopt("s", &a);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(t.lookup("s").is_some());
+        assert!(matches!(
+            told.try_recv(),
+            Ok(crate::sticky::shared::Change::Learned { .. })
+        ));
+        assert!(t.lookup("s").is_some());
+        assert!(told.try_recv().is_err(), "once per half TTL");
     }
 
     #[test]

@@ -92,6 +92,11 @@ impl<V> Slru<V> {
         self.slots.is_empty()
     }
 
+    /// The value of `key`, without counting a use.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.index.get(key).map(|&i| &self.slots[i as usize].value)
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
     }

@@ -3,7 +3,8 @@
 //!
 //! All rules live in this module (the pipeline and its helpers) and its parts by area:
 //! `listen` (listeners, timeouts, limits), `tls` (certificates, ACME, HSTS, run_as), `routing` (servers, backends, routes) and
-//! `operations` (health, stats, sticky, trusted proxies, reload, workers). Single values
+//! `operations` (health, stats, sticky, trusted proxies, reload, workers), `shared` (the
+//! sid table shared through Redis). Single values
 //! are parsed by `config::values`. Validation collects every error it can find instead
 //! of stopping at the first, so an operator fixes a file in one pass. It reads the files the config
 //! names (certificate, key, password file) and the env vars it names, nothing else.
@@ -19,6 +20,7 @@ mod listen;
 mod mutated;
 mod operations;
 mod routing;
+mod shared;
 mod tls;
 
 use super::file::{self, FileConfig, Str, TimeoutsFile};

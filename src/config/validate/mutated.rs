@@ -40,7 +40,8 @@ servers:
   w2: { address: 127.0.0.1:3002 }
 health: { path: /health, mode: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, expect: 200-399, passive_fall: 3 }
 stats: { refresh: 5 }
-sticky: { same_site: Lax, sid_ttl: 2m, max_sids: 100000, handshake_rate: { per_second: 20, burst: 200 } }
+sticky: { same_site: Lax, sid_ttl: 2m, max_sids: 100000, handshake_rate: { per_second: 20, burst: 200 },
+          shared: { redis: \"redis://10.0.0.5:6379\", timeout: 50ms, key_prefix: \"edgepin:sid:\" } }
 reload: { drain_timeout: 5m, pidfile: run/edgepin.pid }
 workers: { redis: spawn, redis_port: 6380 }
 ",

@@ -172,12 +172,14 @@ impl Validator<'_> {
         let sid_ttl = self.duration(&sf.sid_ttl, Duration::from_secs(120));
         let max_sids = self.count(&sf.max_sids, "max_sids", (16, 10_000_000), 100_000) as usize;
         let handshake_rate = self.rate(sf.handshake_rate.as_ref(), "handshake_rate", Rate::DEFAULT_HANDSHAKES);
+        let shared = sf.shared.as_ref().and_then(|s| self.shared_sids(s));
         Sticky {
             secret,
             same_site,
             sid_ttl,
             max_sids,
             handshake_rate,
+            shared,
         }
     }
 

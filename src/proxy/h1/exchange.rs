@@ -180,6 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             _ => None,
         };
+        // A sid another edge learned: ask the shared table first (sticky.shared).
+        crate::sticky::shared::resolve(&self.shared, b, sticky.sid.as_deref()).await;
         let fwd = request::Forwarding {
             peer: self.peer,
             peer_text,
