@@ -97,7 +97,8 @@ bench-broadcast: release node-deps
 ## `make bench QUICK=1` for one short repetition (~2.5 min). Then the Socket.IO broadcast
 ## benchmark (about a minute either way).
 bench: deps bench-deps node-deps
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --release --bins
+	$(CARGO) build --profile bench-tools --examples
 	QUICK=$(QUICK) ./benches/run.sh
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 

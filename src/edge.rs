@@ -167,7 +167,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     };
     // Idle keep-alive connections to servers: the HTTP/1 engine's, swept by housekeeping.
     let pool = Arc::new(crate::proxy::Pool::default());
-    let frontend = Frontend::new(
+    let mut frontend = Frontend::new(
         proxy,
         Arc::clone(&shared),
         Arc::clone(&pool),
@@ -175,6 +175,8 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         cap,
         config.timeouts.client,
     );
+    // Only the differential test (integration/differential.rs) sets this.
+    frontend.h1_through_pingora = std::env::var("EDGEPIN_H1_ENGINE").is_ok_and(|e| e == "pingora");
     let mut listeners = Listeners::new();
     for addr in [config.listen.http, config.listen.https].into_iter().flatten() {
         listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));

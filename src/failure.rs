@@ -43,6 +43,10 @@ pub enum Failure {
     AnswerBroken,
     /// The client went away or stopped sending or reading in time.
     ClientGone,
+    /// The client's streamed body went over `limits.max_body_bytes` (413).
+    BodyTooLarge,
+    /// The client's chunked body broke its framing (400).
+    BodyMalformed,
 }
 
 /// How far the exchange had gone.
@@ -105,7 +109,8 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
     // A pooled connection that the server closed while it was idle: not the server's
     // fault, and the request can go again on a new connection if it is safe to.
     let stale = p.reused && f == ResetBeforeAnswer && !p.answered;
-    let retry = if p.answered || f == ClientGone || f == AnswerTimedOut || f == BadAnswer {
+    let client_side = matches!(f, ClientGone | BodyTooLarge | BodyMalformed);
+    let retry = if p.answered || client_side || f == AnswerTimedOut || f == BadAnswer {
         Retry::No
     } else if stale && (p.replayable || !p.sent) {
         Retry::Fresh
@@ -121,18 +126,20 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
         ResetBeforeAnswer => !stale,
         // A server waiting for the rest of a slow client's body is not failing.
         AnswerTimedOut => p.request_complete,
-        BadAnswer | AnswerBroken | ClientGone => false,
+        BadAnswer | AnswerBroken | ClientGone | BodyTooLarge | BodyMalformed => false,
     };
     let counted = match f {
         _ if connect => Counted::Connect,
-        ClientGone => Counted::Nothing,
+        _ if client_side => Counted::Nothing,
         _ if stale => Counted::Nothing,
         _ => Counted::Response,
     };
     let session_lost =
-        p.pinned && p.engine_io && !p.answered && retry != Retry::Fresh && !matches!(f, ClientGone | AnswerTimedOut);
+        p.pinned && p.engine_io && !p.answered && retry != Retry::Fresh && !client_side && f != AnswerTimedOut;
     let status = match f {
         ClientGone => 0,
+        BodyTooLarge => 413,
+        BodyMalformed => 400,
         _ if session_lost => 400,
         ConnectTimedOut | AnswerTimedOut => 504,
         _ => 502,
@@ -227,6 +234,21 @@ mod tests {
         );
         let v = classify(Failure::ClientGone, fresh_get());
         assert_eq!((v.status, v.passive, v.counted), (0, false, Counted::Nothing));
+        let streaming = Progress {
+            replayable: false,
+            request_complete: false,
+            pinned: true,
+            engine_io: true,
+            ..fresh_get()
+        };
+        for (f, status) in [(Failure::BodyTooLarge, 413), (Failure::BodyMalformed, 400)] {
+            let v = classify(f, streaming);
+            assert_eq!(
+                (v.status, v.retry, v.passive, v.counted, v.session_lost),
+                (status, Retry::No, false, Counted::Nothing, false),
+                "{f:?}"
+            );
+        }
         let v = classify(
             Failure::AnswerBroken,
             Progress {

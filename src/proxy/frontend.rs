@@ -55,6 +55,10 @@ pub struct Frontend<A> {
     max_waiting: usize,
     /// Longest wait for a permit before the connection is closed.
     wait: Duration,
+    /// Serve HTTP/1 with pingora's proxy instead of edgepin's engine: only for the
+    /// differential test, which compares what servers receive from each
+    /// (`EDGEPIN_H1_ENGINE=pingora`).
+    pub h1_through_pingora: bool,
 }
 
 impl<A> Frontend<A> {
@@ -72,6 +76,7 @@ impl<A> Frontend<A> {
             pool,
             https,
             permits: Arc::new(Semaphore::new(cap.connections)),
+            h1_through_pingora: false,
             waiting: AtomicUsize::new(0),
             max_waiting: cap.waiting,
             wait,
@@ -231,6 +236,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
             tls: https,
         };
         match accepted {
+            Accepted::Plain(l4) if self.h1_through_pingora => {
+                let _open = open;
+                self.http.process_new(l4, shutdown).await
+            }
             Accepted::H2(stream) => {
                 let _open = open;
                 self.http.process_new(stream, shutdown).await

@@ -1,6 +1,8 @@
 //! Request headers the proxy owns: the client address (trusting X-Forwarded-For only
-//! from configured proxies), X-Forwarded-*, X-Real-IP, and the sticky cookie, which is
-//! removed before the request goes upstream.
+//! from configured proxies), X-Forwarded-*, X-Real-IP, Forwarded, and the sticky cookie,
+//! which is removed before the request goes upstream. The HTTP/2 engine edits pingora's
+//! `RequestHeader` with these; the HTTP/1 engine writes the same headers itself
+//! (`h1::request`) and shares [`forwarded_element`].
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -102,8 +104,72 @@ pub fn set_forwarded(
             req.remove_header("x-forwarded-host");
         }
     }
+    // Forwarded (RFC 7239): a trusted proxy's elements, then this hop's.
+    let mut forwarded = Vec::with_capacity(64);
+    if peer_trusted {
+        for v in req.headers.get_all("forwarded") {
+            forwarded.extend_from_slice(v.as_bytes().trim_ascii());
+            forwarded.extend_from_slice(b", ");
+        }
+    } else {
+        for claim in CLAIMS {
+            req.remove_header(claim);
+        }
+    }
+    let peer_text = peer.map(|p| p.to_string()).unwrap_or_default();
+    let proto: &[u8] = if tls { b"https" } else { b"http" };
+    forwarded_element(
+        &mut forwarded,
+        peer,
+        peer_text.as_bytes(),
+        proto,
+        host.map(str::as_bytes),
+    );
+    req.insert_header(
+        "forwarded",
+        HeaderValue::from_bytes(&forwarded).or_err(ErrorType::InvalidHTTPHeader, "Forwarded value")?,
+    )?;
+    // Names with `_` are dropped, as nginx does: never read as their `-` twins.
+    let underscored: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        req.remove_header(&name);
+    }
     Ok(())
 }
+
+/// `for=…;proto=…;host=…` for this hop (RFC 7239 §4; IPv6 and hosts with a port quoted).
+pub fn forwarded_element(out: &mut Vec<u8>, peer: Option<IpAddr>, peer_text: &[u8], proto: &[u8], host: Option<&[u8]>) {
+    match peer {
+        Some(IpAddr::V6(_)) => {
+            out.extend_from_slice(b"for=\"[");
+            out.extend_from_slice(peer_text);
+            out.extend_from_slice(b"]\"");
+        }
+        Some(_) => {
+            out.extend_from_slice(b"for=");
+            out.extend_from_slice(peer_text);
+        }
+        None => out.extend_from_slice(b"for=unknown"),
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto);
+    // A host value is a token or a quoted string; anything else is left out.
+    if let Some(h) =
+        host.filter(|h| !h.is_empty() && h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(h);
+        out.push(b'"');
+    }
+}
+
+/// Client-sent headers that claim an address, kept only from trusted proxies.
+const CLAIMS: [&str; 3] = ["x-client-ip", "true-client-ip", "cf-connecting-ip"];
 
 /// An address as a header value.
 fn ip_value(ip: IpAddr) -> Result<HeaderValue> {

@@ -277,11 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         acct: &Account,
     ) -> Result<Answer, Failed> {
         let t = &b.cfg.timeouts;
-        let pooled = if allow_pool {
-            self.pool.take(m.addr)
-        } else {
-            None
-        };
+        let pooled = if allow_pool { self.pool.take(m.addr) } else { None };
         let reused = pooled.is_some();
         let mut progress = Progress { reused, ..base };
         acct.upstream_connection(reused);
@@ -336,11 +332,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(BodyStop::Server) => return Err((Failure::ResetBeforeAnswer, progress)),
                     Err(BodyStop::TooLarge) => {
                         rec.error = Some("request body too large");
-                        return Err((Failure::ClientGone, progress));
+                        return Err((Failure::BodyTooLarge, progress));
                     }
                     Err(BodyStop::Malformed) => {
                         rec.error = Some("malformed chunked request body");
-                        return Err((Failure::ClientGone, progress));
+                        return Err((Failure::BodyMalformed, progress));
                     }
                     Err(BodyStop::Client) => return Err((Failure::ClientGone, progress)),
                 }
@@ -678,6 +674,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 _ => "",
             };
             rec.error.get_or_insert(detail);
+            if (400..500).contains(&v.status) {
+                acct.frontend().request_errors.inc();
+            }
             write_local(&mut self.wbuf, v.status, detail, &[], true);
         }
         self.finish_local(head, acct, rec, v.status, client, true).await

@@ -141,7 +141,7 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upst
             }
         }
     }
-    forwarded_element(out, fwd.peer, fwd.peer_text, proto, host);
+    super::super::headers::forwarded_element(out, fwd.peer, fwd.peer_text, proto, host);
     out.extend_from_slice(b"\r\n");
     if head.websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
@@ -154,32 +154,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// `for=…;proto=…;host=…` for this hop (RFC 7239 §4; IPv6 and hosts with a port quoted).
-pub fn forwarded_element(out: &mut Vec<u8>, peer: Option<IpAddr>, peer_text: &[u8], proto: &[u8], host: Option<&[u8]>) {
-    match peer {
-        Some(IpAddr::V6(_)) => {
-            out.extend_from_slice(b"for=\"[");
-            out.extend_from_slice(peer_text);
-            out.extend_from_slice(b"]\"");
-        }
-        Some(_) => {
-            out.extend_from_slice(b"for=");
-            out.extend_from_slice(peer_text);
-        }
-        None => out.extend_from_slice(b"for=unknown"),
-    }
-    out.extend_from_slice(b";proto=");
-    out.extend_from_slice(proto);
-    // A host value is a token or a quoted string; anything else is left out.
-    if let Some(h) =
-        host.filter(|h| !h.is_empty() && h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
-    {
-        out.extend_from_slice(b";host=\"");
-        out.extend_from_slice(h);
-        out.push(b'"');
-    }
 }
 
 #[cfg(test)]
