@@ -193,15 +193,7 @@ async fn a_thousand_endless_heads_cost_little_memory_and_get_431() {
     let a = Backend::start("a");
     let proxy = Proxy::start(&api_body(&[&a], &[]));
     let pid = proxy.proc.pid();
-    let rss = move || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
+    let rss = move || crate::harness::process::rss_bytes(pid);
     let before = rss();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let peak = {

@@ -443,18 +443,7 @@ async fn drain_keeps_an_open_websocket_flowing_while_new_sessions_go_elsewhere_a
     // MAINT: nothing goes there, and its open tunnel is closed with a close frame.
     let r = proxy.admin("/admin/servers/b/state", r#"{"state":"maint"}"#).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let close = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => return frame,
-                Some(Ok(_)) => {}
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed at once");
-    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    assert_eq!(client::close_code(&mut ws, Duration::from_secs(3)).await, Some(1001));
     // The server's end of the tunnel was closed first; its socket task notices at once.
     let gone = crate::harness::eventually(Duration::from_secs(1), async || b.open_websockets() == 0).await;
     assert!(gone, "b still holds {} WebSockets", b.open_websockets());

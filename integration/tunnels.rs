@@ -9,17 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::harness::process::rss_bytes;
 use crate::harness::{Backend, Proxy, api_body, client};
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_clients_that_never_read_hold_little_of_the_proxys_memory() {
@@ -235,4 +226,24 @@ async fn the_relay_passes_every_frame_byte_for_byte_both_ways_over_ws_and_wss() 
         let (_, mut server) = tokio::join!(upgrade(&mut c), raw_ws_server(&listener));
         conversation(&mut c, &mut server, server_closes).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_tunnels_with_a_close_frame_then_exits() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let a = Backend::start("a");
+    let mut proxy = Proxy::start(&api_body(&[&a], &[]));
+    let mut sockets = Vec::new();
+    for target in [proxy.plain(), proxy.tls()] {
+        let mut ws = client::websocket(&target, "/ws").await.unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))), "the hello");
+        sockets.push(ws);
+    }
+    proxy.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    for mut ws in sockets {
+        assert_eq!(client::close_code(&mut ws, Duration::from_secs(5)).await, Some(1001));
+    }
+    let status = proxy.proc.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}");
 }

@@ -277,6 +277,28 @@ pub async fn get(t: &Target, path: &str) -> std::io::Result<Response> {
     Conn::open(t).await?.get(path).await
 }
 
+/// Read a WebSocket until its close frame (within `wait`); the close code, if any.
+/// Anything else than messages and a close frame is a failure.
+pub async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, wait: Duration) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let frame = tokio::time::timeout(wait, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a close frame in time");
+    frame.map(|f| u16::from(f.code))
+}
+
 /// A WebSocket through `t` at `path`.
 pub async fn websocket(
     t: &Target,

@@ -254,32 +254,20 @@ use super::account;
 
 /// A response edgepin writes itself: `<status> <reason>[: detail]` as text.
 fn write_local(out: &mut Vec<u8>, status: u16, detail: &str, headers: &[(&str, &str)], close: bool) {
-    use std::io::Write;
-    let reason = http::StatusCode::from_u16(status)
+    let reason = reason(status);
+    let body = if detail.is_empty() {
+        format!("{status} {reason}\n")
+    } else {
+        format!("{status} {reason}: {detail}\n")
+    };
+    write_local_body(out, status, "text/plain; charset=utf-8", headers, &body, close);
+}
+
+fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let body_len = if detail.is_empty() {
-        format!("{status} {reason}\n").len()
-    } else {
-        format!("{status} {reason}: {detail}\n").len()
-    };
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {body_len}\r\ncache-control: no-store\r\n"
-    );
-    for (k, v) in headers {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if detail.is_empty() {
-        let _ = writeln!(out, "{status} {reason}");
-    } else {
-        let _ = writeln!(out, "{status} {reason}: {detail}");
-    }
+        .unwrap_or("")
 }
 
 /// A response with a body of its own type (the Engine.IO 400, a redirect).
