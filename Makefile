@@ -25,6 +25,14 @@ chromium:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; \
 	fi
 
+## pebble, a real ACME server, and its pebble-challtestsrv, for the certificate tests
+## (Debian's package). Installed only when missing.
+pebble:
+	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then \
+	  echo "installing: pebble"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pebble; \
+	fi
+
 ## Node.js packages for the real socket.io / socket.io-client tests.
 node-deps:
 	@if [ -f $(NODE_DIR)/package-lock.json ] && [ ! -d $(NODE_DIR)/node_modules ]; then \
