@@ -118,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     close,
                 );
                 rec.local = true;
-                return self.finish_local(head, acct, rec, 308, client, close).await;
+                return self.finish_local(head, acct, rec, 308, client, close, None).await;
             }
             Routed::AcmeAnswer => {
                 let Some(key_authorization) = crate::acme::http01_answer(self.shared.cert.as_deref(), &path) else {
@@ -129,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let close = !head.keep_alive || head.body() != Body::None;
                 write_local_body(&mut self.wbuf, 200, "text/plain", &[], &key_authorization, close);
                 rec.local = true;
-                return self.finish_local(head, acct, rec, 200, client, close).await;
+                return self.finish_local(head, acct, rec, 200, client, close, None).await;
             }
             Routed::Refuse(why) => return self.refuse(head, acct, rec, why, client, None).await,
         };
@@ -643,8 +643,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Refusal::SessionGone => Some("session lost with its server"),
             Refusal::TooMany { .. } => Some("too many requests"),
         };
-        let _ = sticky;
-        self.finish_local(head, acct, rec, status, client, close).await
+        self.finish_local(head, acct, rec, status, client, close, sticky).await
     }
 
     /// An upstream failure that is not retried: the status `classify` chose.
@@ -679,7 +678,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             write_local(&mut self.wbuf, v.status, detail, &[], true);
         }
-        self.finish_local(head, acct, rec, v.status, client, true).await
+        self.finish_local(head, acct, rec, v.status, client, true, Some(sticky))
+            .await
     }
 
     /// A client whose request body went wrong: 408 for a stall, 400 for a bad framing,
@@ -699,7 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 rec.error = Some("request body not received in time");
                 self.wbuf.clear();
                 write_local(&mut self.wbuf, 408, "request body not received in time", &[], true);
-                self.finish_local(head, acct, rec, 408, client, true).await
+                self.finish_local(head, acct, rec, 408, client, true, sticky).await
             }
             _ => self.gone(head, acct, rec, client, sticky),
         }
@@ -724,6 +724,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Send what is in `wbuf` (a local answer), account and log it.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_local(
         &mut self,
         head: &Head,
@@ -732,6 +733,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         status: u16,
         client: Option<std::net::IpAddr>,
         close: bool,
+        sticky: Option<&Exchange>,
     ) -> Next {
         let wait = acct.snapshot().config.timeouts.client;
         let ok = self.flush_client(wait).await;
@@ -740,7 +742,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ..Totals::default()
         });
         if acct.snapshot().config.access_log {
-            self.log(head, &rec, &acct, &Exchange::default(), client, status, duration);
+            let none = Exchange::default();
+            self.log(head, &rec, &acct, sticky.unwrap_or(&none), client, status, duration);
         }
         if close || !ok || self.shared.stopping() {
             Next::Close

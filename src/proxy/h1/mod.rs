@@ -185,8 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut deadline = None;
         loop {
             if !self.pending().is_empty() {
-                let started = *deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.header);
-                let _ = started;
+                deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.header);
                 let rpos = self.rpos;
                 match self.head.parse(&self.rbuf[rpos..], limits.max_header_bytes)? {
                     Some(len) => return Ok(Some(len)),
