@@ -3,7 +3,10 @@
 //
 //   node worker.js --port 3001 --id n1 --redis redis://127.0.0.1:6379
 //   node worker.js --port 3001 --id n1 --redis-cluster redis://127.0.0.1:7000,redis://…
-//     (a Redis Cluster with the sharded adapter: sharded pub/sub, Redis >= 7)
+//     (a Redis Cluster with the sharded adapter: sharded pub/sub, Redis >= 7, on ioredis
+//     with `shardedSubscribers`, which moves shard subscriptions to a promoted replica;
+//     node-redis 4.x keeps them on the dead master, so its rooms do not heal after a
+//     failover without a restart)
 //
 // Socket.IO events on "/": join(room, ack), leave(room), say(room, msg) -> "said"
 // {from, room, msg} to the room on every worker, whoami(ack) -> {id, transport},
@@ -14,7 +17,8 @@
 const http = require("http");
 const { Server } = require("socket.io");
 const { createAdapter, createShardedAdapter } = require("@socket.io/redis-adapter");
-const { createClient, createCluster } = require("redis");
+const { createClient } = require("redis");
+const { Cluster } = require("ioredis");
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(`--${name}`);
@@ -41,13 +45,21 @@ function readBody(req) {
 }
 
 async function main() {
-  const pub = clusterSeeds
-    ? createCluster({ rootNodes: clusterSeeds.split(",").map((url) => ({ url })) })
-    : createClient({ url: redisUrl });
-  const sub = pub.duplicate();
+  let pub, sub;
+  if (clusterSeeds) {
+    const seeds = clusterSeeds.split(",").map((url) => {
+      const u = new URL(url);
+      return { host: u.hostname, port: Number(u.port || 6379) };
+    });
+    pub = new Cluster(seeds, { lazyConnect: true });
+    sub = new Cluster(seeds, { lazyConnect: true, shardedSubscribers: true });
+  } else {
+    pub = createClient({ url: redisUrl });
+    sub = pub.duplicate();
+  }
   for (const c of [pub, sub]) c.on("error", (e) => console.error(`[${id}] redis: ${e.message}`));
   await Promise.all([pub.connect(), sub.connect()]);
-  const ready = () => (clusterSeeds ? true : pub.isReady);
+  const ready = () => (clusterSeeds ? pub.status === "ready" : pub.isReady);
 
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, "http://x");
