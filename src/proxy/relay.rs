@@ -425,6 +425,24 @@ mod tests {
         f
     }
 
+    /// A relay between two in-memory pipes with a 5 s idle timeout, as a task.
+    fn spawn_relay(
+        client: tokio::io::DuplexStream,
+        server: tokio::io::DuplexStream,
+        early: &[u8],
+        ctl: &Arc<TunnelCtl>,
+    ) -> tokio::task::JoinHandle<Relayed> {
+        tokio::spawn(relay(
+            client,
+            server,
+            early.to_vec(),
+            Vec::new(),
+            Duration::from_secs(5),
+            Arc::clone(ctl),
+            |_: &[u8]| true,
+        ))
+    }
+
     #[test]
     fn frame_boundaries_are_tracked_in_any_split() {
         let mut stream = Vec::new();
@@ -451,16 +469,7 @@ mod tests {
     async fn bytes_flow_both_ways_and_half_close_is_passed_on() {
         let (client, mut client_end) = duplex(64);
         let (server, mut server_end) = duplex(64);
-        let ctl = Arc::new(TunnelCtl::default());
-        let task = tokio::spawn(relay(
-            client,
-            server,
-            b"early".to_vec(),
-            Vec::new(),
-            Duration::from_secs(5),
-            ctl,
-            |_: &[u8]| true,
-        ));
+        let task = spawn_relay(client, server, b"early", &Arc::default());
         let big = vec![1u8; 100_000];
         let writer = tokio::spawn(async move {
             client_end.write_all(&big).await.unwrap();
@@ -505,15 +514,7 @@ mod tests {
         let (client, mut client_end) = duplex(1 << 20);
         let (server, mut server_end) = duplex(1 << 20);
         let ctl = Arc::new(TunnelCtl::default());
-        let task = tokio::spawn(relay(
-            client,
-            server,
-            Vec::new(),
-            Vec::new(),
-            Duration::from_secs(5),
-            Arc::clone(&ctl),
-            |_: &[u8]| true,
-        ));
+        let task = spawn_relay(client, server, b"", &ctl);
         let f = frame(b"hello");
         server_end.write_all(&f).await.unwrap();
         let mut got = vec![0u8; f.len()];
@@ -530,15 +531,7 @@ mod tests {
         let (client, _never_read) = duplex(1024);
         let (server, mut server_end) = duplex(1 << 20);
         let ctl = Arc::new(TunnelCtl::default());
-        let task = tokio::spawn(relay(
-            client,
-            server,
-            Vec::new(),
-            Vec::new(),
-            Duration::from_secs(5),
-            Arc::clone(&ctl),
-            |_: &[u8]| true,
-        ));
+        let task = spawn_relay(client, server, b"", &ctl);
         // The server can push only until the relay stops reading it.
         let pushed = tokio::time::timeout(Duration::from_millis(300), server_end.write_all(&vec![0u8; 4 << 20])).await;
         assert!(

@@ -23,8 +23,8 @@ use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{
-    BATCH, Backend, Backoff, Control, IO_TIMEOUT, LinkError, Outgoing, RedisLink, lock, read, redacted, timed,
-    warn_due, write,
+    BATCH, Backend, Backoff, Control, IO_TIMEOUT, LinkError, Outgoing, RedisLink, lock, next_batch, read, redacted,
+    timed, warn_due, write,
 };
 use crate::worker::wire::Channels;
 
@@ -324,13 +324,9 @@ impl RedisLink {
         let Some(cluster) = self.cluster() else { return };
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let n = tokio::select! {
-                n = outbox.recv_many(&mut batch, BATCH) => n,
-                _ = stop.changed() => return,
-            };
-            if n == 0 {
+            let Some(n) = next_batch(&mut outbox, &mut batch, &mut stop).await else {
                 return;
-            }
+            };
             let Some(conn) = cluster.conn() else {
                 self.metrics.dropped.inc_by(n as u64);
                 batch.clear();

@@ -374,6 +374,20 @@ impl RedisLink {
     }
 }
 
+/// The next batch of queued messages (at most `BATCH`) into `batch`; `None` when the
+/// queue is closed or the link is stopping.
+async fn next_batch(
+    outbox: &mut mpsc::Receiver<Outgoing>,
+    batch: &mut Vec<Outgoing>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<usize> {
+    let n = tokio::select! {
+        n = outbox.recv_many(batch, BATCH) => n,
+        _ = stop.changed() => return None,
+    };
+    (n > 0).then_some(n)
+}
+
 async fn timed<T>(f: impl Future<Output = redis::RedisResult<T>>) -> Result<T, LinkError> {
     match tokio::time::timeout(IO_TIMEOUT, f).await {
         Ok(r) => Ok(r?),

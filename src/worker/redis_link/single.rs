@@ -14,8 +14,8 @@ use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    BATCH, Backend, Backoff, Control, IO_TIMEOUT, LinkError, Outgoing, RedisLink, read, redacted, timed, warn_due,
-    write,
+    BATCH, Backend, Backoff, Control, IO_TIMEOUT, LinkError, Outgoing, RedisLink, next_batch, read, redacted, timed,
+    warn_due, write,
 };
 use crate::worker::wire::Channels;
 
@@ -201,13 +201,9 @@ impl RedisLink {
         let Some(single) = self.single() else { return };
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let n = tokio::select! {
-                n = outbox.recv_many(&mut batch, BATCH) => n,
-                _ = stop.changed() => return,
-            };
-            if n == 0 {
+            let Some(n) = next_batch(&mut outbox, &mut batch, &mut stop).await else {
                 return;
-            }
+            };
             let session = self.session.load(Ordering::Relaxed);
             let Some(mut conn) = read(&single.publisher).clone() else {
                 self.metrics.dropped.inc_by(n as u64);
