@@ -403,6 +403,40 @@ async fn h2_rest_answers_while_fifty_socketio_clients_use_the_same_listener() {
     assert!(ok.load(Relaxed) > 10, "h2 REST answers: {}", ok.load(Relaxed));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_h2_connection_is_closed_after_the_keepalive_timeout() {
+    let backend = Backend::start("b0");
+    let body = format!("{}timeouts: {{ keepalive: 1s }}\n", api_body(&[&backend], &[]));
+    let proxy = Proxy::builder(&body).h2().start();
+    let mut config = (*client::tls_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let mut send = send;
+    assert_eq!(h2_get(&mut send, "/").await.map(|r| r.0), Some(200));
+    let answered = Instant::now();
+    // Silent from now on: the proxy closes it, as it closes an idle HTTP/1.1 connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("an idle HTTP/2 connection held past 10 s")
+        .unwrap();
+    let idle = ended - answered;
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(5),
+        "closed after {idle:?} idle"
+    );
+    drop(send);
+}
+
 /// One HTTP/2 frame header.
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

@@ -155,6 +155,11 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         },
     );
     proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
+    // An HTTP/2 connection with no stream in flight is closed after `timeouts.keepalive`, as
+    // an idle HTTP/1.1 one is (pingora holds it until the client leaves otherwise).
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(config.timeouts.keepalive);
+    proxy.server_options = Some(options);
     let https = match (config.listen.https, cert, &config.tls) {
         (Some(addr), Some(cert), Some(t)) => {
             let alpn = crate::tls::alpn_protocols(t);
