@@ -110,11 +110,13 @@ impl Account {
         self.member = None;
     }
 
-    /// Spend a retry from the backend's budget, if `alternative` servers exist and the
-    /// budget allows; counted when spent.
+    /// Spend a retry from the backend's budget, if another server can take the request,
+    /// the backend's `retries` (attempts after the first) are not all spent, and the
+    /// retry budget allows; counted when spent. `tried`: the servers failed before the
+    /// current one.
     pub fn spend_retry(&self, tried: &[usize]) -> bool {
         let Some(b) = self.backend() else { return false };
-        if tried.len() as u32 > b.cfg.retries {
+        if tried.len() as u32 >= b.cfg.retries {
             return false;
         }
         let current = self.member;
@@ -260,5 +262,70 @@ impl Account {
 impl Drop for Account {
     fn drop(&mut self) {
         self.end(Totals::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Health;
+
+    fn backend(retries: u32, servers: usize) -> (Arc<Shared>, Arc<Snapshot>) {
+        let names: Vec<String> = (1..=servers).map(|i| format!("w{i}")).collect();
+        let text = format!(
+            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
+             backends: {{ b: {{ retries: {retries}, servers: [{}] }} }}\nservers:\n{}",
+            names.join(", "),
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i))
+                .collect::<String>()
+        );
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+        let shared = Shared::new(cfg, None);
+        let snapshot = shared.snapshot();
+        for m in &snapshot.backends[0].members {
+            m.state.set_health(Health::Up, "test");
+        }
+        (shared, snapshot)
+    }
+
+    /// A request routed to the backend and sent to server `first`.
+    fn account(shared: &Arc<Shared>, snapshot: &Arc<Snapshot>, first: usize) -> Account {
+        let mut a = Account::start(shared, snapshot, false);
+        a.routed(0);
+        a.picked(first, None);
+        a
+    }
+
+    #[test]
+    fn retries_are_the_attempts_after_the_first() {
+        let (shared, snapshot) = backend(2, 4);
+        let mut a = account(&shared, &snapshot, 0);
+        assert!(a.spend_retry(&[]), "first retry");
+        a.redispatched();
+        a.picked(1, None);
+        assert!(a.spend_retry(&[0]), "second retry");
+        a.redispatched();
+        a.picked(2, None);
+        assert!(!a.spend_retry(&[0, 1]), "retries: 2 allows two");
+        let server = &snapshot.backends[0].members[0].traffic;
+        assert_eq!(server.retries.get(), 1);
+    }
+
+    #[test]
+    fn retries_zero_never_retries() {
+        let (shared, snapshot) = backend(0, 3);
+        assert!(!account(&shared, &snapshot, 0).spend_retry(&[]));
+    }
+
+    #[test]
+    fn no_retry_without_another_server_that_takes_requests() {
+        let (shared, snapshot) = backend(3, 2);
+        let a = account(&shared, &snapshot, 0);
+        assert!(!a.spend_retry(&[1]), "the other one failed already");
+        snapshot.backends[0].members[1].state.set_health(Health::Down, "test");
+        assert!(!a.spend_retry(&[]), "the other one is down");
     }
 }
