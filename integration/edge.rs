@@ -437,6 +437,92 @@ async fn an_idle_h2_connection_is_closed_after_the_keepalive_timeout() {
     drop(send);
 }
 
+/// TLS with ALPN h2 to the https listener, nothing sent yet.
+async fn h2_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut config = (*client::tls_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_client_that_never_sends_its_preface_is_cut_at_the_handshake_deadline() {
+    let backend = Backend::start("b0");
+    let body = format!("{}timeouts: {{ handshake: 1s }}\n", api_body(&[&backend], &[]));
+    let proxy = Proxy::builder(&body).h2().start();
+    let mut silent = h2_tls(proxy.https).await;
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection was not closed: {read:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    let stats = proxy.stats().await;
+    let https = stats["frontends"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == "https"))
+        .cloned()
+        .expect("https listener in stats");
+    assert_eq!(https["handshake_timeouts"], 1, "{https}");
+    // A client that sends its preface is served as before.
+    let mut send = h2_connect(proxy.https).await;
+    assert_eq!(h2_get(&mut send, "/").await.map(|r| r.0), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_stream_whose_client_grants_no_window_ends_at_the_client_timeout() {
+    let backend = Backend::start("b0");
+    let body = format!("{}timeouts: {{ client: 1s }}\n", api_body(&[&backend], &[]));
+    let proxy = Proxy::builder(&body).h2().start();
+    let tls = h2_tls(proxy.https).await;
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::get("https://localhost/").body(()).unwrap();
+    let (resp, _) = send.ready().await.unwrap().send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("response head")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    // The body cannot flow (no window, never released): the proxy gives up on the stream.
+    let mut body = resp.into_body();
+    let end = tokio::time::timeout(Duration::from_secs(10), body.data()).await;
+    assert!(matches!(end, Ok(Some(Err(_)))), "the stream was not reset: {end:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "reset after {:?}",
+        started.elapsed()
+    );
+    // Its server's session is given back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = proxy.stats().await;
+        let scur = stats["backends"][0]["servers"][0]["counters"]["sessions_current"].as_u64();
+        if scur == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session still held: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One HTTP/2 frame header.
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

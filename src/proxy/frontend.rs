@@ -115,7 +115,8 @@ impl<A> Frontend<A> {
         }
     }
 
-    /// PROXY header and TLS handshake; None drops the connection.
+    /// PROXY header, TLS handshake and, for HTTP/2, the client preface; None drops the
+    /// connection.
     async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Option<Accepted> {
         let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => l4,
@@ -143,7 +144,13 @@ impl<A> Frontend<A> {
         match tls.get_ref().1.alpn_protocol() {
             // A TLS-ALPN-01 validation has seen the certificate it asked for.
             Some(ACME_TLS_ALPN) => None,
-            Some(b"h2") => Some(Accepted::H2(Box::new(TlsConn::new(tls)))),
+            Some(b"h2") => {
+                let mut conn = TlsConn::new(tls);
+                match conn.read_h2_preface().await {
+                    Ok(true) => Some(Accepted::H2(Box::new(conn))),
+                    Ok(false) | Err(_) => None,
+                }
+            }
             _ => Some(Accepted::Tls(Box::new(tls))),
         }
     }

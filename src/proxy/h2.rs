@@ -169,6 +169,9 @@ impl ProxyHttp for H2Proxy {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.account = Some(Account::start(&self.shared, &snapshot, ctx.tls));
         session.set_read_timeout(Some(cfg.timeouts.client));
+        // A client that grants no flow-control window holds its stream (and the server's
+        // slot) until this passes; pingora sets no write deadline on HTTP/2 by itself.
+        session.set_write_timeout(Some(cfg.timeouts.client));
         let req = session.req_header();
         if limits::head_size(req) > cfg.limits.max_header_bytes {
             return self

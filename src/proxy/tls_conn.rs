@@ -21,8 +21,11 @@ use pingora::protocols::{
     ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest, UniqueID,
     UniqueIDType,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client connection after edgepin's TLS handshake.
 #[derive(Debug)]
@@ -30,6 +33,8 @@ pub struct TlsConn {
     inner: TlsStream<L4Stream>,
     digest: Arc<SslDigest>,
     alpn: Option<ALPN>,
+    /// Bytes read ahead (the HTTP/2 preface), given back before anything else is read.
+    replay: &'static [u8],
 }
 
 impl TlsConn {
@@ -49,7 +54,21 @@ impl TlsConn {
             inner,
             digest: Arc::new(SslDigest::new(cipher, version, None, None, Vec::new())),
             alpn,
+            replay: &[],
         }
+    }
+
+    /// Read the HTTP/2 client preface, to be read again by pingora's HTTP/2 server: the
+    /// frontend waits for it under `timeouts.handshake`, as pingora's server would wait
+    /// for it forever. False when the client sent something else.
+    pub async fn read_h2_preface(&mut self) -> std::io::Result<bool> {
+        let mut preface = [0u8; H2_PREFACE.len()];
+        self.inner.read_exact(&mut preface).await?;
+        if preface != H2_PREFACE {
+            return Ok(false);
+        }
+        self.replay = H2_PREFACE;
+        Ok(true)
     }
 
     fn l4(&self) -> &L4Stream {
@@ -59,7 +78,14 @@ impl TlsConn {
 
 impl AsyncRead for TlsConn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay = &this.replay[n..];
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
