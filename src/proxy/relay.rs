@@ -34,6 +34,10 @@ const SCRATCH_SIZE: usize = 16 * 1024;
 /// Reads per direction in one poll before yielding to other tasks.
 const READS_PER_POLL: usize = 16;
 
+/// How long closing a tunnel may take: a client that does not read holds its place no
+/// longer than this after edgepin has decided to close it.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 thread_local! {
     /// The read buffer of every tunnel on this thread (used within one poll, never held).
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
@@ -290,6 +294,10 @@ where
     /// Closing by edgepin: the server's side ends first, then the client gets what the
     /// server had sent, the close frame (at a frame boundary) and the end.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Relayed> {
+        if self.timer.as_mut().poll(cx).is_ready() {
+            // `CLOSE_WAIT` passed: the client took nothing; drop both ends.
+            return self.result(Ended::ByEdge);
+        }
         if !self.up.shut {
             // Not read from again: the server sees the end at once.
             let _ = ready!(Pin::new(&mut self.server).poll_shutdown(cx));
@@ -342,6 +350,7 @@ where
         }
         if this.ctl.is_closed() {
             this.closing = Some(0);
+            this.timer.as_mut().reset((Instant::now() + CLOSE_WAIT).into());
             return this.poll_close(cx);
         }
         let (mut up_done, mut down_done) = (false, false);
@@ -523,6 +532,23 @@ mod tests {
         let mut rest = Vec::new();
         client_end.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, CLOSE_GOING_AWAY);
+        assert_eq!(task.await.unwrap().ended, Ended::ByEdge);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_a_tunnel_whose_client_never_reads_ends_after_the_close_wait() {
+        let (client, _never_read) = duplex(1024);
+        let (server, mut server_end) = duplex(1 << 20);
+        let ctl = Arc::new(TunnelCtl::default());
+        let task = spawn_relay(client, server, b"", &ctl);
+        // The server fills the client's pipe, then the tunnel is closed from outside.
+        server_end.write_all(&frame(&[7u8; 4000])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ctl.close();
+        tokio::time::sleep(CLOSE_WAIT - Duration::from_millis(100)).await;
+        assert!(!task.is_finished(), "still trying to write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(task.is_finished(), "given up after CLOSE_WAIT");
         assert_eq!(task.await.unwrap().ended, Ended::ByEdge);
     }
 

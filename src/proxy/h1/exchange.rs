@@ -472,6 +472,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let to_client = self.ubuf[upos..].to_vec();
             let wait = cfg.timeouts.client;
             if !self.flush_client(wait).await {
+                // No tunnel after all: its session ends here (the sid table pinned it).
+                sticky.on_end(&self.shared.sids);
                 return self.gone(head, acct, rec, client, Some(&sticky));
             }
             return Next::Tunnel(Box::new(Tunnel {
