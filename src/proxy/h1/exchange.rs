@@ -298,17 +298,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             fwd,
             request::Upstream {
                 strip_cookie: b.cfg.cookie.as_deref(),
+                server: Some(m.addr),
             },
         );
         if let Some(n) = replay {
             self.wbuf.extend_from_slice(&self.rbuf[self.rpos..self.rpos + n]);
         }
-        let sent = tokio::time::timeout(t.server, up.write_all(&self.wbuf)).await;
+        // `sent` from the first byte the server may have seen: a request that failed after
+        // part of it went out is not sent again unless it is safe to.
+        let sent = tokio::time::timeout(t.server, write_noting(&mut up, &self.wbuf, &mut progress.sent)).await;
         self.wbuf.clear();
         if !matches!(sent, Ok(Ok(()))) {
             return Err((Failure::ResetBeforeAnswer, progress));
         }
-        progress.sent = true;
         match (head.body(), replay) {
             (Body::None, _) | (_, Some(_)) => progress.request_complete = true,
             (Body::Length(n), None) => {
@@ -908,5 +910,64 @@ impl Tunnel {
             }
             .log();
         }
+    }
+}
+
+/// `write_all`, noting in `wrote` once any byte of `buf` was written.
+async fn write_noting<W: AsyncWrite + Unpin>(w: &mut W, mut buf: &[u8], wrote: &mut bool) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = w.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *wrote = true;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes `room` bytes, then fails every write.
+    struct Breaks {
+        room: usize,
+    }
+
+    impl AsyncWrite for Breaks {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            if self.room == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_is_sent_from_its_first_written_byte() {
+        let mut wrote = false;
+        assert!(
+            write_noting(&mut Breaks { room: 0 }, b"POST / HTTP/1.1\r\n", &mut wrote)
+                .await
+                .is_err()
+        );
+        assert!(!wrote, "nothing reached the server: safe to send again");
+        assert!(
+            write_noting(&mut Breaks { room: 3 }, b"POST / HTTP/1.1\r\n", &mut wrote)
+                .await
+                .is_err()
+        );
+        assert!(wrote, "part of it may have");
     }
 }

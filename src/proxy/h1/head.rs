@@ -294,6 +294,7 @@ impl Head {
         let mut keep_alive_token = false;
         let mut upgrade_token = false;
         let mut named = false;
+        let mut expect_continue = false;
         for f in &self.fields {
             let value = &self.raw[f.value.clone()];
             match f.kind {
@@ -329,10 +330,12 @@ impl Head {
                         }
                     }
                 }
-                Kind::Expect => self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue"),
+                Kind::Expect => expect_continue |= value.eq_ignore_ascii_case(b"100-continue"),
                 _ => {}
             }
         }
+        // Of this request only; HTTP/1.0 clients are never sent a 100 (RFC 9110 §10.1.1).
+        self.expect_continue = expect_continue && self.minor == 1;
         if chunked && length.is_some() {
             return Err(refused(400, "both Content-Length and Transfer-Encoding"));
         }
@@ -479,6 +482,20 @@ mod tests {
         assert_eq!(h.body(), Body::None);
         assert!(h.keep_alive && !h.websocket && !h.absolute);
         assert_eq!(h.value(Kind::Cookie), Some(&b"a=1"[..]));
+    }
+
+    #[test]
+    fn expect_continue_belongs_to_one_http_1_1_request() {
+        let mut h = Head::default();
+        let with = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n";
+        assert!(h.parse(with, 16384).unwrap().is_some());
+        assert!(h.expect_continue);
+        let without = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n";
+        assert!(h.parse(without, 16384).unwrap().is_some());
+        assert!(!h.expect_continue, "the next request on the connection did not ask");
+        let old = b"POST / HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n";
+        assert!(h.parse(old, 16384).unwrap().is_some());
+        assert!(!h.expect_continue, "no 100 for HTTP/1.0");
     }
 
     #[test]

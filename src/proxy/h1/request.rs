@@ -35,6 +35,9 @@ pub struct Forwarding<'a> {
 pub struct Upstream<'a> {
     /// The sticky cookie's name, removed from Cookie.
     pub strip_cookie: Option<&'a str>,
+    /// The server's address: the Host of a request that has none (HTTP/1.0 may omit it;
+    /// what goes upstream is HTTP/1.1, which must have one).
+    pub server: Option<std::net::SocketAddr>,
 }
 
 /// Write the upstream request head for `head` to `out`.
@@ -52,13 +55,19 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upst
         && let Some(host) = head.host_bytes()
     {
         field(out, b"host", host);
+    } else if head.host_bytes().is_none()
+        && let Some(server) = up.server
+    {
+        let _ = write!(out, "host: {server}\r\n");
     }
     let trusted = fwd.peer_trusted;
     let (mut have_proto, mut have_host) = (false, false);
     for f in &head.fields {
         let (name, value) = (head.bytes(&f.name), head.bytes(&f.value));
         match f.kind {
-            Kind::Plain | Kind::ContentLength | Kind::TransferEncoding | Kind::SecWebSocketKey | Kind::Expect => {}
+            Kind::Plain | Kind::ContentLength | Kind::TransferEncoding | Kind::SecWebSocketKey => {}
+            // Answered by edgepin itself (`100 Continue`), not the server's to see.
+            Kind::Expect => continue,
             Kind::Host if head.absolute => continue,
             Kind::Host => {}
             Kind::Cookie => {
@@ -260,6 +269,7 @@ mod tests {
             untrusted("::1"),
             Upstream {
                 strip_cookie: Some("EDGEPIN"),
+                server: None,
             },
         );
         assert!(out.starts_with("GET / HTTP/1.1\r\nhost: App.example:8080\r\n"), "{out}");
@@ -269,5 +279,29 @@ mod tests {
             out.contains("forwarded: for=\"[::1]\";proto=https;host=\"App.example:8080\""),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_servers_and_expect_stays_here() {
+        let server = Some("127.0.0.1:3001".parse().unwrap());
+        let out = write(
+            "POST /x HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+            untrusted("127.0.0.1"),
+            Upstream {
+                server,
+                ..Upstream::default()
+            },
+        );
+        assert!(out.starts_with("POST /x HTTP/1.1\r\nhost: 127.0.0.1:3001\r\n"), "{out}");
+        assert!(!out.to_ascii_lowercase().contains("expect"), "{out}");
+        let out = write(
+            "GET / HTTP/1.1\r\nHost: app\r\n\r\n",
+            untrusted("127.0.0.1"),
+            Upstream {
+                server,
+                ..Upstream::default()
+            },
+        );
+        assert!(out.contains("Host: app\r\n") && !out.contains("3001"), "{out}");
     }
 }

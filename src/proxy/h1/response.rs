@@ -235,7 +235,9 @@ pub fn write_head(out: &mut Vec<u8>, input: &[u8], parsed: &Parsed, headers: &[H
             RespKind::Connection | RespKind::HopByHop => false,
         };
         let name = &input[h.name.clone()];
-        if !keep || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        // The framing headers stay: the body is framed by them, whatever the server names.
+        let framing = matches!(h.kind, RespKind::ContentLength | RespKind::TransferEncoding);
+        if !keep || (!framing && named.iter().any(|n| n.eq_ignore_ascii_case(name))) {
             continue;
         }
         out.extend_from_slice(name);
@@ -364,5 +366,22 @@ mod tests {
         };
         write_head(&mut out, text.as_bytes(), &p, &headers, rw);
         assert!(!String::from_utf8(out).unwrap().contains("Transfer-Encoding"));
+    }
+
+    #[test]
+    fn framing_headers_stay_whatever_connection_names() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding, Content-Length\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n";
+        let mut headers = Vec::new();
+        let p = parse(text.as_bytes(), GET, &mut headers).unwrap().unwrap();
+        assert_eq!(p.body, RespBody::Chunked);
+        let mut out = Vec::new();
+        write_head(&mut out, text.as_bytes(), &p, &headers, Rewrite::default());
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("Transfer-Encoding: chunked\r\n"),
+            "the client reads the body as it is framed"
+        );
     }
 }
