@@ -523,6 +523,34 @@ async fn an_h2_stream_whose_client_grants_no_window_ends_at_the_client_timeout()
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2_body_over_the_limit_gets_413_and_is_not_the_servers_error() {
+    let backend = Backend::start("b0");
+    let body = format!("{}limits: {{ max_body_bytes: 1000 }}\n", api_body(&[&backend], &[]));
+    let proxy = Proxy::builder(&body).h2().start();
+    let mut send = h2_connect(proxy.https).await;
+    // No content-length: the limit is found while the body streams.
+    let req = http::Request::post("https://localhost/upload").body(()).unwrap();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (resp, mut upload) = ready.send_request(req, false).unwrap();
+    for _ in 0..4 {
+        upload.reserve_capacity(600);
+        let _ = upload.send_data(bytes::Bytes::from(vec![b'x'; 600]), false);
+    }
+    let _ = upload.send_data(bytes::Bytes::new(), true);
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let stats = proxy.stats().await;
+    let server = &stats["backends"][0]["servers"][0];
+    assert_eq!(server["counters"]["response_errors"], 0, "{server}");
+    assert_eq!(server["status"], "UP");
+    send = ready;
+    assert_eq!(h2_get(&mut send, "/").await.map(|r| r.0), Some(200));
+}
+
 /// One HTTP/2 frame header.
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

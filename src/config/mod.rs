@@ -543,9 +543,11 @@ impl Network {
         networks.iter().any(|n| n.contains(ip))
     }
 
+    /// Whether `ip` is in this network; an IPv4 peer seen on a dual-stack listener
+    /// (`::ffff:a.b.c.d`) is its IPv4 address.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         use std::net::IpAddr;
-        match (self.addr, ip) {
+        match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask

@@ -185,6 +185,10 @@ mod tests {
         assert!(!n.contains("10.2.0.1".parse().unwrap()));
         assert!(parse_network("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
         assert!(parse_network("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(
+            n.contains("::ffff:10.1.2.3".parse().unwrap()),
+            "an IPv4 peer on a dual-stack listener"
+        );
         assert!(parse_network("10.0.0.0/33").is_err());
     }
 

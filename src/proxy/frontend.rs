@@ -291,7 +291,7 @@ pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> Conne
     let usable = fd_limit.saturating_sub(reserve);
     // c connections + c/10 waiters <= usable / FDS_PER_CONNECTION (a waiter holds only
     // its client's descriptor, counted generously here).
-    let fit = (usable / FDS_PER_CONNECTION) * 10 / 11;
+    let fit = usable / FDS_PER_CONNECTION / 11 * 10;
     let connections = (configured as u64).min(fit).max(1) as usize;
     ConnectionCap {
         connections,

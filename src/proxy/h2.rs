@@ -139,6 +139,8 @@ fn failure_of(e: &Error, answered: bool) -> Failure {
         return Failure::ClientGone;
     }
     match e.etype() {
+        // `request_body_filter`'s verdict on the client's body, not the server's doing.
+        ErrorType::HTTPStatus(413) => Failure::BodyTooLarge,
         ErrorType::ConnectRefused => Failure::ConnectRefused,
         ErrorType::ConnectTimedout => Failure::ConnectTimedOut,
         ErrorType::ConnectError | ErrorType::ConnectNoRoute | ErrorType::SocketError => Failure::ConnectError,
@@ -266,6 +268,10 @@ impl ProxyHttp for H2Proxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if ctx.attempts > 0 {
+            // pingora sends the retry buffer through `request_body_filter` again.
+            ctx.body_bytes = 0;
+        }
         if ctx.attempts > 0 && !std::mem::take(&mut ctx.fresh) {
             // A retry elsewhere: the previous server failed.
             if let Some(prev) = ctx.pick.take() {
