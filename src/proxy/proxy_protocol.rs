@@ -61,12 +61,12 @@ fn parse_v1(buf: &[u8]) -> Header {
     if !b"PROXY ".starts_with(&buf[..buf.len().min(6)]) {
         return Header::Invalid("not a PROXY protocol header");
     }
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return if buf.len() > 107 {
-            Header::Invalid("PROXY v1 line too long")
-        } else {
-            Header::Incomplete
-        };
+    // At most 107 bytes with the CRLF (the spec's limit), however the bytes arrived.
+    let end = match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(end) if end <= 105 => end,
+        Some(_) => return Header::Invalid("PROXY v1 line too long"),
+        None if buf.len() > 107 => return Header::Invalid("PROXY v1 line too long"),
+        None => return Header::Incomplete,
     };
     let Ok(line) = std::str::from_utf8(&buf[..end]) else {
         return Header::Invalid("PROXY v1 line is not text");
@@ -78,15 +78,29 @@ fn parse_v1(buf: &[u8]) -> Header {
             len,
             source: Source::Unknown,
         },
-        ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => match (src.parse::<IpAddr>(), sport.parse::<u16>()) {
-            (Ok(ip), Ok(port)) => Header::Complete {
-                len,
-                source: Source::Client(SocketAddr::new(ip, port)),
-            },
-            _ => Header::Invalid("PROXY v1 addresses do not parse"),
-        },
+        ["PROXY", family @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
+            let ip = |s: &str| match (*family, s.parse::<IpAddr>()) {
+                ("TCP4", Ok(ip @ IpAddr::V4(_))) | ("TCP6", Ok(ip @ IpAddr::V6(_))) => Some(ip),
+                _ => None,
+            };
+            match (ip(src), ip(dst), port(sport), port(dport)) {
+                (Some(ip), Some(_), Some(port), Some(_)) => Header::Complete {
+                    len,
+                    source: Source::Client(SocketAddr::new(ip, port)),
+                },
+                _ => Header::Invalid("PROXY v1 addresses do not parse"),
+            }
+        }
         _ => Header::Invalid("PROXY v1 line is malformed"),
     }
+}
+
+/// A v1 port: 1 to 5 digits, nothing else (no sign), 0–65535.
+fn port(s: &str) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn parse_v2(buf: &[u8]) -> Header {
@@ -124,6 +138,7 @@ fn parse_v2(buf: &[u8]) -> Header {
                 u16::from_be_bytes([addrs[32], addrs[33]]),
             ))
         }
+        (1, 1 | 2) => return Header::Invalid("PROXY v2 address block too short"),
         (1, _) => Source::Unknown,
         _ => return Header::Invalid("PROXY v2 command is unknown"),
     };
@@ -214,6 +229,21 @@ mod tests {
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Header::Incomplete);
         assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Header::Invalid(_)));
         assert!(matches!(parse(b"PROXY TCP4 nope 1.2.3.4 1 2\r\n"), Header::Invalid(_)));
+        for bad in [
+            &b"PROXY TCP4 2001:db8::1 10.0.0.1 1 2\r\n"[..],
+            b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+            b"PROXY TCP4 1.2.3.4 10.0.0.1 +80 443\r\n",
+            b"PROXY TCP4 1.2.3.4 10.0.0.1 80 99999\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Header::Invalid(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Longer than 107 bytes, even when the CRLF arrived in the same read.
+        let long = format!("PROXY UNKNOWN {}\r\n", "x".repeat(100));
+        assert!(matches!(parse(long.as_bytes()), Header::Invalid(_)));
     }
 
     #[test]
@@ -248,5 +278,8 @@ mod tests {
             }
         );
         assert_eq!(parse(&V2_SIGNATURE[..5]), Header::Incomplete);
+        let mut short = V2_SIGNATURE.to_vec();
+        short.extend_from_slice(&[0x21, 0x11, 0, 4, 192, 0, 2, 9]);
+        assert!(matches!(parse(&short), Header::Invalid(_)), "an INET block of 4 bytes");
     }
 }
