@@ -63,3 +63,30 @@ async fn a_pooled_connection_the_server_closed_is_sent_again_never_a_502() {
     assert_eq!(s["status"], "UP", "{s}");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_body_that_stalls_gets_408_at_the_client_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("b0");
+    let body = format!("{}timeouts: {{ client: 1s }}\n", api_body(&[&backend], &[]));
+    let proxy = Proxy::start(&body);
+    let mut io = client::connect(&proxy.plain()).await.unwrap();
+    // Too large to be held for replay: the body streams to the server as it comes.
+    let head = "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n";
+    io.write_all(head.as_bytes()).await.unwrap();
+    io.write_all(&[b'x'; 1024]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer and no close");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "after {:?}",
+        started.elapsed()
+    );
+    let stats = proxy.stats().await;
+    let server = &stats["backends"][0]["servers"][0];
+    assert_eq!(server["counters"]["response_errors"], 0, "the client's doing: {server}");
+}

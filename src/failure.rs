@@ -47,6 +47,8 @@ pub enum Failure {
     BodyTooLarge,
     /// The client's chunked body broke its framing (400).
     BodyMalformed,
+    /// The client stopped sending its streamed body for `timeouts.client` (408).
+    BodyStalled,
 }
 
 /// How far the exchange had gone.
@@ -109,7 +111,7 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
     // A pooled connection that the server closed while it was idle: not the server's
     // fault, and the request can go again on a new connection if it is safe to.
     let stale = p.reused && f == ResetBeforeAnswer && !p.answered;
-    let client_side = matches!(f, ClientGone | BodyTooLarge | BodyMalformed);
+    let client_side = matches!(f, ClientGone | BodyTooLarge | BodyMalformed | BodyStalled);
     let retry = if p.answered || client_side || f == AnswerTimedOut || f == BadAnswer {
         Retry::No
     } else if stale && (p.replayable || !p.sent) {
@@ -126,7 +128,7 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
         ResetBeforeAnswer => !stale,
         // A server waiting for the rest of a slow client's body is not failing.
         AnswerTimedOut => p.request_complete,
-        BadAnswer | AnswerBroken | ClientGone | BodyTooLarge | BodyMalformed => false,
+        BadAnswer | AnswerBroken | ClientGone | BodyTooLarge | BodyMalformed | BodyStalled => false,
     };
     let counted = match f {
         _ if connect => Counted::Connect,
@@ -140,6 +142,7 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
         ClientGone => 0,
         BodyTooLarge => 413,
         BodyMalformed => 400,
+        BodyStalled => 408,
         _ if session_lost => 400,
         ConnectTimedOut | AnswerTimedOut => 504,
         _ => 502,
@@ -241,7 +244,11 @@ mod tests {
             engine_io: true,
             ..fresh_get()
         };
-        for (f, status) in [(Failure::BodyTooLarge, 413), (Failure::BodyMalformed, 400)] {
+        for (f, status) in [
+            (Failure::BodyTooLarge, 413),
+            (Failure::BodyMalformed, 400),
+            (Failure::BodyStalled, 408),
+        ] {
             let v = classify(f, streaming);
             assert_eq!(
                 (v.status, v.retry, v.passive, v.counted, v.session_lost),

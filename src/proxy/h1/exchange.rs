@@ -56,11 +56,26 @@ type Failed = (Failure, Progress);
 
 /// Why a streamed request body stopped.
 enum BodyStop {
-    /// The client left or stalled.
+    /// The client left.
     Client,
+    /// The client sent nothing for `timeouts.client`.
+    Stalled,
     Malformed,
     TooLarge,
     Server,
+}
+
+impl BodyStop {
+    /// The failure it is, and what the access log says of it.
+    fn failure(self) -> (Failure, Option<&'static str>) {
+        match self {
+            BodyStop::Server => (Failure::ResetBeforeAnswer, None),
+            BodyStop::Client => (Failure::ClientGone, None),
+            BodyStop::TooLarge => (Failure::BodyTooLarge, Some("request body too large")),
+            BodyStop::Malformed => (Failure::BodyMalformed, Some("malformed chunked request body")),
+            BodyStop::Stalled => (Failure::BodyStalled, Some("request body not received in time")),
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -311,36 +326,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if !matches!(sent, Ok(Ok(()))) {
             return Err((Failure::ResetBeforeAnswer, progress));
         }
-        match (head.body(), replay) {
-            (Body::None, _) | (_, Some(_)) => progress.request_complete = true,
-            (Body::Length(n), None) => {
+        let framing = match (head.body(), replay) {
+            (Body::None, _) | (_, Some(_)) => None,
+            (Body::Length(n), None) => Some(Framing::length(n)),
+            (Body::Chunked, None) => Some(Framing::chunked()),
+        };
+        match framing {
+            None => progress.request_complete = true,
+            Some(framing) => {
                 let limit = self.shared.snapshot().config.limits.max_body_bytes;
-                match self.stream_body(&mut up, Framing::length(n), limit, t.server).await {
+                match self.stream_body(&mut up, framing, limit, t.server).await {
                     Ok(bytes) => {
                         rec.bytes_in = bytes;
                         progress.request_complete = true;
                     }
-                    Err(BodyStop::Server) => return Err((Failure::ResetBeforeAnswer, progress)),
-                    Err(_) => return Err((Failure::ClientGone, progress)),
-                }
-            }
-            (Body::Chunked, None) => {
-                let limit = self.shared.snapshot().config.limits.max_body_bytes;
-                match self.stream_body(&mut up, Framing::chunked(), limit, t.server).await {
-                    Ok(bytes) => {
-                        rec.bytes_in = bytes;
-                        progress.request_complete = true;
+                    Err(stop) => {
+                        let (failure, why) = stop.failure();
+                        rec.error = why.or(rec.error);
+                        return Err((failure, progress));
                     }
-                    Err(BodyStop::Server) => return Err((Failure::ResetBeforeAnswer, progress)),
-                    Err(BodyStop::TooLarge) => {
-                        rec.error = Some("request body too large");
-                        return Err((Failure::BodyTooLarge, progress));
-                    }
-                    Err(BodyStop::Malformed) => {
-                        rec.error = Some("malformed chunked request body");
-                        return Err((Failure::BodyMalformed, progress));
-                    }
-                    Err(BodyStop::Client) => return Err((Failure::ClientGone, progress)),
                 }
             }
         }
@@ -424,7 +428,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             self.read_client(client_wait, READ_CHUNK * 4)
                 .await
-                .map_err(|_| BodyStop::Client)?;
+                .map_err(|e| match e {
+                    ClientRead::TimedOut => BodyStop::Stalled,
+                    ClientRead::Closed | ClientRead::Failed => BodyStop::Client,
+                })?;
         }
     }
 
