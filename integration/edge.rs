@@ -551,6 +551,26 @@ async fn an_h2_body_over_the_limit_gets_413_and_is_not_the_servers_error() {
     assert_eq!(h2_get(&mut send, "/").await.map(|r| r.0), Some(200));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_streams_in_flight_count_against_max_connections() {
+    let backend = Backend::start("b0");
+    let body = format!("{}limits: {{ max_connections: 3 }}\n", api_body(&[&backend], &[]));
+    let proxy = Proxy::builder(&body).h2().start();
+    // One connection (a place) and two slow streams (a place each, for their server
+    // connections): the cap is reached, and a third stream is refused, not opened.
+    let mut send = h2_connect(proxy.https).await;
+    let slow = |send: &h2::client::SendRequest<bytes::Bytes>| {
+        let mut send = send.clone();
+        tokio::spawn(async move { h2_get(&mut send, "/slow/1500").await.map(|r| r.0) })
+    };
+    let (a, b) = (slow(&send), slow(&send));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h2_get(&mut send, "/").await.map(|r| r.0), Some(503));
+    assert_eq!((a.await.unwrap(), b.await.unwrap()), (Some(200), Some(200)));
+    // Their places are given back.
+    assert_eq!(h2_get(&mut send, "/").await.map(|r| r.0), Some(200));
+}
+
 /// One HTTP/2 frame header.
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

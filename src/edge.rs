@@ -139,7 +139,8 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     server.bootstrap();
 
     let fd_limit = crate::fdlimit::raise();
-    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len());
+    let h2 = config.tls.as_ref().is_some_and(|t| t.h2);
+    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len(), h2);
     if cap.connections < config.limits.max_connections {
         tracing::warn!(
             max_connections = config.limits.max_connections,
@@ -148,10 +149,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
+    // Places for connections, and for HTTP/2 streams in flight (each holds a server's).
+    let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
         H2Proxy {
             shared: Arc::clone(&shared),
+            places: Arc::clone(&places),
         },
     );
     proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
@@ -177,7 +181,8 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         Arc::clone(&shared),
         Arc::clone(&pool),
         https,
-        cap,
+        places,
+        cap.waiting,
         config.timeouts.client,
     );
     // Only the differential test (integration/differential.rs) sets this.
@@ -270,7 +275,9 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         // One attempt plus the backend's retries; the budget decides below that.
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
-        upstream_keepalive_pool_size: 1024,
+        // pingora's pool serves HTTP/2 only; sized as the HTTP/1 engine's (and reserved
+        // in the connection cap when h2 is on).
+        upstream_keepalive_pool_size: crate::proxy::pool_size(config.servers.len()),
         ..ServerConf::default()
     }
 }

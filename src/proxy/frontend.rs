@@ -67,7 +67,8 @@ impl<A> Frontend<A> {
         shared: Arc<Shared>,
         pool: Arc<h1::Pool>,
         https: Option<Https>,
-        cap: ConnectionCap,
+        permits: Arc<Semaphore>,
+        max_waiting: usize,
         wait: Duration,
     ) -> Self {
         Frontend {
@@ -75,10 +76,10 @@ impl<A> Frontend<A> {
             shared,
             pool,
             https,
-            permits: Arc::new(Semaphore::new(cap.connections)),
+            permits,
             h1_through_pingora: false,
             waiting: AtomicUsize::new(0),
-            max_waiting: cap.waiting,
+            max_waiting,
             wait,
         }
     }
@@ -282,11 +283,18 @@ const FD_RESERVE: u64 = 128;
 /// a request with its upstream connection).
 pub const FDS_PER_CONNECTION: u64 = 2;
 
-/// The connections that fit in `fd_limit` descriptors next to the upstream keep-alive
-/// pool of `servers` servers, capped by `configured`. Waiters hold one descriptor each
-/// while they wait: a tenth of the connections, at least 16, at most 256.
-pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> ConnectionCap {
-    let pool = (super::h1::POOL_PER_SERVER * servers) as u64;
+/// Idle server connections kept for `servers` servers, by each engine's pool.
+pub fn pool_size(servers: usize) -> usize {
+    super::h1::POOL_PER_SERVER * servers.max(1)
+}
+
+/// The connections (and HTTP/2 streams in flight) that fit in `fd_limit` descriptors
+/// next to the upstream keep-alive pools of `servers` servers (pingora's too, for HTTP/2,
+/// when `h2`), capped by `configured`. Waiters hold one descriptor each while they wait:
+/// a tenth of the connections, at least 16, at most 256.
+pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize, h2: bool) -> ConnectionCap {
+    let pools = if h2 { 2 } else { 1 };
+    let pool = (pools * pool_size(servers)) as u64;
     let reserve = FD_RESERVE + 2 * servers as u64 + pool;
     let usable = fd_limit.saturating_sub(reserve);
     // c connections + c/10 waiters <= usable / FDS_PER_CONNECTION (a waiter holds only
@@ -305,14 +313,14 @@ mod tests {
 
     #[test]
     fn the_configured_cap_stands_when_descriptors_allow_it() {
-        let cap = connection_cap(10_000, 1_048_576, 4);
+        let cap = connection_cap(10_000, 1_048_576, 4, false);
         assert_eq!(cap.connections, 10_000);
         assert_eq!(cap.waiting, 256);
     }
 
     #[test]
     fn a_low_descriptor_limit_lowers_the_cap() {
-        let cap = connection_cap(10_000, 1024, 4);
+        let cap = connection_cap(10_000, 1024, 4, false);
         let reserve = FD_RESERVE + 8 + 4 * super::super::h1::POOL_PER_SERVER as u64;
         let used = cap.connections as u64 * FDS_PER_CONNECTION + cap.waiting as u64 + reserve;
         assert!(used <= 1024, "{cap:?} uses {used} descriptors");
@@ -321,7 +329,7 @@ mod tests {
 
     #[test]
     fn the_cap_is_never_zero() {
-        assert_eq!(connection_cap(10, 10, 4).connections, 1);
-        assert_eq!(connection_cap(0, 1 << 20, 4).connections, 1);
+        assert_eq!(connection_cap(10, 10, 4, true).connections, 1);
+        assert_eq!(connection_cap(0, 1 << 20, 4, false).connections, 1);
     }
 }

@@ -14,6 +14,7 @@ use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Balance, Network};
 use crate::failure::{self, Failure, Progress, Refusal, Retry};
@@ -33,6 +34,9 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// The callbacks of pingora's proxy for HTTP/2 streams.
 pub struct H2Proxy {
     pub shared: Arc<Shared>,
+    /// The frontend's places (`limits.max_connections`): a stream in flight takes one, as
+    /// it holds a server connection, so HTTP/2 cannot open more than the descriptors hold.
+    pub places: Arc<Semaphore>,
 }
 
 /// One HTTP/2 request.
@@ -58,6 +62,8 @@ pub struct Ctx {
     connected_at: Option<Duration>,
     first_byte_at: Option<Duration>,
     error: Option<String>,
+    /// This stream's place among `limits.max_connections`.
+    place: Option<OwnedSemaphorePermit>,
 }
 
 impl H2Proxy {
@@ -224,6 +230,13 @@ impl ProxyHttp for H2Proxy {
             }
             Routed::Refuse(why) => return self.refuse(session, ctx, why).await,
         };
+        match Arc::clone(&self.places).try_acquire_owned() {
+            Ok(place) => ctx.place = Some(place),
+            Err(_) => {
+                let why = Refusal::Status(503, "too many connections");
+                return self.refuse(session, ctx, why).await;
+            }
+        }
         let b = &snapshot.backends[backend];
         if let Some(a) = ctx.account.as_mut() {
             a.routed(backend);

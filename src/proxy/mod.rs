@@ -19,7 +19,7 @@ mod select;
 mod tls_conn;
 
 pub use crate::route::ACME_PREFIX;
-pub use frontend::{ConnectionCap, Frontend, Https, connection_cap};
+pub use frontend::{ConnectionCap, Frontend, Https, connection_cap, pool_size};
 pub use h1::Pool;
 pub use h2::H2Proxy;
 pub use select::Pick;
