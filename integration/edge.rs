@@ -308,16 +308,21 @@ async fn hsts_is_sent_on_https_only_when_configured() {
     );
 }
 
-/// An HTTP/2 connection (ALPN h2 only) to the https listener.
-async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+/// TLS with ALPN h2 to the https listener, nothing sent yet.
+async fn h2_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut config = (*client::tls_config()).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// An HTTP/2 connection (ALPN h2 only) to the https listener.
+async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tls = h2_tls(addr).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "h2 negotiated");
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(async move {
@@ -408,14 +413,7 @@ async fn an_idle_h2_connection_is_closed_after_the_keepalive_timeout() {
     let backend = Backend::start("b0");
     let body = format!("{}timeouts: {{ keepalive: 1s }}\n", api_body(&[&backend], &[]));
     let proxy = Proxy::builder(&body).h2().start();
-    let mut config = (*client::tls_config()).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.https).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = h2_tls(proxy.https).await;
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     let ended = tokio::spawn(async move {
         let _ = conn.await;
@@ -437,18 +435,6 @@ async fn an_idle_h2_connection_is_closed_after_the_keepalive_timeout() {
     drop(send);
 }
 
-/// TLS with ALPN h2 to the https listener, nothing sent yet.
-async fn h2_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut config = (*client::tls_config()).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_h2_client_that_never_sends_its_preface_is_cut_at_the_handshake_deadline() {
     let backend = Backend::start("b0");
@@ -467,12 +453,7 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_at_the_handshake_deadl
         "closed after {:?}",
         started.elapsed()
     );
-    let stats = proxy.stats().await;
-    let https = stats["frontends"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == "https"))
-        .cloned()
-        .expect("https listener in stats");
+    let https = proxy.frontend_stats("https").await;
     assert_eq!(https["handshake_timeouts"], 1, "{https}");
     // A client that sends its preface is served as before.
     let mut send = h2_connect(proxy.https).await;
@@ -583,14 +564,7 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
 async fn an_h2_stream_reset_flood_is_cut_and_the_proxy_keeps_serving() {
     let backend = Backend::start("b0");
     let proxy = Proxy::builder(&api_body(&[&backend], &[])).h2().start();
-    let mut config = (*client::tls_config()).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(proxy.https).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = h2_tls(proxy.https).await;
     // GET / with :authority localhost (HPACK static entries, authority not indexed).
     let headers = [&[0x82u8, 0x87, 0x84, 0x01, 0x09][..], b"localhost"].concat();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();

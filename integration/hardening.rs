@@ -67,12 +67,7 @@ async fn tls_handshakes_that_never_finish_are_counted_cut_and_cannot_exhaust_des
     for _ in 0..8 {
         assert_eq!(conn.get("/").await.unwrap().status, 200);
     }
-    let stats = proxy.stats().await;
-    let https = stats["frontends"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == "https"))
-        .cloned()
-        .expect("https listener in stats");
+    let https = proxy.frontend_stats("https").await;
     let cut = https["handshake_timeouts"].as_u64().unwrap() + https["connections_refused"].as_u64().unwrap();
     assert!(cut >= 1000, "handshake timeouts + refused: {https}");
     assert!(

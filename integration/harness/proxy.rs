@@ -289,6 +289,16 @@ impl Proxy {
             .json()
     }
 
+    /// The stats of one listener (`http` or `https`) from `stats.json`.
+    pub async fn frontend_stats(&self, name: &str) -> serde_json::Value {
+        let stats = self.stats().await;
+        stats["frontends"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("listener {name} in stats: {stats}"))
+    }
+
     /// POST `json` to an admin endpoint of the stats listener (needs `stats_auth`).
     pub async fn admin(&self, path: &str, json: &str) -> client::Response {
         let auth = self

@@ -270,21 +270,9 @@ mod tests {
     use super::*;
     use crate::state::Health;
 
+    /// A backend whose servers are all up.
     fn backend(retries: u32, servers: usize) -> (Arc<Shared>, Arc<Snapshot>) {
-        let names: Vec<String> = (1..=servers).map(|i| format!("w{i}")).collect();
-        let text = format!(
-            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
-             backends: {{ b: {{ retries: {retries}, servers: [{}] }} }}\nservers:\n{}",
-            names.join(", "),
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i))
-                .collect::<String>()
-        );
-        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
-        let shared = Shared::new(cfg, None);
-        let snapshot = shared.snapshot();
+        let (shared, snapshot) = crate::runtime::one_backend(&format!("retries: {retries}"), servers);
         for m in &snapshot.backends[0].members {
             m.state.set_health(Health::Up, "test");
         }

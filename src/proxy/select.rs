@@ -251,26 +251,11 @@ fn hashed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
     use crate::state::{Admin, Health};
     use std::sync::Arc;
 
     fn backend(balance: &str, n: usize) -> (Arc<crate::runtime::Shared>, Arc<crate::runtime::Snapshot>) {
-        let servers: Vec<String> = (1..=n).map(|i| format!("w{i}")).collect();
-        let text = format!(
-            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
-             backends: {{ b: {{ balance: {balance}, servers: [{}] }} }}\nservers:\n{}",
-            servers.join(", "),
-            servers
-                .iter()
-                .enumerate()
-                .map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i))
-                .collect::<String>()
-        );
-        let cfg = config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
-        let shared = crate::runtime::Shared::new(cfg, None);
-        let snap = shared.snapshot();
-        (shared, snap)
+        crate::runtime::one_backend(&format!("balance: {balance}"), n)
     }
 
     fn picked(s: Selection) -> (usize, Option<StickyDecision>) {

@@ -312,6 +312,27 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
     }
 }
 
+/// For unit tests elsewhere: a runtime with one backend `b` of `servers` servers
+/// (`w1`… on 127.0.0.1:3001…), `attrs` added to the backend (`balance: sticky`, …).
+#[cfg(test)]
+pub fn one_backend(attrs: &str, servers: usize) -> (Arc<Shared>, Arc<Snapshot>) {
+    let names: Vec<String> = (1..=servers).map(|i| format!("w{i}")).collect();
+    let text = format!(
+        "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
+         backends: {{ b: {{ {attrs}, servers: [{}] }} }}\nservers:\n{}",
+        names.join(", "),
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i))
+            .collect::<String>()
+    );
+    let cfg = config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+    let shared = Shared::new(cfg, None);
+    let snapshot = shared.snapshot();
+    (shared, snapshot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
