@@ -41,23 +41,7 @@ fn request_to(
     body: &str,
     headers: &[&str],
 ) -> crate::harness::client::Response {
-    let (path, body) = (path.to_string(), body.to_string());
-    let mut extra = vec!["Content-Type: application/json".to_string()];
-    extra.extend(headers.iter().map(|h| h.to_string()));
-    // The harness client is async; these tests stay blocking.
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async move {
-                let mut conn = crate::harness::Conn::open(&crate::harness::Target::plain(addr)).await?;
-                conn.request(method, &path, &extra, body.as_bytes()).await
-            })
-    })
-    .join()
-    .expect("request thread")
-    .expect("request")
+    crate::harness::blocking_json(crate::harness::Target::plain(addr), method, path, body, headers)
 }
 
 /// The REST emit, which must succeed.
@@ -518,7 +502,7 @@ fn acknowledgements_cross_workers_both_ways() {
 }
 
 /// Who answered, from `{acks: [{from}, …]}`, sorted.
-fn ack_senders(reply: &Json) -> Vec<&str> {
+pub(crate) fn ack_senders(reply: &Json) -> Vec<&str> {
     let mut from: Vec<&str> = reply["acks"]
         .as_array()
         .expect("acks")

@@ -22,22 +22,7 @@ fn members(w: &Worker, room: &str) -> Json {
 
 /// A JSON POST straight to a worker (loopback: the emit needs no token).
 fn request(w: &Worker, path: &str, body: &str) -> Json {
-    let (addr, path, body) = (w.addr, path.to_string(), body.to_string());
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async move {
-                let mut conn = crate::harness::Conn::open(&crate::harness::Target::plain(addr)).await?;
-                let json = ["Content-Type: application/json".to_string()];
-                conn.request("POST", &path, &json, body.as_bytes()).await
-            })
-    })
-    .join()
-    .expect("request thread")
-    .expect("request")
-    .json()
+    crate::harness::blocking_json(crate::harness::Target::plain(w.addr), "POST", path, body, &[]).json()
 }
 
 /// Whether `name` got a numbered message (sent after the kill) from `tag` in `room`.
@@ -120,14 +105,7 @@ fn edgepin_and_node_workers_share_rooms_on_a_redis_cluster_and_heal_after_a_mast
         &format!("/api/rooms/{spared}/emit"),
         r#"{"event":"poll","ack_timeout_ms":3000}"#,
     );
-    let mut from: Vec<&str> = r["acks"]
-        .as_array()
-        .expect("acks")
-        .iter()
-        .filter_map(|a| a["from"].as_str())
-        .collect();
-    from.sort();
-    assert_eq!(from, ["a", "b", "n"], "{r}");
+    assert_eq!(crate::worker::ack_senders(&r), ["a", "b", "n"], "{r}");
 
     let pids: Vec<u32> = [&w1, &w2, &n1].iter().map(|w| w.proc.pid()).collect();
     cluster.kill(doomed);

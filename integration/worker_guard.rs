@@ -294,22 +294,7 @@ fn a_polling_session_that_leaves_attachments_unfinished_is_closed_at_the_deadlin
 
 /// A request to `target` with extra header lines.
 fn request(target: Target, method: &'static str, path: &str, body: &str, headers: &[&str]) -> client::Response {
-    let (path, body) = (path.to_string(), body.to_string());
-    let mut extra = vec!["Content-Type: application/json".to_string()];
-    extra.extend(headers.iter().map(|h| h.to_string()));
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(async move {
-                let mut conn = Conn::open(&target).await?;
-                conn.request(method, &path, &extra, body.as_bytes()).await
-            })
-    })
-    .join()
-    .expect("request thread")
-    .expect("request")
+    crate::harness::blocking_json(target, method, path, body, headers)
 }
 
 /// The worker's three guarded endpoints: the emit, `/metrics`, a member count. Their

@@ -73,6 +73,33 @@ pub fn blocking_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// One JSON request (`Content-Type: application/json` and `headers`) to `target`, for
+/// blocking tests: the async client on a runtime of its own, in a thread of its own.
+pub fn blocking_json(
+    target: Target,
+    method: &'static str,
+    path: &str,
+    body: &str,
+    headers: &[&str],
+) -> client::Response {
+    let (path, body) = (path.to_string(), body.to_string());
+    let mut extra = vec!["Content-Type: application/json".to_string()];
+    extra.extend(headers.iter().map(|h| h.to_string()));
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async move {
+                let mut conn = Conn::open(&target).await?;
+                conn.request(method, &path, &extra, body.as_bytes()).await
+            })
+    })
+    .join()
+    .expect("request thread")
+    .expect("request")
+}
+
 /// Poll `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

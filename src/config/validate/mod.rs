@@ -207,7 +207,8 @@ mod tests {
         check_with_env(text, &[])
     }
 
-    const MINIMAL: &str = "\
+    /// The smallest valid config; also a seed of the mutation test (`mutated`).
+    pub(super) const MINIMAL: &str = "\
 listen: { http: 127.0.0.1:8080 }
 routes:
   - { path_prefix: /, backend: api }

@@ -11,16 +11,7 @@ use proptest::prelude::*;
 use super::parse_and_validate;
 
 const SEEDS: &[&str] = &[
-    "\
-listen: { http: 127.0.0.1:8080 }
-routes:
-  - { path_prefix: /, backend: api }
-backends:
-  api: { servers: [a, b] }
-servers:
-  a: { address: 127.0.0.1:3001 }
-  b: { address: 127.0.0.1:3002, weight: 3 }
-",
+    super::tests::MINIMAL,
     "\
 listen: { http: 127.0.0.1:8080, stats: 127.0.0.1:8404, redirect: false, proxy_protocol: true }
 trusted_proxies: [10.0.0.0/8, \"::1\"]
