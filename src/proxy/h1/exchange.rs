@@ -292,6 +292,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         acct: &Account,
     ) -> Result<Answer, Failed> {
         let t = &b.cfg.timeouts;
+        // The request's config throughout, as the rest of the exchange reads it.
+        let cfg = &acct.snapshot().config;
         let pooled = if allow_pool { self.pool.take(m.addr) } else { None };
         let reused = pooled.is_some();
         let mut progress = Progress { reused, ..base };
@@ -334,8 +336,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match framing {
             None => progress.request_complete = true,
             Some(framing) => {
-                let limit = self.shared.snapshot().config.limits.max_body_bytes;
-                match self.stream_body(&mut up, framing, limit, t.server).await {
+                let (limit, client_wait) = (cfg.limits.max_body_bytes, cfg.timeouts.client);
+                match self.stream_body(&mut up, framing, limit, client_wait, t.server).await {
                     Ok(bytes) => {
                         rec.bytes_in = bytes;
                         progress.request_complete = true;
@@ -366,8 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             let mut out = std::mem::take(&mut self.wbuf);
                             response::write_head(&mut out, &self.ubuf, &p, &self.resp_headers, Rewrite::default());
                             self.wbuf = out;
-                            let wait = self.shared.snapshot().config.timeouts.client;
-                            if !self.flush_client(wait).await {
+                            if !self.flush_client(cfg.timeouts.client).await {
                                 return Err((Failure::ClientGone, progress));
                             }
                         }
@@ -404,9 +405,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         up: &mut TcpStream,
         mut framing: Framing,
         max: u64,
+        client_wait: Duration,
         server_wait: Duration,
     ) -> Result<u64, BodyStop> {
-        let client_wait = self.shared.snapshot().config.timeouts.client;
         let mut sent = 0u64;
         loop {
             if !self.pending().is_empty() {
