@@ -565,6 +565,17 @@ impl Network {
 pub struct Reload {
     pub drain_timeout: Duration,
     pub pidfile: Option<PathBuf>,
+    /// After an upgrade handed the listeners over, the old process drains at most this
+    /// long; then its remaining tunnels are closed over `close_spread`.
+    pub hard_stop_after: Duration,
+    pub close_spread: Duration,
+}
+
+impl Reload {
+    /// The default `reload.hard_stop_after` (see README "Upgrading edgepin").
+    pub const HARD_STOP_AFTER: Duration = Duration::from_secs(600);
+    /// The default `reload.close_spread`.
+    pub const CLOSE_SPREAD: Duration = Duration::from_secs(60);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

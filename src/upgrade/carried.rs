@@ -1,0 +1,265 @@
+//! What an upgrade carries from the old process to the new one, and the rules for taking
+//! it over: per server (by name) the admin state, the health verdict and a weight set at
+//! runtime; the Engine.IO sid table; the TLS session-ticket keys; the processes still
+//! draining from earlier upgrades. Counters are not carried: they restart at zero in the
+//! new process (Prometheus sees a counter reset, which `rate()` handles).
+//!
+//! The rules ([`carry`]) are a plain function: an admin state (MAINT, DRAIN) always
+//! stays, it is the operator's; a health verdict stays only if the server is still at the
+//! same address (else it is another process and is checked anew); a weight set at
+//! runtime stays unless the new config changed that server's weight (the file wins, as
+//! on reload). A server the new config does not name is left behind. Servers are matched
+//! by name, so discovered servers (named by address) are carried as well.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::wire::DrainStatus;
+use crate::config;
+use crate::runtime::Shared;
+use crate::state::{Admin, Health, Restored};
+use crate::sticky::sid::SidEntry;
+use crate::tls::TicketKey;
+
+/// Everything the old process hands over.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Carried {
+    pub pid: u32,
+    pub servers: Vec<CarriedServer>,
+    pub sids: Vec<SidEntry>,
+    pub tickets: Vec<TicketKey>,
+    /// Processes still draining from earlier upgrades, as last reported.
+    pub draining: Vec<DrainStatus>,
+}
+
+/// One server as the old process knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedServer {
+    pub name: String,
+    pub address: SocketAddr,
+    /// `CHECKING`, `UP` or `DOWN`.
+    pub health: String,
+    /// `READY`, `DRAIN` or `MAINT`.
+    pub admin: String,
+    pub weight: u32,
+    /// The weight its config gave it (differs from `weight` when set at runtime).
+    pub config_weight: u32,
+    pub reason: String,
+    /// Seconds since its status last changed.
+    pub since_secs: u64,
+}
+
+/// What the new process takes over of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Carry {
+    pub health: Option<Health>,
+    pub admin: Option<Admin>,
+    pub weight: Option<u32>,
+}
+
+fn parse_health(s: &str) -> Option<Health> {
+    [Health::Checking, Health::Up, Health::Down]
+        .into_iter()
+        .find(|h| h.as_str() == s)
+}
+
+/// The rules of the module docs: what of `old` the new process keeps, given the new
+/// config's entry for that server (`None`: it is gone).
+pub fn carry(old: &CarriedServer, new: Option<&config::Server>) -> Carry {
+    let Some(new) = new else {
+        return Carry {
+            health: None,
+            admin: None,
+            weight: None,
+        };
+    };
+    let health = parse_health(&old.health)
+        .filter(|h| *h != Health::Checking)
+        .filter(|_| old.address == new.address);
+    let admin = Admin::parse(&old.admin).filter(|a| *a != Admin::Ready);
+    let set_at_runtime = old.weight != old.config_weight;
+    let weight = (set_at_runtime && new.weight == old.config_weight).then_some(old.weight);
+    Carry { health, admin, weight }
+}
+
+/// What the old process knows now (its listeners' sockets go separately).
+pub fn collect(shared: &Shared) -> Carried {
+    let snapshot = shared.snapshot();
+    let servers = snapshot
+        .config
+        .servers
+        .iter()
+        .map(|s| {
+            let state = shared.registry.server(&s.name, s.weight);
+            let detail = state.detail();
+            CarriedServer {
+                name: s.name.clone(),
+                address: s.address,
+                health: state.health().as_str().into(),
+                admin: state.admin().as_str().into(),
+                weight: state.weight(),
+                config_weight: s.weight,
+                reason: detail.reason.clone(),
+                since_secs: detail.since.elapsed().as_secs(),
+            }
+        })
+        .collect();
+    Carried {
+        pid: std::process::id(),
+        servers,
+        sids: shared.sids.export(),
+        tickets: shared.cert.as_ref().map(|c| c.tickets.export()).unwrap_or_default(),
+        draining: shared.lifecycle.draining(),
+    }
+}
+
+/// What [`apply`] took over.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Servers whose health verdict was carried (they need no first check to be ready).
+    pub verdicts: HashSet<String>,
+    pub admin_states: usize,
+    pub weights: usize,
+    pub sids: usize,
+    pub tickets: usize,
+}
+
+/// Take over `carried` into the new process's state (before it serves anything).
+pub fn apply(shared: &Shared, carried: &Carried) -> Applied {
+    let snapshot = shared.snapshot();
+    let config = &snapshot.config;
+    let mut applied = Applied::default();
+    for old in &carried.servers {
+        let new = config.server(&old.name);
+        let c = carry(old, new);
+        let Some(new) = new else { continue };
+        if c.health.is_some() {
+            applied.verdicts.insert(old.name.clone());
+        }
+        applied.admin_states += usize::from(c.admin.is_some());
+        applied.weights += usize::from(c.weight.is_some());
+        let since = Instant::now()
+            .checked_sub(Duration::from_secs(old.since_secs))
+            .unwrap_or_else(Instant::now);
+        shared.registry.server(&new.name, new.weight).restore(Restored {
+            health: c.health,
+            admin: c.admin,
+            weight: c.weight,
+            reason: format!("{} (carried over from pid {})", old.reason, carried.pid),
+            since,
+        });
+    }
+    for e in &carried.sids {
+        if let Some(s) = config.server(&e.server) {
+            shared
+                .sids
+                .import(&e.sid, &shared.registry.server(&s.name, s.weight), e.idle);
+            applied.sids += 1;
+        }
+    }
+    if let Some(cert) = &shared.cert {
+        applied.tickets = cert.tickets.import(&carried.tickets);
+    }
+    for d in &carried.draining {
+        shared.lifecycle.report(d.clone());
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn server(weight: u32, address: &str) -> config::Server {
+        config::Server {
+            name: "a".into(),
+            address_text: address.into(),
+            address: address.parse().unwrap(),
+            weight,
+            max_connections: None,
+        }
+    }
+
+    fn old(health: &str, admin: &str, weight: u32, config_weight: u32) -> CarriedServer {
+        CarriedServer {
+            name: "a".into(),
+            address: "127.0.0.1:3001".parse().unwrap(),
+            health: health.into(),
+            admin: admin.into(),
+            weight,
+            config_weight,
+            reason: "r".into(),
+            since_secs: 5,
+        }
+    }
+
+    #[test]
+    fn admin_states_stay_verdicts_only_at_the_same_address() {
+        let same = server(1, "127.0.0.1:3001");
+        let moved = server(1, "127.0.0.1:3009");
+        let c = carry(&old("DOWN", "MAINT", 1, 1), Some(&same));
+        assert_eq!(
+            (c.health, c.admin, c.weight),
+            (Some(Health::Down), Some(Admin::Maint), None)
+        );
+        let c = carry(&old("DOWN", "DRAIN", 1, 1), Some(&moved));
+        assert_eq!((c.health, c.admin), (None, Some(Admin::Drain)), "moved: checked anew");
+        let c = carry(&old("CHECKING", "READY", 1, 1), Some(&same));
+        assert_eq!((c.health, c.admin), (None, None), "nothing known, nothing set");
+        let c = carry(&old("UP", "MAINT", 1, 1), None);
+        assert_eq!(
+            (c.health, c.admin, c.weight),
+            (None, None, None),
+            "a server the config dropped"
+        );
+    }
+
+    #[test]
+    fn a_runtime_weight_stays_unless_the_file_changed_it() {
+        let c = carry(&old("UP", "READY", 9, 2), Some(&server(2, "127.0.0.1:3001")));
+        assert_eq!(c.weight, Some(9), "set at runtime, file unchanged");
+        let c = carry(&old("UP", "READY", 9, 2), Some(&server(5, "127.0.0.1:3001")));
+        assert_eq!(c.weight, None, "the file changed it: the file wins");
+        let c = carry(&old("UP", "READY", 2, 2), Some(&server(5, "127.0.0.1:3001")));
+        assert_eq!(c.weight, None, "never set at runtime");
+    }
+
+    #[test]
+    fn collect_then_apply_carries_state_sids_and_tickets_by_name() {
+        let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
+                    backends: { b: { servers: [a, b] } }\n\
+                    servers: { a: { address: 127.0.0.1:3001 }, b: { address: 127.0.0.1:3002, weight: 2 } }\n";
+        let cfg = crate::config::parse(Path::new("t.yaml"), text).unwrap();
+        let old = Shared::new(cfg.clone(), None);
+        let (a, b) = (old.registry.server("a", 1), old.registry.server("b", 2));
+        a.set_health(Health::Down, "3 failed checks");
+        b.set_health(Health::Up, "1 good check");
+        b.set_admin(Admin::Maint, "admin: maint by alice");
+        b.set_weight(7);
+        old.sids.learn("s-on-b", &b);
+        let carried = collect(&old);
+        let json = serde_json::to_string(&carried).unwrap();
+        let carried: Carried = serde_json::from_str(&json).unwrap();
+
+        let new = Shared::new(cfg, None);
+        let applied = apply(&new, &carried);
+        let (a2, b2) = (new.registry.server("a", 1), new.registry.server("b", 2));
+        assert_eq!(a2.health(), Health::Down);
+        assert_eq!((b2.health(), b2.admin(), b2.weight()), (Health::Up, Admin::Maint, 7));
+        assert_eq!(a2.up_down_total.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert!(
+            b2.detail()
+                .reason
+                .starts_with("admin: maint by alice (carried over from pid")
+        );
+        assert!(Arc::ptr_eq(&new.sids.lookup("s-on-b").unwrap(), &b2));
+        assert_eq!(applied.verdicts.len(), 2);
+        assert_eq!((applied.admin_states, applied.weights, applied.sids), (1, 1, 1));
+    }
+
+    use std::sync::Arc;
+}
