@@ -540,6 +540,20 @@ mod tests {
         assert_eq!(task.await.unwrap().ended, Ended::ByEdge);
     }
 
+    #[tokio::test]
+    async fn an_upgrade_closes_with_service_restart() {
+        let (client, mut client_end) = duplex(1 << 20);
+        let (server, _server_end) = duplex(1 << 20);
+        let ctl = Arc::new(TunnelCtl::default());
+        let task = spawn_relay(client, server, b"", &ctl);
+        ctl.close_with(crate::state::CLOSE_SERVICE_RESTART);
+        ctl.close();
+        let mut rest = Vec::new();
+        client_end.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, [0x88, 0x02, 0x03, 0xF4], "1012, the first code asked for");
+        assert_eq!(task.await.unwrap().ended, Ended::ByEdge);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn closing_a_tunnel_whose_client_never_reads_ends_after_the_close_wait() {
         let (client, _never_read) = duplex(1024);

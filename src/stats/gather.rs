@@ -11,8 +11,8 @@ use crate::state::{FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView,
-    Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, DrainingView, FrontendView, LastReload, ProcessView,
+    ReloadView, Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -91,8 +91,28 @@ impl StatsView {
             frontends,
             backends,
             certificates: certificates(shared),
+            draining: draining(shared),
         }
     }
+}
+
+/// The processes draining before this one, as they last reported.
+fn draining(shared: &Shared) -> Vec<DrainingView> {
+    let now = unix_seconds(SystemTime::now());
+    shared
+        .lifecycle
+        .draining()
+        .into_iter()
+        .map(|d| DrainingView {
+            pid: d.pid,
+            tunnels: d.tunnels,
+            requests: d.requests,
+            hard_stop_unix: d.hard_stop_unix,
+            hard_stop_in_seconds: d.hard_stop_unix.saturating_sub(now),
+            close_spread_seconds: d.close_spread_secs,
+            closing: d.closing,
+        })
+        .collect()
 }
 
 /// The shared sid table, when one is configured.

@@ -123,6 +123,7 @@ async fn health(State(app): State<StatsApp>) -> impl IntoResponse {
     let shared = &app.shared;
     Json(serde_json::json!({
         "status": if shared.stopping() { "stopping" } else { "ok" },
+        "pid": std::process::id(),
         "generation": shared.snapshot().generation,
         "uptime_seconds": shared.registry.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),

@@ -361,6 +361,39 @@ mod tests {
     }
 
     #[test]
+    fn the_table_crosses_to_a_successor_and_later_changes_follow() {
+        let old = SidTable::new(1000, Duration::from_secs(60));
+        let a = server("a");
+        old.learn("before", &a);
+        let (tx, rx) = std::sync::mpsc::channel();
+        old.set_successor(Some(tx));
+        let entries = old.export();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].sid.as_str(), entries[0].server.as_str()), ("before", "a"));
+        old.learn("during", &a);
+        old.forget("before");
+        let told: Vec<Change> = rx.try_iter().collect();
+        assert_eq!(
+            told,
+            vec![
+                Change::Learned {
+                    sid: "during".into(),
+                    server: Arc::from("a")
+                },
+                Change::Forgotten { sid: "before".into() },
+            ]
+        );
+        let new = SidTable::new(1000, Duration::from_secs(60));
+        let a2 = server("a");
+        new.import("before", &a2, entries[0].idle);
+        assert!(new.knows("before"));
+        assert_eq!(new.counters.learned.get(), 0, "carried, not learned");
+        new.discard("before");
+        assert!(!new.knows("before"));
+        assert_eq!((a2.sessions(), new.counters.forgotten.get()), (0, 0));
+    }
+
+    #[test]
     fn stays_bounded_under_a_handshake_flood() {
         let t = SidTable::new(1000, Duration::from_secs(3600));
         let a = server("a");
