@@ -17,6 +17,7 @@ mod reload;
 mod stats;
 mod sticky;
 mod tunnels;
+mod upgrade;
 mod worker;
 mod worker_cluster;
 mod worker_guard;

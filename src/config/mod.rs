@@ -613,6 +613,16 @@ pub fn read(path: &Path) -> Result<(String, Config), LoadError> {
     Ok((text, config))
 }
 
+/// Only `reload.pidfile` of the config at `path` (resolved against the file's directory),
+/// checking nothing but the YAML syntax: see `edgepin upgrade`.
+pub fn pidfile_of(path: &Path) -> Result<Option<PathBuf>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    validate::pidfile_only(path, &text).map_err(LoadError::Invalid)
+}
+
 /// Parse and validate config text; `path` names the file in errors and resolves
 /// relative cert/key paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, LoadError> {

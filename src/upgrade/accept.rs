@@ -51,6 +51,9 @@ impl<A> AcceptService<A> {
 impl<A: ServerApp + Send + Sync + 'static> Service for AcceptService<A> {
     async fn start_service(&mut self, _fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _per_fd: usize) {
         let lifecycle = &self.shared.lifecycle;
+        // A fresh start accepts at once (and tells systemd); a takeover once it is ready
+        // (the old process is systemd's main process until it hands over).
+        let fresh = lifecycle.is_accepting();
         tokio::select! {
             () = lifecycle.until_accepting() => {}
             _ = shutdown.changed() => return,
@@ -76,7 +79,7 @@ impl<A: ServerApp + Send + Sync + 'static> Service for AcceptService<A> {
                 Err(e) => tracing::error!(error = %e, "cannot accept on a listener"),
             }
         }
-        if !self.shared.lifecycle.is_handed_over() {
+        if fresh {
             super::notify("READY=1");
         }
         for l in loops {

@@ -1,5 +1,9 @@
-//! `edgepin upgrade`: validate the config, find the running process's upgrade socket
-//! through `reload.pidfile`, ask it to upgrade to a binary, and say what happened.
+//! `edgepin upgrade`: find the running process's upgrade socket through
+//! `reload.pidfile`, ask it to upgrade to a binary, and say what happened.
+//!
+//! The config is validated by the new process, in the running process's environment
+//! (a systemd unit's secrets need not be in the shell that runs this); its errors come
+//! back with their `file:line:col`. Here only the YAML syntax and the pidfile are read.
 //!
 //! The binary is this command's own (`current_exe`) unless `--binary` names another: a
 //! package upgrade installs the new edgepin and runs its `edgepin upgrade`. The running
@@ -22,9 +26,10 @@ pub struct UpgradeArgs {
 
 /// Run an upgrade; the line to print on success, the reason on failure.
 pub fn upgrade(args: &UpgradeArgs) -> Result<String, String> {
-    let config = crate::config::load(&args.config).map_err(|e| format!("not upgrading: the config is invalid\n{e}"))?;
-    let socket = super::upgrade_socket_path(&config)
+    let pidfile = crate::config::pidfile_of(&args.config)
+        .map_err(|e| format!("not upgrading: the config is invalid\n{e}"))?
         .ok_or("reload.pidfile is not set in the config: no running proxy to find")?;
+    let socket = super::sockets::beside(&pidfile);
     let binary = match &args.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(|e| format!("cannot tell this program's path: {e}"))?,

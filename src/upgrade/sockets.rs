@@ -108,11 +108,15 @@ impl Inherited {
 
 /// The upgrade socket's path for a config: beside `reload.pidfile`; none without one.
 pub fn upgrade_socket_path(config: &Config) -> Option<PathBuf> {
-    let pidfile = config.reload.pidfile.as_ref()?;
+    config.reload.pidfile.as_deref().map(beside)
+}
+
+/// The upgrade socket beside `pidfile` (`<name>.upgrade.sock`).
+pub fn beside(pidfile: &Path) -> PathBuf {
     let stem = pidfile
         .file_stem()
         .map_or_else(|| "edgepin".into(), |s| s.to_string_lossy());
-    Some(pidfile.with_file_name(format!("{stem}.upgrade.sock")))
+    pidfile.with_file_name(format!("{stem}.upgrade.sock"))
 }
 
 impl Sockets {
