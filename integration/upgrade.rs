@@ -243,11 +243,14 @@ async fn three_upgrades_under_load_lose_no_websocket_and_no_request() {
 async fn at_the_hard_stop_the_remaining_websockets_close_over_the_spread_and_come_back_to_their_worker() {
     let redis = Redis::start();
     let workers: Vec<Worker> = (1..=2).map(|i| Worker::start(&format!("w{i}"), &redis.url())).collect();
-    let proxy = Proxy::builder(&fleet_yaml(&workers))
+    // socket.io-client in Node starts a new cookie jar with each reconnection (a browser
+    // keeps its cookies): without the load bound, the address hash brings a cookieless
+    // reconnection back to its worker as the cookie would.
+    let yaml = fleet_yaml(&workers).replace("balance: sticky,", "balance: sticky, hash_balance_factor: 100,");
+    let proxy = Proxy::builder(&yaml)
         .reload("hard_stop_after: 10s, close_spread: 5s")
         .start();
     let url = format!("http://127.0.0.1:{}", proxy.http.port());
-    // Default transports: the polling handshake sets the sticky cookie in each jar.
     let mut clients = BulkClients::start(&["--url", &url, "--clients", "40", "--addresses", "10"]);
     let connected = clients.ask(json!({"op": "connect", "timeout": 60_000}), Duration::from_secs(90));
     assert_eq!(n(&connected["connected"]), 40, "{connected}");
@@ -287,7 +290,8 @@ async fn at_the_hard_stop_the_remaining_websockets_close_over_the_spread_and_com
     loop {
         let r = clients.ask(json!({"op": "round", "timeout": 5_000}), Duration::from_secs(30));
         if n(&r["ok"]) == 40 {
-            assert_eq!(n(&r["moved"]), 0, "back to the same worker: {r}");
+            let e = clients.ask(json!({"op": "events"}), Duration::from_secs(10));
+            assert_eq!(n(&r["moved"]), 0, "back to the same worker: {r}\n{e}");
             break;
         }
         assert!(Instant::now() < deadline, "not every client came back: {r}");
@@ -523,6 +527,19 @@ async fn the_old_process_relays_both_ways_is_shown_and_leaves_when_its_last_tunn
     }
     let page = client::get(&proxy.stats_target(), "/").await.unwrap().text();
     assert!(page.contains(&format!("id=\"draining-{old}\"")), "the page shows it");
+    // Another upgrade: the next process shows it too (its report follows the serving one).
+    let (ok, out) = proxy.upgrade(&[]);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while draining(&proxy).await != vec![(old as u64, 3)] {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            draining(&proxy).await,
+            proxy.proc.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A client that leaves: close handshake, then its connection ends.
     async fn leave(mut ws: tokio_tungstenite::WebSocketStream<client::Stream>) {
         ws.close(None).await.unwrap();

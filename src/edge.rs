@@ -360,10 +360,7 @@ fn write_pidfile(config: &Config, path: &Path, text: &str) -> Result<(), RunErro
     let Some(pidfile) = &config.reload.pidfile else {
         return Ok(());
     };
-    if let Some(dir) = pidfile.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    std::fs::write(pidfile, format!("{}\n", std::process::id())).map_err(|source| RunError::Pidfile {
+    crate::upgrade::write_pid(pidfile, std::process::id()).map_err(|source| RunError::Pidfile {
         path: pidfile.display().to_string(),
         source,
     })?;

@@ -108,7 +108,14 @@ async function round(timeout) {
     if (!r) { result.failed++; return; }
     result.ok++;
     result.workers[r.id] = (result.workers[r.id] || 0) + 1;
-    if (s.worker && r.id !== s.worker) result.moved++;
+    if (s.worker && r.id !== s.worker) {
+      result.moved++;
+      if (!result.movedList) result.movedList = [];
+      if (result.movedList.length < 10) {
+        const jar = s.socket.io.engine && s.socket.io.engine._cookieJar;
+        result.movedList.push({ i: s.i, from: s.worker, to: r.id, cookies: jar ? [...jar.cookies.keys()] : null });
+      }
+    }
   }));
   result.ms = Date.now() - started;
   return result;

@@ -126,7 +126,7 @@ impl Conversation {
                 }
             }
             Ok(Message::Draining { pid }) => {
-                tracing::debug!(pid, "a draining process reports here");
+                tracing::info!(pid, me = std::process::id(), "a draining process reports here");
                 follow(&self.shared, link);
             }
             Ok(other) => tracing::debug!(message = ?other, "upgrade socket: unexpected first message"),
@@ -249,9 +249,15 @@ impl Conversation {
                 return Err(format!("the new process (pid {pid}) was not ready in time; stopped it"));
             }
         }
-        // The new process accepts already: stop here, then tell it and systemd.
+        // The new process accepts already: stop here, then tell systemd, `edgepin
+        // reload` (the pidfile, before `edgepin upgrade` hears of it) and the new process.
         lifecycle.hand_over();
         super::notify(&format!("MAINPID={pid}"));
+        if let Some(pidfile) = &self.shared.snapshot().config.reload.pidfile
+            && let Err(e) = super::write_pid(pidfile, pid)
+        {
+            tracing::warn!(error = %e, "upgrade: cannot write the new pid to the pidfile");
+        }
         link.send(&Message::Committed)
             .map_err(|e| format!("the new process (pid {pid}) is serving but did not hear the commit: {e}"))
             .or_else(|e| {
@@ -314,7 +320,7 @@ fn report(shared: &Shared, mut link: Link, sids: &Receiver<Change>, socket_path:
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let mut sent = changes.is_empty() || link.send(&Message::Sids(changes)).is_ok();
+        let mut sent = changes.is_empty() || link.send(&Message::Sids { changes }).is_ok();
         if sent && last.elapsed() >= REPORT_EVERY {
             last = Instant::now();
             if let Some(status) = lifecycle.own_drain() {
@@ -327,6 +333,10 @@ fn report(shared: &Shared, mut link: Link, sids: &Receiver<Change>, socket_path:
         }
         if !sent {
             // A later upgrade closed this connection: report to whoever serves now.
+            tracing::info!(
+                me = std::process::id(),
+                "draining: the serving process changed; reporting to the new one"
+            );
             match reconnect(shared, socket_path) {
                 Some(l) => link = l,
                 None => return,
@@ -351,9 +361,10 @@ fn reconnect(shared: &Shared, socket_path: &Path) -> Option<Link> {
                 .collect();
             let hello = link
                 .send(&Message::Draining { pid })
-                .and_then(|()| link.send(&Message::Sids(all)));
-            if hello.is_ok() {
-                return Some(link);
+                .and_then(|()| link.send(&Message::Sids { changes: all }));
+            match hello {
+                Ok(()) => return Some(link),
+                Err(e) => tracing::info!(me = pid, error = %e, "draining: the serving process did not hear this one"),
             }
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -375,13 +386,14 @@ pub fn follow(shared: &Shared, mut link: Link) {
                 pid = Some(status.pid);
                 lifecycle.report(status);
             }
-            Ok(Message::Sids(changes)) => adopt(shared, &changes),
+            Ok(Message::Sids { changes }) => adopt(shared, &changes),
             Ok(Message::Gone { pid }) => {
                 lifecycle.gone(pid);
                 return;
             }
             Ok(_) => {}
-            Err(_) => {
+            Err(e) => {
+                tracing::info!(?pid, me = std::process::id(), error = %e, "a draining process report ended");
                 if let Some(pid) = pid {
                     lifecycle.gone(pid);
                 }

@@ -271,6 +271,17 @@ fn token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Write `pid` to `pidfile`, atomically (written beside, then renamed): a reader never
+/// sees it empty, even while the old and the new process of an upgrade both write it.
+pub fn write_pid(pidfile: &std::path::Path, pid: u32) -> std::io::Result<()> {
+    if let Some(dir) = pidfile.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = pidfile.with_extension(format!("pid.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, pidfile)
+}
+
 /// Unix seconds of `at`.
 fn unix(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -119,7 +119,9 @@ pub enum Message {
         pid: u32,
     },
     /// A draining process → the serving one: sessions it learned or that ended.
-    Sids(Vec<SidChange>),
+    Sids {
+        changes: Vec<SidChange>,
+    },
     Status(DrainStatus),
     /// A draining process → the serving one: it is about to exit.
     Gone {
@@ -343,6 +345,61 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
         drop(a);
         assert!(matches!(b.recv(Some(Duration::from_secs(5))), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn every_message_encodes_and_decodes() {
+        let status = DrainStatus {
+            pid: 1,
+            tunnels: 2,
+            requests: 3,
+            hard_stop_unix: 4,
+            close_spread_secs: 5,
+            closing: true,
+        };
+        let all = vec![
+            Message::Upgrade {
+                binary: "/usr/bin/edgepin".into(),
+                timeout_ms: 1,
+            },
+            Message::Upgraded {
+                old_pid: 1,
+                new_pid: 2,
+                took_ms: 3,
+                tunnels: 4,
+                hard_stop_unix: 5,
+            },
+            Message::Refused { reason: "r".into() },
+            Message::Takeover {
+                token: "t".into(),
+                pid: 1,
+            },
+            Message::Listeners { sockets: vec![] },
+            Message::State(Box::default()),
+            Message::Ready,
+            Message::Failed { reason: "f".into() },
+            Message::Committed,
+            Message::Draining { pid: 1 },
+            Message::Sids {
+                changes: vec![
+                    SidChange {
+                        sid: "a".into(),
+                        server: Some("w1".into()),
+                    },
+                    SidChange {
+                        sid: "b".into(),
+                        server: None,
+                    },
+                ],
+            },
+            Message::Status(status),
+            Message::Gone { pid: 1 },
+        ];
+        for m in all {
+            let frame = encode(&m).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+            let back: Message = serde_json::from_slice(&frame[4..]).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{m:?}"));
+        }
     }
 
     #[test]
