@@ -13,6 +13,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod diff;
+pub mod discovery;
 pub mod edge;
 pub mod failure;
 pub mod fdlimit;
