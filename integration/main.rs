@@ -6,6 +6,7 @@
 mod harness;
 
 mod differential;
+mod discovery;
 mod edge;
 mod engine;
 mod foundation;
