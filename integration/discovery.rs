@@ -19,7 +19,14 @@ use crate::harness::{Conn, Proxy, SioClients, free_port};
 fn workers(n: u8, redis: &Redis) -> Vec<Worker> {
     let port = free_port();
     (1..=n)
-        .map(|i| Worker::start_at(&format!("w{i}"), &redis.url(), SocketAddr::new(loopback(10 + i), port), &[]))
+        .map(|i| {
+            Worker::start_at(
+                &format!("w{i}"),
+                &redis.url(),
+                SocketAddr::new(loopback(10 + i), port),
+                &[],
+            )
+        })
         .collect()
 }
 
@@ -42,7 +49,12 @@ fn sticky_yaml(dns: &Dns, port: u16, discover: &str) -> String {
 fn cookie_ids(workers: &[Worker]) -> HashMap<String, String> {
     workers
         .iter()
-        .map(|w| (edgepin::sticky::cookie::server_id(&w.addr.to_string(), None), w.id.clone()))
+        .map(|w| {
+            (
+                edgepin::sticky::cookie::server_id(&w.addr.to_string(), None),
+                w.id.clone(),
+            )
+        })
         .collect()
 }
 
@@ -76,7 +88,10 @@ async fn servers(proxy: &Proxy, backend: &str) -> BTreeMap<String, (String, bool
         .map(|s| {
             let name = s["name"].as_str().unwrap_or_default().to_string();
             let taking = s["health"] == "UP" && s["status"] == "UP" && s["retired"] == false;
-            (name, (if taking { "UP" } else { "other" }.to_string(), s["retired"] == true))
+            (
+                name,
+                (if taking { "UP" } else { "other" }.to_string(), s["retired"] == true),
+            )
         })
         .collect()
 }
@@ -177,7 +192,10 @@ async fn a_fleet_grows_and_shrinks_by_dns_without_moving_a_session() {
         late.push((name, on));
     }
     let on_new: Vec<&(String, String)> = late.iter().filter(|(_, w)| w == "w4" || w == "w5").collect();
-    assert!(on_new.len() >= 2, "bounded loads send new sessions to the new workers: {late:?}");
+    assert!(
+        on_new.len() >= 2,
+        "bounded loads send new sessions to the new workers: {late:?}"
+    );
 
     // Once the new workers carry their share, new sessions reach all five.
     for _ in 0..150 {
@@ -191,7 +209,10 @@ async fn a_fleet_grows_and_shrinks_by_dns_without_moving_a_session() {
     assert_eq!(report["moved"], 0, "{report}");
     assert_eq!(report["disconnects"], 0, "{report}");
     assert_eq!(report["rejoined"], 200, "{report}");
-    assert_eq!(report["broadcasts"]["received"], report["broadcasts"]["expected"], "{report}");
+    assert_eq!(
+        report["broadcasts"]["received"], report["broadcasts"]["expected"],
+        "{report}"
+    );
 
     // Shrinks to 3 (two of five: applied at once). w4 and w5 drain.
     let shrank = Instant::now();
@@ -210,7 +231,11 @@ async fn a_fleet_grows_and_shrinks_by_dns_without_moving_a_session() {
         k += 1;
     }
     for (name, on) in &on_new {
-        assert_eq!(&whoami(&mut sio, name), on, "{name} stays on its worker while it drains");
+        assert_eq!(
+            &whoami(&mut sio, name),
+            on,
+            "{name} stays on its worker while it drains"
+        );
         assert_eq!(count(&mut sio, name, "disconnect"), 0, "{name}");
     }
     assert!(shrank.elapsed() < Duration::from_secs(7), "checked within the drain");
@@ -223,7 +248,10 @@ async fn a_fleet_grows_and_shrinks_by_dns_without_moving_a_session() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let now = whoami(&mut sio, name);
-        assert!(["w1", "w2", "w3"].contains(&now.as_str()), "{name} reconnected to {now}");
+        assert!(
+            ["w1", "w2", "w3"].contains(&now.as_str()),
+            "{name} reconnected to {now}"
+        );
     }
     assert!(
         shrank.elapsed() >= Duration::from_secs(7),

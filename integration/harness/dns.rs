@@ -70,7 +70,8 @@ impl Dns {
                 .find(|p| std::path::Path::new(p).exists())
                 .unwrap_or("dnsmasq");
             let mut cmd = Command::new(bin);
-            cmd.arg("--keep-in-foreground").arg(format!("--conf-file={}", conf.display()));
+            cmd.arg("--keep-in-foreground")
+                .arg(format!("--conf-file={}", conf.display()));
             let mut proc = Proc::spawn(&format!("dnsmasq-{attempt}"), cmd, dir.path());
             let deadline = Instant::now() + Duration::from_secs(10);
             while proc.alive() && Instant::now() < deadline {

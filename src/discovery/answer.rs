@@ -167,7 +167,10 @@ pub fn decide(
     if found == current {
         return Decision::Same;
     }
-    let removed = current.iter().filter(|c| !found.iter().any(|f| f.name == c.name)).count();
+    let removed = current
+        .iter()
+        .filter(|c| !found.iter().any(|f| f.name == c.name))
+        .count();
     if removed * 2 > current.len() && spec.confirm_shrink > 1 {
         let seen = match pending {
             Some(p) if p.servers == found => p.seen + 1,
@@ -255,11 +258,19 @@ mod tests {
             address_of,
         );
         let got: Vec<(&str, u32)> = found.iter().map(|f| (f.name.as_str(), f.weight)).collect();
-        assert_eq!(got, [("w1.test:3001", 1), ("w2.test:3002", 3)], "priority 20 is a standby");
+        assert_eq!(
+            got,
+            [("w1.test:3001", 1), ("w2.test:3002", 3)],
+            "priority 20 is a standby"
+        );
         assert_eq!(found[1].addr.to_string(), "10.0.0.2:3002");
 
         let big = from_srv(
-            &[rec(0, 0, 1, "w1.test"), rec(0, 1000, 2, "w2.test"), rec(0, 65535, 3, "w3.test")],
+            &[
+                rec(0, 0, 1, "w1.test"),
+                rec(0, 1000, 2, "w2.test"),
+                rec(0, 65535, 3, "w3.test"),
+            ],
             address_of,
         );
         let weights: Vec<u32> = big.iter().map(|f| f.weight).collect();
@@ -286,7 +297,10 @@ mod tests {
             decide(&s, &now, None, Ok(Vec::new()), &mut capped),
             Decision::Keep(Failure::Empty)
         );
-        assert_eq!(decide(&s, &now, None, Ok(servers(&[4, 3, 2])), &mut capped), Decision::Same);
+        assert_eq!(
+            decide(&s, &now, None, Ok(servers(&[4, 3, 2])), &mut capped),
+            Decision::Same
+        );
     }
 
     #[test]
@@ -300,9 +314,15 @@ mod tests {
             Decision::Apply(five.clone())
         );
         // Two of five is not more than half.
-        assert_eq!(decide(&s, &five, None, Ok(three.clone()), &mut capped), Decision::Apply(three));
+        assert_eq!(
+            decide(&s, &five, None, Ok(three.clone()), &mut capped),
+            Decision::Apply(three)
+        );
         // The first answer of all applies whatever it is.
-        assert_eq!(decide(&s, &[], None, Ok(five.clone()), &mut capped), Decision::Apply(five));
+        assert_eq!(
+            decide(&s, &[], None, Ok(five.clone()), &mut capped),
+            Decision::Apply(five)
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub struct Member {
     pub retired_until: Option<Instant>,
     /// Discovered from DNS: it takes new sessions only once a check found it UP (a
     /// configured server takes them while its first check runs).
-    pub needs_check: bool,
+    pub discovered: bool,
 }
 
 impl Member {
@@ -60,7 +60,7 @@ impl Member {
     pub fn accepts_new(&self) -> bool {
         self.retired_until.is_none()
             && self.state.accepts_new()
-            && !(self.needs_check && self.state.health() == Health::Checking)
+            && !(self.discovered && self.state.health() == Health::Checking)
     }
 
     /// May keep serving sessions already pinned to it.
@@ -278,7 +278,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                         cookie_id: cookie::server_id(&s.name, secret),
                         max_connections: s.max_connections,
                         retired_until: None,
-                        needs_check: s.discovered,
+                        discovered: s.discovered,
                     }
                 })
                 .collect();
@@ -299,7 +299,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                             cookie_id: m.cookie_id.clone(),
                             max_connections: m.max_connections,
                             retired_until: Some(until),
-                            needs_check: m.needs_check,
+                            discovered: m.discovered,
                         });
                     }
                 }

@@ -147,27 +147,34 @@ pub fn apply(shared: &Shared, backend: &str, spec: &Discover, answer: Result<Vec
 fn names_not_in<'a>(these: &'a [Found], those: &[Found]) -> Vec<&'a str> {
     these
         .iter()
-        .filter(|f| !those.iter().any(|t| t.name == f.name && t.addr == f.addr && t.weight == f.weight))
+        .filter(|f| {
+            !those
+                .iter()
+                .any(|t| t.name == f.name && t.addr == f.addr && t.weight == f.weight)
+        })
         .map(|f| f.name.as_str())
         .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::discovery::answer::from_addresses;
     use crate::state::Health;
     use std::net::IpAddr;
     use std::path::Path;
 
-    fn shared() -> Arc<Shared> {
-        let text = "listen: { http: 127.0.0.1:1 }\nroutes:\n  - { path_prefix: /, backend: ws }\n\
+    /// A runtime whose one backend `ws` discovers `fleet.test:3000`.
+    pub(crate) fn shared() -> Arc<Shared> {
+        let text = "listen: { http: 127.0.0.1:1, stats: 127.0.0.1:2 }\nstats: { hosts: [stats.test] }\n\
+                    routes:\n  - { path_prefix: /, backend: ws }\n\
                     reload: { drain_timeout: 30s }\n\
                     backends:\n  ws: { balance: sticky, discover: { dns: \"fleet.test:3000\", confirm_shrink: 2 } }\n";
         Shared::new(crate::config::parse(Path::new("t.yaml"), text).unwrap(), None)
     }
 
-    fn found(ns: &[u8]) -> Vec<Found> {
+    /// Servers 127.0.0.N:3000.
+    pub(crate) fn found(ns: &[u8]) -> Vec<Found> {
         from_addresses(ns.iter().map(|&n| IpAddr::from([127, 0, 0, n])), 3000)
     }
 
@@ -189,7 +196,10 @@ mod tests {
         assert_eq!(shared.snapshot().generation, 2);
         assert_eq!(members(&shared).len(), 3);
         let m = &shared.snapshot().backends[0].members[0];
-        assert!(m.needs_check && !m.accepts_new(), "a discovered server waits for its first check");
+        assert!(
+            m.discovered && !m.accepts_new(),
+            "a discovered server waits for its first check"
+        );
         m.state.set_health(Health::Up, "checks");
         assert!(m.accepts_new());
 

@@ -31,7 +31,10 @@ impl Validator<'_> {
         if let Some(i) = &f.interval
             && interval < Discover::MIN_INTERVAL
         {
-            self.err(i.referenced, format!("discover.interval {:?} must be at least 1s", i.value));
+            self.err(
+                i.referenced,
+                format!("discover.interval {:?} must be at least 1s", i.value),
+            );
         }
         let timeout = self.duration(&f.timeout, DEFAULT_TIMEOUT);
         let max_servers = self.count(
@@ -100,16 +103,19 @@ fn parse_dns_target(s: &str, kind: DiscoverKind) -> Result<(String, u16), String
         }
         (DiscoverKind::Srv, None) => (s, 0),
     };
-    if name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok() {
+    if name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
+    {
         return Err(format!(
             "discover.dns {s:?} is an address, not a name: list it under `servers`"
         ));
     }
     let bare = name.strip_suffix('.').unwrap_or(name);
     let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if bare.len() > 253 || !bare.split('.').all(label_ok) {
         return Err(format!("discover.dns {s:?} is not a DNS name"));
@@ -119,7 +125,11 @@ fn parse_dns_target(s: &str, kind: DiscoverKind) -> Result<(String, u16), String
 
 /// A name server: `IP` (port 53) or `IP:PORT` (`[IPv6]:PORT`).
 fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, 53));
     }
     s.parse::<SocketAddr>()
@@ -154,7 +164,10 @@ mod tests {
             (d.name.as_str(), d.port, d.kind),
             ("workers.default.svc.cluster.local.", 3000, DiscoverKind::Addresses)
         );
-        assert_eq!((d.interval, d.timeout), (Duration::from_secs(5), Duration::from_secs(2)));
+        assert_eq!(
+            (d.interval, d.timeout),
+            (Duration::from_secs(5), Duration::from_secs(2))
+        );
         assert_eq!((d.max_servers, d.confirm_shrink), (64, 2));
         assert!(d.resolvers.is_empty() && d.max_connections.is_none());
         assert!(c.servers.is_empty() && c.backends[0].servers.is_empty());
@@ -204,7 +217,10 @@ mod tests {
             ("\"fleet.test:0\"", "a", "the port must be 1-65535"),
             ("\"fleet.test:80\"", "aaaa", "unknown discover type \"aaaa\""),
         ] {
-            let errs = check(&with_backend(&format!("{{ discover: {{ dns: {dns}, type: {kind} }} }}"))).unwrap_err();
+            let errs = check(&with_backend(&format!(
+                "{{ discover: {{ dns: {dns}, type: {kind} }} }}"
+            )))
+            .unwrap_err();
             assert!(errs.len() == 1 && errs[0].contains(wanted), "{dns}: {errs:?}");
         }
     }
@@ -218,7 +234,8 @@ mod tests {
         );
         let errs = check(&with_backend("{ balance: sticky }")).unwrap_err();
         assert!(
-            errs.iter().any(|e| e.starts_with("t.yaml:5:8: backend \"api\" needs `servers: [NAME, …]` or `discover")),
+            errs.iter()
+                .any(|e| e.starts_with("t.yaml:5:8: backend \"api\" needs `servers: [NAME, …]` or `discover")),
             "{errs:?}"
         );
         let errs = check(&with_backend("{ servers: [a] }")).unwrap_err();
