@@ -13,6 +13,7 @@ mod fuzz;
 mod hardening;
 mod health;
 mod multi_edge;
+mod package;
 mod reload;
 mod stats;
 mod sticky;

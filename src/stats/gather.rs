@@ -59,7 +59,8 @@ impl StatsView {
         let sids = &shared.sids.counters;
         StatsView {
             process: ProcessView {
-                version: env!("CARGO_PKG_VERSION"),
+                version: crate::build_info::VERSION,
+                commit: crate::build_info::COMMIT,
                 pid: std::process::id(),
                 uptime_seconds: registry.started.elapsed().as_secs(),
                 started_unix: unix_seconds(registry.started_wall),

@@ -125,7 +125,8 @@ async fn health(State(app): State<StatsApp>) -> impl IntoResponse {
         "status": if shared.stopping() { "stopping" } else { "ok" },
         "generation": shared.snapshot().generation,
         "uptime_seconds": shared.registry.started.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::build_info::VERSION,
+        "commit": crate::build_info::COMMIT,
     }))
 }
 

@@ -234,7 +234,7 @@ fn process(families: &mut Families, view: &StatsView) -> prometheus::Result<()> 
         &[("result", "failed")],
         r.reloads_failed as f64,
     )?;
-    let build = [("version", p.version)];
+    let build = [("version", p.version), ("commit", p.commit)];
     families.put("edgepin_process_build_info", "Build information.", g, &build, 1.0)?;
 
     let s = &view.sids;

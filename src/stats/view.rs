@@ -58,6 +58,8 @@ pub struct AcmeView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessView {
     pub version: &'static str,
+    /// The commit the binary was built from (`unknown` outside git).
+    pub commit: &'static str,
     pub pid: u32,
     pub uptime_seconds: u64,
     pub started_unix: u64,
