@@ -5,6 +5,7 @@
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+mod charts;
 mod differential;
 mod edge;
 mod engine;

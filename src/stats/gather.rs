@@ -92,6 +92,7 @@ impl StatsView {
             frontends,
             backends,
             certificates: certificates(shared),
+            history: None,
         }
     }
 }

@@ -108,6 +108,7 @@ impl Page<'_> {
                     }
                     main {
                         (self.cards())
+                        @if let Some(h) = &v.history { (super::charts::section(h)) }
                         h2 { "Listeners" }
                         (self.listeners(&v.frontends))
                         @if !v.certificates.is_empty() {

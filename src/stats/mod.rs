@@ -8,13 +8,16 @@
 //! configured, needs basic auth (wrong passwords throttled per address, `throttle`). The
 //! listener is its own small HTTP/1.1 server (`listener`, slots in `slots`) with
 //! connection, header, keep-alive, request and body limits, run as a pingora background
-//! service next to a once-a-second rate sampler. It reads proxy state and, through
+//! service next to a once-a-second rate sampler and the history sampler behind the
+//! dashboard's charts (`history`, drawn by `charts`). It reads proxy state and, through
 //! `admin`, changes only servers' admin state and weight.
 
 mod admin;
 mod auth;
+mod charts;
 mod csv;
 pub(crate) mod gather;
+mod history;
 mod host;
 mod html;
 mod listener;
@@ -63,6 +66,8 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 pub struct StatsApp {
     pub shared: Arc<Shared>,
     rates: Arc<rates::Rates>,
+    /// Recent points for the dashboard's charts.
+    history: Arc<history::History>,
     guard: Arc<auth::Guard>,
     /// Wrong passwords per client address.
     throttle: Arc<throttle::Throttle>,
@@ -75,6 +80,7 @@ impl StatsApp {
         Ok(StatsApp {
             shared,
             rates: Arc::default(),
+            history: Arc::default(),
             guard: Arc::new(guard),
             throttle: Arc::new(throttle::Throttle::new(throttle::Policy::default())),
         })
@@ -106,7 +112,10 @@ impl StatsApp {
     }
 
     fn view(&self) -> view::StatsView {
-        view::StatsView::gather(&self.shared, &self.rates)
+        let mut view = view::StatsView::gather(&self.shared, &self.rates);
+        let settings = self.shared.snapshot().config.stats.history;
+        view.history = Some(self.history.lock().view(settings));
+        view
     }
 }
 
@@ -187,14 +196,24 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
         tracing::warn!(warning = %w, "stats: weak password");
     }
     let mut sampler_stop = shutdown.clone();
-    let sampler = tokio::spawn(rates::run(shared, Arc::clone(&app.rates), async move {
+    let sampler = tokio::spawn(rates::run(Arc::clone(&shared), Arc::clone(&app.rates), async move {
         let _ = sampler_stop.changed().await;
     }));
+    let mut history_stop = shutdown.clone();
+    let history = tokio::spawn(history::run(
+        shared,
+        Arc::clone(&app.rates),
+        Arc::clone(&app.history),
+        async move {
+            let _ = history_stop.changed().await;
+        },
+    ));
     listener::run(listener, app.router(), listener::Limits::default(), async move {
         let _ = shutdown.changed().await;
     })
     .await;
     sampler.abort();
+    history.abort();
 }
 
 /// The stats listener as a pingora background service.

@@ -22,6 +22,9 @@ pub struct StatsView {
     pub backends: Vec<BackendView>,
     /// The https listener's certificates (files, then the ACME one).
     pub certificates: Vec<CertificateView>,
+    /// Recent points of the dashboard's charts (filled by the stats app; `None` where
+    /// no history is kept).
+    pub history: Option<super::history::HistoryView>,
 }
 
 /// One certificate the https listener serves.
