@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble prometheus unit integration bench bench-deps bench-broadcast clean systemd-verify
+.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble prometheus rules unit integration bench bench-deps bench-broadcast clean systemd-verify
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -85,11 +85,18 @@ deb-tool:
 deb: deps deb-tool
 	$(CARGO) deb --locked
 
-lint: deps deny-tool
+lint: deps deny-tool prometheus
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) deny check --hide-inclusion-graph bans licenses sources
 	@$(MAKE) --no-print-directory systemd-verify
+	@$(MAKE) --no-print-directory rules
+
+## The Prometheus rules: syntax and queries (`check`), then their unit tests: every
+## alert firing and staying quiet where it should (packaging/prometheus/*.test.yml).
+rules: prometheus
+	promtool check rules packaging/prometheus/edgepin.rules.yml
+	cd packaging/prometheus && promtool test rules edgepin.rules.test.yml
 
 ## `systemd-analyze verify` on packaging/edgepin.service, where the tool exists (it is
 ## not installed for this: systemd in a container is not worth it). It checks that the

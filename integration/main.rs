@@ -15,6 +15,7 @@ mod hardening;
 mod health;
 mod multi_edge;
 mod package;
+mod prometheus;
 mod reload;
 mod stats;
 mod sticky;

@@ -11,8 +11,8 @@ use crate::state::{FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView,
-    Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, DurationsView, FrontendView, LastReload, ProcessView,
+    ReloadView, Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -219,6 +219,14 @@ fn traffic(t: &Traffic, rate: Rate, sticky: bool) -> Counters {
             redispatch: t.sticky_redispatch.get(),
         }),
         sid_unknown: Some(t.sid_unknown.get()),
+        request_durations: Some({
+            let (cumulative, count, sum_seconds) = t.durations.read();
+            DurationsView {
+                cumulative,
+                count,
+                sum_seconds,
+            }
+        }),
         ..Counters::default()
     }
 }

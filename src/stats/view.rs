@@ -184,6 +184,17 @@ pub struct Counters {
     pub sticky: Option<StickyView>,
     /// Engine.IO `400 Session ID unknown` answers.
     pub sid_unknown: Option<u64>,
+    /// How long requests took (tunnels left out), as histogram buckets.
+    pub request_durations: Option<DurationsView>,
+}
+
+/// Request durations: cumulative counts at each bound of
+/// [`crate::state::DURATION_BUCKETS`] (Prometheus `le`, seconds), the count and the sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DurationsView {
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
