@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::browser::{self, Browser};
 use crate::harness::redis::Redis;
+use crate::harness::worker::socketio_body;
 use crate::harness::{Conn, Proxy, Target, Worker, client, eventually};
 
 const CLIENTS: usize = 100;
@@ -130,17 +131,7 @@ async fn charts_show_a_killed_worker_as_a_drop_on_its_line_and_a_rise_on_the_oth
     let started = Instant::now();
     let redis = Redis::start();
     let mut workers: Vec<Worker> = WORKERS.iter().map(|w| Worker::start(w, &redis.url())).collect();
-    let servers: String = workers
-        .iter()
-        .map(|w| format!("  {}: {{ address: {} }}\n", w.id, w.addr))
-        .collect();
-    let body = format!(
-        "routes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
-         backends:\n  api: {{ servers: [w1, w2, w3] }}\n  sockets: {{ balance: sticky, servers: [w1, w2, w3], timeouts: {{ server: 60s }} }}\n\
-         servers:\n{servers}\
-         health: {{ interval: 300ms, timeout: 200ms, rise: 1, fall: 1 }}\n\
-         stats: {{ history: {{ interval: 250ms, span: 15s }} }}\n"
-    );
+    let body = socketio_body(&workers, "stats: { history: { interval: 250ms, span: 15s } }\n");
     let proxy = Proxy::start(&body);
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use serde_json::Value as Json;
 
 use crate::harness::redis::Redis;
+use crate::harness::worker::socketio_body;
 use crate::harness::{Conn, Proc, Proxy, Target, Worker, certs, client, eventually, free_port};
 
 fn repo(path: &str) -> PathBuf {
@@ -218,16 +219,7 @@ async fn a_real_prometheus_scrapes_edgepin_and_workers_and_every_dashboard_query
         .iter()
         .map(|w| Worker::start(w, &redis.url()))
         .collect();
-    let servers: String = workers
-        .iter()
-        .map(|w| format!("  {}: {{ address: {} }}\n", w.id, w.addr))
-        .collect();
-    let body = format!(
-        "routes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
-         backends:\n  api: {{ servers: [w1, w2, w3] }}\n  sockets: {{ balance: sticky, servers: [w1, w2, w3], timeouts: {{ server: 60s }} }}\n\
-         servers:\n{servers}\
-         health: {{ interval: 300ms, timeout: 200ms, rise: 1, fall: 1 }}\n"
-    );
+    let body = socketio_body(&workers, "");
     // A certificate from files, and an ACME one whose directory nobody answers (on a
     // closed loopback port): its renewal fails, so the ACME panels have data too.
     let dir = tempfile::Builder::new()

@@ -10,6 +10,8 @@
 //! `data-series` naming it and each chart a `<figure id="chart-…">`, so tests and
 //! scrapers can find them. This module only draws: the numbers come from the view.
 
+use std::collections::BTreeMap;
+
 use maud::{Markup, html};
 
 use super::history::HistoryView;
@@ -142,33 +144,23 @@ fn chart(id: &str, title: &str, unit: &str, lines: &[Line<'_>], capacity: usize,
     }
 }
 
+/// One line per entry of `by_name` (a backend or a server), coloured by its place.
+fn lines<T>(by_name: &BTreeMap<String, T>, pick: fn(&T) -> &Vec<Option<f64>>) -> Vec<Line<'_>> {
+    by_name
+        .iter()
+        .enumerate()
+        .map(|(i, (name, t))| Line {
+            name,
+            colour: PALETTE[i % PALETTE.len()],
+            points: pick(t),
+        })
+        .collect()
+}
+
 /// The charts of `h`, for the page.
 pub fn section(h: &HistoryView) -> Markup {
     let capacity = h.points;
     let span = span_label((h.interval_seconds * capacity as f64).round() as u64);
-    let colour = |i: usize| PALETTE[i % PALETTE.len()];
-    let backends = |pick: fn(&super::history::BackendHistory) -> &Vec<Option<f64>>| -> Vec<Line<'_>> {
-        h.backends
-            .iter()
-            .enumerate()
-            .map(|(i, (name, b))| Line {
-                name,
-                colour: colour(i),
-                points: pick(b),
-            })
-            .collect()
-    };
-    let servers = |pick: fn(&super::history::ServerHistory) -> &Vec<Option<f64>>| -> Vec<Line<'_>> {
-        h.servers
-            .iter()
-            .enumerate()
-            .map(|(i, (name, s))| Line {
-                name,
-                colour: colour(i),
-                points: pick(s),
-            })
-            .collect()
-    };
     let failures = [
         Line {
             name: "5xx",
@@ -195,10 +187,10 @@ pub fn section(h: &HistoryView) -> Markup {
     ];
     html! {
         section.charts #charts data-points=(h.times_unix_ms.len()) {
-            (chart("backend-requests", "Requests by backend", "per second", &backends(|b| &b.requests_per_second), capacity, &span))
-            (chart("backend-errors", "Server errors by backend", "connection + response errors per second", &backends(|b| &b.errors_per_second), capacity, &span))
-            (chart("server-requests", "Requests by server", "per second", &servers(|s| &s.requests_per_second), capacity, &span))
-            (chart("websockets", "Open WebSockets by server", "tunnels", &servers(|s| &s.websockets_open), capacity, &span))
+            (chart("backend-requests", "Requests by backend", "per second", &lines(&h.backends, |b| &b.requests_per_second), capacity, &span))
+            (chart("backend-errors", "Server errors by backend", "connection + response errors per second", &lines(&h.backends, |b| &b.errors_per_second), capacity, &span))
+            (chart("server-requests", "Requests by server", "per second", &lines(&h.servers, |s| &s.requests_per_second), capacity, &span))
+            (chart("websockets", "Open WebSockets by server", "tunnels", &lines(&h.servers, |s| &s.websockets_open), capacity, &span))
             (chart("failures", "5xx answers and retries", "per second", &failures, capacity, &span))
             (chart("sids", "Sid table lookups", "per second", &sids, capacity, &span))
         }
