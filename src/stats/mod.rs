@@ -112,7 +112,13 @@ impl StatsApp {
     }
 
     fn view(&self) -> view::StatsView {
-        let mut view = view::StatsView::gather(&self.shared, &self.rates);
+        view::StatsView::gather(&self.shared, &self.rates)
+    }
+
+    /// The view with the charts' history (the page and the JSON; CSV and Prometheus
+    /// have no use for it).
+    fn view_with_history(&self) -> view::StatsView {
+        let mut view = self.view();
         let settings = self.shared.snapshot().config.stats.history;
         view.history = Some(self.history.lock().view(settings));
         view
@@ -158,7 +164,7 @@ async fn dashboard(
         .min(html::MAX_REFRESH);
     let csrf = user.map(|axum::Extension(u)| app.guard.csrf_token(&u));
     let page = html::Page {
-        view: &app.view(),
+        view: &app.view_with_history(),
         refresh,
         csrf: csrf.as_deref(),
     };
@@ -166,7 +172,7 @@ async fn dashboard(
 }
 
 async fn stats_json(State(app): State<StatsApp>) -> Response {
-    Json(app.view()).into_response()
+    Json(app.view_with_history()).into_response()
 }
 
 async fn stats_csv(State(app): State<StatsApp>) -> Response {
@@ -297,6 +303,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(json["backends"][0]["servers"][1]["name"], "b");
+        assert_eq!(json["history"]["points"], 180, "the charts' series");
+        assert!(page.contains(r#"id="chart-websockets""#), "and the charts");
         let (status, headers, csv) = send(&app, get("/stats.csv", None)).await;
         assert_eq!(
             (status, headers[CONTENT_TYPE].to_str().unwrap()),
