@@ -195,6 +195,7 @@ async fn the_debian_package_installs_serves_one_request_as_its_user_and_purges_c
         ok("systemd-analyze", &["verify", UNIT]);
     }
     assert_eq!(unit_line(&unit, "User"), USER);
+    assert_eq!(unit_line(&unit, "Group"), USER);
 
     // An operator's edit: its listeners on free loopback ports, its servers ours.
     let backend = Backend::start("app1");
@@ -208,8 +209,9 @@ async fn the_debian_package_installs_serves_one_request_as_its_user_and_purges_c
     }
     std::fs::write(CONFIG, edited).expect("edit the config");
 
-    // Started as the unit starts it: ExecStartPre, then ExecStart, with the unit's
-    // RuntimeDirectory; as root here, so `run_as` makes it the package's user.
+    // Started as the unit starts it: ExecStartPre as the unit's user (it reads the key
+    // through the group), then ExecStart, with the unit's RuntimeDirectory; ExecStart as
+    // root, as without systemd, so `run_as` makes it the package's user.
     std::fs::create_dir_all(RUNTIME_DIR).expect("runtime dir");
     std::os::unix::fs::chown(RUNTIME_DIR, Some(uid), Some(gid)).expect("chown runtime dir");
     let command = |line: String| {
@@ -221,9 +223,10 @@ async fn the_debian_package_installs_serves_one_request_as_its_user_and_purges_c
             .current_dir("/");
         cmd
     };
-    let pre = command(unit_line(&unit, "ExecStartPre"))
-        .output()
-        .expect("ExecStartPre");
+    let mut pre = command(unit_line(&unit, "ExecStartPre"));
+    std::os::unix::process::CommandExt::uid(&mut pre, uid);
+    std::os::unix::process::CommandExt::gid(&mut pre, gid);
+    let pre = pre.output().expect("ExecStartPre");
     assert!(pre.status.success(), "ExecStartPre:\n{}", text(&pre));
     let mut proc = Proc::spawn("edgepin-packaged", command(unit_line(&unit, "ExecStart")), work.path());
     let target = Target::tls(([127, 0, 0, 1], https).into()).trusting(Path::new("/etc/edgepin/tls/selfsigned.crt"));
