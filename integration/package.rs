@@ -154,10 +154,11 @@ async fn the_debian_package_installs_serves_one_request_as_its_user_and_purges_c
         return;
     }
     let started = Instant::now();
-    if installed() {
-        eprintln!("purging an edgepin package left by an interrupted run");
-        ok("dpkg", &["--purge", PACKAGE]);
-    }
+    assert!(
+        !installed(),
+        "an edgepin package is installed on this machine: this test installs and purges its own, so it \
+         leaves that one alone (`dpkg --purge edgepin` if an interrupted run left it)"
+    );
     let work = tempfile::tempdir().expect("temp dir");
     let deb = build_package(work.path());
     let built_in = started.elapsed();
