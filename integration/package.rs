@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::Value as Json;
+
 use crate::harness::{Backend, Proc, Target, client, eventually, free_port};
 
 const PACKAGE: &str = "edgepin";
@@ -252,6 +254,31 @@ async fn the_debian_package_installs_serves_one_request_as_its_user_and_purges_c
         .await
         .expect("http listener");
     assert_eq!(redirect.status, 308, "plain http redirects to https");
+
+    // A reload, as `systemctl reload` does it: applied, and the copy `check --diff` reads
+    // rewritten by the user edgepin now runs as (it was written as root at start).
+    let loaded = Path::new(RUNTIME_DIR).join("edgepin.loaded.yaml");
+    let edited = std::fs::read_to_string(CONFIG).expect("config");
+    std::fs::write(CONFIG, replace_once(&edited, "drain_timeout: 5m", "drain_timeout: 4m")).expect("edit");
+    proc.signal(nix::sys::signal::Signal::SIGHUP);
+    let stats_target = Target::plain(([127, 0, 0, 1], stats).into());
+    let mut last = Json::Null;
+    let reloaded = eventually(Duration::from_secs(15), async || {
+        let Ok(r) = client::get(&stats_target, "/stats.json").await else {
+            return false;
+        };
+        last = r.json()["reload"]["last"].clone();
+        last["generation"] == 2
+    })
+    .await;
+    assert!(reloaded, "reload applied: {last}");
+    assert_eq!(last["ok"], true, "{last}");
+    assert_eq!(last["message"], "", "no warning (the saved copy was written): {last}");
+    let copy = std::fs::read_to_string(&loaded).expect("saved config");
+    assert!(
+        copy.contains("drain_timeout: 4m"),
+        "the saved copy is the reloaded config"
+    );
 
     proc.signal(nix::sys::signal::Signal::SIGTERM);
     let exit = proc.wait_exit(Duration::from_secs(20));
