@@ -8,6 +8,7 @@ mod harness;
 mod differential;
 mod edge;
 mod engine;
+mod exchange;
 mod foundation;
 mod fuzz;
 mod hardening;
