@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::harness::raw;
 use crate::harness::redis::Redis;
 use crate::harness::rude::{Rude, rude_backend};
-use crate::harness::{Conn, Proxy, Worker};
+use crate::harness::{Backend, Conn, Proxy, Worker};
 
 /// Whether the proxy logged any server going DOWN.
 fn any_server_went_down(proxy: &Proxy) -> bool {
@@ -92,4 +92,46 @@ async fn uploads_a_server_answers_early_get_its_answer_and_take_no_server_down()
         assert_eq!(s["status"], "UP", "{s}");
         assert_eq!(s["counters"]["response_errors"], 0, "an early answer is no error: {s}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn targets_with_a_fragment_or_dot_segments_are_refused_not_routed_otherwise_than_served() {
+    let (nows, sockets) = (Backend::start("nows"), Backend::start("sockets"));
+    let body = format!(
+        "routes:\n  - {{ path_prefix: /nows/, backend: nows, websocket: false }}\n  - {{ path_prefix: /, backend: sockets }}\n\
+         backends:\n  nows: {{ servers: [nows] }}\n  sockets: {{ servers: [sockets] }}\n\
+         servers:\n  nows: {{ address: {} }}\n  sockets: {{ address: {} }}\n",
+        nows.addr, sockets.addr
+    );
+    let proxy = Proxy::start(&body);
+    let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let wait = Duration::from_secs(3);
+    // The server cuts the path at `#` (or takes the dot-segments literally) and would
+    // serve /nows/ a WebSocket that route refuses.
+    for target in [
+        "/nows/#/../../socket.io/",
+        "/nows/../socket.io/",
+        "/nows/%2e%2e/socket.io/",
+        "/nows/%2E%2e/socket.io/",
+        "/nows/./../socket.io/",
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{ws}\r\n");
+        let answer = raw::send(proxy.http, &[req.as_bytes()], Duration::ZERO, wait).await;
+        assert_eq!(answer.status(), 400, "{target}: {}", answer.text);
+        let get = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = raw::send(proxy.http, &[get.as_bytes()], Duration::ZERO, wait).await;
+        assert_eq!(answer.status(), 400, "{target}: {}", answer.text);
+    }
+    assert_eq!(nows.hits() + sockets.hits(), 0, "none reached a server");
+    // Dots elsewhere are no dot-segments.
+    let mut conn = Conn::open(&proxy.plain()).await.unwrap();
+    for target in ["/a/..b/.c", "/socket.io/?EIO=4&x=/../.."] {
+        let r = conn.get(target).await.unwrap();
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(r.json()["server"], "sockets", "{target}");
+    }
+    // The route still holds for the spelling servers read as it.
+    let upgrade: Vec<String> = ws.lines().map(str::to_string).collect();
+    let r = conn.request("GET", "/nows/x", &upgrade, b"").await.unwrap();
+    assert_eq!(r.status, 403, "{}", r.text());
 }

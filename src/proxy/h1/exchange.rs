@@ -518,8 +518,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Next {
         let status = acct.refused(&why);
         rec.local = true;
-        // The body of a refused request is not read: the connection cannot go on.
-        let close = !head.keep_alive || head.body() != Body::None || status == 413;
+        // The body of a refused request is not read: the connection cannot go on. Nor
+        // after a request refused as malformed.
+        let malformed = matches!(why, Refusal::Status(400 | 413, _));
+        let close = !head.keep_alive || head.body() != Body::None || malformed;
         self.wbuf.clear();
         match &why {
             Refusal::SessionGone => write_local_body(
