@@ -9,6 +9,7 @@ mod charts;
 mod differential;
 mod edge;
 mod engine;
+mod exchange;
 mod foundation;
 mod fuzz;
 mod hardening;
