@@ -10,6 +10,7 @@ mod differential;
 mod discovery;
 mod edge;
 mod engine;
+mod exchange;
 mod foundation;
 mod fuzz;
 mod hardening;
