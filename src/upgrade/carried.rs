@@ -181,6 +181,7 @@ mod tests {
             address: address.parse().unwrap(),
             weight,
             max_connections: None,
+            discovered: false,
         }
     }
 
