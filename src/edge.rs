@@ -344,6 +344,7 @@ where
             weights = applied.weights,
             sids = applied.sids,
             ticket_keys = applied.tickets,
+            discovered_servers = applied.discovered,
             unclaimed_listeners = ?t.inherited.unclaimed(),
             "taking over: sockets and state received"
         );

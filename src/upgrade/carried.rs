@@ -9,7 +9,10 @@
 //! same address (else it is another process and is checked anew); a weight set at
 //! runtime stays unless the new config changed that server's weight (the file wins, as
 //! on reload). A server the new config does not name is left behind. Servers are matched
-//! by name, so discovered servers (named by address) are carried as well.
+//! by name, so discovered servers (named by address) are carried as well: the servers of
+//! each discovered backend's last good DNS answer come along and are merged into the new
+//! process's config before it serves, so it neither waits for its first resolution nor
+//! serves a discovered backend empty.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -19,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::DrainStatus;
 use crate::config;
+use crate::discovery::answer::Found;
+use crate::discovery::merge;
 use crate::runtime::Shared;
 use crate::state::{Admin, Health, Restored};
 use crate::sticky::sid::SidEntry;
@@ -33,6 +38,17 @@ pub struct Carried {
     pub tickets: Vec<TicketKey>,
     /// Processes still draining from earlier upgrades, as last reported.
     pub draining: Vec<DrainStatus>,
+    /// Per backend with `discover`, the servers of its last good answer.
+    #[serde(default)]
+    pub discovered: Vec<CarriedDiscovered>,
+}
+
+/// A discovered backend's servers, as its last good DNS answer gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedDiscovered {
+    pub backend: String,
+    /// (name, address, weight) of each server.
+    pub servers: Vec<(String, SocketAddr, u32)>,
 }
 
 /// One server as the old process knows it.
@@ -113,7 +129,59 @@ pub fn collect(shared: &Shared) -> Carried {
         sids: shared.sids.export(),
         tickets: shared.cert.as_ref().map(|c| c.tickets.export()).unwrap_or_default(),
         draining: shared.lifecycle.draining(),
+        discovered: shared
+            .discovered
+            .lock()
+            .iter()
+            .filter(|(_, entry)| !entry.servers.is_empty())
+            .map(|(backend, entry)| CarriedDiscovered {
+                backend: backend.clone(),
+                servers: entry
+                    .servers
+                    .iter()
+                    .map(|f| (f.name.clone(), f.addr, f.weight))
+                    .collect(),
+            })
+            .collect(),
     }
+}
+
+/// Put the carried discovered servers in the book, for backends the new config still
+/// discovers, and install a config with them merged in. Returns how many servers.
+fn adopt_discovered(shared: &Shared, carried: &[CarriedDiscovered]) -> usize {
+    let mut book = shared.discovered.lock();
+    let current = shared.snapshot();
+    let mut adopted = 0;
+    for d in carried {
+        let discovers = current
+            .config
+            .backends
+            .iter()
+            .any(|b| b.name == d.backend && b.discover.is_some());
+        if !discovers {
+            continue;
+        }
+        let entry = book.entry(d.backend.clone()).or_default();
+        if !entry.servers.is_empty() {
+            continue;
+        }
+        let mut servers: Vec<Found> = d
+            .servers
+            .iter()
+            .map(|(name, addr, weight)| Found {
+                name: name.clone(),
+                addr: *addr,
+                weight: *weight,
+            })
+            .collect();
+        servers.sort();
+        adopted += servers.len();
+        entry.servers = servers;
+    }
+    if adopted > 0 {
+        shared.install(shared.build(&merge(&current.config, &book)));
+    }
+    adopted
 }
 
 /// What [`apply`] took over.
@@ -125,13 +193,18 @@ pub struct Applied {
     pub weights: usize,
     pub sids: usize,
     pub tickets: usize,
+    /// Discovered servers taken over (from the old process's last DNS answers).
+    pub discovered: usize,
 }
 
 /// Take over `carried` into the new process's state (before it serves anything).
 pub fn apply(shared: &Shared, carried: &Carried) -> Applied {
+    let mut applied = Applied {
+        discovered: adopt_discovered(shared, &carried.discovered),
+        ..Applied::default()
+    };
     let snapshot = shared.snapshot();
     let config = &snapshot.config;
-    let mut applied = Applied::default();
     for old in &carried.servers {
         let new = config.server(&old.name);
         let c = carry(old, new);
@@ -260,6 +333,38 @@ mod tests {
         assert!(Arc::ptr_eq(&new.sids.lookup("s-on-b").unwrap(), &b2));
         assert_eq!(applied.verdicts.len(), 2);
         assert_eq!((applied.admin_states, applied.weights, applied.sids), (1, 1, 1));
+    }
+
+    #[test]
+    fn discovered_servers_and_their_state_are_carried_before_the_first_answer() {
+        let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
+                    backends: { b: { discover: { dns: fleet.test:3000 } } }\n";
+        let cfg = crate::config::parse(Path::new("t.yaml"), text).unwrap();
+        let old = Shared::new(cfg.clone(), None);
+        let found = Found {
+            name: "127.0.0.9:3000".into(),
+            addr: "127.0.0.9:3000".parse().unwrap(),
+            weight: 1,
+        };
+        crate::upkeep::discovery::apply(&old, "b", &cfg.backends[0].discover.clone().unwrap(), Ok(vec![found]));
+        old.registry
+            .server("127.0.0.9:3000", 1)
+            .set_admin(Admin::Maint, "admin: maint by alice");
+        let carried: Carried = serde_json::from_str(&serde_json::to_string(&collect(&old)).unwrap()).unwrap();
+        assert_eq!(carried.discovered.len(), 1);
+
+        let new = Shared::new(cfg, None);
+        assert!(
+            new.snapshot().config.server("127.0.0.9:3000").is_none(),
+            "no answer yet"
+        );
+        let applied = apply(&new, &carried);
+        assert_eq!((applied.discovered, applied.admin_states), (1, 1));
+        assert!(
+            new.snapshot().config.server("127.0.0.9:3000").is_some(),
+            "served before the first answer"
+        );
+        assert_eq!(new.registry.server("127.0.0.9:3000", 1).admin(), Admin::Maint);
     }
 
     use std::sync::Arc;

@@ -19,6 +19,7 @@
 //! 5. While it drains it tells the serving process how much is left and every sid it
 //!    still learns or forgets (`control::report`), so the stats page shows it and a
 //!    session whose handshake ended in the old process keeps its server.
+//!
 //! If the new process fails before Ready (bad config, a port it cannot bind, a crash, a
 //! binary that is not edgepin, no answer in time), the old one never stopped serving,
 //! and `edgepin upgrade` prints why and exits non-zero.
