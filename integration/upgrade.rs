@@ -616,3 +616,59 @@ async fn systemd_hears_ready_then_the_new_main_pid() {
         format!("MAINPID={}", proxy.serving_pid())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovered_servers_and_their_maint_are_served_by_the_new_process_before_any_dns_answer() {
+    use crate::harness::dns::{Dns, loopback};
+    use std::net::SocketAddr;
+    let dns = Dns::start(&[]);
+    let redis = Redis::start();
+    let port = crate::harness::free_port();
+    let workers: Vec<Worker> = (1..=2)
+        .map(|i| {
+            Worker::start_at(
+                &format!("w{i}"),
+                &redis.url(),
+                SocketAddr::new(loopback(10 + i), port),
+                &[],
+            )
+        })
+        .collect();
+    dns.set("fleet.test", &workers.iter().map(|w| w.addr.ip()).collect::<Vec<_>>());
+    let yaml = format!(
+        "access_log: false\nroutes:\n  - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ discover: {{ dns: \"fleet.test:{port}\", interval: 1s, timeout: 500ms, resolvers: {} }} }}\n\
+         health: {{ interval: 500ms, timeout: 400ms, rise: 1, fall: 2, path: /health }}\n",
+        dns.resolvers()
+    );
+    let proxy = Proxy::builder(&yaml).stats_auth("admin", "upgrade-test-pw").start();
+    let (w1, w2) = (workers[0].addr.to_string(), workers[1].addr.to_string());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for name in [&w1, &w2] {
+        while proxy.server_stats("api", name).await["status"] != "UP" {
+            assert!(Instant::now() < deadline, "{name} not discovered and UP");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let r = proxy
+        .admin(&format!("/admin/servers/{w1}/state"), r#"{"state":"maint"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The DNS server stops answering: the new process gets no answer of its own.
+    dns.pause();
+    let (ok, out) = proxy.upgrade(&[]);
+    dns.resume();
+    assert!(ok, "{out}");
+    // At once, every request is served, none by the MAINT server.
+    let first_second = Instant::now();
+    let mut served = 0;
+    while first_second.elapsed() < Duration::from_secs(1) {
+        let r = client::get(&proxy.plain(), "/api/whoami").await.expect("request");
+        assert_eq!(r.status, 200, "{}\n{}", r.text(), proxy.proc.log_tail(20));
+        assert!(r.text().contains("\"w2\""), "{}", r.text());
+        served += 1;
+    }
+    assert!(served > 10, "{served}");
+    assert_eq!(proxy.server_stats("api", &w1).await["status"], "MAINT");
+}
