@@ -317,6 +317,10 @@ pub struct Backend {
     pub retries: u32,
     /// Requests waiting for a slot at most (more get 503 at once).
     pub max_queue: u32,
+    /// Slow-start window of its servers (zero: off); a server's own key overrides it.
+    pub slow_start: Duration,
+    /// New Engine.IO sessions admitted (`None`: no cap); more get 503 with Retry-After.
+    pub new_sessions: Option<Rate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +332,9 @@ pub struct Server {
     pub weight: u32,
     /// Concurrent requests/tunnels sent to it; more wait in a queue.
     pub max_connections: Option<u32>,
+    /// Its slow-start window (zero: off): its own `slow_start`, else the longest of the
+    /// backends that list it.
+    pub slow_start: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,7 +495,8 @@ impl fmt::Debug for SharedSids {
     }
 }
 
-/// A rate per client: `burst` at once, then `per_second` (both ≥ 1).
+/// A rate (per client, or a backend's new sessions): `burst` at once, then `per_second`
+/// (both ≥ 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     pub per_second: u32,

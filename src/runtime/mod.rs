@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 
 use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
-use crate::rate_limit::ClientLimiter;
+use crate::rate_limit::{ClientLimiter, RateGate};
 use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
 use crate::tls::{CertSet, CertStore};
@@ -75,6 +75,8 @@ pub struct BackendRt {
     pub retry_budget: RetryBudget,
     /// Requests waiting for a slot now.
     pub queued: crate::state::Gauge,
+    /// The bucket of `cfg.new_sessions`, carried over reloads by backend name.
+    pub new_sessions: Arc<RateGate>,
 }
 
 impl BackendRt {
@@ -220,10 +222,12 @@ impl Shared {
     }
 
     /// A server now at another address is another process: its health is checked anew
-    /// (the first check decides), and the sessions and tunnels of the old address end
-    /// (clients reconnect; the new address does not know their sessions).
+    /// (the first check decides), it starts in slow start, and the sessions and tunnels of
+    /// the old address end (clients reconnect; the new address does not know their
+    /// sessions).
     fn moved(&self, state: &Arc<ServerState>, from: SocketAddr, to: SocketAddr) {
         state.set_health(Health::Checking, &format!("address changed from {from} to {to}"));
+        state.ramp.start();
         let sessions = self.sids.sweep(|s| std::ptr::eq(s, Arc::as_ptr(state)));
         let tunnels = state.tunnels.close_all();
         tracing::info!(server = %state.name, %from, %to, sessions, tunnels, "server moved by reload: checking the new address");
@@ -272,8 +276,9 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                     }
                 })
                 .collect();
+            let old = previous.and_then(|p| p.backend(&b.name));
             // Members the reload removed from this backend keep their sessions a while.
-            if let Some(old) = previous.and_then(|p| p.backend(&b.name)) {
+            if let Some(old) = old {
                 for m in &old.members {
                     if members.iter().any(|n| n.name == m.name) {
                         continue;
@@ -301,6 +306,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                 least: LeastConn::default(),
                 retry_budget: RetryBudget::new(10),
                 queued: Default::default(),
+                new_sessions: old.map_or_else(Arc::default, |o| Arc::clone(&o.new_sessions)),
             }
         })
         .collect();

@@ -94,6 +94,13 @@ const COLUMNS: &[Column] = &[
     ("sticky_hash", |l| opt(l.counters.sticky.map(|s| s.hash))),
     ("sticky_redispatch", |l| opt(l.counters.sticky.map(|s| s.redispatch))),
     ("sid_unknown", |l| opt(l.counters.sid_unknown)),
+    ("eweight", |l| l.server.map(|s| format!("{:.2}", s.effective_weight))),
+    ("slow_start_pct", |l| {
+        l.server.and_then(|s| s.slow_start).map(|ss| ss.percent.to_string())
+    }),
+    ("new_sessions_refused", |l| {
+        opt(l.backend.map(|b| b.new_sessions_refused))
+    }),
 ];
 
 /// A CSV cell: quoted when it holds a comma, quote or line break.

@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::runtime::{BackendRt, Member, Shared};
-use crate::state::{FrontendCounters, StatusClasses, Traffic};
+use crate::state::{FULL_SHARE, FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView,
-    Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, NewSessionsView,
+    ProcessView, ReloadView, Responses, ServerView, SharedSidView, SidView, SlowStartView, StatsView, StickyView,
+    WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -242,6 +243,11 @@ fn backend(b: &BackendRt, config: &Config, rates: &Rates) -> BackendView {
         queue_timeouts: c.queue_timeouts.get(),
         queue_full: c.queue_full.get(),
         retry_budget_exhausted: c.retry_budget_exhausted.get(),
+        new_sessions: b.cfg.new_sessions.map(|r| NewSessionsView {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
+        new_sessions_refused: c.new_sessions_refused.get(),
         counters,
         servers,
     }
@@ -255,6 +261,16 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         status = "DRAIN";
     }
     let downtime = state.downtime();
+    let share = state.ramp.share();
+    let slow_start = state
+        .ramp
+        .elapsed()
+        .filter(|_| share < FULL_SHARE)
+        .map(|elapsed| SlowStartView {
+            percent: share / 10,
+            elapsed_seconds: elapsed.as_secs_f64(),
+            window_seconds: state.ramp.window().as_secs_f64(),
+        });
     let detail = state.detail();
     let last_check = detail.last_check.as_ref().map(|c| CheckView {
         ok: c.ok(),
@@ -288,6 +304,8 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         up_down_total: state.up_down_total.load(std::sync::atomic::Ordering::Relaxed),
         downtime_seconds: downtime.as_secs_f64(),
         weight: u64::from(state.weight()),
+        effective_weight: f64::from(state.weight()) * f64::from(share) / f64::from(FULL_SHARE),
+        slow_start,
         active: state.active(),
         sticky_sessions: state.sessions() as u64,
         counters,

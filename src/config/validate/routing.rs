@@ -27,9 +27,50 @@ impl Validator<'_> {
                 address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
                 weight,
                 max_connections,
+                // Settled by `slow_starts` once the backends are known.
+                slow_start: Duration::ZERO,
             });
         }
         out
+    }
+
+    /// Each server's slow-start window: its own `slow_start`, else the longest of the
+    /// backends that list it (the default when none does).
+    pub(super) fn slow_starts(
+        &mut self,
+        s: &Spanned<indexmap::IndexMap<String, Spanned<file::ServerFile>>>,
+        servers: &mut [Server],
+        backends: &[Backend],
+    ) {
+        for (i, (_, file)) in s.value.iter().enumerate() {
+            let own = file.value.slow_start.as_ref().map(|w| self.window(w));
+            let listed = backends
+                .iter()
+                .filter(|b| b.servers.contains(&i))
+                .map(|b| b.slow_start)
+                .max();
+            if let Some(server) = servers.get_mut(i) {
+                server.slow_start = own.or(listed).unwrap_or(DEFAULT_SLOW_START);
+            }
+        }
+    }
+
+    /// A slow-start window: a duration up to an hour, or `0s` / `off` for none.
+    fn window(&mut self, value: &Str) -> Duration {
+        self.check(value, |v| {
+            if matches!(v.trim(), "0" | "0s" | "off") {
+                return Ok(Duration::ZERO);
+            }
+            let d = parse_duration(v)?;
+            if d > MAX_SLOW_START {
+                return Err(format!(
+                    "slow_start {v:?} is longer than {}",
+                    humantime::format_duration(MAX_SLOW_START)
+                ));
+            }
+            Ok(d)
+        })
+        .unwrap_or(DEFAULT_SLOW_START)
     }
 
     pub(super) fn name(&mut self, name: &str, loc: Location, what: &str) {
@@ -110,6 +151,20 @@ impl Validator<'_> {
             };
             let max_queue = self.count(&bf.max_queue, "max_queue", (0, 1_000_000), 1024) as u32;
             let retries = self.count(&bf.retries, "retries", (0, 10), 3) as u32;
+            let slow_start = bf.slow_start.as_ref().map_or(DEFAULT_SLOW_START, |w| self.window(w));
+            let new_sessions = bf.new_sessions.as_ref().and_then(|r| {
+                let Some(per_second) = &r.value.per_second else {
+                    self.err(r.referenced, "new_sessions needs per_second (and optionally burst)");
+                    return None;
+                };
+                // One second's worth at once unless said otherwise.
+                let per_second = u32::try_from(per_second.value).unwrap_or(u32::MAX);
+                let one_second = Rate {
+                    per_second: per_second.max(1),
+                    burst: per_second.max(1),
+                };
+                self.rate(Some(r), "new_sessions", one_second)
+            });
             out.push(Backend {
                 name: name.clone(),
                 balance,
@@ -119,6 +174,8 @@ impl Validator<'_> {
                 hash_balance_factor,
                 retries,
                 max_queue,
+                slow_start,
+                new_sessions,
             });
         }
         out
