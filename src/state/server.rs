@@ -528,7 +528,7 @@ mod tests {
         s.ramp.start();
         let w = s.effective_weight();
         assert!(
-            w >= 5 * crate::state::MIN_SHARE && w < 5 * crate::state::FULL_SHARE,
+            (5 * crate::state::MIN_SHARE..5 * crate::state::FULL_SHARE).contains(&w),
             "{w}"
         );
     }

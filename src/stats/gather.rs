@@ -417,6 +417,40 @@ pub(crate) mod tests {
         assert_eq!(view.backends[0].servers_up, 1);
     }
 
+    /// [`shared`] with server a of backend api back from DOWN (in slow start, 10 s by
+    /// default) and 4 new sessions refused on api.
+    pub fn shared_ramping() -> Arc<Shared> {
+        let shared = shared();
+        let snapshot = shared.snapshot();
+        let api = snapshot.backend("api").unwrap();
+        api.members[0].state.set_health(Health::Down, "checks");
+        api.members[0].state.set_health(Health::Up, "checks");
+        api.counters.new_sessions_refused.add(4);
+        shared
+    }
+
+    #[test]
+    fn a_server_in_slow_start_shows_its_share_and_a_backend_its_refused_sessions() {
+        let view = StatsView::gather(&shared_ramping(), &Rates::default());
+        let api = &view.backends[0];
+        let (a, b) = (&api.servers[0], &api.servers[1]);
+        assert_eq!(a.status, "UP", "slow start is a part of UP");
+        let ramp = a.slow_start.expect("in slow start");
+        assert!((5..50).contains(&ramp.percent), "{ramp:?}");
+        assert_eq!(ramp.window_seconds, 10.0);
+        assert!(
+            a.effective_weight >= 0.05 && a.effective_weight < 0.5,
+            "{}",
+            a.effective_weight
+        );
+        assert!(b.slow_start.is_none());
+        assert_eq!(b.effective_weight, 1.0);
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["slow_start"]["percent"], ramp.percent);
+        assert_eq!(serde_json::to_value(b).unwrap()["slow_start"], serde_json::Value::Null);
+        assert_eq!((api.new_sessions_refused, api.new_sessions.is_none()), (4, true));
+    }
+
     #[test]
     fn resident_memory_is_read_from_proc() {
         assert!(resident_memory().is_some_and(|b| b > 1024 * 1024));

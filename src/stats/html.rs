@@ -505,7 +505,7 @@ fn traffic_cells(c: &Counters, cols: Columns, status: Markup) -> Markup {
 mod tests {
     use super::*;
     use crate::state::Health;
-    use crate::stats::gather::tests::shared;
+    use crate::stats::gather::tests::{shared, shared_ramping};
     use crate::stats::rates::Rates;
 
     #[test]
@@ -545,6 +545,35 @@ mod tests {
         );
         assert!(!page.contains("<form"), "no admin forms without auth");
         assert!(!page.contains("src="), "nothing loaded from elsewhere");
+    }
+
+    #[test]
+    fn a_server_in_slow_start_says_so_beside_its_status() {
+        let view = StatsView::gather(&shared_ramping(), &Rates::default());
+        let page = Page {
+            view: &view,
+            refresh: 0,
+            csrf: None,
+        }
+        .render()
+        .into_string();
+        let row = page
+            .split(r#"id="server-api-a""#)
+            .nth(1)
+            .unwrap()
+            .split("</tr>")
+            .next()
+            .unwrap();
+        assert!(row.contains(r#"class="slowstart" title="effective weight 0."#), "{row}");
+        assert!(row.contains("slow start "), "{row}");
+        let other = page
+            .split(r#"id="server-api-b""#)
+            .nth(1)
+            .unwrap()
+            .split("</tr>")
+            .next()
+            .unwrap();
+        assert!(!other.contains("slow start"));
     }
 
     #[test]
