@@ -14,6 +14,7 @@ mod hardening;
 mod health;
 mod multi_edge;
 mod reload;
+mod slow_start;
 mod stats;
 mod sticky;
 mod tunnels;
