@@ -98,6 +98,19 @@ impl Config {
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }
+
+    /// How long server `i` ramps in backend `b`: its own `slow_start`, else the backend's.
+    pub fn slow_start_in(&self, b: &Backend, i: usize) -> Duration {
+        self.servers[i].slow_start.unwrap_or(b.slow_start)
+    }
+
+    /// How long a slow start of server `i` lasts at most: the longest of its windows in
+    /// the backends that list it.
+    pub fn slow_start_of(&self, i: usize) -> Duration {
+        let listed = self.backends.iter().filter(|b| b.servers.contains(&i));
+        let longest = listed.map(|b| self.slow_start_in(b, i)).max();
+        longest.unwrap_or_else(|| self.servers[i].slow_start.unwrap_or_default())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -332,9 +345,8 @@ pub struct Server {
     pub weight: u32,
     /// Concurrent requests/tunnels sent to it; more wait in a queue.
     pub max_connections: Option<u32>,
-    /// Its slow-start window (zero: off): its own `slow_start`, else the longest of the
-    /// backends that list it.
-    pub slow_start: Duration,
+    /// Its own slow-start window (zero: off), over its backends' `slow_start`.
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

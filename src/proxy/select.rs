@@ -153,14 +153,14 @@ pub fn select(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
                 |i| weight(&b.members[i]),
                 b.members.len(),
                 |i| fresh(b, req, i),
-                |i| b.members[i].state.ramp.share(),
+                |i| b.members[i].ramp_share(),
             );
             found(b, req, pick, None)
         }
         Balance::LeastConn => {
             let pick = b.least.pick(
                 b.members.len(),
-                |i| effective_weight(&b.members[i]),
+                |i| b.members[i].effective_weight(),
                 |i| b.members[i].state.active(),
                 |i| fresh(b, req, i),
             );
@@ -171,15 +171,6 @@ pub fn select(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
 
 fn weight(m: &Member) -> u32 {
     if m.retired_until.is_some() { 0 } else { m.state.weight() }
-}
-
-/// The weight scaled by the server's slow-start share (in thousandths).
-fn effective_weight(m: &Member) -> u32 {
-    if m.retired_until.is_some() {
-        0
-    } else {
-        m.state.effective_weight()
-    }
 }
 
 /// Eligible for a new session: accepts new work, has a free slot, not tried yet.
@@ -269,7 +260,7 @@ fn hashed(
         .map(|(i, m)| HashCandidate {
             index: i,
             id: m.hash_id,
-            weight: effective_weight(m),
+            weight: m.effective_weight(),
             load: load(m),
         })
         .collect();

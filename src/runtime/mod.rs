@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -42,6 +42,8 @@ pub struct Member {
     /// Opaque id in the sticky cookie.
     pub cookie_id: String,
     pub max_connections: Option<u32>,
+    /// How long it ramps in this backend after coming back into service.
+    pub slow_start: Duration,
     /// Set when a reload removed this server from the backend: it keeps its existing
     /// sessions until then and takes no new ones.
     pub retired_until: Option<Instant>,
@@ -61,6 +63,20 @@ impl Member {
     /// May keep serving sessions already pinned to it.
     pub fn serves_existing(&self) -> bool {
         self.retired_until.is_none_or(|t| Instant::now() < t) && self.state.serves_existing()
+    }
+
+    /// Its slow-start share of its weight in this backend now (`state::FULL_SHARE`: none).
+    pub fn ramp_share(&self) -> u32 {
+        self.state.ramp.share_within(self.slow_start)
+    }
+
+    /// The weight new work sees here now, in thousandths (0 once retired).
+    pub fn effective_weight(&self) -> u32 {
+        if self.retired_until.is_some() {
+            0
+        } else {
+            self.state.effective_weight(self.slow_start)
+        }
     }
 }
 
@@ -272,6 +288,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                         hash_id: name_id(&s.name),
                         cookie_id: cookie::server_id(&s.name, secret),
                         max_connections: s.max_connections,
+                        slow_start: config.slow_start_in(b, i),
                         retired_until: None,
                     }
                 })
@@ -293,6 +310,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                             hash_id: m.hash_id,
                             cookie_id: m.cookie_id.clone(),
                             max_connections: m.max_connections,
+                            slow_start: m.slow_start,
                             retired_until: Some(until),
                         });
                     }

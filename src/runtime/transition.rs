@@ -38,7 +38,7 @@ pub struct Transition {
     /// New weights: the config's, where it changed them (an admin's weight otherwise
     /// lasts until then) or for every server on the first snapshot.
     pub weights: Vec<(Arc<ServerState>, u32)>,
-    /// Every listed server's slow-start window.
+    /// How long each listed server's slow start lasts (the longest of its backends').
     pub windows: Vec<(Arc<ServerState>, Duration)>,
     /// Servers a reload adds (not on the first snapshot): they take new work from the
     /// swap on, so their slow start begins then.
@@ -56,13 +56,13 @@ pub struct Transition {
 /// server's state is created there) and changes none.
 pub fn plan(old: Option<&Config>, new: &Config, registry: &Registry, now: Instant) -> Transition {
     let mut t = Transition::default();
-    for s in &new.servers {
+    for (i, s) in new.servers.iter().enumerate() {
         let state = registry.server(&s.name, s.weight);
         let previous = old.and_then(|o| o.server(&s.name));
         if previous.is_none_or(|p| p.weight != s.weight) {
             t.weights.push((Arc::clone(&state), s.weight));
         }
-        t.windows.push((Arc::clone(&state), s.slow_start));
+        t.windows.push((Arc::clone(&state), new.slow_start_of(i)));
         if state.is_retired() {
             t.unretire.push(Arc::clone(&state));
         } else if old.is_some() && previous.is_none() {
@@ -158,7 +158,7 @@ mod tests {
         let a = registry.server("a", 1);
         a.set_weight(7); // an admin's change
         let new = config(
-            "  a: { address: 127.0.0.1:3001, weight: 3 }\n  c: { address: 127.0.0.1:3009 }\n  d: { address: 127.0.0.1:3004 }\n",
+            "  a: { address: 127.0.0.1:3001, weight: 3 }\n  c: { address: 127.0.0.1:3009 }\n  d: { address: 127.0.0.1:3004, slow_start: 10s }\n",
         );
         let now = Instant::now();
         let t = plan(Some(&old), &new, &registry, now);
@@ -197,7 +197,7 @@ mod tests {
         let b = registry.server("b", 1);
         let now = Instant::now();
         b.retire("127.0.0.1:3002".parse().unwrap(), now);
-        let back = config("  a: { address: 127.0.0.1:3001 }\n  b: { address: 127.0.0.1:3002 }\n");
+        let back = config("  a: { address: 127.0.0.1:3001 }\n  b: { address: 127.0.0.1:3002, slow_start: 10s }\n");
         let t = plan(Some(&old), &back, &registry, now);
         assert_eq!(names(&t.unretire), ["b"]);
         assert!(t.retire.is_empty(), "a retired server is not retired again");

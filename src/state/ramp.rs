@@ -4,11 +4,12 @@
 //! that grows linearly from [`MIN_SHARE`] to [`FULL_SHARE`] (HAProxy's `slowstart`).
 //!
 //! A [`Ramp`] is two atomics in the server's state: when the ramp began and how long it
-//! lasts. Reading the share costs one atomic load when the server is not ramping, and a
-//! clock read only while it is. [`share`] is the decision; the balance algorithms apply
-//! it (`balance`, `proxy::select`), the health and admin transitions start it
-//! (`ServerState`). Nothing here refuses work: a server alone in its backend takes
-//! everything, whatever its share.
+//! lasts at most (the longest window of the backends listing the server; each backend
+//! reads the share for its own window). Reading the share costs one atomic load when the
+//! server is not ramping, and a clock read only while it is. [`share`] is the decision;
+//! the balance algorithms apply it (`balance`, `proxy::select`), the health and admin
+//! transitions start it (`ServerState`). Nothing here refuses work: a server alone in its
+//! backend takes everything, whatever its share.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ pub struct Ramp {
     /// Nanoseconds after `origin` at which the ramp began (before it, for a ramp taken
     /// over from another process); [`OFF`]: not ramping.
     since: AtomicI64,
-    /// The window in nanoseconds; 0: slow start is off for this server.
+    /// The longest window in nanoseconds; 0: slow start is off for this server.
     window: AtomicU64,
     origin: Instant,
 }
@@ -64,7 +65,8 @@ fn signed(d: Duration) -> i64 {
 }
 
 impl Ramp {
-    /// The window of the next ramps (and of one under way); zero turns slow start off.
+    /// The longest window of the next ramps (and of one under way); zero turns slow
+    /// start off.
     pub fn set_window(&self, window: Duration) {
         self.window.store(nanos(window), Relaxed);
     }
@@ -123,29 +125,35 @@ impl Ramp {
         ))
     }
 
-    /// The share of its weight the server gets now ([`FULL_SHARE`] when not ramping). The
-    /// first read after the window ends the ramp, so later reads take no clock.
-    pub fn share(&self) -> u32 {
+    /// The share of its weight the server gets now in a backend whose window is
+    /// `window` ([`FULL_SHARE`] when not ramping). The first read after the longest window
+    /// ends the ramp, so later reads take no clock.
+    pub fn share_within(&self, window: Duration) -> u32 {
         if self.since.load(Relaxed) == OFF {
             return FULL_SHARE;
         }
-        self.share_at(Instant::now())
+        self.share_at(Instant::now(), window)
     }
 
-    fn share_at(&self, now: Instant) -> u32 {
+    /// The share over the longest window.
+    pub fn share(&self) -> u32 {
+        self.share_within(self.window())
+    }
+
+    fn share_at(&self, now: Instant, window: Duration) -> u32 {
         let since = self.since.load(Relaxed);
         let Some(elapsed) = self.elapsed_at(now) else {
             return FULL_SHARE;
         };
-        let s = share(elapsed, self.window());
-        if s == FULL_SHARE {
-            // Only this ramp: one started meanwhile is left alone.
+        if share(elapsed, self.window()) == FULL_SHARE {
+            // Over in every backend. Only this ramp: one started meanwhile is left alone.
             let _ = self.since.compare_exchange(since, OFF, Relaxed, Relaxed);
+            return FULL_SHARE;
         }
-        s
+        share(elapsed, window)
     }
 
-    /// Whether the server is in slow start now.
+    /// Whether the server is in slow start now (in the backend with its longest window).
     pub fn active(&self) -> bool {
         self.share() < FULL_SHARE
     }
@@ -182,10 +190,15 @@ mod tests {
         r.set_window(S(1_000));
         let t0 = Instant::now();
         r.start_at(t0);
-        assert_eq!(r.share_at(t0), MIN_SHARE);
-        assert_eq!(r.share_at(t0 + S(400)), 400);
+        let w = r.window();
+        assert_eq!(r.share_at(t0, w), MIN_SHARE);
+        assert_eq!(r.share_at(t0 + S(400), w), 400);
+        assert_eq!(r.share_at(t0 + S(400), S(500)), 800, "a backend with a shorter window");
+        assert_eq!(r.share_at(t0 + S(400), Duration::ZERO), FULL_SHARE, "one without");
         assert!(r.elapsed_at(t0 + S(400)).is_some());
-        assert_eq!(r.share_at(t0 + S(1_000)), FULL_SHARE);
+        assert_eq!(r.share_at(t0 + S(600), S(500)), FULL_SHARE);
+        assert!(r.elapsed_at(t0 + S(600)).is_some(), "still on for the longest window");
+        assert_eq!(r.share_at(t0 + S(1_000), w), FULL_SHARE);
         assert_eq!(r.elapsed_at(t0 + S(1_000)), None, "ended on the first full read");
         assert_eq!(r.share(), FULL_SHARE);
     }
@@ -221,10 +234,11 @@ mod tests {
         r.set_window(Duration::from_secs(100));
         let t0 = Instant::now();
         r.start_at(t0);
-        assert_eq!(r.share_at(t0 + Duration::from_secs(10)), 100);
+        let at = t0 + Duration::from_secs(10);
+        assert_eq!(r.share_at(at, r.window()), 100);
         r.set_window(Duration::from_secs(20));
-        assert_eq!(r.share_at(t0 + Duration::from_secs(10)), 500);
+        assert_eq!(r.share_at(at, r.window()), 500);
         r.set_window(Duration::ZERO);
-        assert_eq!(r.share_at(t0 + Duration::from_secs(10)), FULL_SHARE);
+        assert_eq!(r.share_at(at, r.window()), FULL_SHARE);
     }
 }

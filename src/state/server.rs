@@ -197,10 +197,10 @@ impl ServerState {
         self.weight.load(Relaxed)
     }
 
-    /// The weight new work sees now: the weight scaled by the slow-start share, in
-    /// thousandths of a weight unit (a server of weight 2 at full share: 2000).
-    pub fn effective_weight(&self) -> u32 {
-        self.weight().saturating_mul(self.ramp.share())
+    /// The weight new work sees now in a backend with slow-start `window`: the weight
+    /// scaled by the share, in thousandths of a weight unit (weight 2 at full share: 2000).
+    pub fn effective_weight(&self, window: Duration) -> u32 {
+        self.weight().saturating_mul(self.ramp.share_within(window))
     }
 
     /// After a change of health, admin state or retirement: a server that could not take
@@ -505,7 +505,7 @@ mod tests {
         assert!(!ramps(&s));
         s.set_health(Health::Up, "checks");
         assert!(ramps(&s), "back from DOWN");
-        assert_eq!(s.effective_weight(), 2 * crate::state::FULL_SHARE);
+        assert_eq!(s.effective_weight(s.ramp.window()), 2 * crate::state::FULL_SHARE);
         s.set_admin(Admin::Maint, "admin");
         s.set_admin(Admin::Ready, "admin");
         assert!(ramps(&s), "back from MAINT");
@@ -526,7 +526,7 @@ mod tests {
         assert!(!ramps(&s), "weight changes and re-checks alone do not ramp");
         s.set_health(Health::Up, "checks");
         s.ramp.start();
-        let w = s.effective_weight();
+        let w = s.effective_weight(s.ramp.window());
         assert!(
             (5 * crate::state::MIN_SHARE..5 * crate::state::FULL_SHARE).contains(&w),
             "{w}"

@@ -261,7 +261,7 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         status = "DRAIN";
     }
     let downtime = state.downtime();
-    let share = state.ramp.share();
+    let share = m.ramp_share();
     let slow_start = state
         .ramp
         .elapsed()
@@ -269,7 +269,7 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         .map(|elapsed| SlowStartView {
             percent: share / 10,
             elapsed_seconds: elapsed.as_secs_f64(),
-            window_seconds: state.ramp.window().as_secs_f64(),
+            window_seconds: m.slow_start.as_secs_f64(),
         });
     let detail = state.detail();
     let last_check = detail.last_check.as_ref().map(|c| CheckView {

@@ -120,9 +120,8 @@ impl Validator<'_> {
 
     pub(super) fn config(&mut self, f: FileConfig) -> Config {
         let timeouts = self.timeouts(f.timeouts.as_ref(), Timeouts::default());
-        let mut servers = self.servers(&f.servers);
+        let servers = self.servers(&f.servers);
         let backends = self.backends(&f.backends, &servers, &timeouts);
-        self.slow_starts(&f.servers, &mut servers, &backends);
         let routes = self.routes(&f.routes, &backends);
         let acme_backend = f.acme.as_ref().and_then(|a| self.backend_ref(&a.backend, &backends));
         let listen = self.listen(&f.listen);
@@ -417,8 +416,10 @@ servers:
     fn slow_start_is_on_by_default_per_backend_and_a_server_may_set_its_own() {
         let c = check(MINIMAL).unwrap();
         assert_eq!(c.backends[0].slow_start, DEFAULT_SLOW_START);
-        assert!(c.servers.iter().all(|s| s.slow_start == DEFAULT_SLOW_START));
-        // Two backends: a server takes its own window, else the longest of its backends'.
+        assert!(c.servers.iter().all(|s| s.slow_start.is_none()));
+        assert_eq!(c.slow_start_in(&c.backends[0], 0), DEFAULT_SLOW_START);
+        // Two backends: a server has its own window, else each backend's; its ramp lasts
+        // the longest of them.
         let text = MINIMAL
             .replace(
                 "  api: { servers: [a, b] }\n",
@@ -429,14 +430,18 @@ servers:
                 "  b: { address: 127.0.0.1:3002, weight: 3 }\n  c: { address: 127.0.0.1:3003, slow_start: 5s }\n",
             );
         let c = check(&text).unwrap();
-        assert_eq!(c.backends[1].slow_start, Duration::ZERO);
-        let windows: Vec<u64> = c.servers.iter().map(|s| s.slow_start.as_secs()).collect();
-        assert_eq!(windows, [60, 60, 5]);
+        let (api, ws) = (&c.backends[0], &c.backends[1]);
+        assert_eq!(ws.slow_start, Duration::ZERO);
+        let b_in = (c.slow_start_in(api, 1).as_secs(), c.slow_start_in(ws, 1).as_secs());
+        assert_eq!(b_in, (60, 0), "b ramps in api, not in ws");
+        assert_eq!(c.slow_start_in(ws, 2).as_secs(), 5, "c's own");
+        let longest: Vec<u64> = (0..3).map(|i| c.slow_start_of(i).as_secs()).collect();
+        assert_eq!(longest, [60, 60, 5]);
         let zero = MINIMAL.replace(
             "  a: { address: 127.0.0.1:3001 }",
             "  a: { address: 127.0.0.1:3001, slow_start: 0s }",
         );
-        assert_eq!(check(&zero).unwrap().servers[0].slow_start, Duration::ZERO);
+        assert_eq!(check(&zero).unwrap().servers[0].slow_start, Some(Duration::ZERO));
         let bad = MINIMAL.replace("{ servers: [a, b] }", "{ servers: [a, b], slow_start: 2h }");
         assert_eq!(
             check(&bad).unwrap_err(),

@@ -21,38 +21,17 @@ impl Validator<'_> {
                 .max_connections
                 .as_ref()
                 .map(|m| self.count(&Some(m.clone()), "max_connections", (1, 1_000_000), 1) as u32);
+            let slow_start = server.value.slow_start.as_ref().map(|w| self.window(w));
             out.push(Server {
                 name: name.clone(),
                 address_text: server.value.address.value.clone(),
                 address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
                 weight,
                 max_connections,
-                // Settled by `slow_starts` once the backends are known.
-                slow_start: Duration::ZERO,
+                slow_start,
             });
         }
         out
-    }
-
-    /// Each server's slow-start window: its own `slow_start`, else the longest of the
-    /// backends that list it (the default when none does).
-    pub(super) fn slow_starts(
-        &mut self,
-        s: &Spanned<indexmap::IndexMap<String, Spanned<file::ServerFile>>>,
-        servers: &mut [Server],
-        backends: &[Backend],
-    ) {
-        for (i, (_, file)) in s.value.iter().enumerate() {
-            let own = file.value.slow_start.as_ref().map(|w| self.window(w));
-            let listed = backends
-                .iter()
-                .filter(|b| b.servers.contains(&i))
-                .map(|b| b.slow_start)
-                .max();
-            if let Some(server) = servers.get_mut(i) {
-                server.slow_start = own.or(listed).unwrap_or(DEFAULT_SLOW_START);
-            }
-        }
     }
 
     /// A slow-start window: a duration up to an hour, or `0s` / `off` for none.
