@@ -1,5 +1,6 @@
 //! What installing a new snapshot changes in the state that outlives snapshots: weights
-//! the config changed, slow-start windows, servers it adds (they start in slow start),
+//! the config changed, slow-start windows, servers it adds (they start in slow start;
+//! discovered ones at their first UP),
 //! servers it lists again after a reload removed them, servers it no longer lists (they
 //! drain until a deadline), servers it moved to another address.
 //!
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::state::{Registry, ServerState};
+use crate::state::{Health, Registry, ServerState};
 
 /// A server the new config no longer lists: it keeps its sessions until `until`.
 #[derive(Debug)]
@@ -43,6 +44,9 @@ pub struct Transition {
     /// Servers a reload adds (not on the first snapshot): they take new work from the
     /// swap on, so their slow start begins then.
     pub added: Vec<Arc<ServerState>>,
+    /// Discovered servers a DNS answer (or a reload) adds: they take new work only once
+    /// a check finds them UP, so their slow start begins at that UP.
+    pub added_unchecked: Vec<Arc<ServerState>>,
     /// Servers a reload had removed and this config lists again: no longer draining.
     pub unretire: Vec<Arc<ServerState>>,
     /// Servers this config removed.
@@ -66,7 +70,11 @@ pub fn plan(old: Option<&Config>, new: &Config, registry: &Registry, now: Instan
         if state.is_retired() {
             t.unretire.push(Arc::clone(&state));
         } else if old.is_some() && previous.is_none() {
-            t.added.push(Arc::clone(&state));
+            if s.discovered {
+                t.added_unchecked.push(Arc::clone(&state));
+            } else {
+                t.added.push(Arc::clone(&state));
+            }
         }
         if let Some(p) = previous
             && p.address != s.address
@@ -113,6 +121,14 @@ impl Transition {
         }
         for state in &self.added {
             state.ramp.start();
+        }
+        for state in &self.added_unchecked {
+            if state.health() == Health::Checking {
+                state.ramp.start_when_up();
+            } else if state.accepts_new() {
+                // Known from before (its state outlived a removal): in service now.
+                state.ramp.start();
+            }
         }
     }
 }
@@ -188,6 +204,33 @@ mod tests {
         t.prepare(&registry);
         assert!(d.ramp.active(), "an added server starts in slow start");
         assert!(!a.ramp.active(), "a kept one does not");
+    }
+
+    #[test]
+    fn a_discovered_server_ramps_from_its_first_up_not_from_the_answer() {
+        let registry = Registry::default();
+        let old = config("  a: { address: 127.0.0.1:3001 }\n");
+        plan(None, &old, &registry, Instant::now()).prepare(&registry);
+        let mut new = old.clone();
+        new.servers.push(crate::config::Server {
+            name: "127.0.0.1:3002".into(),
+            address_text: "127.0.0.1:3002".into(),
+            address: "127.0.0.1:3002".parse().unwrap(),
+            weight: 1,
+            max_connections: None,
+            slow_start: None,
+            discovered: true,
+        });
+        new.backends[0].servers.push(1);
+        let t = plan(Some(&old), &new, &registry, Instant::now());
+        assert!(t.added.is_empty());
+        assert_eq!(names(&t.added_unchecked), ["127.0.0.1:3002"]);
+        t.prepare(&registry);
+        let found = registry.server("127.0.0.1:3002", 1);
+        assert_eq!(found.ramp.window(), Duration::from_secs(10), "the backend's window");
+        assert!(!found.ramp.active(), "not while its first check runs");
+        found.set_health(Health::Up, "first check");
+        assert!(found.ramp.active(), "from its first UP");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! transitions start it (`ServerState`). Nothing here refuses work: a server alone in its
 //! backend takes everything, whatever its share.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// A whole weight, in thousandths.
@@ -39,6 +39,8 @@ pub struct Ramp {
     since: AtomicI64,
     /// The longest window in nanoseconds; 0: slow start is off for this server.
     window: AtomicU64,
+    /// Start at the server's next UP rather than now ([`Ramp::start_when_up`]).
+    armed: AtomicBool,
     origin: Instant,
 }
 
@@ -50,6 +52,7 @@ impl Default for Ramp {
         Ramp {
             since: AtomicI64::new(OFF),
             window: AtomicU64::new(0),
+            armed: AtomicBool::new(false),
             origin: Instant::now(),
         }
     }
@@ -95,9 +98,22 @@ impl Ramp {
         signed(at.saturating_duration_since(self.origin))
     }
 
-    /// Full weight from now on, whatever the ramp had left.
+    /// Full weight from now on, whatever the ramp had left (and none at the next UP).
     pub fn end(&self) {
+        self.armed.store(false, Relaxed);
         self.since.store(OFF, Relaxed);
+    }
+
+    /// Start when a check next finds the server UP rather than now: for a server that
+    /// takes no work until its first check passes (a discovered one), so that the window
+    /// is not spent while it waits.
+    pub fn start_when_up(&self) {
+        self.armed.store(true, Relaxed);
+    }
+
+    /// Whether a ramp waits for the next UP (clearing it): the health transition asks.
+    pub fn take_armed(&self) -> bool {
+        self.armed.swap(false, Relaxed)
     }
 
     /// Take over a ramp from elsewhere (a process being upgraded): `Some(elapsed)` goes on

@@ -273,6 +273,9 @@ impl ServerState {
         if old == h {
             return None;
         }
+        // A ramp waiting for the first check: UP starts it; DOWN drops it (the way back
+        // up from DOWN starts one anyway).
+        let armed = h != Health::Checking && self.ramp.take_armed();
         if old == Health::Down {
             let down_for = d.since.elapsed();
             d.downtime += down_for;
@@ -288,7 +291,11 @@ impl ServerState {
         d.since = Instant::now();
         d.reason = reason.to_string();
         drop(d);
-        self.returned(was);
+        if armed && h == Health::Up && self.accepts_new() {
+            self.ramp.start();
+        } else {
+            self.returned(was);
+        }
         Some(old)
     }
 
@@ -531,6 +538,29 @@ mod tests {
             (5 * crate::state::MIN_SHARE..5 * crate::state::FULL_SHARE).contains(&w),
             "{w}"
         );
+    }
+
+    #[test]
+    fn a_ramp_armed_for_the_first_up_starts_there_and_not_before() {
+        let s = ServerState::new("10.0.0.7:3000", 1);
+        s.ramp.set_window(Duration::from_secs(60));
+        s.ramp.start_when_up();
+        assert!(!s.ramp.active(), "waiting for its first check");
+        s.set_health(Health::Up, "first check");
+        assert!(s.ramp.active(), "in service from its first UP: ramps from there");
+        assert!(s.ramp.elapsed().is_some_and(|e| e < Duration::from_secs(5)));
+        s.ramp.end();
+        s.set_health(Health::Checking, "moved");
+        s.set_health(Health::Up, "checks");
+        assert!(!s.ramp.active(), "armed once only");
+
+        let failing = ServerState::new("10.0.0.8:3000", 1);
+        failing.ramp.set_window(Duration::from_secs(60));
+        failing.ramp.start_when_up();
+        failing.set_health(Health::Down, "first check");
+        assert!(!failing.ramp.take_armed(), "DOWN drops it");
+        failing.set_health(Health::Up, "checks");
+        assert!(failing.ramp.active(), "back from DOWN ramps as always");
     }
 
     #[test]
