@@ -580,23 +580,14 @@ mod tests {
         }
         .render()
         .into_string();
-        let row = page
-            .split(r#"id="server-api-a""#)
-            .nth(1)
-            .unwrap()
-            .split("</tr>")
-            .next()
-            .unwrap();
-        assert!(row.contains(r#"class="slowstart" title="effective weight 0."#), "{row}");
-        assert!(row.contains("slow start "), "{row}");
-        let other = page
-            .split(r#"id="server-api-b""#)
-            .nth(1)
-            .unwrap()
-            .split("</tr>")
-            .next()
-            .unwrap();
-        assert!(!other.contains("slow start"));
+        let row = |id: &str| {
+            let tail = page.split(&format!(r#"id="server-api-{id}""#)).nth(1).unwrap();
+            tail.split("</tr>").next().unwrap().to_string()
+        };
+        let a = row("a");
+        assert!(a.contains(r#"class="slowstart" title="effective weight 0."#), "{a}");
+        assert!(a.contains("slow start "), "{a}");
+        assert!(!row("b").contains("slow start"));
     }
 
     #[test]
