@@ -66,6 +66,9 @@ pub struct CarriedServer {
     pub reason: String,
     /// Seconds since its status last changed.
     pub since_secs: u64,
+    /// How long its slow start has run, if it is in one (milliseconds).
+    #[serde(default)]
+    pub ramp_ms: Option<u64>,
 }
 
 /// What the new process takes over of one server.
@@ -120,6 +123,12 @@ pub fn collect(shared: &Shared) -> Carried {
                 config_weight: s.weight,
                 reason: detail.reason.clone(),
                 since_secs: detail.since.elapsed().as_secs(),
+                ramp_ms: state
+                    .ramp
+                    .active()
+                    .then(|| state.ramp.elapsed())
+                    .flatten()
+                    .map(|e| e.as_millis() as u64),
             }
         })
         .collect();
@@ -217,13 +226,18 @@ pub fn apply(shared: &Shared, carried: &Carried) -> Applied {
         let since = Instant::now()
             .checked_sub(Duration::from_secs(old.since_secs))
             .unwrap_or_else(Instant::now);
-        shared.registry.server(&new.name, new.weight).restore(Restored {
+        let state = shared.registry.server(&new.name, new.weight);
+        state.restore(Restored {
             health: c.health,
             admin: c.admin,
             weight: c.weight,
             reason: format!("{} (carried over from pid {})", old.reason, carried.pid),
             since,
         });
+        if c.health.is_some() {
+            // In service in the old process: no slow start here, or the rest of its own.
+            state.ramp.resume(old.ramp_ms.map(Duration::from_millis));
+        }
     }
     for e in &carried.sids {
         if let Some(s) = config.server(&e.server) {
@@ -255,6 +269,7 @@ mod tests {
             weight,
             max_connections: None,
             discovered: false,
+            slow_start: None,
         }
     }
 
@@ -268,6 +283,7 @@ mod tests {
             config_weight,
             reason: "r".into(),
             since_secs: 5,
+            ramp_ms: None,
         }
     }
 
@@ -365,6 +381,36 @@ mod tests {
             "served before the first answer"
         );
         assert_eq!(new.registry.server("127.0.0.9:3000", 1).admin(), Admin::Maint);
+    }
+
+    #[test]
+    fn a_server_up_in_the_old_process_takes_no_slow_start_or_only_the_rest_of_its_own() {
+        let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
+                    backends: { b: { servers: [a, b], slow_start: 60s } }\n\
+                    servers: { a: { address: 127.0.0.1:3001 }, b: { address: 127.0.0.1:3002 } }\n";
+        let cfg = crate::config::parse(Path::new("t.yaml"), text).unwrap();
+        let old = Shared::new(cfg.clone(), None);
+        let (a, b) = (old.registry.server("a", 1), old.registry.server("b", 1));
+        a.set_health(Health::Up, "1 good check");
+        b.set_health(Health::Up, "1 good check");
+        b.ramp.set_window(Duration::from_secs(60));
+        b.ramp.resume(Some(Duration::from_secs(30)));
+        assert!(b.ramp.active());
+        let carried: Carried = serde_json::from_str(&serde_json::to_string(&collect(&old)).unwrap()).unwrap();
+
+        let new = Shared::new(cfg, None);
+        let (a2, b2) = (new.registry.server("a", 1), new.registry.server("b", 1));
+        for s in [&a2, &b2] {
+            s.ramp.set_window(Duration::from_secs(60));
+            s.ramp.start();
+        }
+        apply(&new, &carried);
+        assert!(!a2.ramp.active(), "UP without a ramp there: full weight here");
+        let left = b2.ramp.elapsed().expect("b goes on ramping");
+        assert!(
+            (Duration::from_secs(30)..Duration::from_secs(40)).contains(&left),
+            "{left:?}"
+        );
     }
 
     use std::sync::Arc;

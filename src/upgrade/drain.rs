@@ -14,7 +14,10 @@
 //! close; the relay closes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// tokio's clock (the same as std's, but paused and advanced in the unit tests).
+use tokio::time::Instant;
 
 use super::unix;
 use super::wire::DrainStatus;
