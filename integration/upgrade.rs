@@ -619,21 +619,12 @@ async fn systemd_hears_ready_then_the_new_main_pid() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn discovered_servers_and_their_maint_are_served_by_the_new_process_before_any_dns_answer() {
-    use crate::harness::dns::{Dns, loopback};
-    use std::net::SocketAddr;
+    use crate::harness::dns::Dns;
     let dns = Dns::start(&[]);
     let redis = Redis::start();
-    let port = crate::harness::free_port();
-    let workers: Vec<Worker> = (1..=2)
-        .map(|i| {
-            Worker::start_at(
-                &format!("w{i}"),
-                &redis.url(),
-                SocketAddr::new(loopback(10 + i), port),
-                &[],
-            )
-        })
-        .collect();
+    // Workers on 127.0.0.11 and .12, one port (A records carry none).
+    let workers = crate::discovery::workers(2, &redis);
+    let port = workers[0].addr.port();
     dns.set("fleet.test", &workers.iter().map(|w| w.addr.ip()).collect::<Vec<_>>());
     let yaml = format!(
         "access_log: false\nroutes:\n  - {{ path_prefix: /, backend: api }}\n\

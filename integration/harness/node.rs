@@ -165,16 +165,22 @@ impl BulkClients {
 
 impl Drop for BulkClients {
     fn drop(&mut self) {
-        use std::io::Write;
-        let _ = writeln!(self.stdin, "{}", serde_json::json!({ "op": "exit" }));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        ask_to_exit(&mut self.stdin, &mut self.child, Duration::from_secs(5));
     }
+}
+
+/// Ask a Node driver on `stdin` to exit (`{"op":"exit"}`); kill it if it has not
+/// within `grace`.
+pub fn ask_to_exit(stdin: &mut std::process::ChildStdin, child: &mut std::process::Child, grace: Duration) {
+    use std::io::Write;
+    let _ = writeln!(stdin, "{}", serde_json::json!({ "op": "exit" }));
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
