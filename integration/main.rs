@@ -5,6 +5,7 @@
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+mod charts;
 mod differential;
 mod edge;
 mod engine;
@@ -14,6 +15,8 @@ mod fuzz;
 mod hardening;
 mod health;
 mod multi_edge;
+mod package;
+mod prometheus;
 mod reload;
 mod stats;
 mod sticky;
