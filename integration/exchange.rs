@@ -15,15 +15,6 @@ use crate::harness::redis::Redis;
 use crate::harness::rude::{Rude, rude_backend};
 use crate::harness::{Backend, Conn, Proxy, Worker};
 
-/// Whether the proxy logged any server going DOWN.
-fn any_server_went_down(proxy: &Proxy) -> bool {
-    proxy
-        .proc
-        .log()
-        .lines()
-        .any(|l| l.contains("server state changed") && l.contains("to=Down"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_a_server_answers_early_get_its_answer_and_take_no_server_down() {
     let redis = Redis::start();
@@ -93,7 +84,7 @@ async fn uploads_a_server_answers_early_get_its_answer_and_take_no_server_down()
     }
     // Longer than two failed checks would take.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!any_server_went_down(&proxy), "{}", proxy.proc.log_tail(30));
+    assert!(!proxy.any_server_went_down(), "{}", proxy.proc.log_tail(30));
     for s in proxy.backend_stats("api").await["servers"].as_array().unwrap() {
         assert_eq!(s["status"], "UP", "{s}");
         assert_eq!(s["counters"]["response_errors"], 0, "an early answer is no error: {s}");
@@ -184,6 +175,11 @@ async fn read_head(s: &mut TcpStream) -> Option<String> {
         head.push(byte[0]);
     }
     Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// One request on a connection of its own; the answer until the proxy closes (5 s at most).
+async fn ask(proxy: SocketAddr, request: &str) -> raw::Answer {
+    raw::send(proxy, &[request.as_bytes()], Duration::ZERO, Duration::from_secs(5)).await
 }
 
 fn one_server(addr: SocketAddr, extra: &str) -> String {
@@ -279,13 +275,14 @@ async fn a_long_poll_whose_client_left_frees_its_server_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn interim_answers_reach_http_1_1_clients_only() {
     let proxy = Proxy::start(&one_server(odd_answers(), ""));
-    let http = proxy.http;
-    let wait = Duration::from_secs(5);
-    let send = |req: &'static str| async move { raw::send(http, &[req.as_bytes()], Duration::ZERO, wait).await };
-    let old = send("GET /hints HTTP/1.0\r\nHost: x\r\n\r\n").await;
+    let old = ask(proxy.http, "GET /hints HTTP/1.0\r\nHost: x\r\n\r\n").await;
     assert!(old.text.starts_with("HTTP/1.1 200 "), "HTTP/1.0 client: {}", old.text);
     assert!(!old.text.contains(" 103 "), "{}", old.text);
-    let new = send("GET /hints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let new = ask(
+        proxy.http,
+        "GET /hints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(new.text.starts_with("HTTP/1.1 103 "), "HTTP/1.1 client: {}", new.text);
     assert!(new.text.contains("\r\n\r\nHTTP/1.1 200 "), "{}", new.text);
 }
@@ -311,12 +308,9 @@ fn odd_answers() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread")]
 async fn identical_duplicate_content_lengths_from_a_server_are_merged() {
     let proxy = Proxy::start(&one_server(odd_answers(), ""));
-    let http = proxy.http;
-    let wait = Duration::from_secs(5);
-    let send = |req: &'static str| async move { raw::send(http, &[req.as_bytes()], Duration::ZERO, wait).await };
     for target in ["/twice", "/list"] {
         let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let a = raw::send(proxy.http, &[req.as_bytes()], Duration::ZERO, wait).await;
+        let a = ask(proxy.http, &req).await;
         assert_eq!(a.status(), 200, "{target}: {}", a.text);
         let lengths: Vec<&str> = a
             .text
@@ -326,7 +320,11 @@ async fn identical_duplicate_content_lengths_from_a_server_are_merged() {
         assert_eq!(lengths.len(), 1, "{target}: {}", a.text);
         assert_eq!(lengths[0].split(':').nth(1).map(str::trim), Some("2"), "{target}");
     }
-    let differ = send("GET /differ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let differ = ask(
+        proxy.http,
+        "GET /differ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(differ.status(), 502, "{}", differ.text);
 }
 
@@ -392,4 +390,29 @@ async fn a_refusal_while_the_body_still_comes_lingers_instead_of_resetting() {
     assert_eq!(a.status(), 413, "{}", a.text);
     assert!(a.closed, "closed after lingering: {a:?}");
     assert!(!a.reset, "the refused body was drained, not reset: {a:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_connect_time_is_the_connect_not_the_answer() {
+    let backend = Backend::start("b");
+    let proxy = Proxy::builder(&one_server(backend.addr, ""))
+        .env("RUST_LOG", "info,pingora=error")
+        .start();
+    assert_eq!(get(&proxy.plain(), "/slow/600").await.unwrap().status, 200);
+    crate::harness::eventually(Duration::from_secs(3), async || {
+        proxy.proc.log().contains("edgepin::access")
+    })
+    .await;
+    let log = proxy.proc.log();
+    let line = log.lines().find(|l| l.contains("edgepin::access")).expect("a line");
+    let field = |name: &str| -> f64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"));
+        let value = line[at + name.len() + 1..].split_whitespace().next().unwrap();
+        value.parse().unwrap_or_else(|_| panic!("{name}={value}"))
+    };
+    let (connect, ttfb) = (field("connect_ms"), field("ttfb_ms"));
+    assert!(ttfb >= 600.0, "{line}");
+    assert!(connect < 300.0, "connect_ms is the connect, not the answer: {line}");
 }
