@@ -198,10 +198,15 @@ async fn a_trickled_upload_holds_no_server_slot_and_a_slow_one_is_cut() {
     );
     let proxy = Proxy::start(&body);
     let addr = proxy.http;
-    // A small body, one byte every 200 ms: no server slot is taken while it comes.
+    // A body of up to 64 KiB (40 KB here: 30 KB, then one byte every 200 ms): no server
+    // slot is taken while it comes.
     let small = tokio::spawn(async move {
-        let head = b"POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n";
-        let bytes: Vec<&[u8]> = std::iter::once(&head[..]).chain((0..30).map(|_| &b"x"[..])).collect();
+        let first = [
+            &b"POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 40000\r\n\r\n"[..],
+            &vec![b'x'; 30_000],
+        ]
+        .concat();
+        let bytes: Vec<&[u8]> = std::iter::once(&first[..]).chain((0..30).map(|_| &b"x"[..])).collect();
         raw::send(addr, &bytes, Duration::from_millis(200), Duration::from_secs(8)).await
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
