@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 
-use crate::failure::{Refusal, Verdict};
+use crate::failure::{NEW_SESSIONS_CAPPED, Refusal, Verdict};
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
 
 /// `Retry-After` sent with a 503, in seconds.
@@ -90,6 +90,9 @@ impl<'a> LocalAnswer<'a> {
             Refusal::Status(503, detail) => LocalAnswer::text(503, detail).retry_after(RETRY_AFTER),
             Refusal::Status(status, detail) => LocalAnswer::text(*status, detail),
             Refusal::TooMany { retry_after } => LocalAnswer::text(429, "too many requests").retry_after(*retry_after),
+            Refusal::NewSessionsCapped { retry_after } => {
+                LocalAnswer::text(503, NEW_SESSIONS_CAPPED).retry_after(*retry_after)
+            }
         }
     }
 

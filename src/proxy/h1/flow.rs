@@ -122,7 +122,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return self.refuse(ctx, Refusal::Status(413, "request body too large")).await;
         }
         ctx.sticky = Exchange::on_request(head.query(), b.cfg.balance == Balance::Sticky);
-        if let Err(why) = select::admit_handshake(&self.shared, cfg, ctx.sticky.handshake, ctx.client) {
+        if let Err(why) = select::admit_handshake(&self.shared, cfg, b, &ctx.sticky, ctx.client) {
             return self.refuse(ctx, why).await;
         }
         if head.expect_continue && ctx.has_body() && self.pending().is_empty() {
