@@ -13,7 +13,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use pingora::http::RequestHeader;
 
 use edgepin::balance::{HashCandidate, RoundRobin, addr_key, name_id, pick_bounded};
-use edgepin::proxy::headers;
+use edgepin::proxy::{forwarding, headers};
 use edgepin::state::ServerState;
 use edgepin::sticky::engineio::{EngineQuery, open_packet_sid};
 use edgepin::sticky::{cookie, sid::SidTable};
@@ -129,16 +129,29 @@ fn bench_headers(c: &mut Criterion) {
     let req = request();
     let peer = Some(client());
     g.bench_function("client_ip", |b| {
-        b.iter(|| headers::client_ip(black_box(peer), None, &[]))
+        b.iter(|| forwarding::client_ip(black_box(peer), None, &[]))
     });
     g.bench_function("sticky_cookie", |b| {
         b.iter(|| headers::sticky_cookie(black_box(&req), "EDGEPIN").is_some())
     });
+    let strip = edgepin::config::HeaderSet::new(
+        edgepin::config::STRIP_FROM_UNTRUSTED
+            .iter()
+            .map(|n| n.as_bytes().into()),
+    );
+    let peer_text = client().to_string();
+    let fwd = forwarding::Forwarding {
+        peer,
+        peer_text: peer_text.as_bytes(),
+        client: peer,
+        peer_trusted: false,
+        tls: true,
+    };
     g.bench_function("set_forwarded", |b| {
         b.iter_batched(
             || req.clone(),
             |mut r| {
-                headers::set_forwarded(&mut r, peer, peer, false, true, Some("app.example.com")).expect("headers");
+                headers::set_forwarded(&mut r, &fwd, Some("app.example.com"), &strip).expect("headers");
                 r
             },
             BatchSize::SmallInput,

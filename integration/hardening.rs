@@ -13,15 +13,6 @@ fn four_backends() -> Vec<Backend> {
     (0..4).map(|i| Backend::start(&format!("b{i}"))).collect()
 }
 
-/// Whether the proxy logged any server going DOWN.
-fn any_server_went_down(proxy: &Proxy) -> bool {
-    proxy
-        .proc
-        .log()
-        .lines()
-        .any(|l| l.contains("server state changed") && l.contains("to=Down"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_handshakes_that_never_finish_are_counted_cut_and_cannot_exhaust_descriptors() {
     let backends = four_backends();
@@ -62,7 +53,7 @@ async fn tls_handshakes_that_never_finish_are_counted_cut_and_cannot_exhaust_des
     drop(silent);
 
     // Nothing ran out of descriptors: the health checks never failed, and the proxy serves.
-    assert!(!any_server_went_down(&proxy), "{}", proxy.proc.log_tail(30));
+    assert!(!proxy.any_server_went_down(), "{}", proxy.proc.log_tail(30));
     let mut conn = Conn::open(&proxy.tls()).await.unwrap();
     for _ in 0..8 {
         assert_eq!(conn.get("/").await.unwrap().status, 200);
@@ -144,7 +135,7 @@ async fn a_hundred_mismatched_upgrades_take_no_server_down() {
         );
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!any_server_went_down(&proxy), "{}", proxy.proc.log_tail(20));
+    assert!(!proxy.any_server_went_down(), "{}", proxy.proc.log_tail(20));
     let b = proxy.backend_stats("s").await;
     for s in b["servers"].as_array().unwrap() {
         assert_eq!(s["status"], "UP", "{s}");

@@ -21,7 +21,9 @@ use std::borrow::Cow;
 use crate::config::{Config, Route};
 use crate::failure::Refusal;
 
-pub const ACME_PREFIX: &str = crate::acme::HTTP01_PATH;
+/// Path prefix of ACME HTTP-01 challenge requests (RFC 8555 §8.3): routed to edgepin's
+/// own answer (`acme::http01_answer`) when `tls.acme` is on.
+pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The request's host: from `Host` (HTTP/1) or the URI authority (HTTP/2), lowercase,
 /// without port or trailing dot. Borrowed when already so (the common case).

@@ -301,6 +301,14 @@ impl Proxy {
         self.proc.signal(Signal::SIGHUP);
     }
 
+    /// Whether the proxy logged any server going DOWN.
+    pub fn any_server_went_down(&self) -> bool {
+        self.proc
+            .log()
+            .lines()
+            .any(|l| l.contains("server state changed") && l.contains("to=Down"))
+    }
+
     /// A server's health as last logged by the proxy (`Up`, `Down`, `Checking`).
     pub fn logged_health(&self, server: &str) -> Option<String> {
         let needle = format!("server state changed server={server} ");

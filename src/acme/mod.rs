@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime};
 use crate::config::Acme;
 use crate::tls::{CertStore, Certificate, TlsError, certified_key_from_pem};
 
-/// Path prefix of HTTP-01 challenge requests (RFC 8555 §8.3).
-pub const HTTP01_PATH: &str = "/.well-known/acme-challenge/";
+/// Path prefix of HTTP-01 challenge requests: routing owns it.
+pub use crate::route::ACME_PREFIX as HTTP01_PATH;
 
 /// How long the self-signed stand-in served before the first issuance is valid.
 const STAND_IN_VALIDITY: time::Duration = time::Duration::days(7);

@@ -44,6 +44,10 @@ pub struct FileConfig {
     /// or by the PROXY protocol when `listen.proxy_protocol` is on.
     #[serde(default)]
     pub trusted_proxies: Option<Spanned<Vec<Str>>>,
+    /// Request headers removed when the peer is not a trusted proxy (besides the
+    /// forwarding headers edgepin sets itself).
+    #[serde(default)]
+    pub strip_from_untrusted: Option<Spanned<Vec<Str>>>,
     #[serde(default)]
     pub reload: Option<ReloadFile>,
     #[serde(default)]

@@ -84,10 +84,55 @@ pub struct Config {
     pub sticky: Sticky,
     /// Peers whose X-Forwarded-For (or PROXY header) names the client.
     pub trusted_proxies: Vec<Network>,
+    /// Request headers removed from peers not in `trusted_proxies`, besides `Forwarded`,
+    /// `X-Forwarded-*` and `X-Real-IP`, which edgepin always sets.
+    pub strip_from_untrusted: HeaderSet,
     pub reload: Reload,
     pub workers: Workers,
     /// Drop root for this user once the listeners are bound.
     pub run_as: Option<RunAs>,
+}
+
+/// Headers some servers (or the frameworks and CDNs in front of them) trust to name the
+/// client or the URL, removed from untrusted peers unless `strip_from_untrusted` says
+/// otherwise.
+pub const STRIP_FROM_UNTRUSTED: [&str; 7] = [
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// A set of header names, looked up case-insensitively on every request: a name is
+/// compared only when a name of its length is in the set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderSet {
+    /// Lowercase.
+    names: Vec<Box<[u8]>>,
+    /// Bit `n` set: a name of `n` bytes is in the set (63: 63 or more).
+    lengths: u64,
+}
+
+impl HeaderSet {
+    pub fn new(names: impl IntoIterator<Item = Box<[u8]>>) -> HeaderSet {
+        let mut set = HeaderSet::default();
+        for name in names {
+            set.lengths |= 1 << name.len().min(63);
+            set.names.push(name.to_ascii_lowercase().into_boxed_slice());
+        }
+        set
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.lengths & (1 << name.len().min(63)) != 0 && self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.names.iter().map(|n| &n[..])
+    }
 }
 
 impl Config {

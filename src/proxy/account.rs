@@ -62,6 +62,11 @@ impl Account {
         }
     }
 
+    /// The request came on the https listener.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
     }

@@ -24,8 +24,10 @@ use crate::state::ActiveGuard;
 use crate::sticky::cookie;
 use crate::sticky::exchange::{Exchange, Learned};
 
-use super::access::AccessLine;
+use super::access::{Record, Requested};
 use super::account::{Account, Totals};
+use super::forwarding::{self, Forwarding};
+use super::local_answer::LocalAnswer;
 use super::{headers, limits, respond, select};
 
 /// How long an idle pooled upstream connection is kept.
@@ -74,7 +76,7 @@ impl H2Proxy {
         if why == Refusal::SessionGone {
             ctx.sticky.session_lost(&self.shared.sids);
         }
-        respond::refusal(session, &why).await?;
+        respond::send(session, &LocalAnswer::refusal(&why)).await?;
         Ok(true)
     }
 
@@ -193,7 +195,7 @@ impl ProxyHttp for H2Proxy {
         }
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let xff = headers::forwarded_for(&req.headers);
-        ctx.client = headers::client_ip(peer, xff.as_deref(), &cfg.trusted_proxies);
+        ctx.client = forwarding::client_ip(peer, xff.as_deref(), &cfg.trusted_proxies);
         let host = route::request_host(req.headers.get("host").map(|v| v.as_bytes()), req.uri.host());
         let path = route::normalize_path(req.uri.path());
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -215,7 +217,7 @@ impl ProxyHttp for H2Proxy {
                 if let Some(a) = &ctx.account {
                     a.redirected();
                 }
-                respond::redirect(session, &location).await?;
+                respond::send(session, &LocalAnswer::redirect(&location)).await?;
                 return Ok(true);
             }
             Routed::AcmeAnswer => {
@@ -225,7 +227,7 @@ impl ProxyHttp for H2Proxy {
                 };
                 ctx.local = true;
                 ctx.status = 200;
-                respond::send(session, 200, "text/plain", &[], &key_authorization).await?;
+                respond::send(session, &LocalAnswer::plain(200, "text/plain", &key_authorization)).await?;
                 return Ok(true);
             }
             Routed::Refuse(why) => return self.refuse(session, ctx, why).await,
@@ -327,14 +329,21 @@ impl ProxyHttp for H2Proxy {
         let Some(acct) = &ctx.account else { return Ok(()) };
         let cfg = &acct.snapshot().config;
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let trusted = peer.is_some_and(|p| Network::any_contains(&cfg.trusted_proxies, p));
+        let peer_text = peer.map(|p| p.to_string()).unwrap_or_default();
+        let fwd = Forwarding {
+            peer,
+            peer_text: peer_text.as_bytes(),
+            client: ctx.client,
+            peer_trusted: peer.is_some_and(|p| Network::any_contains(&cfg.trusted_proxies, p)),
+            tls: ctx.tls,
+        };
         let host = upstream
             .headers
             .get("host")
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
             .or_else(|| upstream.uri.host().map(str::to_string));
-        headers::set_forwarded(upstream, ctx.client, peer, trusted, ctx.tls, host.as_deref())?;
+        headers::set_forwarded(upstream, &fwd, host.as_deref(), &cfg.strip_from_untrusted)?;
         if let Some(name) = acct.backend().and_then(|b| b.cfg.cookie.as_deref()) {
             headers::strip_sticky_cookie(upstream, name)?;
         }
@@ -430,9 +439,10 @@ impl ProxyHttp for H2Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectNoRoute => 503,
+        let answer = match e.etype() {
+            ErrorType::HTTPStatus(400) if ctx.sticky.engine_io => Some(LocalAnswer::session_unknown()),
+            ErrorType::HTTPStatus(code) => Some(LocalAnswer::text(*code, "")),
+            ErrorType::ConnectNoRoute => Some(LocalAnswer::refusal(&Refusal::NoServer)),
             _ => {
                 let f = failure_of(e, ctx.answered);
                 let p = self.progress(session, ctx, false);
@@ -443,19 +453,18 @@ impl ProxyHttp for H2Proxy {
                     }
                     ctx.sticky.session_lost(&self.shared.sids);
                 }
-                v.status
+                (v.status > 0).then(|| LocalAnswer::failure(&v))
             }
         };
         ctx.error.get_or_insert_with(|| e.to_string());
-        if code > 0 && !ctx.answered && session.response_written().is_none() {
+        let code = answer.as_ref().map_or(0, |a| a.status);
+        if let Some(answer) = answer
+            && !ctx.answered
+            && session.response_written().is_none()
+        {
             ctx.status = code;
             ctx.local = true;
-            let written = match code {
-                400 if ctx.sticky.engine_io => respond::session_unknown(session).await,
-                503 => respond::refusal(session, &Refusal::NoServer).await,
-                _ => respond::text(session, code, respond::detail(code), &[]).await,
-            };
-            if let Err(err) = written {
+            if let Err(err) = respond::send(session, &answer).await {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }
@@ -484,37 +493,29 @@ impl ProxyHttp for H2Proxy {
             ..Totals::default()
         };
         let duration = acct.end(totals);
-        if !acct.snapshot().config.access_log {
-            return;
-        }
         let req = session.req_header();
-        let error = ctx.error.clone().or_else(|| e.map(|e| e.to_string()));
-        let snap = acct.snapshot();
-        AccessLine {
+        let requested = Requested {
             client: ctx.client,
-            tls: ctx.tls,
             method: req.method.as_str(),
             host: req
                 .uri
                 .host()
                 .or_else(|| req.headers.get("host").and_then(|h| h.to_str().ok())),
             path: req.uri.path(),
-            sid: ctx.sticky.sid.as_deref(),
-            route: ctx.route.map(|r| snap.config.routes[r].path_prefix.as_str()),
-            backend: acct.backend().map(|b| b.name()),
-            server: acct.member().map(|m| &*m.name),
-            status: ctx.status,
-            bytes_in: totals.bytes_in,
-            bytes_out: totals.bytes_out,
-            duration,
-            connect: ctx.connected_at,
-            ttfb: ctx.first_byte_at,
+            upgrade: false,
+        };
+        let record = Record {
+            route: ctx.route,
             sticky: ctx.pick.and_then(|p| p.sticky),
             attempts: ctx.attempts,
+            connect: ctx.connected_at,
+            ttfb: ctx.first_byte_at,
             local: ctx.local,
-            error: error.as_deref(),
-            ..AccessLine::default()
-        }
-        .log();
+            error: ctx.error.take().or_else(|| e.map(|e| e.to_string())).map(Into::into),
+            bytes_in: totals.bytes_in,
+            bytes_out: totals.bytes_out,
+            ..Record::default()
+        };
+        record.log(&acct, &requested, ctx.sticky.sid.as_deref(), ctx.status, duration);
     }
 }

@@ -7,16 +7,19 @@
 
 mod access;
 mod account;
+pub mod forwarding;
 mod frontend;
 mod h1;
 mod h2;
 pub mod headers;
 mod limits;
+mod local_answer;
 mod proxy_protocol;
 mod relay;
 mod respond;
 mod select;
 mod tls_conn;
+mod tunnel;
 mod upstream;
 
 pub use crate::route::ACME_PREFIX;

@@ -165,6 +165,7 @@ impl Validator<'_> {
         let limits = self.limits(f.limits.as_ref());
         let health = self.health(f.health.as_ref());
         let trusted_proxies = self.trusted_proxies(f.trusted_proxies.as_ref());
+        let strip_from_untrusted = self.strip_from_untrusted(f.strip_from_untrusted.as_ref());
         if let Some(pp) = f.listen.value.proxy_protocol.as_ref().filter(|p| p.value)
             && trusted_proxies.is_empty()
         {
@@ -194,6 +195,7 @@ impl Validator<'_> {
             stats,
             sticky,
             trusted_proxies,
+            strip_from_untrusted,
             reload,
             workers,
             run_as,

@@ -242,6 +242,29 @@ impl Validator<'_> {
             .collect()
     }
 
+    pub(super) fn strip_from_untrusted(&mut self, list: Option<&Spanned<Vec<Str>>>) -> HeaderSet {
+        let Some(list) = list else {
+            return HeaderSet::new(super::super::STRIP_FROM_UNTRUSTED.iter().map(|n| n.as_bytes().into()));
+        };
+        let names: Vec<Box<[u8]>> = list
+            .value
+            .iter()
+            .filter_map(|name| {
+                self.check(name, |n| {
+                    let token = !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                    if token {
+                        Ok(n.to_ascii_lowercase().into_bytes().into_boxed_slice())
+                    } else {
+                        Err(format!("{n:?} is not a header name"))
+                    }
+                })
+            })
+            .collect();
+        HeaderSet::new(names)
+    }
+
     pub(super) fn reload(&mut self, r: Option<&file::ReloadFile>) -> Reload {
         let d = file::ReloadFile::default();
         let r = r.unwrap_or(&d);

@@ -6,17 +6,21 @@
 //! Per connection, state is kept and reused across keep-alive requests: the read buffer,
 //! the parsed head, the write buffer. A request head is read under `timeouts.header`
 //! (from its first byte) and at most `limits.max_header_bytes` plus a request line, then
-//! checked (`head`); the upstream head is written straight into the write buffer
-//! (`request`); small bodies (up to [`REPLAY_BODY`]) are read whole so that a request can
-//! be sent again when a connection fails, larger ones stream. Server connections come
-//! from a keep-alive pool (`pool`). After a `101`, the two connections go to a tunnel
-//! relay of their own (`proxy::relay`) and this task ends.
+//! checked (`head`); then one request goes through `flow` (route, admit, choose a server,
+//! try it) with its state in one value (`ctx`), the server side through
+//! `proxy::upstream`, bodies and the answer through `answer`, edgepin's own answers
+//! through `local`. The upstream head is written straight into the write buffer
+//! (`request`); bodies up to `flow::HOLD_BODY` are read whole so that a request can be
+//! sent again when a connection fails, larger ones stream. After a `101`, the two
+//! connections go to a tunnel of their own (`proxy::tunnel`) and this task ends.
 
 mod answer;
-mod exchange;
+mod ctx;
 pub mod fields;
+mod flow;
 mod framing;
 mod head;
+mod local;
 mod request;
 mod response;
 
@@ -33,10 +37,6 @@ use crate::runtime::Shared;
 use super::upstream::AnswerBuf;
 
 use head::Head;
-
-/// Request bodies up to this size are read before the request is sent, so it can be
-/// sent again (to another server, or on a new connection) if the first attempt fails.
-pub const REPLAY_BODY: usize = 16 * 1024;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 4096;
@@ -110,7 +110,7 @@ enum Next {
     /// Close, but the client may still be sending a body it was answered before: read and
     /// drop it for a while first (`answer::LINGER`).
     Linger,
-    Tunnel(Box<exchange::Tunnel>),
+    Tunnel(Box<super::tunnel::Upgraded>),
 }
 
 /// One client connection's reusable state.
@@ -227,81 +227,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Answer a head that cannot be served, and close.
     async fn refuse_head(&mut self, snapshot: &Arc<crate::runtime::Snapshot>, refused: head::Refused) {
-        let mut account = account::Account::start(&self.shared, snapshot, self.tls);
-        let status = account.refused(&crate::failure::Refusal::Status(refused.status, refused.why));
+        let mut account = Account::start(&self.shared, snapshot, self.tls);
+        let why = crate::failure::Refusal::Status(refused.status, refused.why);
+        let status = account.refused(&why);
         self.wbuf.clear();
-        write_local(&mut self.wbuf, status, refused.why, &[], true);
+        LocalAnswer::refusal(&why).write_h1(&mut self.wbuf, true);
         let wait = snapshot.config.timeouts.client;
         let sent = self.wbuf.len() as u64;
         self.flush_client(wait).await;
-        let duration = account.end(account::Totals {
+        let duration = account.end(Totals {
             status,
             bytes_out: sent,
             ..Default::default()
         });
-        if snapshot.config.access_log && refused.status != 408 {
-            AccessLine {
+        if refused.status != 408 {
+            let record = Record {
+                local: true,
+                error: Some(refused.why.into()),
+                ..Record::default()
+            };
+            let requested = Requested {
                 client: self.peer,
-                tls: self.tls,
                 method: "-",
                 path: "-",
-                status,
-                duration,
-                local: true,
-                error: Some(refused.why),
-                ..AccessLine::default()
-            }
-            .log();
+                ..Requested::default()
+            };
+            record.log(&account, &requested, None, status, duration);
         }
     }
 }
 
-use super::access::AccessLine;
-use super::account;
-
-/// A response edgepin writes itself: `<status> <reason>[: detail]` as text.
-fn write_local(out: &mut Vec<u8>, status: u16, detail: &str, headers: &[(&str, &str)], close: bool) {
-    let reason = reason(status);
-    let body = if detail.is_empty() {
-        format!("{status} {reason}\n")
-    } else {
-        format!("{status} {reason}: {detail}\n")
-    };
-    write_local_body(out, status, "text/plain; charset=utf-8", headers, &body, close);
-}
-
-fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("")
-}
-
-/// A response with a body of its own type (the Engine.IO 400, a redirect).
-fn write_local_body(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-    close: bool,
-) {
-    use std::io::Write;
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        let _ = write!(out, "{k}: {v}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
-}
+use super::access::{Record, Requested};
+use super::account::{Account, Totals};
+use super::local_answer::LocalAnswer;

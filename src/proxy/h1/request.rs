@@ -1,43 +1,27 @@
 //! Writing the request head a server receives, straight into the upstream write buffer:
 //! the client's head minus what is this hop's (Connection, Keep-Alive, a non-WebSocket
 //! Upgrade, headers named in Connection, names with `_`), minus the sticky cookie, with
-//! the forwarding headers edgepin owns.
-//!
-//! Forwarding headers: from a peer in `trusted_proxies`, X-Forwarded-For and `Forwarded`
-//! are extended with the peer and X-Forwarded-Proto/-Host kept; from anyone else every
-//! client-sent forwarding header (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
-//! `X-Client-IP`, `True-Client-IP`, `CF-Connecting-IP`) is removed and edgepin's own are
-//! set. `X-Real-IP` is always edgepin's: the client address it decided on.
+//! the forwarding fields of `proxy::forwarding`'s plan (which client fields pass, and
+//! edgepin's own).
 
 use std::io::Write;
-use std::net::IpAddr;
 
+use crate::config::HeaderSet;
+use crate::proxy::forwarding::{self, Forwarding};
 use crate::sticky::cookie;
 
 use super::head::{Head, Kind};
 
-/// Who sent the request, as far as the forwarding headers go.
-#[derive(Debug, Clone, Copy)]
-pub struct Forwarding<'a> {
-    /// The TCP peer (after a PROXY header).
-    pub peer: Option<IpAddr>,
-    /// The peer as text, formatted once per connection (it is in three headers of every
-    /// request).
-    pub peer_text: &'a [u8],
-    /// The client address edgepin decided on (X-Forwarded-For of a trusted peer).
-    pub client: Option<IpAddr>,
-    pub peer_trusted: bool,
-    pub tls: bool,
-}
-
 /// What else shapes the upstream head.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Upstream<'a> {
     /// The sticky cookie's name, removed from Cookie.
     pub strip_cookie: Option<&'a str>,
     /// The server's address: the Host of a request that has none (HTTP/1.0 may omit it;
     /// what goes upstream is HTTP/1.1, which must have one).
     pub server: Option<std::net::SocketAddr>,
+    /// `strip_from_untrusted`.
+    pub strip: &'a HeaderSet,
 }
 
 /// Write the upstream request head for `head` to `out`.
@@ -61,11 +45,10 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upst
         let _ = write!(out, "host: {server}\r\n");
     }
     let trusted = fwd.peer_trusted;
-    let (mut have_proto, mut have_host) = (false, false);
     for f in &head.fields {
         let (name, value) = (head.bytes(&f.name), head.bytes(&f.value));
         match f.kind {
-            Kind::Plain | Kind::ContentLength | Kind::TransferEncoding | Kind::SecWebSocketKey => {}
+            Kind::ContentLength | Kind::TransferEncoding | Kind::SecWebSocketKey => {}
             // Answered by edgepin itself (`100 Continue`), not the server's to see.
             Kind::Expect => continue,
             Kind::Host if head.absolute => continue,
@@ -80,18 +63,19 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upst
                     continue;
                 }
             }
-            Kind::ForwardedInfo if trusted => {
-                if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
-                    have_proto = true;
-                } else {
-                    have_host = true;
+            // The kinds stand for the names `forwarding::passes` knows, classified once
+            // when the head was parsed.
+            Kind::ForwardedInfo if trusted => {}
+            Kind::Plain | Kind::ClientIp if trusted || !up.strip.contains(name) => {
+                if f.kind == Kind::ClientIp && name.eq_ignore_ascii_case(b"x-real-ip") {
+                    continue;
                 }
             }
-            Kind::ClientIp if trusted && !name.eq_ignore_ascii_case(b"x-real-ip") => {}
-            // Extended below (trusted) or replaced (not).
-            Kind::ForwardedFor | Kind::Forwarded => continue,
-            Kind::ForwardedInfo
+            Kind::Plain
             | Kind::ClientIp
+            | Kind::ForwardedInfo
+            | Kind::ForwardedFor
+            | Kind::Forwarded
             | Kind::Connection
             | Kind::Upgrade
             | Kind::HopByHop
@@ -102,60 +86,50 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upst
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    // X-Forwarded-For: the trusted chain, then the peer.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    let mut first = true;
-    if trusted {
-        for v in head.values(Kind::ForwardedFor) {
-            let v = v.trim_ascii();
-            if !v.is_empty() {
-                if !first {
-                    out.extend_from_slice(b", ");
-                }
-                out.extend_from_slice(v);
-                first = false;
-            }
-        }
-    }
-    if fwd.peer.is_some() {
-        if !first {
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(fwd.peer_text);
-    }
-    out.extend_from_slice(b"\r\n");
-    match fwd.client {
-        Some(client) if Some(client) == fwd.peer => field(out, b"x-real-ip", fwd.peer_text),
-        Some(client) => {
-            let _ = write!(out, "x-real-ip: {client}\r\n");
-        }
-        None => {}
-    }
-    let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
-    if !have_proto {
-        field(out, b"x-forwarded-proto", proto);
-    }
-    let host = head.host_bytes();
-    if !have_host && let Some(h) = host {
-        field(out, b"x-forwarded-host", h);
-    }
-    // Forwarded (RFC 7239): the trusted elements, then ours.
-    out.extend_from_slice(b"forwarded: ");
-    if trusted {
-        for v in head.values(Kind::Forwarded) {
-            let v = v.trim_ascii();
-            if !v.is_empty() {
-                out.extend_from_slice(v);
-                out.extend_from_slice(b", ");
-            }
-        }
-    }
-    super::super::headers::forwarded_element(out, fwd.peer, fwd.peer_text, proto, host);
-    out.extend_from_slice(b"\r\n");
+    forwarding::write_fields(fwd, head.host_bytes(), &SentIn(head), &mut FieldsOut(out));
     if head.websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The forwarding fields a parsed head carries.
+struct SentIn<'h>(&'h Head);
+
+impl forwarding::Sent for SentIn<'_> {
+    fn forwarded_for(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.values(Kind::ForwardedFor)
+    }
+    fn forwarded(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.values(Kind::Forwarded)
+    }
+    fn has_proto(&self) -> bool {
+        self.named(b"x-forwarded-proto")
+    }
+    fn has_host(&self) -> bool {
+        self.named(b"x-forwarded-host")
+    }
+}
+
+impl SentIn<'_> {
+    fn named(&self, name: &[u8]) -> bool {
+        let h = self.0;
+        h.fields
+            .iter()
+            .any(|f| f.kind == Kind::ForwardedInfo && h.bytes(&f.name).eq_ignore_ascii_case(name))
+    }
+}
+
+/// The plan's fields, written as HTTP/1 field lines.
+struct FieldsOut<'o>(&'o mut Vec<u8>);
+
+impl forwarding::Fields for FieldsOut<'_> {
+    fn field(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        value(self.0);
+        self.0.extend_from_slice(b"\r\n");
+    }
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -181,6 +155,18 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    static STRIP: std::sync::LazyLock<HeaderSet> = std::sync::LazyLock::new(|| {
+        HeaderSet::new(crate::config::STRIP_FROM_UNTRUSTED.iter().map(|n| n.as_bytes().into()))
+    });
+
+    fn up() -> Upstream<'static> {
+        Upstream {
+            strip_cookie: None,
+            server: None,
+            strip: &STRIP,
+        }
+    }
+
     fn untrusted(ip: &'static str) -> Forwarding<'static> {
         let parsed = ip.parse().ok();
         Forwarding {
@@ -199,7 +185,7 @@ mod tests {
              X-Client-IP: 6.6.6.6\r\nTrue-Client-IP: 6.6.6.6\r\nCF-Connecting-IP: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\
              X-Forwarded-Proto: gopher\r\nX_Forwarded_For: 6.6.6.6\r\nAccept: */*\r\n\r\n",
             untrusted("127.0.0.9"),
-            Upstream::default(),
+            up(),
         );
         assert!(!out.contains("6.6.6.6"), "{out}");
         assert_eq!(
@@ -207,6 +193,30 @@ mod tests {
             "GET /a?b HTTP/1.1\r\nHost: app.example\r\nAccept: */*\r\nx-forwarded-for: 127.0.0.9\r\n\
              x-real-ip: 127.0.0.9\r\nx-forwarded-proto: https\r\nx-forwarded-host: app.example\r\n\
              forwarded: for=127.0.0.9;proto=https;host=\"app.example\"\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn headers_backends_trust_for_the_client_or_the_url_are_stripped_from_untrusted_peers() {
+        let text = "GET / HTTP/1.1\r\nHost: h\r\nX-Cluster-Client-IP: 6.6.6.6\r\nFastly-Client-IP: 6.6.6.6\r\n\
+                    X-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-Other: kept\r\n\r\n";
+        let out = write(text, untrusted("127.0.0.1"), up());
+        assert!(!out.contains("6.6.6.6") && !out.contains("/admin"), "{out}");
+        assert!(out.contains("X-Other: kept\r\n"), "{out}");
+        let trusted = Forwarding {
+            peer_trusted: true,
+            ..untrusted("127.0.0.1")
+        };
+        let out = write(text, trusted, up());
+        assert!(
+            out.contains("X-Original-URL: /admin\r\n"),
+            "a trusted proxy's pass: {out}"
+        );
+        let own = HeaderSet::new([b"x-other"[..].into()]);
+        let out = write(text, untrusted("127.0.0.1"), Upstream { strip: &own, ..up() });
+        assert!(
+            out.contains("X-Original-URL: /admin\r\n") && !out.contains("X-Other"),
+            "{out}"
         );
     }
 
@@ -223,7 +233,7 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\
              Forwarded: for=1.2.3.4\r\nCF-Connecting-IP: 1.2.3.4\r\n\r\n",
             fwd,
-            Upstream::default(),
+            up(),
         );
         assert!(out.contains("x-forwarded-for: 1.2.3.4, 10.0.0.2\r\n"), "{out}");
         assert!(
@@ -244,7 +254,7 @@ mod tests {
             "GET /socket.io/ HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, keep-alive, X-Secret\r\nUpgrade: foo\r\n\
              Keep-Alive: 5\r\nX-Secret: s\r\nTE: trailers\r\n\r\n",
             untrusted("127.0.0.1"),
-            Upstream::default(),
+            up(),
         );
         for gone in ["Upgrade", "Connection", "Keep-Alive", "X-Secret", "TE:"] {
             assert!(!out.contains(gone), "{gone} in {out}");
@@ -253,7 +263,7 @@ mod tests {
             "GET /socket.io/ HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Key: k\r\n\r\n",
             untrusted("127.0.0.1"),
-            Upstream::default(),
+            up(),
         );
         assert!(
             out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
@@ -269,7 +279,7 @@ mod tests {
             untrusted("::1"),
             Upstream {
                 strip_cookie: Some("EDGEPIN"),
-                server: None,
+                ..up()
             },
         );
         assert!(out.starts_with("GET / HTTP/1.1\r\nhost: App.example:8080\r\n"), "{out}");
@@ -287,20 +297,14 @@ mod tests {
         let out = write(
             "POST /x HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
             untrusted("127.0.0.1"),
-            Upstream {
-                server,
-                ..Upstream::default()
-            },
+            Upstream { server, ..up() },
         );
         assert!(out.starts_with("POST /x HTTP/1.1\r\nhost: 127.0.0.1:3001\r\n"), "{out}");
         assert!(!out.to_ascii_lowercase().contains("expect"), "{out}");
         let out = write(
             "GET / HTTP/1.1\r\nHost: app\r\n\r\n",
             untrusted("127.0.0.1"),
-            Upstream {
-                server,
-                ..Upstream::default()
-            },
+            Upstream { server, ..up() },
         );
         assert!(out.contains("Host: app\r\n") && !out.contains("3001"), "{out}");
     }

@@ -287,3 +287,70 @@ async fn take_head<C: Client>(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A request without a body, whose client stays.
+    struct NoBody;
+
+    impl Client for NoBody {
+        fn ready(&self) -> &[u8] {
+            &[]
+        }
+        fn sent(&mut self, _: usize) {}
+        fn complete(&self) -> bool {
+            true
+        }
+        async fn fill(&mut self) -> Result<(), Failure> {
+            Ok(())
+        }
+        async fn left(&mut self) {
+            std::future::pending::<()>().await;
+        }
+        async fn interim(&mut self, _: &[u8], _: &Parsed, _: &[Header]) -> Result<(), Failure> {
+            Ok(())
+        }
+    }
+
+    /// An answer already waiting on the connection when the request is sent on it:
+    /// stray on a reused connection, an early answer on a new one.
+    async fn send_after_an_answer_came(reused: bool) -> Result<Option<Parsed>, Failure> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray")
+            .await
+            .unwrap();
+        up.readable().await.unwrap();
+        let a = Attempt {
+            addr,
+            connect: Duration::from_secs(1),
+            server: Duration::from_secs(1),
+            pooled: reused,
+            asked: Asked {
+                head_request: false,
+                websocket_key: None,
+            },
+            started: Instant::now(),
+        };
+        let mut progress = Progress {
+            reused,
+            ..Progress::default()
+        };
+        let (mut buf, mut trace) = (AnswerBuf::default(), Trace::default());
+        let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        send(&up, head, &mut NoBody, &mut buf, &a, &mut progress, &mut trace).await
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_request_was_written_is_stray_on_a_reused_connection() {
+        assert_eq!(send_after_an_answer_came(true).await.err(), Some(Failure::Stray));
+        let early = send_after_an_answer_came(false).await.expect("an early answer");
+        assert_eq!(early.map(|p| p.status), Some(200));
+    }
+}
