@@ -5,12 +5,14 @@
 //! them for as long as it answers pings. [`Guard`] sits in front of socketioxide and closes
 //! such a session `ATTACHMENT_DEADLINE` after the announcement: on WebSocket it reads the
 //! client's frames as they pass (`frames`, `upgrade`), on long-polling the POST bodies
-//! (`polling`).
+//! (`polling`). It also hands socketioxide the request that opens a session with its
+//! head copied out of hyper's read buffer (`opening`), since the session keeps it.
 //!
 //! It never changes what it passes on, keeps no payload, and leaves everything else
 //! (sizes, parsing, sessions) to socketioxide; it only counts attachments and keeps time.
 
 mod frames;
+mod opening;
 mod polling;
 mod upgrade;
 
@@ -62,6 +64,11 @@ impl Guard {
         match EngineRequest::of(&req) {
             Some(EngineRequest::WebSocket { sid }) => upgrade::accept(self, req, sid),
             Some(EngineRequest::PollingPost { sid }) => polling::post(self, req, sid).await,
+            Some(EngineRequest::PollingOpen) => {
+                let (mut parts, body) = req.into_parts();
+                opening::own(&mut parts);
+                self.pass(Request::from_parts(parts, body)).await
+            }
             None => self.pass(req).await,
         }
     }
@@ -98,6 +105,8 @@ enum EngineRequest {
     WebSocket { sid: Option<String> },
     /// Packets a polling session sends.
     PollingPost { sid: String },
+    /// The request that opens a polling session (a GET without a sid).
+    PollingOpen,
 }
 
 impl EngineRequest {
@@ -126,6 +135,7 @@ impl EngineRequest {
         match (req.method(), transport) {
             (&Method::GET, Some("websocket")) if upgrade => Some(EngineRequest::WebSocket { sid }),
             (&Method::POST, Some("polling")) => sid.map(|sid| EngineRequest::PollingPost { sid }),
+            (&Method::GET, Some("polling")) if sid.is_none() => Some(EngineRequest::PollingOpen),
             _ => None,
         }
     }
@@ -242,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn the_guard_watches_engine_io_uploads_only() {
+    fn the_guard_watches_engine_io_uploads_and_openings_only() {
         let of = |m, uri, up| EngineRequest::of(&request(m, uri, up));
         assert_eq!(
             of("GET", "/socket.io/?EIO=4&transport=websocket", true),
@@ -257,6 +267,10 @@ mod tests {
         assert_eq!(
             of("POST", "/socket.io/?EIO=4&transport=polling&t=x&sid=abc", false),
             Some(EngineRequest::PollingPost { sid: "abc".into() })
+        );
+        assert_eq!(
+            of("GET", "/socket.io/?EIO=4&transport=polling&t=x", false),
+            Some(EngineRequest::PollingOpen)
         );
         for (m, uri, up) in [
             ("GET", "/socket.io/?EIO=4&transport=websocket", false),

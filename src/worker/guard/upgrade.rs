@@ -3,7 +3,8 @@
 //! hands socketioxide the upgraded connection wrapped in [`Watched`] through its public
 //! "WebSocket over a raw stream" service. `Watched` reads the client's frames as tungstenite
 //! pulls them and fails the read once a binary packet's attachments are overdue, which
-//! makes socketioxide close the session (and drop what it held).
+//! makes socketioxide close the session (and drop what it held). The head of a request
+//! that opens a session is handed over with its own bytes (`opening`).
 
 use std::io;
 use std::pin::Pin;
@@ -20,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::frames::ClientFrames;
-use super::{Attachments, Guard};
+use super::{Attachments, Guard, opening};
 
 /// Answer a WebSocket upgrade and serve the session on the watched connection. `sid` is
 /// the polling session being upgraded, if any: attachments it still owes carry over.
@@ -30,7 +31,11 @@ pub(super) fn accept(guard: Guard, mut req: Request, sid: Option<String>) -> Res
     };
     let owed = sid.as_deref().map(|s| guard.polling.take(s)).unwrap_or_default();
     let upgraded = hyper::upgrade::on(&mut req);
-    let (parts, _) = req.into_parts();
+    let (mut parts, _) = req.into_parts();
+    if sid.is_none() {
+        // A new session keeps this head (an upgraded one keeps its polling opening's).
+        opening::own(&mut parts);
+    }
     tokio::spawn(async move {
         let io = match upgraded.await {
             Ok(io) => io,
