@@ -1,0 +1,349 @@
+//! A session on WebSocket: one task per connection that reads the client's frames, writes
+//! what the session queues, and keeps the heartbeat. Reads go into a buffer on the stack
+//! of each poll and writes are batched through another, so between messages the task
+//! holds no buffer at all; bytes are kept only when the client sends a message in pieces
+//! or stops reading. For a polling session being upgraded, the task first answers the
+//! probe and waits for the client's `5`, then takes the session over.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::Io;
+use super::eio::{self, Incoming, Outgoing};
+use super::frames::{self, Frames, Message, OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, close};
+use super::receive::receive;
+use super::session::{Closed, Session, Transport};
+
+/// Bytes read per poll; also the size of a batch of small frames written at once.
+const CHUNK: usize = 16 * 1024;
+/// How long a closing connection may take to send what was queued before its close frame.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// What woke the connection task.
+enum Step {
+    Messages(Vec<Message>),
+    Timer,
+    /// The session ended (for the reason it holds).
+    Ended,
+    /// The client's bytes broke the protocol: close with this code.
+    Refused(u16),
+    /// The connection is gone.
+    Gone,
+}
+
+/// A frame partly written (the client is not reading fast enough).
+struct Unsent {
+    head: [u8; 10],
+    head_len: usize,
+    body: Bytes,
+    written: usize,
+}
+
+impl Unsent {
+    fn new(op: u8, body: Bytes) -> Unsent {
+        let (head, head_len) = frames::header(op, body.len());
+        Unsent {
+            head,
+            head_len,
+            body,
+            written: 0,
+        }
+    }
+
+    fn poll_write<S: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, conn: &mut S) -> Poll<io::Result<()>> {
+        while self.written < self.head_len + self.body.len() {
+            let rest = if self.written < self.head_len {
+                &self.head[self.written..self.head_len]
+            } else {
+                &self.body[self.written - self.head_len..]
+            };
+            match ready!(Pin::new(&mut *conn).poll_write(cx, rest))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => self.written += n,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The connection's side of the session.
+struct Conn<S> {
+    io: S,
+    frames: Frames,
+    unsent: Option<Unsent>,
+    /// Whether this connection carries the session's packets (false while upgrading).
+    carries: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Write what is unsent, then (when `carries`) the session's queue, batching frames.
+    fn poll_flush(&mut self, cx: &mut Context<'_>, session: &Session) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(unsent) = &mut self.unsent {
+                ready!(unsent.poll_write(cx, &mut self.io))?;
+                self.unsent = None;
+            }
+            if !self.carries {
+                return Poll::Ready(Ok(()));
+            }
+            let mut batch = [0u8; CHUNK];
+            let mut len = 0;
+            {
+                let mut state = session.state();
+                while let Some(packet) = state.outbox.front() {
+                    let (op, body) = match packet {
+                        // A noop only ends a long-poll during an upgrade.
+                        Outgoing::Text(t) if &t[..] == b"6" => {
+                            state.outbox.pop_front();
+                            continue;
+                        }
+                        Outgoing::Text(t) => (OP_TEXT, t),
+                        Outgoing::Binary(b) => (OP_BINARY, b),
+                    };
+                    let (head, n) = frames::header(op, body.len());
+                    if len + n + body.len() <= CHUNK {
+                        batch[len..len + n].copy_from_slice(&head[..n]);
+                        batch[len + n..len + n + body.len()].copy_from_slice(body);
+                        len += n + body.len();
+                        state.outbox.pop_front();
+                    } else {
+                        if len == 0 {
+                            self.unsent = Some(Unsent::new(op, body.clone()));
+                            state.outbox.pop_front();
+                        }
+                        break;
+                    }
+                }
+            }
+            if len == 0 && self.unsent.is_none() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut written = 0;
+            while written < len {
+                match Pin::new(&mut self.io).poll_write(cx, &batch[written..len]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        let rest = Bytes::copy_from_slice(&batch[written..len]);
+                        self.unsent = Some(Unsent {
+                            head: [0; 10],
+                            head_len: 0,
+                            body: rest,
+                            written: 0,
+                        });
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Everything the connection task waits for, in one poll.
+    fn poll_step(&mut self, cx: &mut Context<'_>, session: &Session, max: usize, timer: Pin<&mut Sleep>) -> Poll<Step> {
+        // While upgrading, the long-poll is who the session wakes.
+        if self.carries {
+            session.waker.register(cx.waker());
+        }
+        if session.state().closed.is_some() {
+            return Poll::Ready(Step::Ended);
+        }
+        if let Poll::Ready(Err(_)) = self.poll_flush(cx, session) {
+            return Poll::Ready(Step::Gone);
+        }
+        let mut chunk = [0u8; CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Step::Gone),
+            Poll::Ready(Ok(())) => {
+                let mut messages = Vec::new();
+                return Poll::Ready(match self.frames.feed(buf.filled(), max, &mut messages) {
+                    Ok(()) => Step::Messages(messages),
+                    Err(refused) => Step::Refused(refused.0),
+                });
+            }
+            Poll::Ready(Err(_)) => return Poll::Ready(Step::Gone),
+            Poll::Pending => {}
+        }
+        match timer.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Step::Timer),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Send one frame now, after anything unsent.
+    async fn send(&mut self, op: u8, body: &[u8]) -> io::Result<()> {
+        if let Some(mut unsent) = self.unsent.take() {
+            poll_fn(|cx| unsent.poll_write(cx, &mut self.io)).await?;
+        }
+        let (head, n) = frames::header(op, body.len());
+        self.io.write_all(&head[..n]).await?;
+        self.io.write_all(body).await
+    }
+
+    /// Flush the session's queue if this connection carries it (briefly), send a close
+    /// frame and shut the connection.
+    async fn finish(&mut self, session: &Session, code: u16) {
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+            poll_fn(|cx| self.poll_flush(cx, session)).await?;
+            self.send(OP_CLOSE, &code.to_be_bytes()).await?;
+            self.io.shutdown().await
+        })
+        .await;
+    }
+}
+
+/// Serve `session` on the WebSocket `io`: a new session (`upgrade` false), or a polling
+/// one upgrading (`upgrade` true).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Arc<Session>, io: S, upgrade: bool) {
+    let config = server.config.clone();
+    let mut conn = Conn {
+        io,
+        frames: Frames::default(),
+        unsent: None,
+        carries: !upgrade,
+    };
+    let started = Instant::now();
+    let first = if upgrade {
+        config.upgrade_timeout
+    } else {
+        config.ping_interval.min(config.connect_timeout)
+    };
+    let timer = tokio::time::sleep_until(started + first);
+    tokio::pin!(timer);
+    let mut next_ping = started + config.ping_interval;
+    let mut pong_due = None;
+    if !upgrade {
+        let open = eio::open_packet(
+            session.sid.as_str(),
+            false,
+            config.ping_interval,
+            config.ping_timeout,
+            config.max_payload as u64,
+        );
+        if conn.send(OP_TEXT, &open).await.is_err() {
+            return server.close(&session, Closed::TransportError);
+        }
+    }
+    let ended = loop {
+        let step = poll_fn(|cx| conn.poll_step(cx, &session, config.max_payload, timer.as_mut())).await;
+        match step {
+            Step::Messages(messages) => {
+                for message in messages {
+                    if session.state().closed.is_some() {
+                        break;
+                    }
+                    match message {
+                        Message::Ping(body) => {
+                            if conn.send(OP_PONG, &body).await.is_err() {
+                                break;
+                            }
+                        }
+                        Message::Close(_) => {
+                            server.close(&session, Closed::ByClient);
+                        }
+                        Message::Text(text) if !conn.carries => {
+                            if text == "2probe" {
+                                session.state().upgrading = true;
+                                let _ = session.push(Outgoing::text("6")); // ends the held long-poll
+                                if conn.send(OP_TEXT, b"3probe").await.is_err() {
+                                    break;
+                                }
+                            } else if text == "5" && session.state().upgrading {
+                                let mut state = session.state();
+                                state.transport = Transport::WebSocket;
+                                state.upgrading = false;
+                                drop(state);
+                                session.waker.wake(); // a long-poll still held ends with a noop
+                                conn.carries = true;
+                                timer.as_mut().reset(Instant::now() + config.ping_interval);
+                                next_ping = Instant::now() + config.ping_interval;
+                            }
+                        }
+                        Message::Text(text) => {
+                            let result = eio::decode_text(&text)
+                                .map_err(|_| Closed::ProtocolError)
+                                .and_then(|packet| receive(&server, &session, packet));
+                            if let Err(why) = result {
+                                server.close(&session, why);
+                            }
+                        }
+                        Message::Binary(bytes) if conn.carries => {
+                            if let Err(why) = receive(&server, &session, Incoming::Binary(bytes)) {
+                                server.close(&session, why);
+                            }
+                        }
+                        Message::Binary(_) => {}
+                    }
+                }
+            }
+            Step::Timer if !conn.carries => break None, // the upgrade did not complete
+            Step::Timer => {
+                let now = Instant::now();
+                let (connected, awaiting) = {
+                    let state = session.state();
+                    (state.connected, state.awaiting_pong)
+                };
+                if !connected && now >= started + config.connect_timeout {
+                    server.close(&session, Closed::ConnectTimeout);
+                } else if awaiting && pong_due.is_some_and(|due| now >= due) {
+                    server.close(&session, Closed::PingTimeout);
+                } else if now >= next_ping {
+                    session.state().awaiting_pong = true;
+                    let _ = session.push(Outgoing::text("2"));
+                    pong_due = Some(now + config.ping_timeout);
+                    next_ping = now + config.ping_interval;
+                }
+                let mut wake = next_ping;
+                if let Some(due) = pong_due.filter(|_| session.state().awaiting_pong) {
+                    wake = wake.min(due);
+                }
+                if !connected {
+                    wake = wake.min(started + config.connect_timeout);
+                }
+                timer.as_mut().reset(wake.max(now + Duration::from_millis(1)));
+            }
+            Step::Ended => break session.state().closed,
+            Step::Refused(code) => {
+                let why = if code == close::TOO_BIG {
+                    Closed::TooBig
+                } else {
+                    Closed::ProtocolError
+                };
+                if conn.carries {
+                    server.close(&session, why);
+                }
+                conn.finish(&session, code).await;
+                return;
+            }
+            // Gone before the upgrade completed: the session goes on polling.
+            Step::Gone => break conn.carries.then_some(Closed::TransportError),
+        }
+    };
+    match ended {
+        // An upgrade that did not complete: the session goes on polling.
+        None => {
+            session.state().upgrading = false;
+            conn.finish(&session, close::NORMAL).await;
+        }
+        Some(Closed::TransportError) => server.close(&session, Closed::TransportError),
+        Some(why) => {
+            let code = match why {
+                Closed::Shutdown => close::GOING_AWAY,
+                Closed::TooBig => close::TOO_BIG,
+                Closed::ProtocolError => close::PROTOCOL,
+                Closed::TooSlow => close::POLICY,
+                _ => close::NORMAL,
+            };
+            conn.finish(&session, code).await;
+        }
+    }
+}
