@@ -163,6 +163,18 @@ impl Io {
             .cloned()
     }
 
+    /// The sessions of the sockets `opts` selects that are connected (their CONNECT
+    /// answer queued, so nothing reaches a client before it).
+    fn targets(&self, opts: &BroadcastOptions) -> Vec<Arc<Session>> {
+        let ids = self.select(opts);
+        let sockets = self.sockets.read().unwrap_or_else(PoisonError::into_inner);
+        ids.iter()
+            .filter_map(|id| sockets.get(id))
+            .filter(|s| s.is_connected())
+            .cloned()
+            .collect()
+    }
+
     pub fn socket_count(&self) -> usize {
         self.sockets.read().unwrap_or_else(PoisonError::into_inner).len()
     }
@@ -192,9 +204,8 @@ impl Io {
             return 0;
         };
         let volatile = opts.has_flag(BroadcastFlags::Volatile);
-        let targets: Vec<Arc<Session>> = self.select(opts).into_iter().filter_map(|id| self.socket(id)).collect();
         let mut sent = 0;
-        for session in targets {
+        for session in self.targets(opts) {
             if volatile && !session.state().outbox.is_empty() {
                 continue;
             }
@@ -219,7 +230,7 @@ impl Io {
         let (PacketData::Event(value, _) | PacketData::BinaryEvent(value, _)) = &packet.inner else {
             return (acks, 0);
         };
-        for session in self.select(opts).into_iter().filter_map(|id| self.socket(id)) {
+        for session in self.targets(opts) {
             let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
             let asked = Packet {
                 inner: PacketData::Event(value.clone(), Some(id)),
@@ -268,7 +279,7 @@ impl Io {
     }
 
     pub fn add_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) {
-        for session in self.select(opts).into_iter().filter_map(|id| self.socket(id)) {
+        for session in self.targets(opts) {
             for room in rooms {
                 self.join(&session, room.clone());
             }
@@ -276,7 +287,7 @@ impl Io {
     }
 
     pub fn del_sockets(&self, opts: &BroadcastOptions, rooms: &[Room]) {
-        for session in self.select(opts).into_iter().filter_map(|id| self.socket(id)) {
+        for session in self.targets(opts) {
             for room in rooms {
                 self.leave(&session, room);
             }
@@ -285,7 +296,7 @@ impl Io {
 
     /// Disconnect the sockets `opts` selects (they are told, and do not reconnect).
     pub fn disconnect(self: &Arc<Self>, opts: &BroadcastOptions) {
-        for session in self.select(opts).into_iter().filter_map(|id| self.socket(id)) {
+        for session in self.targets(opts) {
             let _ = session.push(Outgoing::text("41"));
             self.close(&session, Closed::ByServer);
         }
@@ -311,11 +322,7 @@ impl Io {
 
     /// Id and rooms of each socket `opts` selects.
     pub fn fetch(&self, opts: &BroadcastOptions) -> Vec<(Sid, Vec<Room>)> {
-        self.select(opts)
-            .into_iter()
-            .filter_map(|id| self.socket(id))
-            .map(|s| (s.id, Socket::rooms_of(&s)))
-            .collect()
+        self.targets(opts).iter().map(|s| (s.id, Socket::rooms_of(s))).collect()
     }
 
     /// Close every session (the worker is stopping; clients reconnect elsewhere).

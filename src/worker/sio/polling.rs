@@ -183,3 +183,109 @@ async fn heartbeat(io: Arc<Io>, session: Arc<Session>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use axum::extract::Request;
+
+    use super::super::ws::tests::server;
+    use super::*;
+
+    async fn call(io: &Arc<Io>, method: &str, query: &str, body: impl Into<Body>) -> (StatusCode, String, Response) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/socket.io/?EIO=4&{query}"))
+            .body(body.into())
+            .unwrap();
+        let response = Arc::clone(io).serve(req).await;
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let text = String::from_utf8(axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec()).unwrap();
+        (status, text, Response::from_parts(parts, Body::empty()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_polling_client_opens_connects_polls_posts_and_is_pinged() {
+        let (io, hooks) = server();
+        let (status, open, response) = call(&io, "GET", "transport=polling", "").await;
+        assert_eq!(status, 200);
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        let handshake: serde_json::Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+        assert_eq!(handshake["upgrades"], serde_json::json!(["websocket"]));
+        let sid = handshake["sid"].as_str().unwrap().to_string();
+        let on = |q: &str| format!("transport=polling&sid={sid}{q}");
+
+        let (status, ok, response) = call(&io, "POST", &on(""), "40").await;
+        assert_eq!((status, ok.as_str()), (StatusCode::OK, "ok"));
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "text/html");
+        let (_, connected, _) = call(&io, "GET", &on(""), "").await;
+        assert!(connected.starts_with(r#"40{"sid":""#), "{connected}");
+        call(&io, "POST", &on(""), "421[\"whoami\"]\x1e42[\"leave\",\"r\"]").await;
+        assert_eq!(call(&io, "GET", &on(""), "").await.1, r#"431["ok"]"#);
+        assert_eq!(hooks.events.lock().unwrap().len(), 2);
+
+        // A held poll gets the ping; unanswered, it ends the session.
+        let started = tokio::time::Instant::now();
+        assert_eq!(call(&io, "GET", &on(""), "").await.1, "2");
+        assert!(started.elapsed() >= Duration::from_secs(25));
+        let (_, closed, _) = call(&io, "GET", &on(""), "").await;
+        assert_eq!(closed, "1");
+        assert!(started.elapsed() >= Duration::from_secs(45));
+        let (status, unknown, _) = call(&io, "GET", &on(""), "").await;
+        assert_eq!(
+            (status, unknown.as_str()),
+            (StatusCode::BAD_REQUEST, r#"{"code":1,"message":"Session ID unknown"}"#)
+        );
+        assert_eq!(hooks.disconnected.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_engine_io_refuses_is_refused_as_node_refuses_it() {
+        let (io, _) = server();
+        for (method, query, code) in [
+            ("GET", "transport=polling&sid=AAAAAAAAAAAAAAAA", 1),
+            ("GET", "transport=websocket&sid=AAAAAAAAAAAAAAAA", 1),
+            ("POST", "transport=polling", 2),
+            ("GET", "transport=carrier-pigeon", 0),
+        ] {
+            let (status, body, _) = call(&io, method, query, "").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {query}");
+            assert!(
+                body.starts_with(&format!(r#"{{"code":{code},"#)),
+                "{method} {query}: {body}"
+            );
+        }
+        let req = Request::get("/socket.io/?EIO=3&transport=polling")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(Arc::clone(&io).serve(req).await.status(), StatusCode::BAD_REQUEST);
+        let (_, open, _) = call(&io, "GET", "transport=polling", "").await;
+        let sid = &open[9..25];
+        // A WebSocket request without the upgrade headers is refused, not served.
+        let (status, _, _) = call(&io, "GET", &format!("transport=websocket&sid={sid}"), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Over the payload limit: 413, and the session goes on.
+        let big = "4".repeat(1001);
+        let (status, _, _) = call(&io, "POST", &format!("transport=polling&sid={sid}"), big).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Garbage ends it.
+        call(&io, "POST", &format!("transport=polling&sid={sid}"), "9").await;
+        let (status, _, _) = call(&io, "GET", &format!("transport=polling&sid={sid}"), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "closed");
+
+        // Two long-polls at once: the second is refused and the session ends (Node's
+        // "overlap from client"), which answers the first.
+        let (_, open, _) = call(&io, "GET", "transport=polling", "").await;
+        let on = format!("transport=polling&sid={}", &open[9..25]);
+        let first = tokio::spawn({
+            let (io, on) = (Arc::clone(&io), on.clone());
+            async move { call(&io, "GET", &on, "").await.1 }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(call(&io, "GET", &on, "").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(first.await.unwrap(), "1");
+    }
+}

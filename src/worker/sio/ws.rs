@@ -347,3 +347,195 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
         }
     }
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::Value as Json;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::super::frames::OP_PING;
+    use super::super::{BoxFuture, Config, Event, Hooks, Socket};
+    use super::*;
+
+    /// Hooks that count what happens.
+    #[derive(Default)]
+    pub struct Recorder {
+        pub connected: AtomicUsize,
+        pub disconnected: AtomicUsize,
+        pub overdue: AtomicUsize,
+        pub events: Mutex<Vec<Json>>,
+    }
+
+    pub struct Recording(pub Arc<Recorder>);
+
+    impl Hooks for Recording {
+        fn connecting(&self, _: Socket) -> BoxFuture {
+            Box::pin(async {})
+        }
+        fn connected(&self, _: &Socket) {
+            self.0.connected.fetch_add(1, Ordering::SeqCst);
+        }
+        fn event(&self, socket: Socket, event: Event) {
+            if let Some(id) = event.ack {
+                socket.ack(id, &serde_json::json!(["ok"]));
+            }
+            self.0.events.lock().unwrap().push(Json::Array(event.args));
+        }
+        fn disconnected(&self, _: &Socket, _: Closed) {
+            self.0.disconnected.fetch_add(1, Ordering::SeqCst);
+        }
+        fn attachments_overdue(&self) {
+            self.0.overdue.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A server with short timings (the tests run on paused time) and its hooks.
+    pub fn server() -> (Arc<Io>, Arc<Recorder>) {
+        let io = Io::new(Config {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(45),
+            upgrade_timeout: Duration::from_secs(10),
+            max_payload: 1000,
+            attachment_deadline: Duration::from_secs(10),
+        });
+        let recorder = Arc::new(Recorder::default());
+        io.set_hooks(Arc::new(Recording(Arc::clone(&recorder))));
+        (io, recorder)
+    }
+
+    /// The client's end of a WebSocket served by `run`.
+    struct Client(DuplexStream);
+
+    impl Client {
+        fn start(io: &Arc<Io>) -> (Client, Arc<Session>) {
+            let (client, conn) = tokio::io::duplex(64 * 1024);
+            let session = Arc::new(Session::new(Transport::WebSocket));
+            io.register(&session);
+            tokio::spawn(run(Arc::clone(io), Arc::clone(&session), conn, false));
+            (Client(client), session)
+        }
+
+        async fn send(&mut self, opcode: u8, payload: &[u8]) {
+            let mut frame = vec![0x80 | opcode, 0x80 | 126];
+            frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+            self.0.write_all(&frame).await.unwrap();
+        }
+
+        /// The next frame from the server: opcode and payload (None once closed).
+        async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+            let mut head = [0u8; 2];
+            self.0.read_exact(&mut head).await.ok()?;
+            let len = match head[1] {
+                126 => u64::from(self.0.read_u16().await.ok()?),
+                127 => self.0.read_u64().await.ok()?,
+                n => u64::from(n),
+            };
+            let mut body = vec![0; len as usize];
+            self.0.read_exact(&mut body).await.ok()?;
+            Some((head[0] & 0x0f, body))
+        }
+
+        async fn text(&mut self) -> String {
+            let (op, body) = self.next().await.expect("a frame");
+            assert_eq!(op, OP_TEXT, "{body:?}");
+            String::from_utf8(body).unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_client_connects_talks_is_pinged_and_cut_when_silent() {
+        let (io, hooks) = server();
+        let (mut c, session) = Client::start(&io);
+        let open = c.text().await;
+        assert!(
+            open.starts_with(&format!(r#"0{{"sid":"{}","upgrades":[]"#, session.sid)),
+            "{open}"
+        );
+        c.send(OP_TEXT, b"40").await;
+        assert_eq!(c.text().await, format!(r#"40{{"sid":"{}"}}"#, session.id));
+        c.send(OP_TEXT, br#"421["whoami"]"#).await;
+        assert_eq!(c.text().await, r#"431["ok"]"#);
+        assert_eq!(hooks.events.lock().unwrap()[0], serde_json::json!(["whoami"]));
+        c.send(OP_PING, b"x").await;
+        assert_eq!(c.next().await, Some((OP_PONG, b"x".to_vec())));
+
+        // Pinged every interval; a pong keeps it, silence ends it after the timeout.
+        let started = Instant::now();
+        assert_eq!(c.text().await, "2");
+        assert!(started.elapsed() >= Duration::from_secs(24));
+        c.send(OP_TEXT, b"3").await;
+        assert_eq!(c.text().await, "2");
+        let pinged = Instant::now();
+        assert_eq!(c.next().await, Some((OP_CLOSE, 1000u16.to_be_bytes().to_vec())));
+        assert!(pinged.elapsed() >= Duration::from_secs(20));
+        assert_eq!(session.state().closed, Some(Closed::PingTimeout));
+        assert!(io.session(session.sid).is_none(), "forgotten");
+        assert_eq!(hooks.connected.load(Ordering::SeqCst), 1);
+        assert_eq!(hooks.disconnected.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_clients_are_closed_with_the_right_code_and_never_counted_twice() {
+        let (io, hooks) = server();
+        // An event before the CONNECT answer (one segment): closed, as Node does, and the
+        // socket was never counted, so nothing is uncounted either.
+        let (mut c, _) = Client::start(&io);
+        c.text().await;
+        let mut both = Vec::new();
+        for payload in [&b"40"[..], br#"42["say","r","x"]"#] {
+            both.extend([0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0]);
+            both.extend_from_slice(payload);
+        }
+        c.0.write_all(&both).await.unwrap();
+        assert_eq!(c.next().await, Some((OP_CLOSE, close::PROTOCOL.to_be_bytes().to_vec())));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        // A message over the limit: 1009 from its header on.
+        let (mut c, _) = Client::start(&io);
+        c.text().await;
+        c.send(OP_TEXT, &[b'4'; 1001]).await;
+        assert_eq!(c.next().await, Some((OP_CLOSE, close::TOO_BIG.to_be_bytes().to_vec())));
+
+        // Attachments announced and not sent: cut at the deadline, counted.
+        let (mut c, session) = Client::start(&io);
+        c.text().await;
+        c.send(OP_TEXT, b"40").await;
+        c.text().await;
+        c.send(OP_TEXT, br#"451-["say","r",{"_placeholder":true,"num":0}]"#)
+            .await;
+        let announced = Instant::now();
+        let closed = loop {
+            match c.next().await {
+                Some((OP_TEXT, ping)) if ping == b"2" => c.send(OP_TEXT, b"3").await,
+                other => break other,
+            }
+        };
+        assert_eq!(closed, Some((OP_CLOSE, close::NORMAL.to_be_bytes().to_vec())));
+        assert!(announced.elapsed() >= Duration::from_secs(10));
+        assert_eq!(session.state().closed, Some(Closed::AttachmentsOverdue));
+        assert_eq!(hooks.overdue.load(Ordering::SeqCst), 1);
+
+        // A client that connects without CONNECT is cut at the connect timeout.
+        let (mut c, session) = Client::start(&io);
+        c.text().await;
+        let opened = Instant::now();
+        while let Some((op, _)) = c.next().await {
+            if op == OP_CLOSE {
+                break;
+            }
+        }
+        assert!(opened.elapsed() >= Duration::from_secs(45));
+        assert_eq!(session.state().closed, Some(Closed::ConnectTimeout));
+
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(hooks.connected.load(Ordering::SeqCst), 1);
+        assert_eq!(hooks.disconnected.load(Ordering::SeqCst), 1);
+        assert!(hooks.events.lock().unwrap().is_empty(), "nothing was dispatched");
+    }
+}
