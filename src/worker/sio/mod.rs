@@ -22,6 +22,8 @@ mod receive;
 mod rooms;
 mod service;
 mod session;
+#[cfg(test)]
+mod testing;
 mod ws;
 
 use std::collections::{HashMap, VecDeque};
@@ -348,6 +350,7 @@ impl Io {
         if state.closed.is_some() || state.rooms.contains(&room) {
             return;
         }
+        state.rooms.reserve_exact(1); // most sockets join one or two rooms
         state.rooms.push(room.clone());
         self.rooms.add(session.id, room);
     }

@@ -191,7 +191,7 @@ mod tests {
 
     use axum::extract::Request;
 
-    use super::super::ws::tests::server;
+    use super::super::testing::server;
     use super::*;
 
     async fn call(io: &Arc<Io>, method: &str, query: &str, body: impl Into<Body>) -> (StatusCode, String, Response) {

@@ -5,6 +5,7 @@
 //! or stops reading. For a polling session being upgraded, the task first answers the
 //! probe and waits for the client's `5`, then takes the session over.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::Io;
@@ -122,6 +123,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         break;
                     }
                 }
+                // An idle client keeps no queue.
+                if state.outbox.is_empty() && state.outbox.capacity() > 0 {
+                    state.outbox = VecDeque::new();
+                }
             }
             if len == 0 && self.unsent.is_none() {
                 return Poll::Ready(Ok(()));
@@ -179,23 +184,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Send one frame now, after anything unsent.
-    async fn send(&mut self, op: u8, body: &[u8]) -> io::Result<()> {
-        if let Some(mut unsent) = self.unsent.take() {
-            poll_fn(|cx| unsent.poll_write(cx, &mut self.io)).await?;
-        }
-        let (head, n) = frames::header(op, body.len());
-        self.io.write_all(&head[..n]).await?;
-        self.io.write_all(body).await
+    /// Write what is unsent (only that: not the session's queue).
+    async fn flush_unsent(&mut self) -> io::Result<()> {
+        poll_fn(|cx| match &mut self.unsent {
+            Some(unsent) => {
+                ready!(unsent.poll_write(cx, &mut self.io))?;
+                self.unsent = None;
+                Poll::Ready(Ok(()))
+            }
+            None => Poll::Ready(Ok(())),
+        })
+        .await
     }
 
-    /// Flush the session's queue if this connection carries it (briefly), send a close
-    /// frame and shut the connection.
-    async fn finish(&mut self, session: &Session, code: u16) {
-        let _ = tokio::time::timeout(CLOSE_FLUSH, async {
-            poll_fn(|cx| self.poll_flush(cx, session)).await?;
-            self.send(OP_CLOSE, &code.to_be_bytes()).await?;
-            self.io.shutdown().await
+    /// Send one frame now, after anything unsent.
+    async fn send(&mut self, op: u8, body: Bytes) -> io::Result<()> {
+        self.flush_unsent().await?;
+        self.unsent = Some(Unsent::new(op, body));
+        self.flush_unsent().await
+    }
+
+    /// Flush the session's queue if this connection carries it, send a close frame and
+    /// shut the connection, giving up after `CLOSE_FLUSH` (`timer` is the task's).
+    async fn finish(&mut self, session: &Session, code: u16, mut timer: Pin<&mut Sleep>) {
+        timer.as_mut().reset(Instant::now() + CLOSE_FLUSH);
+        let [hi, lo] = code.to_be_bytes();
+        let mut close = Some(Unsent {
+            head: [0x80 | OP_CLOSE, 2, hi, lo, 0, 0, 0, 0, 0, 0],
+            head_len: 4,
+            body: Bytes::new(),
+            written: 0,
+        });
+        let _: io::Result<()> = poll_fn(|cx| {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_flush(cx, session))?;
+            if let Some(frame) = &mut close {
+                ready!(frame.poll_write(cx, &mut self.io))?;
+                close = None;
+            }
+            Pin::new(&mut self.io).poll_shutdown(cx)
         })
         .await;
     }
@@ -204,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// Serve `session` on the WebSocket `io`: a new session (`upgrade` false), or a polling
 /// one upgrading (`upgrade` true).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Arc<Session>, io: S, upgrade: bool) {
-    let config = server.config.clone();
+    let config = &server.config;
     let mut conn = Conn {
         io,
         frames: Frames::default(),
@@ -229,7 +258,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
             config.ping_timeout,
             config.max_payload as u64,
         );
-        if conn.send(OP_TEXT, &open).await.is_err() {
+        if conn.send(OP_TEXT, open).await.is_err() {
             return server.close(&session, Closed::TransportError);
         }
     }
@@ -243,7 +272,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
                     }
                     match message {
                         Message::Ping(body) => {
-                            if conn.send(OP_PONG, &body).await.is_err() {
+                            if conn.send(OP_PONG, body).await.is_err() {
                                 break;
                             }
                         }
@@ -254,7 +283,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
                             if text == "2probe" {
                                 session.state().upgrading = true;
                                 let _ = session.push(Outgoing::text("6")); // ends the held long-poll
-                                if conn.send(OP_TEXT, b"3probe").await.is_err() {
+                                if conn.send(OP_TEXT, Bytes::from_static(b"3probe")).await.is_err() {
                                     break;
                                 }
                             } else if text == "5" && session.state().upgrading {
@@ -321,7 +350,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
                 if conn.carries {
                     server.close(&session, why);
                 }
-                conn.finish(&session, code).await;
+                conn.finish(&session, code, timer.as_mut()).await;
                 return;
             }
             // Gone before the upgrade completed: the session goes on polling.
@@ -332,7 +361,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
         // An upgrade that did not complete: the session goes on polling.
         None => {
             session.state().upgrading = false;
-            conn.finish(&session, close::NORMAL).await;
+            conn.finish(&session, close::NORMAL, timer.as_mut()).await;
         }
         Some(Closed::TransportError) => server.close(&session, Closed::TransportError),
         Some(why) => {
@@ -343,69 +372,20 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
                 Closed::TooSlow => close::POLICY,
                 _ => close::NORMAL,
             };
-            conn.finish(&session, code).await;
+            conn.finish(&session, code, timer.as_mut()).await;
         }
     }
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+mod tests {
+    use std::sync::atomic::Ordering;
 
-    use serde_json::Value as Json;
-    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::super::frames::OP_PING;
-    use super::super::{BoxFuture, Config, Event, Hooks, Socket};
+    use super::super::testing::server;
     use super::*;
-
-    /// Hooks that count what happens.
-    #[derive(Default)]
-    pub struct Recorder {
-        pub connected: AtomicUsize,
-        pub disconnected: AtomicUsize,
-        pub overdue: AtomicUsize,
-        pub events: Mutex<Vec<Json>>,
-    }
-
-    pub struct Recording(pub Arc<Recorder>);
-
-    impl Hooks for Recording {
-        fn connecting(&self, _: Socket) -> BoxFuture {
-            Box::pin(async {})
-        }
-        fn connected(&self, _: &Socket) {
-            self.0.connected.fetch_add(1, Ordering::SeqCst);
-        }
-        fn event(&self, socket: Socket, event: Event) {
-            if let Some(id) = event.ack {
-                socket.ack(id, &serde_json::json!(["ok"]));
-            }
-            self.0.events.lock().unwrap().push(Json::Array(event.args));
-        }
-        fn disconnected(&self, _: &Socket, _: Closed) {
-            self.0.disconnected.fetch_add(1, Ordering::SeqCst);
-        }
-        fn attachments_overdue(&self) {
-            self.0.overdue.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    /// A server with short timings (the tests run on paused time) and its hooks.
-    pub fn server() -> (Arc<Io>, Arc<Recorder>) {
-        let io = Io::new(Config {
-            ping_interval: Duration::from_secs(25),
-            ping_timeout: Duration::from_secs(20),
-            connect_timeout: Duration::from_secs(45),
-            upgrade_timeout: Duration::from_secs(10),
-            max_payload: 1000,
-            attachment_deadline: Duration::from_secs(10),
-        });
-        let recorder = Arc::new(Recorder::default());
-        io.set_hooks(Arc::new(Recording(Arc::clone(&recorder))));
-        (io, recorder)
-    }
 
     /// The client's end of a WebSocket served by `run`.
     struct Client(DuplexStream);
