@@ -51,6 +51,14 @@ const opts = {
 };
 opts.settle = Number(arg("settle", opts.idle ? "5" : "1"));
 const HARD_LIMIT_MS = 240_000 * opts.kinds.length * opts.redis.length * opts.clients.length;
+// Each client is a descriptor in this process (and one in its worker, which inherits the
+// limit): say so now rather than fail halfway through.
+const maxClients = Math.max(...opts.clients);
+const fdLimit = Number((fs.readFileSync("/proc/self/limits", "utf8").match(/Max open files\s+(\d+)/) || [])[1]);
+if (fdLimit && fdLimit < maxClients + 200) {
+  console.error(`bench: ${maxClients} clients need more descriptors than \`ulimit -n\` (${fdLimit}) allows; raise it`);
+  process.exit(2);
+}
 if (opts.clients.some((n) => !(n > 0) || n % opts.rooms !== 0)) {
   console.error("--clients must be a multiple of --rooms (every room has the same members)");
   process.exit(2);
