@@ -204,4 +204,44 @@ mod tests {
         assert_eq!(decode_text("2probe"), Ok(Incoming::Ping("probe")));
         assert_eq!(decode_text("5"), Ok(Incoming::Upgrade));
     }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn packet() -> impl Strategy<Value = Outgoing> {
+            prop_oneof![
+                ("[1-6]", "[^\x1e]{0,20}").prop_map(|(t, rest)| Outgoing::Text(Bytes::from(t + &rest))),
+                vec(any::<u8>(), 0..20).prop_map(|b| Outgoing::Binary(Bytes::from(b))),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_post_body_decodes_or_is_refused(body in vec(any::<u8>(), 0..200)) {
+                let _ = decode_payload(&body);
+            }
+
+            #[test]
+            fn a_payload_reads_back_as_written(packets in vec(packet(), 1..8)) {
+                let queue: VecDeque<Outgoing> = packets.into_iter().collect();
+                let payload = encode_payload(&queue);
+                let read = decode_payload(&payload).unwrap();
+                prop_assert_eq!(read.len(), queue.len());
+                for (got, sent) in read.iter().zip(&queue) {
+                    match (got, sent) {
+                        (Incoming::Binary(g), Outgoing::Binary(s)) => prop_assert_eq!(g, s),
+                        (got, Outgoing::Text(s)) => {
+                            let text = std::str::from_utf8(s).unwrap();
+                            prop_assert_eq!(got, &decode_text(text).unwrap());
+                        }
+                        _ => prop_assert!(false, "{got:?} for {sent:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

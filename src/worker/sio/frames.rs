@@ -315,4 +315,96 @@ mod tests {
         let (h, n) = header(OP_TEXT, 70_000);
         assert_eq!((h[1], n, &h[2..10]), (127, 10, &70_000u64.to_be_bytes()[..]));
     }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// A client frame with this first byte, mask and payload (16-bit length from 126 on).
+        fn masked(first: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
+            let mut out = vec![first];
+            if payload.len() < 126 {
+                out.push(0x80 | payload.len() as u8);
+            } else {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            }
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            out
+        }
+
+        fn feed_cut(stream: &[u8], cuts: &[usize], max: usize) -> Result<Vec<Message>, Refused> {
+            let mut frames = Frames::default();
+            let mut out = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < stream.len() {
+                let n = cuts[i % cuts.len()].min(stream.len() - at);
+                frames.feed(&stream[at..at + n], max, &mut out)?;
+                at += n;
+                i += 1;
+            }
+            Ok(out)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_bytes_however_cut_never_panic_nor_pass_the_limit(
+                bytes in vec(any::<u8>(), 0..700),
+                cuts in vec(1usize..80, 1..12),
+            ) {
+                if let Ok(messages) = feed_cut(&bytes, &cuts, 100) {
+                    for m in messages {
+                        match m {
+                            Message::Text(t) => prop_assert!(t.len() <= 100),
+                            Message::Binary(b) => prop_assert!(b.len() <= 100),
+                            Message::Ping(p) => prop_assert!(p.len() <= 125),
+                            Message::Close(_) => {}
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn fragmented_masked_messages_with_pings_between_come_back_whole(
+                messages in vec((any::<bool>(), vec(any::<u8>(), 0..300), 1usize..4, any::<bool>()), 1..8),
+                mask in any::<[u8; 4]>(),
+                cuts in vec(1usize..200, 1..8),
+            ) {
+                let mut stream = Vec::new();
+                let mut expected = Vec::new();
+                for (text, payload, pieces, ping) in messages {
+                    let payload = if text {
+                        String::from_utf8_lossy(&payload).into_owned().into_bytes()
+                    } else {
+                        payload
+                    };
+                    let step = payload.len().div_ceil(pieces).max(1);
+                    let chunks: Vec<&[u8]> = if payload.is_empty() { vec![&[][..]] } else { payload.chunks(step).collect() };
+                    let whole = if text {
+                        Message::Text(String::from_utf8(payload.clone()).unwrap())
+                    } else {
+                        Message::Binary(Bytes::from(payload.clone()))
+                    };
+                    let mut whole = Some(whole);
+                    for (i, chunk) in chunks.iter().enumerate() {
+                        let op = if i > 0 { OP_CONTINUE } else if text { OP_TEXT } else { OP_BINARY };
+                        let last = i + 1 == chunks.len();
+                        stream.extend(masked(if last { 0x80 | op } else { op }, mask, chunk));
+                        if last {
+                            expected.extend(whole.take());
+                        }
+                        if ping && i == 0 {
+                            stream.extend(masked(0x80 | OP_PING, mask, b"p"));
+                            expected.push(Message::Ping(Bytes::from_static(b"p")));
+                        }
+                    }
+                }
+                prop_assert_eq!(feed_cut(&stream, &cuts, 1000).unwrap(), expected);
+            }
+        }
+    }
 }

@@ -327,4 +327,60 @@ mod tests {
         );
         assert_eq!(first_arg(&Value::Str("[]".into(), None)), None);
     }
+
+    mod props {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn arg() -> impl Strategy<Value = Json> {
+            prop_oneof![
+                any::<i32>().prop_map(Json::from),
+                ".{0,12}".prop_map(Json::from),
+                any::<bool>().prop_map(Json::from),
+                Just(Json::Null),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_text_decodes_to_a_checked_packet_or_an_error(text in ".{0,60}", bytes in vec(any::<u8>(), 0..60)) {
+                for text in [text, String::from_utf8_lossy(&bytes).into_owned(), format!("5{}", String::from_utf8_lossy(&bytes))] {
+                    match decode(&text) {
+                        Ok(Decoded::Event { args, attachments, .. }) => {
+                            prop_assert!(matches!(args.first(), Some(Json::String(_) | Json::Number(_))));
+                            prop_assert!(attachments <= MAX_ATTACHMENTS);
+                        }
+                        Ok(Decoded::Ack { attachments, .. }) => prop_assert!(attachments <= MAX_ATTACHMENTS),
+                        _ => {}
+                    }
+                }
+            }
+
+            #[test]
+            fn what_the_server_writes_a_client_reads_back(
+                name in "[a-z]{1,10}",
+                args in vec(arg(), 0..5),
+                ack in proptest::option::of(0i64..i64::MAX),
+                bins in vec(vec(any::<u8>(), 0..8), 0..=MAX_ATTACHMENTS),
+                nsp in prop_oneof![Just("/".to_string()), "/[a-z]{1,6}"],
+            ) {
+                let mut array = vec![Json::from(name)];
+                array.extend(args);
+                array.extend((0..bins.len()).map(|n| serde_json::json!({"_placeholder": true, "num": n})));
+                let bins: VecDeque<Bytes> = bins.into_iter().map(Bytes::from).collect();
+                let mut packet = event(&Json::Array(array.clone()), Some(bins.clone()), ack);
+                packet.ns = nsp.clone().into();
+                let (text, sent) = encode(&packet).unwrap();
+                prop_assert_eq!(sent.unwrap_or_default(), bins.clone());
+                let text = std::str::from_utf8(&text[1..]).unwrap();
+                prop_assert_eq!(
+                    decode(text),
+                    Ok(Decoded::Event { nsp, args: array, ack, attachments: bins.len() })
+                );
+            }
+        }
+    }
 }

@@ -225,7 +225,7 @@ mod tests {
         assert!(connected.starts_with(r#"40{"sid":""#), "{connected}");
         call(&io, "POST", &on(""), "421[\"whoami\"]\x1e42[\"leave\",\"r\"]").await;
         assert_eq!(call(&io, "GET", &on(""), "").await.1, r#"431["ok"]"#);
-        assert_eq!(hooks.events.lock().unwrap().len(), 2);
+        assert_eq!(hooks.args().len(), 2);
 
         // A held poll gets the ping; unanswered, it ends the session.
         let started = tokio::time::Instant::now();

@@ -5,8 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value as Json;
-
 use super::{BoxFuture, Closed, Config, Event, Hooks, Io, Socket};
 
 /// Hooks that count what happens.
@@ -15,7 +13,7 @@ pub struct Recorder {
     pub connected: AtomicUsize,
     pub disconnected: AtomicUsize,
     pub overdue: AtomicUsize,
-    pub events: Mutex<Vec<Json>>,
+    pub events: Mutex<Vec<Event>>,
 }
 
 pub struct Recording(pub Arc<Recorder>);
@@ -31,7 +29,7 @@ impl Hooks for Recording {
         if let Some(id) = event.ack {
             socket.ack(id, &serde_json::json!(["ok"]));
         }
-        self.0.events.lock().unwrap().push(Json::Array(event.args));
+        self.0.events.lock().unwrap().push(event);
     }
     fn disconnected(&self, _: &Socket, _: Closed) {
         self.0.disconnected.fetch_add(1, Ordering::SeqCst);
@@ -39,6 +37,26 @@ impl Hooks for Recording {
     fn attachments_overdue(&self) {
         self.0.overdue.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// The args of every event the hooks got, in order.
+impl Recorder {
+    pub fn args(&self) -> Vec<serde_json::Value> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .map(|e| serde_json::Value::Array(e.args.clone()))
+            .collect()
+    }
+}
+
+/// A session of `io` that is connected to `/` (as after its CONNECT).
+pub fn connected(io: &Arc<Io>, transport: super::Transport) -> Arc<super::Session> {
+    let session = Arc::new(super::Session::new(transport));
+    io.register(&session);
+    session.state().connected = true;
+    io.sockets.write().unwrap().insert(session.id, Arc::clone(&session));
+    session
 }
 
 /// A server with Node's timings and a 1,000-byte payload limit, and its hooks.

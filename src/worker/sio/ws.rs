@@ -383,7 +383,7 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    use super::super::frames::OP_PING;
+    use super::super::frames::{OP_BINARY, OP_PING};
     use super::super::testing::server;
     use super::*;
 
@@ -392,11 +392,16 @@ mod tests {
 
     impl Client {
         fn start(io: &Arc<Io>) -> (Client, Arc<Session>) {
-            let (client, conn) = tokio::io::duplex(64 * 1024);
             let session = Arc::new(Session::new(Transport::WebSocket));
             io.register(&session);
-            tokio::spawn(run(Arc::clone(io), Arc::clone(&session), conn, false));
-            (Client(client), session)
+            (Client::on(io, &session, false), session)
+        }
+
+        /// A WebSocket for `session`: new, or upgrading it from polling.
+        fn on(io: &Arc<Io>, session: &Arc<Session>, upgrade: bool) -> Client {
+            let (client, conn) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(run(Arc::clone(io), Arc::clone(session), conn, upgrade));
+            Client(client)
         }
 
         async fn send(&mut self, opcode: u8, payload: &[u8]) {
@@ -441,7 +446,25 @@ mod tests {
         assert_eq!(c.text().await, format!(r#"40{{"sid":"{}"}}"#, session.id));
         c.send(OP_TEXT, br#"421["whoami"]"#).await;
         assert_eq!(c.text().await, r#"431["ok"]"#);
-        assert_eq!(hooks.events.lock().unwrap()[0], serde_json::json!(["whoami"]));
+        assert_eq!(hooks.args(), [serde_json::json!(["whoami"])]);
+        // Another namespace is refused, and the session goes on.
+        c.send(OP_TEXT, b"40/admin,").await;
+        assert_eq!(c.text().await, r#"44/admin,{"message":"Invalid namespace"}"#);
+        // A broadcast with a binary attachment: its text, then the binary frame.
+        let bin = Bytes::from_static(&[0, 1, 2]);
+        let said = super::super::packet::event(
+            &serde_json::json!(["said", {"_placeholder": true, "num": 0}]),
+            Some([bin.clone()].into()),
+            None,
+        );
+        let everyone = {
+            let mut o = socketioxide_core::adapter::BroadcastOptions::default();
+            o.add_flag(socketioxide_core::adapter::BroadcastFlags::Broadcast);
+            o
+        };
+        assert_eq!(io.deliver(&said, &everyone), 1);
+        assert_eq!(c.text().await, r#"451-["said",{"_placeholder":true,"num":0}]"#);
+        assert_eq!(c.next().await, Some((OP_BINARY, bin.to_vec())));
         c.send(OP_PING, b"x").await;
         assert_eq!(c.next().await, Some((OP_PONG, b"x".to_vec())));
 
@@ -458,6 +481,62 @@ mod tests {
         assert!(io.session(session.sid).is_none(), "forgotten");
         assert_eq!(hooks.connected.load(Ordering::SeqCst), 1);
         assert_eq!(hooks.disconnected.load(Ordering::SeqCst), 1);
+    }
+
+    /// The body of a long-poll of `session`.
+    async fn poll(io: &Arc<Io>, session: &Arc<Session>) -> (u16, Vec<u8>) {
+        let response = super::super::polling::get(Arc::clone(io), Arc::clone(session)).await;
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, body.to_vec())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_polling_session_upgrades_as_socket_io_client_does_it() {
+        let (io, _) = server();
+        let session = super::super::testing::connected(&io, Transport::Polling);
+        let held = tokio::spawn({
+            let (io, session) = (Arc::clone(&io), Arc::clone(&session));
+            async move { poll(&io, &session).await }
+        });
+        tokio::task::yield_now().await;
+        let mut c = Client::on(&io, &session, true);
+        c.send(OP_TEXT, b"2probe").await;
+        assert_eq!(c.text().await, "3probe");
+        assert_eq!(
+            held.await.unwrap(),
+            (200, b"6".to_vec()),
+            "the held poll ends with a noop"
+        );
+        assert_eq!(session.transport(), Transport::Polling, "until the client's 5");
+        c.send(OP_TEXT, b"5").await;
+        c.send(OP_TEXT, br#"427["whoami"]"#).await;
+        assert_eq!(c.text().await, r#"437["ok"]"#, "the WebSocket carries the session now");
+        assert_eq!(session.transport(), Transport::WebSocket);
+        assert_eq!(poll(&io, &session).await.0, 400, "no polling after the upgrade");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgrade_that_does_not_complete_leaves_the_session_on_polling() {
+        let (io, _) = server();
+        let session = super::super::testing::connected(&io, Transport::Polling);
+        let mut c = Client::on(&io, &session, true);
+        c.send(OP_TEXT, b"2probe").await;
+        assert_eq!(c.text().await, "3probe");
+        let probed = Instant::now();
+        assert_eq!(c.next().await, Some((OP_CLOSE, close::NORMAL.to_be_bytes().to_vec())));
+        assert!(probed.elapsed() >= Duration::from_secs(9));
+        let after = {
+            let state = session.state();
+            (state.transport, state.upgrading, state.closed)
+        };
+        assert_eq!(after, (Transport::Polling, false, None));
+        session.push(Outgoing::text("2")).unwrap();
+        assert_eq!(
+            poll(&io, &session).await,
+            (200, b"6\x1e2".to_vec()),
+            "the probe's noop, then what comes"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -516,6 +595,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(hooks.connected.load(Ordering::SeqCst), 1);
         assert_eq!(hooks.disconnected.load(Ordering::SeqCst), 1);
-        assert!(hooks.events.lock().unwrap().is_empty(), "nothing was dispatched");
+        assert!(hooks.args().is_empty(), "nothing was dispatched");
     }
 }
