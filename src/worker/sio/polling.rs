@@ -93,13 +93,17 @@ pub async fn get(io: Arc<Io>, session: Arc<Session>) -> Response {
             Poll::Ready(packets)
         } else if state.closed.is_some() {
             Poll::Ready([Outgoing::text("1")].into())
-        } else if state.transport == Transport::WebSocket {
+        } else if state.transport == Transport::WebSocket || state.upgrading {
+            // During an upgrade every long-poll ends with a noop, as Node's check does
+            // (every 100 ms there): the client may poll again before the probe's answer
+            // reaches it, and then pauses polling only once that poll completes.
             Poll::Ready([Outgoing::text("6")].into())
         } else {
             Poll::Pending
         }
     })
     .await;
+    tracing::trace!(sid = %session.id, packets = taken.len(), "long-poll answered");
     packets(eio::encode_payload(&taken))
 }
 

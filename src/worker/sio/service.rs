@@ -39,6 +39,14 @@ impl<'a> Query<'a> {
 }
 
 pub async fn serve(io: Arc<Io>, req: Request) -> Response {
+    let method = req.method().clone();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let response = route(io, req).await;
+    tracing::trace!(%method, query, status = response.status().as_u16(), "engine.io request");
+    response
+}
+
+async fn route(io: Arc<Io>, req: Request) -> Response {
     let query = Query::parse(req.uri().query().unwrap_or_default());
     if query.eio != Some("4") {
         return refuse(Refusal::UnsupportedProtocolVersion);

@@ -280,12 +280,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Io>, session: Ar
                             server.close(&session, Closed::ByClient);
                         }
                         Message::Text(text) if !conn.carries => {
+                            tracing::trace!(sid = %session.id, text, "upgrading WebSocket");
                             if text == "2probe" {
-                                session.state().upgrading = true;
-                                let _ = session.push(Outgoing::text("6")); // ends the held long-poll
+                                // The answer first, then the noop that ends the held long-poll
+                                // (Node's order: the client pauses polling on the answer).
                                 if conn.send(OP_TEXT, Bytes::from_static(b"3probe")).await.is_err() {
                                     break;
                                 }
+                                session.state().upgrading = true;
+                                let _ = session.push(Outgoing::text("6"));
                             } else if text == "5" && session.state().upgrading {
                                 let mut state = session.state();
                                 state.transport = Transport::WebSocket;
@@ -514,6 +517,23 @@ mod tests {
         assert_eq!(c.text().await, r#"437["ok"]"#, "the WebSocket carries the session now");
         assert_eq!(session.transport(), Transport::WebSocket);
         assert_eq!(poll(&io, &session).await.0, 400, "no polling after the upgrade");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_that_comes_during_the_upgrade_ends_with_a_noop_at_once() {
+        let (io, _) = server();
+        let session = super::super::testing::connected(&io, Transport::Polling);
+        let mut c = Client::on(&io, &session, true);
+        c.send(OP_TEXT, b"2probe").await;
+        assert_eq!(c.text().await, "3probe");
+        assert_eq!(poll(&io, &session).await, (200, b"6".to_vec()), "the probe's noop");
+        // The client polled again before it read the probe's answer: that poll must end
+        // too, or the client never pauses polling and never sends its `5`.
+        let again = tokio::time::timeout(Duration::from_secs(1), poll(&io, &session)).await;
+        assert_eq!(again.ok(), Some((200, b"6".to_vec())));
+        c.send(OP_TEXT, b"5").await;
+        c.send(OP_TEXT, br#"427["whoami"]"#).await;
+        assert_eq!(c.text().await, r#"437["ok"]"#);
     }
 
     #[tokio::test(start_paused = true)]
