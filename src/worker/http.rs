@@ -39,15 +39,6 @@ use super::{MAX_PAYLOAD, WorkerState};
 const MAX_EVENT_LEN: usize = 64;
 /// Longest wait for acknowledgements a REST emit may ask for.
 const MAX_ACK_TIMEOUT_MS: u64 = 30_000;
-/// Events the Socket.IO client keeps for itself; emitting them is refused (as Node does).
-const RESERVED_EVENTS: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
 
 static DEMO_PAGE: &str = include_str!("assets/demo.html");
 /// socket.io-client 4.8.1, the version in integration/node/package-lock.json (MIT, see
@@ -247,7 +238,10 @@ fn parse_emit(body: &[u8]) -> Result<Emit, String> {
         None => return Err("body needs an \"event\" string".into()),
         Some("") => return Err("event must not be empty".into()),
         Some(e) if e.len() > MAX_EVENT_LEN => return Err(format!("event is longer than {MAX_EVENT_LEN} bytes")),
-        Some(e) if RESERVED_EVENTS.contains(&e) => return Err(format!("{e:?} is a reserved event name")),
+        // Events the client keeps for itself are refused, as Node does.
+        Some(e) if super::sio::packet::RESERVED_EVENTS.contains(&e) => {
+            return Err(format!("{e:?} is a reserved event name"));
+        }
         Some(e) => e.to_string(),
     };
     let ack_timeout = match v.get("ack_timeout_ms") {

@@ -4,7 +4,7 @@
 //! memory: socketioxide gives every client a 128-slot channel (5.4 KB), three tasks and a
 //! 4 KiB read buffer, 22 KB in all, where Node needs 12; here an idle client is its
 //! [`Session`], one connection task and its room entries (benches/README.md has the
-//! massif figures).
+//! figures).
 //!
 //! [`Io`] owns the sessions and the rooms and is what the rest of the worker calls:
 //! deliver a packet to the sockets `BroadcastOptions` select, ask for acks, move sockets

@@ -17,7 +17,7 @@ use socketioxide_core::packet::{Packet, PacketData};
 pub const MAX_ATTACHMENTS: usize = 10;
 
 /// Event names the client library keeps for itself (`socket.io-parser`'s `RESERVED_EVENTS`).
-const RESERVED_EVENTS: &[&str] = &[
+pub const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
     "disconnect",

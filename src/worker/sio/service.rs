@@ -39,6 +39,9 @@ impl<'a> Query<'a> {
 }
 
 pub async fn serve(io: Arc<Io>, req: Request) -> Response {
+    if !tracing::enabled!(tracing::Level::TRACE) {
+        return route(io, req).await;
+    }
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let response = route(io, req).await;
