@@ -134,12 +134,16 @@ run: release
 ## Cross-worker broadcast: 1,000 Socket.IO clients in 100 rooms on 4 workers (edgepin,
 ## then the Node.js reference worker), emit-to-delivery p50/p99 and RSS per client; then
 ## edgepin on a Redis Cluster (3 masters) beside one Redis: 2,000 clients, 1,000 rooms,
-## 8 workers. About three minutes; writes target/bench/broadcast.json and
-## target/bench/broadcast-cluster.json.
+## 8 workers; then memory alone: 1,000 and 10,000 idle clients (connected, in a room,
+## silent) on one worker of each kind (a descriptor per client: the soft limit is raised
+## to the hard one). About five minutes; writes target/bench/broadcast.json,
+## broadcast-cluster.json and broadcast-idle.json.
 bench-broadcast: release node-deps
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --kinds edgepin --redis single,cluster \
 	  --workers 8 --clients 2000 --rooms 1000 --out target/bench/broadcast-cluster.json
+	ulimit -n "$$(ulimit -Hn)" && node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --idle \
+	  --workers 1 --clients 1000,10000 --rooms 100 --out target/bench/broadcast-idle.json
 
 ## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~14 min;
 ## `make bench QUICK=1` for one short repetition (~2.5 min). Then the Socket.IO broadcast

@@ -200,7 +200,9 @@ async fn traffic(proxy_plain: Target, stop: Arc<AtomicBool>) {
             if let Ok(r) = client::get(&proxy_plain, "/socket.io/?EIO=4&transport=polling").await {
                 let text = r.text();
                 if let Some(sid) = text.split("\"sid\":\"").nth(1).and_then(|s| s.split('"').next()) {
-                    let _ = client::get(&proxy_plain, &format!("/socket.io/?EIO=4&transport=polling&sid={sid}")).await;
+                    // A long-poll: held until the first ping (25 s, as in Node), so not awaited.
+                    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+                    let _ = tokio::time::timeout(Duration::from_millis(300), client::get(&proxy_plain, &path)).await;
                 }
             }
         }

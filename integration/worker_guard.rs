@@ -365,3 +365,51 @@ fn the_emit_and_ops_endpoints_refuse_proxied_requests_and_serve_direct_ones_and_
     let refused = c.call("a", "members", json!(["elsewhere"]));
     assert_eq!(refused["ok"], false, "{refused}");
 }
+
+#[test]
+fn the_sockets_gauge_comes_back_to_zero_however_clients_come_and_go() {
+    let redis = Redis::start();
+    let w = Worker::start("w1", &redis.url());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let target = Target::plain(w.addr);
+        futures_util::future::join_all((0..60).map(|i| {
+            let target = target.clone();
+            async move {
+                let path = "/socket.io/?EIO=4&transport=websocket";
+                let mut ws = client::websocket(&target, path).await.expect("WebSocket to the worker");
+                next_text(&mut ws).await.expect("open packet");
+                match i % 3 {
+                    // CONNECT and an event in one segment, before the CONNECT answer.
+                    0 => {
+                        let _ = ws.feed(Message::text("40")).await;
+                        let _ = ws.feed(Message::text(r#"42["join","r"]"#)).await;
+                        let _ = ws.flush().await;
+                    }
+                    // Connected, then gone without a word.
+                    1 => {
+                        let _ = ws.send(Message::text("40")).await;
+                        next_text(&mut ws).await;
+                    }
+                    // Connected, then a clean close.
+                    _ => {
+                        let _ = ws.send(Message::text("40")).await;
+                        next_text(&mut ws).await;
+                        let _ = ws.close(None).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }))
+        .await;
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sockets = metric(&w, "edgepin_worker_sockets");
+        if sockets == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "edgepin_worker_sockets stays at {sockets:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

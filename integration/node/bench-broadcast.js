@@ -5,10 +5,17 @@
 //
 //   node bench-broadcast.js --edgepin ../../target/release/edgepin [--kinds edgepin,node]
 //        [--redis single,cluster] [--clients 1000] [--rooms 100] [--workers 4]
-//        [--rate 100] [--seconds 15] [--bursts 10] [--out ../../target/bench/broadcast.json]
+//        [--rate 100] [--seconds 15] [--bursts 10] [--idle] [--settle 1]
+//        [--out ../../target/bench/broadcast.json]
 //
 // --redis cluster starts a Redis Cluster of 3 masters (no replicas) on loopback and runs
 // the workers on it (edgepin --redis-cluster, Node with the sharded adapter).
+// --clients takes a list (1000,10000): one run per count, in that order.
+// --idle measures memory only: the clients connect and join, then say nothing for
+// --settle seconds (5 unless given) before RSS is read; no broadcasts. Each process
+// needs a file descriptor per client: raise `ulimit -n` for 10,000 (the Makefile does).
+// Clients connect from 127.0.0.1 to 127.0.0.8 in turn, so tens of thousands of
+// connections (and the TIME_WAITs of the run before) never run out of ephemeral ports.
 //
 // Phases, per kind of worker (edgepin, and the Node.js reference worker for comparison)
 // and per Redis:
@@ -33,16 +40,26 @@ const opts = {
   edgepin: arg("edgepin", path.join(__dirname, "../../target/release/edgepin")),
   kinds: arg("kinds", "edgepin,node").split(","),
   redis: arg("redis", "single").split(","),
-  clients: Number(arg("clients", "1000")),
+  clients: arg("clients", "1000").split(",").map(Number),
   rooms: Number(arg("rooms", "100")),
   workers: Number(arg("workers", "4")),
   rate: Number(arg("rate", "100")),
   seconds: Number(arg("seconds", "15")),
   bursts: Number(arg("bursts", "10")),
+  idle: process.argv.includes("--idle"),
   out: arg("out", path.join(__dirname, "../../target/bench/broadcast.json")),
 };
-const HARD_LIMIT_MS = 240_000 * opts.kinds.length * opts.redis.length;
-if (opts.clients % opts.rooms !== 0) {
+opts.settle = Number(arg("settle", opts.idle ? "5" : "1"));
+const HARD_LIMIT_MS = 240_000 * opts.kinds.length * opts.redis.length * opts.clients.length;
+// Each client is a descriptor in this process (and one in its worker, which inherits the
+// limit): say so now rather than fail halfway through.
+const maxClients = Math.max(...opts.clients);
+const fdLimit = Number((fs.readFileSync("/proc/self/limits", "utf8").match(/Max open files\s+(\d+)/) || [])[1]);
+if (fdLimit && fdLimit < maxClients + 200) {
+  console.error(`bench: ${maxClients} clients need more descriptors than \`ulimit -n\` (${fdLimit}) allows; raise it`);
+  process.exit(2);
+}
+if (opts.clients.some((n) => !(n > 0) || n % opts.rooms !== 0)) {
   console.error("--clients must be a multiple of --rooms (every room has the same members)");
   process.exit(2);
 }
@@ -148,7 +165,7 @@ async function startRedis(mode) {
   return { servers, args: ["--redis-cluster", ports.map((p) => `redis://127.0.0.1:${p}`).join(",")] };
 }
 
-async function runKind(kind, mode) {
+async function runKind(kind, mode, clientCount) {
   const redis = await startRedis(mode);
 
   const workers = [];
@@ -166,17 +183,19 @@ async function runKind(kind, mode) {
   progress(`${kind} (${mode} Redis): ${opts.workers} workers up`);
 
   // Connect and join, 50 at a time.
-  const clients = new Array(opts.clients);
+  const clients = new Array(clientCount);
   const roomOf = (i) => `room-${i % opts.rooms}`;
   const pending = new Map(); // seq -> { sent, remaining }
   const steady = [];
   const burst = [];
   let phase = steady;
-  for (let base = 0; base < opts.clients; base += 50) {
-    await Promise.all(Array.from({ length: Math.min(50, opts.clients - base) }, (_, k) => {
+  for (let base = 0; base < clientCount; base += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, clientCount - base) }, (_, k) => {
       const i = base + k;
       const w = workers[Math.floor(i / opts.rooms) % opts.workers];
-      const socket = io(`http://127.0.0.1:${w.port}`, { transports: ["websocket"], forceNew: true });
+      const socket = io(`http://127.0.0.1:${w.port}`, {
+        transports: ["websocket"], forceNew: true, localAddress: `127.0.0.${1 + (i % 8)}`,
+      });
       clients[i] = socket;
       socket.on("said", (m) => {
         const at = now();
@@ -195,86 +214,110 @@ async function runKind(kind, mode) {
       });
     }));
   }
-  progress(`${kind}: ${opts.clients} clients joined`);
-  await sleep(1000);
+  progress(`${kind}: ${clientCount} clients joined`);
+  await sleep(opts.settle * 1000);
   const loadedRss = workers.map((w) => rssKb(w.child.pid));
-  const members = Math.ceil(opts.clients / opts.rooms);
+  const members = Math.ceil(clientCount / opts.rooms);
 
   // The sender takes turns among the room's members, so broadcasts start on every worker.
   let seq = 0;
   const say = (room) => {
     const s = ++seq;
     pending.set(s, { remaining: members });
-    const sender = Math.min(room + opts.rooms * (s % members), opts.clients - 1);
+    const sender = Math.min(room + opts.rooms * (s % members), clientCount - 1);
     clients[sender].emit("say", roomOf(room), { seq: s, t: String(now()) });
   };
 
-  // Steady: one broadcast every 1/rate s, on a fixed schedule.
-  const steadyCount = Math.round(opts.rate * opts.seconds);
-  const startNs = now();
-  for (let k = 0; k < steadyCount; k++) {
-    const due = startNs + BigInt(Math.round((k * 1e9) / opts.rate));
-    while (now() < due) await sleep(Math.max(0, Number(due - now()) / 1e6 - 0.5));
-    say(k % opts.rooms);
-  }
-  await waitFor(async () => pending.size === 0, 5000, "steady deliveries").catch(() => {});
-  const steadyStats = summary(steady, steadyCount * members);
-  progress(`${kind}: steady phase done`);
-  pending.clear();
+  let steadyStats = null;
+  let burstStats = null;
+  if (!opts.idle) {
+    // Steady: one broadcast every 1/rate s, on a fixed schedule.
+    const steadyCount = Math.round(opts.rate * opts.seconds);
+    const startNs = now();
+    for (let k = 0; k < steadyCount; k++) {
+      const due = startNs + BigInt(Math.round((k * 1e9) / opts.rate));
+      while (now() < due) await sleep(Math.max(0, Number(due - now()) / 1e6 - 0.5));
+      say(k % opts.rooms);
+    }
+    await waitFor(async () => pending.size === 0, 5000, "steady deliveries").catch(() => {});
+    steadyStats = { rate_per_s: opts.rate, seconds: opts.seconds, ...summary(steady, steadyCount * members) };
+    progress(`${kind}: steady phase done`);
+    pending.clear();
 
-  // Bursts: every room at once.
-  phase = burst;
-  for (let b = 0; b < opts.bursts; b++) {
-    for (let r = 0; r < opts.rooms; r++) say(r);
-    await sleep(1000);
+    // Bursts: every room at once.
+    phase = burst;
+    for (let b = 0; b < opts.bursts; b++) {
+      for (let r = 0; r < opts.rooms; r++) say(r);
+      await sleep(1000);
+    }
+    await waitFor(async () => pending.size === 0, 5000, "burst deliveries").catch(() => {});
+    burstStats = {
+      bursts: opts.bursts, broadcasts_per_burst: opts.rooms,
+      ...summary(burst, opts.bursts * opts.rooms * members),
+    };
   }
-  await waitFor(async () => pending.size === 0, 5000, "burst deliveries").catch(() => {});
-  const burstStats = summary(burst, opts.bursts * opts.rooms * members);
 
   for (const c of clients) c.close();
   for (const w of workers) w.child.kill("SIGTERM");
   await sleep(300);
   for (const server of redis.servers) server.kill("SIGTERM");
+  await sleep(opts.idle ? 2000 : 0); // the closed connections leave the workers before the next run
 
   const rssDeltaKb = loadedRss.reduce((a, b) => a + b, 0) - idleRss.reduce((a, b) => a + b, 0);
   return {
     kind,
     redis: mode,
     workers: opts.workers,
-    clients: opts.clients,
+    clients: clientCount,
     rooms: opts.rooms,
     members_per_room: members,
-    steady: { rate_per_s: opts.rate, seconds: opts.seconds, ...steadyStats },
-    burst: { bursts: opts.bursts, broadcasts_per_burst: opts.rooms, ...burstStats },
+    idle: opts.idle,
+    settle_s: opts.settle,
+    steady: steadyStats,
+    burst: burstStats,
     rss_idle_kb: idleRss,
     rss_loaded_kb: loadedRss,
-    rss_per_client_kb: +(rssDeltaKb / opts.clients).toFixed(1),
+    rss_per_client_kb: +(rssDeltaKb / clientCount).toFixed(1),
   };
 }
 
 (async () => {
   const results = [];
-  for (const mode of opts.redis) {
-    for (const kind of opts.kinds) {
-      process.stderr.write(`bench-broadcast: ${kind} workers, ${mode} Redis…\n`);
-      results.push(await runKind(kind, mode));
+  for (const clientCount of opts.clients) {
+    for (const mode of opts.redis) {
+      for (const kind of opts.kinds) {
+        progress(`${kind} workers, ${mode} Redis, ${clientCount} clients${opts.idle ? " (idle)" : ""}…`);
+        results.push(await runKind(kind, mode, clientCount));
+      }
     }
   }
   const row = (cols) => cols.map((c, i) => String(c).padEnd(i === 0 ? 9 : 13)).join("");
-  console.log(`\ncross-worker broadcast: ${opts.clients} clients, ${opts.rooms} rooms, ${opts.workers} workers`);
-  console.log(row(["workers", "Redis", "steady p50", "steady p99", "burst p50", "burst p99", "lost", "RSS/client", "idle RSS"]));
+  const ms = (x) => (x ? `${x} ms` : "-");
+  const what = opts.idle ? "idle clients (connected, in a room, silent)" : "cross-worker broadcast";
+  console.log(`\n${what}: ${opts.clients.join(" / ")} clients, ${opts.rooms} rooms, ${opts.workers} workers`);
+  console.log(row(["workers", "Redis", "clients", "steady p50", "steady p99", "burst p50", "burst p99", "lost", "RSS/client", "idle RSS"]));
   for (const r of results) {
     console.log(row([
       r.kind,
       r.redis === "cluster" ? "3 masters" : "one",
-      `${r.steady.p50_ms} ms`, `${r.steady.p99_ms} ms`,
-      `${r.burst.p50_ms} ms`, `${r.burst.p99_ms} ms`,
-      r.steady.lost + r.burst.lost,
+      r.clients,
+      ms(r.steady?.p50_ms), ms(r.steady?.p99_ms),
+      ms(r.burst?.p50_ms), ms(r.burst?.p99_ms),
+      r.steady ? r.steady.lost + r.burst.lost : "-",
       `${r.rss_per_client_kb} KB`,
       `${(r.rss_idle_kb.reduce((a, b) => a + b, 0) / r.workers / 1024).toFixed(1)} MB`,
     ]));
   }
-  console.log(`steady: one broadcast every ${1000 / opts.rate} ms for ${opts.seconds} s; burst: all ${opts.rooms} rooms at once, ${opts.bursts} times`);
+  const byKind = (kind, n) => results.find((r) => r.kind === kind && r.clients === n && r.redis === opts.redis[0]);
+  for (const n of opts.clients) {
+    const [e, node] = [byKind("edgepin", n), byKind("node", n)];
+    if (e && node) console.log(`RSS per client, edgepin ÷ Node at ${n} clients: ${(e.rss_per_client_kb / node.rss_per_client_kb).toFixed(2)}`);
+  }
+  if (opts.idle) {
+    console.log(`idle: RSS read ${opts.settle} s after the last join, growth over the workers' RSS before the first client`);
+  } else {
+    console.log(`steady: one broadcast every ${1000 / opts.rate} ms for ${opts.seconds} s; burst: all ${opts.rooms} rooms at once, ${opts.bursts} times`);
+  }
   fs.mkdirSync(path.dirname(opts.out), { recursive: true });
   fs.writeFileSync(opts.out, JSON.stringify({ date: new Date().toISOString(), options: opts, results }, null, 2) + "\n");
   console.log(`written ${path.relative(process.cwd(), opts.out)}`);

@@ -1,5 +1,5 @@
 //! Acknowledgements of a broadcast that spans servers: this worker's clients' acks (from
-//! socketioxide) merged with those other servers relay over Redis. The other servers first
+//! `sio`) merged with those other servers relay over Redis. The other servers first
 //! say how many acks to expect (`BROADCAST_CLIENT_COUNT`), then relay each one
 //! (`BROADCAST_ACK`); the stream ends when every server's acks are in or the timeout passes.
 

@@ -1,13 +1,14 @@
-//! `NodeRedisAdapter`: a socketioxide adapter whose rooms span every server on one Redis
-//! or a Redis Cluster, edgepin and Node.js workers (`@socket.io/redis-adapter` 8.x:
-//! `createAdapter` on one Redis, `createShardedAdapter` on a cluster) alike. The link's
-//! dialect says which protocol; this file is the same for both, but for encoding.
+//! `NodeRedisAdapter`: rooms that span every server on one Redis or a Redis Cluster,
+//! edgepin and Node.js workers (`@socket.io/redis-adapter` 8.x: `createAdapter` on one
+//! Redis, `createShardedAdapter` on a cluster) alike, over the worker's own Socket.IO
+//! server (`sio`). The link's dialect says which protocol; this file is the same for both,
+//! but for encoding.
 //!
 //! What crosses servers: room broadcasts both ways; broadcasts with acks both ways (acks
-//! relayed back to the emitting server, see `acks`); `fetch_sockets` (ids and rooms from
-//! every server, so member counts include Node sockets); remote join, leave and disconnect
-//! both ways; `server_count`. Answered for Node servers: `allRooms` and `allSockets`. Not
-//! supported: `serverSideEmit` (socketioxide has no server-side event API).
+//! relayed back to the emitting server, see `acks`); `fetchSockets` (ids and rooms from
+//! every server, so member counts include Node sockets); `serverCount`. Answered for Node
+//! servers: remote join, leave and disconnect, `allRooms` and `allSockets`. Not supported:
+//! `serverSideEmit` (the worker has no server-side events).
 //!
 //! A broadcast is delivered to this worker's sockets first, then queued for Redis, so
 //! local members get it whatever state Redis is in. Messages from other servers for a
@@ -21,101 +22,80 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use socketioxide_core::Sid;
-use socketioxide_core::adapter::errors::{BroadcastError, SocketError};
-use socketioxide_core::adapter::{
-    BroadcastFlags, BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter, RemoteSocketData, Room, RoomParam,
-    SocketEmitter,
-};
+use socketioxide_core::adapter::{BroadcastFlags, BroadcastOptions, Room};
 use socketioxide_core::packet::Packet;
 
 use super::acks::MergedAcks;
 use super::redis_link::{Inbox, LinkError, RedisLink};
+use super::sio::{AckError, Io, LocalAcks};
 use super::wire::sharded::{self, Incoming, Sender};
-use super::wire::{self, Channels, Dialect, FetchedSocket, RequestBody, Target, request_type};
+use super::wire::{self, Channels, Dialect, FetchedSocket, RequestBody, Target};
 
 /// How long a request waits for the other servers' responses (the Node adapter's default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// On a cluster, how often the subscribed room channels are matched with the rooms held.
 const ROOM_SYNC: Duration = Duration::from_secs(2);
+/// The only namespace served.
+const NSP: &str = "/";
 
-pub struct NodeRedisAdapter<E> {
-    local: CoreLocalAdapter<E>,
+/// The acks of a broadcast: this worker's sockets' and those other servers relay.
+pub type Acks = MergedAcks<LocalAcks, AckError>;
+
+pub struct NodeRedisAdapter {
+    io: Arc<Io>,
     link: Arc<RedisLink>,
-    channels: Channels,
+    pub channels: Channels,
     /// How this server's own broadcasts start, to skip them unread when Redis echoes them.
     own_broadcast: Vec<u8>,
 }
 
-impl<E> DefinedAdapter for NodeRedisAdapter<E> {}
-
-impl<E: SocketEmitter> CoreAdapter<E> for NodeRedisAdapter<E> {
-    type Error = LinkError;
-    type State = Arc<RedisLink>;
-    type AckStream = MergedAcks<E::AckStream, E::AckError>;
-    type InitRes = ();
-
-    fn new(link: &Arc<RedisLink>, local: CoreLocalAdapter<E>) -> Self {
-        let channels = link.channels(local.path());
-        NodeRedisAdapter {
+impl NodeRedisAdapter {
+    /// The adapter of namespace `/`, heard from as soon as Redis is reachable.
+    pub fn start(io: Arc<Io>, link: Arc<RedisLink>) -> Arc<NodeRedisAdapter> {
+        let adapter = Arc::new(NodeRedisAdapter {
+            channels: link.channels(NSP),
             own_broadcast: wire::broadcast_prefix(link.uid()),
-            local,
-            link: Arc::clone(link),
-            channels,
-        }
-    }
-
-    /// Ready at once: the link subscribes now or as soon as Redis is reachable.
-    fn init(self: Arc<Self>, on_success: impl FnOnce() + Send + 'static) {
-        let inbox: Weak<dyn Inbox> = Arc::downgrade(&self) as Weak<dyn Inbox>;
-        self.link.register(self.local.path(), self.channels.clone(), inbox);
-        if self.channels.dialect == Dialect::Sharded {
-            tokio::spawn(sync_rooms(Arc::downgrade(&self)));
-        }
-        on_success();
-    }
-
-    async fn close(&self) -> Result<(), LinkError> {
-        self.link.unregister(self.local.path());
-        Ok(())
-    }
-
-    async fn server_count(&self) -> Result<u16, LinkError> {
-        let n = self.link.server_count(&self.channels).await?;
-        Ok(u16::try_from(n).unwrap_or(u16::MAX))
-    }
-
-    async fn broadcast(&self, packet: Packet, opts: BroadcastOptions) -> Result<(), BroadcastError> {
-        let remote = (!opts.is_local(self.local.server_id())).then(|| match self.channels.dialect {
-            Dialect::Classic => wire::encode_broadcast(self.link.uid(), &packet, &opts),
-            Dialect::Sharded => sharded::broadcast(&self.sender(), &packet, &opts),
+            io,
+            link,
         });
-        let channel = wire::broadcast_channel(&self.channels, &opts);
-        let delivered = self.deliver(packet, opts);
-        match remote {
-            Some(Ok(bytes)) => {
-                // Down or full: counted by the link; local members have it already.
-                let _ = self.link.publish(channel, bytes);
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "broadcast not relayed to other servers"),
-            None => {}
+        let inbox: Weak<dyn Inbox> = Arc::downgrade(&adapter) as Weak<dyn Inbox>;
+        adapter.link.register(NSP, adapter.channels.clone(), inbox);
+        if adapter.channels.dialect == Dialect::Sharded {
+            tokio::spawn(sync_rooms(Arc::downgrade(&adapter)));
         }
-        delivered.map_err(BroadcastError::from)
+        adapter
     }
 
-    /// Every server's sockets; acks from the others are relayed over Redis. With Redis
-    /// down, this worker's sockets only.
-    async fn broadcast_with_ack(
-        &self,
-        packet: Packet,
-        opts: BroadcastOptions,
-        timeout: Option<Duration>,
-    ) -> Result<Self::AckStream, LinkError> {
-        let timeout = timeout.unwrap_or_else(|| self.local.ack_timeout());
-        let (local, _) = self
-            .local
-            .broadcast_with_ack(packet.clone(), opts.clone(), Some(timeout));
-        if opts.is_local(self.local.server_id()) || !self.link.is_up() {
-            return Ok(MergedAcks::local(local));
+    pub fn stop(&self) {
+        self.link.unregister(NSP);
+    }
+
+    /// Send `packet` to what `opts` selects on every server: this worker's sockets first,
+    /// then the others through Redis (down or full: counted by the link; the local
+    /// members have it already).
+    pub fn broadcast(&self, packet: &Packet, opts: &BroadcastOptions) {
+        self.deliver(packet, opts);
+        if opts.has_flag(BroadcastFlags::Local) {
+            return;
+        }
+        let encoded = match self.channels.dialect {
+            Dialect::Classic => wire::encode_broadcast(self.link.uid(), packet, opts),
+            Dialect::Sharded => sharded::broadcast(&self.sender(), packet, opts),
+        };
+        match encoded {
+            Ok(bytes) => {
+                let _ = self.link.publish(wire::broadcast_channel(&self.channels, opts), bytes);
+            }
+            Err(e) => tracing::warn!(error = %e, "broadcast not relayed to other servers"),
+        }
+    }
+
+    /// Every server's sockets, each asked for an ack; acks from the others are relayed
+    /// over Redis. With Redis down, this worker's sockets only.
+    pub async fn broadcast_with_ack(&self, packet: &Packet, opts: &BroadcastOptions, timeout: Duration) -> Acks {
+        let (local, _) = self.io.deliver_with_ack(packet, opts, timeout);
+        if opts.has_flag(BroadcastFlags::Local) || !self.link.is_up() {
+            return MergedAcks::local(local);
         }
         // The local members have it already: whatever fails below, their acks still count.
         let request_id = wire::random_id(6);
@@ -125,68 +105,22 @@ impl<E: SocketEmitter> CoreAdapter<E> for NodeRedisAdapter<E> {
                 return Ok(None);
             }
             let request = match self.channels.dialect {
-                Dialect::Classic => wire::broadcast_ack_request(self.link.uid(), &request_id, &packet, &opts, timeout),
-                Dialect::Sharded => sharded::broadcast_with_ack(&self.sender(), &request_id, &packet, &opts, timeout),
+                Dialect::Classic => wire::broadcast_ack_request(self.link.uid(), &request_id, packet, opts, timeout),
+                Dialect::Sharded => sharded::broadcast_with_ack(&self.sender(), &request_id, packet, opts, timeout),
             }
             .map_err(|e| LinkError::Unrelayable(e.to_string()))?;
             let responses = self.link.responses(&request_id);
             self.link.publish(self.channels.request.clone(), request)?;
             Ok::<_, LinkError>(Some((responses, others)))
         };
-        Ok(match relayed.await {
+        match relayed.await {
             Ok(Some((responses, others))) => MergedAcks::with_remote(local, responses, others, timeout),
             Ok(None) => MergedAcks::local(local),
             Err(e) => {
                 tracing::warn!(error = %e, "broadcast with ack reached this worker's sockets only");
                 MergedAcks::local(local)
             }
-        })
-    }
-
-    /// Applied here, then asked of the other servers; an error means only the latter failed.
-    async fn add_sockets(&self, opts: BroadcastOptions, rooms: impl RoomParam) -> Result<(), LinkError> {
-        let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        self.local.add_sockets(opts.clone(), rooms.clone());
-        self.hear(&rooms);
-        self.remote_action(request_type::REMOTE_JOIN, &opts, &rooms)
-    }
-
-    /// Applied here, then asked of the other servers; an error means only the latter failed.
-    async fn del_sockets(&self, opts: BroadcastOptions, rooms: impl RoomParam) -> Result<(), LinkError> {
-        let rooms: Vec<Room> = rooms.into_room_iter().collect();
-        self.local.del_sockets(opts.clone(), rooms.clone());
-        self.remote_action(request_type::REMOTE_LEAVE, &opts, &rooms)
-    }
-
-    async fn disconnect_socket(&self, opts: BroadcastOptions) -> Result<(), BroadcastError> {
-        let local = self.local.disconnect_socket(opts.clone());
-        self.remote_action(request_type::REMOTE_DISCONNECT, &opts, &[])
-            .map_err(|e| BroadcastError::Adapter(e.into()))?;
-        local.map_err(BroadcastError::Socket)
-    }
-
-    /// Sockets on every server. Node sockets whose ids do not fit socketioxide's `Sid`
-    /// (20 characters, not 16) are left out: count with `fetch_remote` instead.
-    async fn fetch_sockets(&self, opts: BroadcastOptions) -> Result<Vec<RemoteSocketData>, LinkError> {
-        let mut sockets = self.local.fetch_sockets(opts.clone());
-        if opts.has_flag(BroadcastFlags::Local) {
-            return Ok(sockets);
         }
-        for (id, _rooms) in fetch_remote(&self.link, &self.channels, &opts).await? {
-            match id.parse::<Sid>() {
-                Ok(id) => sockets.push(RemoteSocketData {
-                    id,
-                    server_id: socketioxide_core::Uid::ZERO,
-                    ns: self.local.path().clone(),
-                }),
-                Err(_) => tracing::debug!(id, "remote socket id does not fit a socketioxide Sid; left out"),
-            }
-        }
-        Ok(sockets)
-    }
-
-    fn get_local(&self) -> &CoreLocalAdapter<E> {
-        &self.local
     }
 }
 
@@ -217,78 +151,45 @@ pub async fn fetch_remote(
 
 /// Every `ROOM_SYNC`, while the adapter lives: subscribe the channels of the rooms held
 /// here, unsubscribe those of rooms left.
-async fn sync_rooms<E: SocketEmitter>(adapter: Weak<NodeRedisAdapter<E>>) {
+async fn sync_rooms(adapter: Weak<NodeRedisAdapter>) {
     let mut tick = tokio::time::interval(ROOM_SYNC);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(adapter) = adapter.upgrade() else { return };
-        let path = adapter.local.path().to_string();
-        let held = || {
-            let mut all = BroadcastOptions::default();
-            all.add_flag(BroadcastFlags::Broadcast);
-            adapter
-                .local
-                .rooms(all)
-                .into_iter()
-                .map(String::from)
-                .collect::<HashSet<_>>()
-        };
-        adapter.link.sync_rooms(&path, held).await;
+        let held = || adapter.io.rooms().into_iter().map(String::from).collect::<HashSet<_>>();
+        adapter.link.sync_rooms(NSP, held).await;
     }
 }
 
-impl<E: SocketEmitter> NodeRedisAdapter<E> {
+impl NodeRedisAdapter {
     /// This server, as the sharded protocol names it.
     fn sender(&self) -> Sender<'_> {
         Sender {
             uid: self.link.uid(),
-            nsp: self.local.path(),
+            nsp: NSP,
         }
     }
 
     /// Make sure this worker hears `rooms` (a cluster subscribes their channels).
     fn hear(&self, rooms: &[Room]) {
         if self.channels.dialect == Dialect::Sharded && !rooms.is_empty() {
-            let (link, path) = (Arc::clone(&self.link), self.local.path().to_string());
+            let link = Arc::clone(&self.link);
             let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
-            tokio::spawn(async move { link.ensure_rooms(&path, rooms).await });
+            tokio::spawn(async move { link.ensure_rooms(NSP, rooms).await });
         }
     }
 
     /// Deliver to this worker's sockets, counting the packets sent.
-    fn deliver(&self, packet: Packet, opts: BroadcastOptions) -> Result<(), Vec<SocketError>> {
-        let recipients = self.local.sockets(opts.clone()).len();
-        if recipients == 0 {
-            return Ok(());
-        }
-        self.link.metrics.messages_out.inc_by(recipients as u64);
-        self.local.broadcast(packet, opts)
-    }
-
-    /// Ask the other servers to join, leave or disconnect the sockets `opts` selects.
-    fn remote_action(&self, kind: u64, opts: &BroadcastOptions, rooms: &[Room]) -> Result<(), LinkError> {
-        if opts.is_local(self.local.server_id()) {
-            return Ok(());
-        }
-        let request = match self.channels.dialect {
-            Dialect::Classic => wire::remote_action_request(self.link.uid(), kind, opts, rooms, false),
-            Dialect::Sharded => sharded::remote_action(&self.sender(), kind, opts, rooms, false),
-        };
-        self.link.publish(self.channels.request.clone(), request)
-    }
-
-    /// Whether a socket here is in `room`.
-    fn has_members(&self, room: &str) -> bool {
-        let mut members = BroadcastOptions::default();
-        members.rooms.push(Room::Owned(room.to_string()));
-        !self.local.sockets(members).is_empty()
+    fn deliver(&self, packet: &Packet, opts: &BroadcastOptions) {
+        let sent = self.io.deliver(packet, opts);
+        self.link.metrics.messages_out.inc_by(sent as u64);
     }
 
     /// Whether `id` is a socket connected here.
     fn local_socket(&self, id: &str) -> Option<Sid> {
         let sid = id.parse::<Sid>().ok()?;
-        (!self.local.fetch_sockets(BroadcastOptions::new(sid)).is_empty()).then_some(sid)
+        (!self.io.select(&BroadcastOptions::new(sid)).is_empty()).then_some(sid)
     }
 
     /// Answer server `requester` (classic: on the shared response channel).
@@ -299,22 +200,19 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
 
     /// A remote join (`join`) or leave of the local sockets `target` names.
     fn move_sockets(&self, request_id: &str, target: Target, rooms: Vec<Room>, join: bool) {
-        match (target, join) {
-            (Target::Matching(opts), true) => {
-                self.hear(&rooms);
-                self.local.add_sockets(*opts, rooms)
-            }
-            (Target::Matching(opts), false) => self.local.del_sockets(*opts, rooms),
-            (Target::Socket(sid), _) => {
+        let opts = match target {
+            Target::Matching(opts) => *opts,
+            Target::Socket(sid) => {
                 let Some(sid) = self.local_socket(&sid) else { return };
-                if join {
-                    self.hear(&rooms);
-                    self.local.add_all(sid, rooms);
-                } else {
-                    self.local.del(sid, rooms);
-                }
                 self.respond(None, wire::done_response(request_id));
+                BroadcastOptions::new(sid)
             }
+        };
+        if join {
+            self.hear(&rooms);
+            self.io.add_sockets(&opts, &rooms);
+        } else {
+            self.io.del_sockets(&opts, &rooms);
         }
     }
 
@@ -324,23 +222,21 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
         let sharded = self.channels.dialect == Dialect::Sharded;
         match body {
             RequestBody::Sockets(opts) => {
-                let ids: Vec<String> = self.local.sockets(opts).iter().map(Sid::to_string).collect();
+                let ids: Vec<String> = self.io.select(&opts).iter().map(Sid::to_string).collect();
                 self.respond(requester, wire::sockets_response(id, &ids));
             }
             RequestBody::AllRooms => {
-                let mut all = BroadcastOptions::default();
-                all.add_flag(BroadcastFlags::Broadcast);
-                let rooms: Vec<String> = self.local.rooms(all).into_iter().map(String::from).collect();
+                let rooms: Vec<String> = self.io.rooms().into_iter().map(String::from).collect();
                 self.respond(requester, wire::rooms_response(id, &rooms));
             }
             RequestBody::Fetch(opts) => {
                 let sockets: Vec<FetchedSocket> = self
-                    .local
-                    .fetch_sockets(opts)
+                    .io
+                    .fetch(&opts)
                     .into_iter()
-                    .map(|s| FetchedSocket {
-                        id: s.id.to_string(),
-                        rooms: self.local.socket_rooms(s.id).into_iter().map(String::from).collect(),
+                    .map(|(sid, rooms)| FetchedSocket {
+                        id: sid.to_string(),
+                        rooms: rooms.into_iter().map(String::from).collect(),
                     })
                     .collect();
                 let bytes = match sharded {
@@ -362,12 +258,12 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
                         None => return,
                     },
                 };
-                if let Err(e) = self.local.disconnect_socket(opts) {
-                    tracing::debug!(errors = ?e, "remote disconnect");
-                }
+                self.io.disconnect(&opts);
             }
             RequestBody::BroadcastWithAck { packet, opts, timeout } => {
-                let (acks, count) = self.local.broadcast_with_ack(packet, opts, timeout);
+                let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
+                let (acks, count) = self.io.deliver_with_ack(&packet, &opts, timeout);
+                let count = u32::try_from(count).unwrap_or(u32::MAX);
                 let counted = match sharded {
                     false => wire::client_count_response(id, count),
                     true => sharded::client_count_response(&self.sender(), id, count),
@@ -378,14 +274,13 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
                 }
                 let link = Arc::clone(&self.link);
                 let (channel, id) = (self.channels.reply_to(requester), id.to_string());
-                let nsp = self.local.path().to_string();
                 tokio::spawn(async move {
                     let mut acks = std::pin::pin!(acks);
                     while let Some((_sid, ack)) = acks.next().await {
                         let Ok(value) = ack else { continue };
                         let from = Sender {
                             uid: link.uid(),
-                            nsp: &nsp,
+                            nsp: NSP,
                         };
                         let relayed = match sharded {
                             false => wire::broadcast_ack_response(&id, &value),
@@ -406,10 +301,10 @@ impl<E: SocketEmitter> NodeRedisAdapter<E> {
     }
 }
 
-impl<E: SocketEmitter> Inbox for NodeRedisAdapter<E> {
+impl Inbox for NodeRedisAdapter {
     fn on_broadcast(&self, room: Option<&str>, payload: &[u8]) {
         if let Some(room) = room
-            && !self.has_members(room)
+            && !self.io.has_members(room)
         {
             return;
         }
@@ -420,12 +315,10 @@ impl<E: SocketEmitter> Inbox for NodeRedisAdapter<E> {
             Ok(m) => m,
             Err(e) => return self.link.reject("broadcast", &e),
         };
-        if message.uid == self.link.uid() || message.packet.ns != *self.local.path() {
+        if message.uid == self.link.uid() || message.packet.ns != NSP {
             return;
         }
-        if let Err(e) = self.deliver(message.packet, message.opts) {
-            tracing::debug!(errors = ?e, "remote broadcast not delivered to every local socket");
-        }
+        self.deliver(&message.packet, &message.opts);
     }
 
     fn on_request(&self, payload: &[u8]) {
@@ -438,7 +331,7 @@ impl<E: SocketEmitter> Inbox for NodeRedisAdapter<E> {
 
     fn on_message(&self, room: Option<&str>, payload: &[u8]) {
         if let Some(room) = room
-            && !self.has_members(room)
+            && !self.io.has_members(room)
         {
             return;
         }
@@ -446,15 +339,11 @@ impl<E: SocketEmitter> Inbox for NodeRedisAdapter<E> {
             Ok(m) => m,
             Err(e) => return self.link.reject("message", &e),
         };
-        if uid == self.link.uid() || *nsp != **self.local.path() {
+        if uid == self.link.uid() || *nsp != *NSP {
             return;
         }
         match incoming {
-            Incoming::Broadcast(message) => {
-                if let Err(e) = self.deliver(message.packet, message.opts) {
-                    tracing::debug!(errors = ?e, "remote broadcast not delivered to every local socket");
-                }
-            }
+            Incoming::Broadcast(message) => self.deliver(&message.packet, &message.opts),
             Incoming::Request(req) => self.answer(Some(&uid), req.id.as_deref(), req.body),
             Incoming::Response(response) => self.link.deliver_response(response),
             Incoming::Ignored(kind) => tracing::debug!(kind, "message type not used here; ignored"),

@@ -10,155 +10,173 @@
 //!   room the socket is in (or `{ok: false, error}`); a few counts at a time per worker,
 //!   since each one asks every other worker.
 //!
-//! Every socket also joins the room named by its own id, as in Node, so a server can reach
-//! one socket wherever it is connected. Input is checked here; rooms are kept by the adapter.
+//! Every socket is also in the room named by its own id, as in Node, so a server can reach
+//! one socket wherever it is connected. Input is checked here; rooms are kept by `sio`,
+//! and broadcasts go through the adapter. An event with another name is ignored.
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::Weak;
 
 use serde_json::{Value as Json, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Data, SocketRef, State, TryData};
-use socketioxide::socket::DisconnectReason;
-use socketioxide_core::adapter::BroadcastOptions;
+use socketioxide_core::adapter::{BroadcastFlags, BroadcastOptions, Room};
 
+use super::WorkerState;
 use super::adapter::fetch_remote;
 use super::redis_link::LinkError;
-use super::{WorkerAdapter, WorkerState};
+use super::sio::{self, BoxFuture, Closed, Event, Socket, Transport};
 
 /// Longest room name, in bytes.
 pub const MAX_ROOM_LEN: usize = 128;
 /// Most rooms one socket may be in, besides its own.
 pub const MAX_ROOMS_PER_SOCKET: usize = 64;
 
-type Socket = SocketRef<WorkerAdapter>;
+/// The worker's side of every socket (weak: the worker's state owns the server that owns
+/// this).
+pub struct Handlers(pub Weak<WorkerState>);
 
-/// Sets up a socket before the client is told it is connected: socketioxide sends CONNECT
-/// and only then spawns the connect handler, so handlers registered there can miss an
-/// event the client sends at once (measured: ~1 join in 10,000 went unanswered). A connect
-/// middleware runs before CONNECT is sent. Register with `connected.with(set_up)`.
-pub async fn set_up(socket: Socket, State(state): State<Arc<WorkerState>>) -> Result<(), Infallible> {
-    socket.join(socket.id);
-    // On a cluster, the socket's own room is heard before the client is told it is in.
-    state.link.ensure_rooms(socket.ns(), [socket.id.to_string()]).await;
-    state.metrics.sockets.inc();
-    socket.on("join", on_join);
-    socket.on("leave", on_leave);
-    socket.on("say", on_say);
-    socket.on("whoami", on_whoami);
-    socket.on("members", on_members);
-    socket.on_disconnect(
-        async |socket: Socket, reason: DisconnectReason, State(state): State<Arc<WorkerState>>| {
+impl sio::Hooks for Handlers {
+    /// On a cluster, the socket's own room is heard before the client is told it is in.
+    fn connecting(&self, socket: Socket) -> BoxFuture {
+        let state = self.0.upgrade();
+        Box::pin(async move {
+            if let Some(state) = state {
+                state.link.ensure_rooms("/", [socket.id().to_string()]).await;
+            }
+        })
+    }
+
+    fn connected(&self, socket: &Socket) {
+        let Some(state) = self.0.upgrade() else { return };
+        state.metrics.sockets.inc();
+        tracing::debug!(sid = %socket.id(), transport = ?socket.transport(), "socket connected");
+    }
+
+    fn event(&self, socket: Socket, event: Event) {
+        let Some(Json::String(name)) = event.args.first() else {
+            return;
+        };
+        let Some(state) = self.0.upgrade() else { return };
+        let arg = |i: usize| event.args.get(i);
+        match name.as_str() {
+            "join" => {
+                state.metrics.messages_in.inc();
+                // No argument at all reads as null: refused like any other non-string.
+                let room = arg(1).cloned().unwrap_or(Json::Null);
+                tokio::spawn(async move {
+                    let reply = on_join(&state, &socket, &room).await;
+                    if let Some(id) = event.ack {
+                        socket.ack(id, &json!([reply]));
+                    }
+                });
+            }
+            "leave" => {
+                state.metrics.messages_in.inc();
+                if let Some(Ok(room)) = arg(1).map(joinable_room) {
+                    socket.leave(room);
+                }
+            }
+            "say" => {
+                state.metrics.messages_in.inc();
+                on_say(&state, &socket, event);
+            }
+            "whoami" => {
+                state.metrics.messages_in.inc();
+                let transport = match socket.transport() {
+                    Transport::WebSocket => "websocket",
+                    Transport::Polling => "polling",
+                };
+                if let Some(id) = event.ack {
+                    socket.ack(id, &json!([{ "id": state.id, "transport": transport }]));
+                }
+            }
+            "members" => {
+                state.metrics.messages_in.inc();
+                let room = arg(1).cloned().unwrap_or(Json::Null);
+                tokio::spawn(async move {
+                    let reply = on_members(&state, &socket, &room).await;
+                    if let Some(id) = event.ack {
+                        socket.ack(id, &json!([reply]));
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn disconnected(&self, socket: &Socket, why: Closed) {
+        if let Some(state) = self.0.upgrade() {
             state.metrics.sockets.dec();
-            tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
-        },
-    );
-    Ok(())
+        }
+        tracing::debug!(sid = %socket.id(), reason = ?why, "socket disconnected");
+    }
+
+    fn attachments_overdue(&self) {
+        if let Some(state) = self.0.upgrade() {
+            state.metrics.attachments_overdue.inc();
+        }
+    }
 }
 
-/// The connect handler of namespace `/` (everything is set up by `set_up`).
-pub async fn connected(socket: Socket) {
-    tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "socket connected");
-}
-
-async fn on_join(
-    socket: Socket,
-    TryData(room): TryData<Json>,
-    ack: AckSender<WorkerAdapter>,
-    State(state): State<Arc<WorkerState>>,
-) {
-    state.metrics.messages_in.inc();
-    // No argument at all reads as null: refused like any other non-string.
-    let room = room.unwrap_or(Json::Null);
+async fn on_join(state: &WorkerState, socket: &Socket, room: &Json) -> Json {
     let rooms = socket.rooms();
-    let reply = match joinable_room(&room) {
+    match joinable_room(room) {
         Err(error) => json!({ "ok": false, "error": error }),
         // `rooms` has the socket's own room too; joining a room again changes nothing.
         Ok(room) if rooms.len() > MAX_ROOMS_PER_SOCKET && !rooms.iter().any(|r| r == room) => {
             json!({ "ok": false, "error": format!("a socket may be in at most {MAX_ROOMS_PER_SOCKET} rooms") })
         }
         Ok(room) => {
-            socket.join(room.to_string());
+            socket.join(Room::Owned(room.to_string()));
             // Acked once the room's broadcasts from other workers reach this one.
-            state.link.ensure_rooms(socket.ns(), [room.to_string()]).await;
+            state.link.ensure_rooms("/", [room.to_string()]).await;
             json!({ "ok": true, "id": state.id })
         }
-    };
-    let _ = ack.send(&reply);
-}
-
-async fn on_leave(socket: Socket, Data(room): Data<Json>, State(state): State<Arc<WorkerState>>) {
-    state.metrics.messages_in.inc();
-    if let Ok(room) = joinable_room(&room) {
-        socket.leave(room.to_string());
     }
 }
 
-async fn on_say(
-    socket: Socket,
-    io: SocketIo<WorkerAdapter>,
-    TryData(args): TryData<(Json, Json)>,
-    State(state): State<Arc<WorkerState>>,
-) {
-    state.metrics.messages_in.inc();
-    let (room, msg) = match &args {
-        Ok((room, msg)) => match room_name(room) {
+/// `said {from, room, msg}` to the room on every worker; binary parts of `msg` go along.
+fn on_say(state: &WorkerState, socket: &Socket, event: Event) {
+    let (room, msg) = match (event.args.get(1), event.args.get(2)) {
+        (Some(room), Some(msg)) => match room_name(room) {
             Ok(room) => (room, msg),
-            Err(error) => return tracing::debug!(sid = %socket.id, error, "say ignored"),
+            Err(error) => return tracing::debug!(sid = %socket.id(), error, "say ignored"),
         },
-        Err(e) => return tracing::debug!(sid = %socket.id, error = %e, "say(room, msg) ignored"),
+        _ => return tracing::debug!(sid = %socket.id(), "say(room, msg) without both arguments ignored"),
     };
-    let said = json!({ "from": state.id, "room": room, "msg": msg });
-    if let Err(e) = io.to(room.to_string()).emit("said", &said).await {
-        tracing::debug!(room, error = %e, "said not delivered to every local member");
-    }
+    let said = json!(["said", { "from": state.id, "room": room, "msg": msg }]);
+    let packet = sio::packet::event(&said, event.attachments, None);
+    state.adapter.broadcast(&packet, &to_room(room));
 }
 
-async fn on_whoami(socket: Socket, ack: AckSender<WorkerAdapter>, State(state): State<Arc<WorkerState>>) {
-    state.metrics.messages_in.inc();
-    let transport = match socket.transport_type() {
-        socketioxide::TransportType::Websocket => "websocket",
-        socketioxide::TransportType::Polling => "polling",
-    };
-    let _ = ack.send(&json!({ "id": state.id, "transport": transport }));
-}
-
-async fn on_members(
-    socket: Socket,
-    io: SocketIo<WorkerAdapter>,
-    TryData(room): TryData<Json>,
-    ack: AckSender<WorkerAdapter>,
-    State(state): State<Arc<WorkerState>>,
-) {
-    state.metrics.messages_in.inc();
-    let room = room.unwrap_or(Json::Null);
-    let reply = match joinable_room(&room) {
+async fn on_members(state: &WorkerState, socket: &Socket, room: &Json) -> Json {
+    match joinable_room(room) {
         Err(error) => json!({ "ok": false, "error": error }),
         Ok(room) if !socket.rooms().iter().any(|r| r == room) => {
             json!({ "ok": false, "error": "only the rooms this socket is in can be counted" })
         }
         Ok(room) => match state.member_counts.try_acquire() {
             Err(_) => json!({ "ok": false, "error": "busy counting; try again" }),
-            Ok(_permit) => match count_members(&state, &io, room).await {
+            Ok(_permit) => match count_members(state, room).await {
                 Ok(members) => json!({ "ok": true, "room": room, "members": members }),
                 Err((e, _)) => json!({ "ok": false, "error": format!("cannot count on every worker: {e}") }),
             },
         },
-    };
-    let _ = ack.send(&reply);
+    }
+}
+
+/// Every socket in `room`, on every server.
+pub fn to_room(room: &str) -> BroadcastOptions {
+    let mut opts = BroadcastOptions::default();
+    opts.add_flag(BroadcastFlags::Broadcast);
+    opts.rooms.push(Room::Owned(room.to_string()));
+    opts
 }
 
 /// Members of `room` on every worker (edgepin and Node); on error, why and the members
 /// here.
-pub async fn count_members(
-    worker: &WorkerState,
-    io: &SocketIo<WorkerAdapter>,
-    room: &str,
-) -> Result<usize, (LinkError, usize)> {
-    let local = io.of("/").map_or(0, |ns| ns.within(room.to_string()).sockets().len());
-    let mut opts = BroadcastOptions::default();
-    opts.rooms.push(room.to_string().into());
-    match fetch_remote(&worker.link, &worker.root_channels, &opts).await {
+pub async fn count_members(worker: &WorkerState, room: &str) -> Result<usize, (LinkError, usize)> {
+    let opts = to_room(room);
+    let local = worker.io.select(&opts).len();
+    match fetch_remote(&worker.link, &worker.adapter.channels, &opts).await {
         Ok(remote) => Ok(local + remote.len()),
         Err(e) => Err((e, local)),
     }

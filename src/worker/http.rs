@@ -16,7 +16,6 @@
 //!
 //! Errors are JSON `{error}` with a 4xx/5xx status; nothing here panics on bad input.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,29 +25,20 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use futures_util::StreamExt;
 use serde_json::{Value as Json, json};
-use socketioxide::SocketIo;
 
 use super::access::{self, Caller};
-use super::events::{count_members, room_name};
+use super::events::{count_members, room_name, to_room};
 use super::redis_link::LinkError;
-use super::{MAX_PAYLOAD, WorkerAdapter, WorkerState};
+use super::sio::packet;
+use super::{MAX_PAYLOAD, WorkerState};
 
 /// Longest event name accepted by the REST emit.
 const MAX_EVENT_LEN: usize = 64;
 /// Longest wait for acknowledgements a REST emit may ask for.
 const MAX_ACK_TIMEOUT_MS: u64 = 30_000;
-/// Events the Socket.IO client keeps for itself; emitting them is refused (as Node does).
-const RESERVED_EVENTS: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
 
 static DEMO_PAGE: &str = include_str!("assets/demo.html");
 /// socket.io-client 4.8.1, the version in integration/node/package-lock.json (MIT, see
@@ -58,11 +48,13 @@ static CLIENT_JS: &str = include_str!("assets/socket.io.min.js");
 #[derive(Clone)]
 struct Api {
     worker: Arc<WorkerState>,
-    io: SocketIo<WorkerAdapter>,
 }
 
-pub fn router(worker: Arc<WorkerState>, io: SocketIo<WorkerAdapter>) -> Router {
+pub fn router(worker: Arc<WorkerState>) -> Router {
     Router::new()
+        .route("/socket.io", any(socket_io))
+        .route("/socket.io/", any(socket_io))
+        .route("/socket.io/{*rest}", any(socket_io))
         .route("/", get(demo_page))
         .route("/assets/socket.io.min.js", get(client_js))
         .route("/health", get(health))
@@ -73,7 +65,12 @@ pub fn router(worker: Arc<WorkerState>, io: SocketIo<WorkerAdapter>) -> Router {
         .route("/api/rooms/{room}/emit", post(emit))
         .fallback(async || error(StatusCode::NOT_FOUND, "not found"))
         .layer(DefaultBodyLimit::max(MAX_PAYLOAD as usize))
-        .with_state(Api { worker, io })
+        .with_state(Api { worker })
+}
+
+/// Engine.IO and Socket.IO (`sio`).
+async fn socket_io(State(api): State<Api>, req: axum::extract::Request) -> Response {
+    Arc::clone(&api.worker.io).serve(req).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -145,20 +142,9 @@ async fn metrics(State(api): State<Api>, ConnectInfo(peer): ConnectInfo<SocketAd
     if let Some(refusal) = refused(access::ops, &api.worker, peer, &headers) {
         return refusal;
     }
-    if let Some(ns) = api.io.of("/") {
-        // Every socket is in the room named by its id; those are not rooms to a reader.
-        let own: HashSet<String> = ns
-            .clone()
-            .broadcast()
-            .sockets()
-            .iter()
-            .map(|s| s.id.to_string())
-            .collect();
-        if let Ok(rooms) = ns.broadcast().rooms().await {
-            let named = rooms.iter().filter(|r| !own.contains(r.as_ref())).count();
-            api.worker.metrics.rooms.set(named as i64);
-        }
-    }
+    // Every socket is in the room named by its id; those are not rooms to a reader.
+    let named = api.worker.io.joined_rooms();
+    api.worker.metrics.rooms.set(named as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         api.worker.metrics.render(),
@@ -182,7 +168,7 @@ async fn room_members(
     if let Err(e) = room_name(&Json::String(room.clone())) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    match count_members(&api.worker, &api.io, &room).await {
+    match count_members(&api.worker, &room).await {
         Ok(members) => axum::Json(json!({ "room": room, "members": members })).into_response(),
         Err((e, local)) => {
             let status = match e {
@@ -216,29 +202,19 @@ async fn emit(
         Ok(e) => e,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let Some(ns) = api.io.of("/") else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "namespace / is not served");
-    };
     let mut reply = json!({ "ok": true, "redis": redis_state(&api.worker) });
-    let to = ns.to(room.clone());
+    let (adapter, to) = (&api.worker.adapter, to_room(&room));
+    let packet = packet::event(&json!([emit.event, emit.data]), None, None);
     match emit.ack_timeout {
-        None => {
-            if let Err(e) = to.emit(&emit.event, &emit.data).await {
-                // Some local socket could not take it (closing, or its buffer is full).
-                tracing::debug!(room, event = emit.event, error = %e, "emit not delivered to every local member");
-            }
+        None => adapter.broadcast(&packet, &to),
+        Some(timeout) => {
+            let acks = adapter.broadcast_with_ack(&packet, &to, timeout).await;
+            let acks: Vec<Json> = acks
+                .filter_map(|(_, ack)| async move { ack.ok().as_ref().and_then(packet::first_arg) })
+                .collect()
+                .await;
+            reply["acks"] = acks.into();
         }
-        Some(timeout) => match to
-            .timeout(timeout)
-            .emit_with_ack::<_, Json>(&emit.event, &emit.data)
-            .await
-        {
-            Ok(stream) => {
-                let acks: Vec<Json> = stream.filter_map(|(_, ack)| async move { ack.ok() }).collect().await;
-                reply["acks"] = acks.into();
-            }
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("emit with acks failed: {e}")),
-        },
     }
     axum::Json(reply).into_response()
 }
@@ -262,7 +238,10 @@ fn parse_emit(body: &[u8]) -> Result<Emit, String> {
         None => return Err("body needs an \"event\" string".into()),
         Some("") => return Err("event must not be empty".into()),
         Some(e) if e.len() > MAX_EVENT_LEN => return Err(format!("event is longer than {MAX_EVENT_LEN} bytes")),
-        Some(e) if RESERVED_EVENTS.contains(&e) => return Err(format!("{e:?} is a reserved event name")),
+        // Events the client keeps for itself are refused, as Node does.
+        Some(e) if super::sio::packet::RESERVED_EVENTS.contains(&e) => {
+            return Err(format!("{e:?} is a reserved event name"));
+        }
         Some(e) => e.to_string(),
     };
     let ack_timeout = match v.get("ack_timeout_ms") {

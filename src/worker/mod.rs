@@ -2,22 +2,23 @@
 //! every worker (edgepin or Node.js) through Redis with our own adapter, a small REST API,
 //! health/readiness, Prometheus metrics and a demo page.
 //!
-//! `wire` speaks `@socket.io/redis-adapter`'s protocol, `redis_link` owns the Redis
-//! connections and their recovery, `adapter` plugs both into socketioxide, `events` and
-//! `http` are what clients see, `access` decides who may call the REST emit and the ops
-//! endpoints, `guard` watches the attachments clients owe, `metrics` counts. This module
-//! assembles them and sets every Socket.IO limit in one place: [`serve`] runs a worker on
-//! a bound listener until a shutdown future resolves (tests run it in-process); [`run`] is
-//! the command. The worker depends on nothing else in edgepin.
+//! `sio` is the Socket.IO server (ours, for memory: benches/README.md), `wire` speaks
+//! `@socket.io/redis-adapter`'s protocol, `redis_link` owns the Redis connections and
+//! their recovery, `adapter` joins `sio`'s rooms across servers through both, `events`
+//! and `http` are what clients see, `access` decides who may call the REST emit and the
+//! ops endpoints, `metrics` counts. This module assembles them and sets every Socket.IO
+//! limit in one place: [`serve`] runs a worker on a bound listener until a shutdown future
+//! resolves (tests run it in-process); [`run`] is the command. The worker depends on
+//! nothing else in edgepin.
 
 mod access;
 pub mod acks;
 pub mod adapter;
 mod events;
-mod guard;
 mod http;
 pub mod metrics;
 pub mod redis_link;
+mod sio;
 pub mod wire;
 
 use std::future::Future;
@@ -26,24 +27,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use socketioxide::handler::ConnectHandler;
-use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
-use tower::Layer;
 
+use adapter::NodeRedisAdapter;
 use metrics::WorkerMetrics;
 pub use redis_link::RedisTarget;
 use redis_link::{LinkError, RedisLink};
-use wire::Channels;
-
-/// The adapter type of the worker's Socket.IO server.
-pub type WorkerAdapter = adapter::NodeRedisAdapter<socketioxide::adapter::Emitter>;
 
 /// Largest Socket.IO message on either transport (a polling POST, a WebSocket message),
 /// the binary attachments a packet may announce together, and a REST body: Node's
 /// socket.io default (`maxHttpBufferSize`, which covers both transports there too), so a
 /// client that works against a Node worker works against this one.
 pub const MAX_PAYLOAD: u64 = 1_000_000;
+/// How long a client has to send every attachment of a binary packet it announced, from
+/// the announcement on; then its session is closed. A client sends them back to back, and
+/// at most `MAX_PAYLOAD` bytes of them, so this only ever cuts a stalled client.
+pub const ATTACHMENT_DEADLINE: Duration = Duration::from_secs(10);
 /// Rooms' member counts asked of every worker at once through the `members` event; more
 /// are refused as busy (each asks every other worker over Redis).
 const MEMBER_COUNTS: usize = 8;
@@ -89,8 +88,10 @@ pub struct WorkerState {
     pub id: String,
     pub link: Arc<RedisLink>,
     pub metrics: WorkerMetrics,
-    /// Channels of namespace `/`, for requests the REST API makes.
-    root_channels: Channels,
+    /// The Socket.IO server: sessions and rooms of this worker.
+    io: Arc<sio::Io>,
+    /// Rooms across every server.
+    adapter: Arc<NodeRedisAdapter>,
     /// Required bearer token of the REST emit, if any (it also opens the ops endpoints).
     emit_token: Option<access::EmitToken>,
     /// Member counts in progress for the `members` event.
@@ -119,8 +120,19 @@ pub async fn serve(
         Some(t) => Some(access::EmitToken::new(&t)?),
         None => None,
     };
+    // Node's socket.io defaults (engine.io 6), and one payload limit for both transports
+    // and for the attachments of one packet.
+    let io = sio::Io::new(sio::Config {
+        ping_interval: Duration::from_secs(25),
+        ping_timeout: Duration::from_secs(20),
+        connect_timeout: Duration::from_secs(45),
+        upgrade_timeout: Duration::from_secs(10),
+        max_payload: MAX_PAYLOAD as usize,
+        attachment_deadline: ATTACHMENT_DEADLINE,
+    });
     let state = Arc::new(WorkerState {
-        root_channels: link.channels("/"),
+        adapter: NodeRedisAdapter::start(Arc::clone(&io), Arc::clone(&link)),
+        io: Arc::clone(&io),
         emit_token,
         id: options.id,
         link: Arc::clone(&link),
@@ -128,39 +140,19 @@ pub async fn serve(
         member_counts: tokio::sync::Semaphore::new(MEMBER_COUNTS),
         stopping: AtomicBool::new(false),
     });
-    // One payload limit for both transports (engineioxide's `max_payload` covers polling
-    // only; WebSocket messages have their own), and for the attachments of one packet.
-    let limit = MAX_PAYLOAD as usize;
-    let parser = ParserConfig::common()
-        .max_incoming_binary_buf_size(limit)
-        .packet_completion_timeout(guard::ATTACHMENT_DEADLINE);
-    let (layer, io) = SocketIo::builder()
-        .with_state(Arc::clone(&state))
-        .max_payload(MAX_PAYLOAD)
-        .ws_max_message_size(limit)
-        .ws_max_frame_size(limit)
-        .with_parser(parser)
-        .with_adapter::<WorkerAdapter>(Arc::clone(&link))
-        .build_layer();
-    io.ns("/", events::connected.with(events::set_up));
-    // One socketioxide service (one Engine.IO session table) in front of the routes, and
-    // the guard in front of it; the peer address is kept for `access`.
-    let sockets = layer.layer(http::router(Arc::clone(&state), io.clone()));
-    let guarded = guard::Guard::new(sockets, state.metrics.attachments_overdue.clone());
-    let app = axum::Router::new()
-        .fallback_service(guarded)
-        .into_make_service_with_connect_info::<SocketAddr>();
+    io.set_hooks(Arc::new(events::Handlers(Arc::downgrade(&state))));
+    let app = http::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
 
     let addr = listener.local_addr().map_err(WorkerError::Serve)?;
     tracing::info!(id = %state.id, %addr, uid = %link.uid(), "worker listening");
     let stopped = Arc::new(tokio::sync::Notify::new());
     let graceful = {
-        let (state, io, stopped) = (Arc::clone(&state), io.clone(), Arc::clone(&stopped));
+        let (state, stopped) = (Arc::clone(&state), Arc::clone(&stopped));
         async move {
             shutdown.await;
             tracing::info!(id = %state.id, "stopping: closing sockets");
             state.stopping.store(true, Ordering::Relaxed);
-            io.close().await;
+            state.io.close_all();
             stopped.notify_one();
         }
     };
@@ -170,6 +162,7 @@ pub async fn serve(
         // Connections that outlive the grace period (held long-polls) are dropped.
         _ = async { stopped.notified().await; tokio::time::sleep(STOP_TIMEOUT).await } => Ok(()),
     };
+    state.adapter.stop();
     link.stop();
     tracing::info!(id = %state.id, "worker stopped");
     result
