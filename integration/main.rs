@@ -5,6 +5,7 @@
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+mod client_limits;
 mod differential;
 mod edge;
 mod engine;
