@@ -12,6 +12,7 @@ mod h1;
 mod h2;
 pub mod headers;
 mod limits;
+mod places;
 mod proxy_protocol;
 mod relay;
 mod respond;

@@ -94,6 +94,8 @@ const COLUMNS: &[Column] = &[
     ("sticky_hash", |l| opt(l.counters.sticky.map(|s| s.hash))),
     ("sticky_redispatch", |l| opt(l.counters.sticky.map(|s| s.redispatch))),
     ("sid_unknown", |l| opt(l.counters.sid_unknown)),
+    ("hs_tout", |l| opt(l.frontend.map(|f| f.handshake_timeouts))),
+    ("hs_fail", |l| opt(l.frontend.map(|f| f.handshake_failures))),
 ];
 
 /// A CSV cell: quoted when it holds a comma, quote or line break.

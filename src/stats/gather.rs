@@ -168,6 +168,7 @@ fn frontend(l: Listener<'_>, rates: &Rates) -> FrontendView {
         request_rate: rates.get(&rates::requests_key(name)),
         connections_refused: c.connections_refused.get(),
         handshake_timeouts: c.handshake_timeouts.get(),
+        handshake_failures: c.handshake_failures.get(),
         redirects: c.redirects.get(),
         counters: Counters {
             sessions_current: c.connections.get(),

@@ -4,9 +4,12 @@
 //! through `proxy::account`.
 //!
 //! Per connection, state is kept and reused across keep-alive requests: the read buffer,
-//! the parsed head, the write buffer. A request head is read under `timeouts.header`
-//! (from its first byte) and at most `limits.max_header_bytes` plus a request line, then
-//! checked (`head`); the upstream head is written straight into the write buffer
+//! the parsed head, the write buffer; while a connection idles (before a request's first
+//! byte) it holds none of them (`spare`). A request head is read under `timeouts.header`
+//! (from its first byte) and at most `limits.max_header_bytes` plus a request line,
+//! searched for its end in the new bytes only, then parsed and checked once (`head`);
+//! the config that routes it is the one current when the head has arrived, not when the
+//! connection began to wait. The upstream head is written straight into the write buffer
 //! (`request`); small bodies (up to [`REPLAY_BODY`]) are read whole so that a request can
 //! be sent again when a connection fails, larger ones stream. Server connections come
 //! from a keep-alive pool (`pool`). After a `101`, the two connections go to a tunnel
@@ -15,13 +18,17 @@
 mod exchange;
 mod framing;
 mod head;
+mod idle;
 mod pool;
 mod request;
 mod response;
+mod spare;
 
 pub use pool::{PER_SERVER as POOL_PER_SERVER, Pool};
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::runtime::Shared;
 
+use super::places::Places;
 use head::Head;
 
 /// Request bodies up to this size are read before the request is sent, so it can be
@@ -50,16 +58,25 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// Serve HTTP/1 on `io` until the client or a timeout ends it, or it becomes a tunnel.
-/// `open` is the frontend's hold on the connection; it lives as long as the connection.
-pub async fn serve<S, O>(shared: Arc<Shared>, pool: Arc<Pool>, io: S, peer: Peer, open: O)
+/// Serve HTTP/1 on `io` until the client or a timeout ends it, or it becomes a tunnel
+/// (spawn it: it is a task of its own). `open` is the frontend's hold on the connection;
+/// it lives as long as the connection. `places` may close the connection while it idles.
+pub fn serve<S, O>(
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    places: Arc<Places>,
+    io: S,
+    peer: Peer,
+    open: O,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     O: Send + 'static,
 {
-    let mut conn = Conn {
+    let conn = Conn {
         shared,
         pool,
+        places,
         io,
         peer: peer.addr.map(|a| a.ip()),
         peer_text: peer.addr.map(|a| a.ip().to_string().into_bytes()).unwrap_or_default(),
@@ -72,30 +89,82 @@ where
         resp_headers: Vec::new(),
         requests: 0,
     };
-    loop {
-        let snapshot = conn.shared.snapshot();
-        let len = match conn.read_head(&snapshot.config).await {
-            Ok(Some(len)) => len,
-            Ok(None) => return,
-            Err(refused) => {
-                conn.refuse_head(&snapshot, refused).await;
-                return;
+    run(conn, open)
+}
+
+/// The connection's requests, one after the other, until it ends, parks (`idle`) or
+/// becomes a tunnel. Boxed: a parked connection starts it again in a task of its own.
+fn run<S, O>(mut conn: Conn<S>, open: O) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    O: Send + 'static,
+{
+    Box::pin(async move {
+        loop {
+            // The waiting is bounded by the config of now; the request is served by the
+            // config of the moment its head has arrived (a reload meanwhile applies to it).
+            let wait = HeadWait::of(&conn.shared.snapshot().config);
+            let read = conn.read_head(wait).await;
+            let snapshot = conn.shared.snapshot();
+            let len = match read {
+                Ok(Waited::Head(len)) => len,
+                Ok(Waited::Ended) => return,
+                Ok(Waited::Park { until }) => {
+                    idle::park(conn.into_idle(), open, until);
+                    return;
+                }
+                Err(refused) => {
+                    conn.refuse_head(&snapshot, refused).await;
+                    return;
+                }
+            };
+            conn.rpos += len;
+            conn.requests += 1;
+            // Boxed: the exchange's state is the largest part of this task's, and an idle
+            // connection should not carry it between requests.
+            match Box::pin(conn.exchange(&snapshot)).await {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+                    return;
+                }
+                Next::Tunnel(t) => {
+                    let Conn { io, rbuf, rpos, .. } = conn;
+                    let to_server = rbuf.get(rpos..).map(<[u8]>::to_vec).unwrap_or_default();
+                    tokio::spawn(t.run(io, to_server, open));
+                    return;
+                }
             }
-        };
-        conn.rpos += len;
-        conn.requests += 1;
-        match conn.exchange(&snapshot).await {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
-                return;
-            }
-            Next::Tunnel(t) => {
-                let Conn { io, rbuf, rpos, .. } = conn;
-                let to_server = rbuf.get(rpos..).map(<[u8]>::to_vec).unwrap_or_default();
-                tokio::spawn(t.run(io, to_server, open));
-                return;
-            }
+        }
+    })
+}
+
+/// How waiting for a request head ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// A head of this many bytes, parsed into `Conn::head`.
+    Head(usize),
+    /// The connection ends quietly (closed, idle past keep-alive, stopping).
+    Ended,
+    /// No byte for [`idle::PARK_AFTER`]: park the connection until `until`.
+    Park { until: Instant },
+}
+
+/// How long and how much a connection waits for a request head (from the config of the
+/// moment it starts waiting; the snapshot itself is not held while it waits).
+#[derive(Debug, Clone, Copy)]
+struct HeadWait {
+    max_header_bytes: usize,
+    header: Duration,
+    keepalive: Duration,
+}
+
+impl HeadWait {
+    fn of(cfg: &crate::config::Config) -> HeadWait {
+        HeadWait {
+            max_header_bytes: cfg.limits.max_header_bytes,
+            header: cfg.timeouts.header,
+            keepalive: cfg.timeouts.keepalive,
         }
     }
 }
@@ -112,6 +181,8 @@ struct Conn<S> {
     shared: Arc<Shared>,
     /// Idle server connections, shared by every client connection.
     pool: Arc<Pool>,
+    /// The proxy's connection places (an idle connection may give its own up).
+    places: Arc<Places>,
     io: S,
     peer: Option<IpAddr>,
     /// `peer` as text, for the forwarding headers of every request.
@@ -136,6 +207,44 @@ enum ClientRead {
     Closed,
     TimedOut,
     Failed,
+}
+
+impl<S> Conn<S> {
+    /// The connection, parked: what it keeps while it waits.
+    fn into_idle(self) -> idle::Idle<S> {
+        idle::Idle {
+            shared: self.shared,
+            pool: self.pool,
+            places: self.places,
+            io: self.io,
+            peer: self.peer,
+            tls: self.tls,
+            requests: self.requests,
+        }
+    }
+
+    /// A parked connection that got bytes, with buffers (its first bytes in `rbuf`).
+    fn resume(idle: idle::Idle<S>, b: spare::Buffers) -> Conn<S> {
+        let mut head = Head::default();
+        head.raw = b.raw;
+        head.fields = b.fields;
+        Conn {
+            shared: idle.shared,
+            pool: idle.pool,
+            places: idle.places,
+            io: idle.io,
+            peer: idle.peer,
+            peer_text: idle.peer.map(|ip| ip.to_string().into_bytes()).unwrap_or_default(),
+            tls: idle.tls,
+            rbuf: b.rbuf,
+            rpos: 0,
+            head,
+            wbuf: b.wbuf,
+            ubuf: b.ubuf,
+            resp_headers: b.resp_headers,
+            requests: idle.requests,
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -176,35 +285,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         ok && matches!(tokio::time::timeout(wait, self.io.flush()).await, Ok(Ok(())))
     }
 
-    /// Read the next request head. `Ok(None)`: the connection ends quietly (closed, idle
-    /// past keep-alive, stopping).
-    async fn read_head(&mut self, cfg: &crate::config::Config) -> Result<Option<usize>, head::Refused> {
-        let limits = &cfg.limits;
+    /// Read the next request head.
+    async fn read_head(&mut self, limits: HeadWait) -> Result<Waited, head::Refused> {
         let cap = head::head_limit(limits.max_header_bytes);
         // The head's deadline runs from its first byte; before it, the connection idles.
         let mut deadline = None;
+        let mut end = head::HeadEnd::default();
         loop {
             if !self.pending().is_empty() {
-                deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.header);
+                deadline.get_or_insert_with(|| Instant::now() + limits.header);
                 let rpos = self.rpos;
-                match self.head.parse(&self.rbuf[rpos..], limits.max_header_bytes)? {
-                    Some(len) => return Ok(Some(len)),
-                    None if self.pending().len() >= cap => {
-                        return Err(head::Refused {
-                            status: 431,
-                            why: "request head too large",
-                        });
-                    }
-                    None => {}
+                if end.found(&self.rbuf[rpos..])
+                    && let Some(len) = self.head.parse(&self.rbuf[rpos..], limits.max_header_bytes)?
+                {
+                    return Ok(Waited::Head(len));
+                }
+                if self.pending().len() >= cap {
+                    return Err(head::Refused {
+                        status: 431,
+                        why: "request head too large",
+                    });
                 }
             }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None if self.requests == 0 => cfg.timeouts.header,
-                None if self.shared.stopping() => return Ok(None),
-                None => cfg.timeouts.keepalive,
+            let read = match deadline {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    self.read_client(wait, cap).await
+                }
+                None => {
+                    // Idle: no byte of a head yet (so nothing pending either).
+                    let wait = match self.requests {
+                        0 => limits.header,
+                        _ if self.shared.stopping() => return Ok(Waited::Ended),
+                        _ => limits.keepalive,
+                    };
+                    let until = Instant::now() + wait;
+                    match self.read_idle(wait.min(idle::PARK_AFTER)).await {
+                        Err(ClientRead::TimedOut) if wait > idle::PARK_AFTER => {
+                            return Ok(Waited::Park { until });
+                        }
+                        other => other,
+                    }
+                }
             };
-            match self.read_client(wait, cap).await {
+            match read {
                 Ok(_) => {}
                 Err(ClientRead::TimedOut) if deadline.is_some() => {
                     return Err(head::Refused {
@@ -212,8 +336,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         why: "request head not received in time",
                     });
                 }
-                Err(_) => return Ok(None),
+                Err(_) => return Ok(Waited::Ended),
             }
+        }
+    }
+
+    /// Wait for the client's next bytes holding no buffer (see `spare`): the buffers go
+    /// to the thread's spares meanwhile, and a set comes back with the bytes.
+    async fn read_idle(&mut self, wait: Duration) -> Result<usize, ClientRead> {
+        spare::put(spare::Buffers {
+            rbuf: std::mem::take(&mut self.rbuf),
+            wbuf: std::mem::take(&mut self.wbuf),
+            ubuf: std::mem::take(&mut self.ubuf),
+            raw: std::mem::take(&mut self.head.raw),
+            fields: std::mem::take(&mut self.head.fields),
+            resp_headers: std::mem::take(&mut self.resp_headers),
+        });
+        self.rpos = 0;
+        let Conn {
+            io,
+            rbuf,
+            wbuf,
+            ubuf,
+            head,
+            resp_headers,
+            ..
+        } = self;
+        let read = spare::read_with(io, |data| {
+            let b = spare::take();
+            (*rbuf, *wbuf, *ubuf, *resp_headers) = (b.rbuf, b.wbuf, b.ubuf, b.resp_headers);
+            (head.raw, head.fields) = (b.raw, b.fields);
+            rbuf.extend_from_slice(data);
+        });
+        match tokio::time::timeout(wait, read).await {
+            Err(_) => Err(ClientRead::TimedOut),
+            Ok(Ok(0)) => Err(ClientRead::Closed),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(_)) => Err(ClientRead::Failed),
         }
     }
 
