@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod authority;
 pub mod balance;
 pub mod certs;
 pub mod check;

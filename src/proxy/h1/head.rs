@@ -4,8 +4,9 @@
 //!
 //! Refused with the status HAProxy or nginx would give: a head over the size limits (431,
 //! 414), an unparsable or ambiguous one (400: both Content-Length and Transfer-Encoding,
-//! `Content-Length: 5, 5`, HTTP/1.1 without Host, a target that is neither origin-form,
-//! absolute-form nor `*` for OPTIONS), a transfer coding other than chunked (501), and
+//! `Content-Length: 5, 5`, HTTP/1.1 without Host, a Host or target authority that is not
+//! a host (`crate::authority`), a target that is neither origin-form, absolute-form nor
+//! `*` for OPTIONS), a transfer coding other than chunked (501), and
 //! CONNECT (405). Header names with an underscore are dropped unread, as nginx does, so
 //! `Transfer_Encoding` can never be taken for `Transfer-Encoding` upstream.
 
@@ -347,6 +348,12 @@ impl Head {
             (false, Some(0) | None) => Body::None,
             (false, Some(n)) => Body::Length(n),
         });
+        // Host and the target's authority must each be a host (RFC 9112 §3.2).
+        for range in [&host, &authority].into_iter().flatten() {
+            if crate::authority::parse(&self.raw[range.clone()]).is_err() {
+                return Err(refused(400, "invalid Host"));
+            }
+        }
         // An absolute-form target names the host; a Host header beside it is ignored.
         self.host = match authority {
             Some(a) => Some(a),
@@ -609,6 +616,25 @@ mod tests {
         assert_eq!(h.host_bytes(), Some(&b"a.example"[..]));
         assert_eq!(h.path(), "");
         assert_eq!(status("GET http://user@a/ HTTP/1.1\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_host_is_refused() {
+        for bad in [
+            "GET / HTTP/1.1\r\nHost: evil.example/foo\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a@evil.example\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: x/y\r\n\r\n",
+            "GET http://a.example/ HTTP/1.1\r\nHost: b/c\r\n\r\n",
+            "GET http://a.example:x/ HTTP/1.1\r\n\r\n",
+            "GET http://a%2Fb/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), 400, "{bad:?}");
+        }
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"), 200);
+        assert_eq!(status("GET http://[::1]/ HTTP/1.1\r\n\r\n"), 200);
     }
 
     #[test]
