@@ -4,8 +4,8 @@
 //! through `proxy::account`.
 //!
 //! Per connection, state is kept and reused across keep-alive requests: the read buffer,
-//! the parsed head, the write buffer; while a connection idles (before a request's first
-//! byte) it holds none of them (`spare`). A request head is read under `timeouts.header`
+//! the parsed head, the write buffer; a connection idle for a moment parks (`idle`),
+//! holding none of them (`spare`). A request head is read under `timeouts.header`
 //! (from its first byte) and at most `limits.max_header_bytes` plus a request line,
 //! searched for its end in the new bytes only, then parsed and checked once (`head`);
 //! the config that routes it is the one current when the head has arrived, not when the
@@ -74,6 +74,7 @@ where
     O: Send + 'static,
 {
     let conn = Conn {
+        wait: HeadWait::of(&shared.snapshot().config),
         shared,
         pool,
         places,
@@ -101,11 +102,11 @@ where
 {
     Box::pin(async move {
         loop {
-            // The waiting is bounded by the config of now; the request is served by the
-            // config of the moment its head has arrived (a reload meanwhile applies to it).
-            let wait = HeadWait::of(&conn.shared.snapshot().config);
-            let read = conn.read_head(wait).await;
+            // The request is served by the config of the moment its head has arrived (a
+            // reload meanwhile applies to it); the wait for the next one is bounded by it.
+            let read = conn.read_head().await;
             let snapshot = conn.shared.snapshot();
+            conn.wait = HeadWait::of(&snapshot.config);
             let len = match read {
                 Ok(Waited::Head(len)) => len,
                 Ok(Waited::Ended) => return,
@@ -120,9 +121,7 @@ where
             };
             conn.rpos += len;
             conn.requests += 1;
-            // Boxed: the exchange's state is the largest part of this task's, and an idle
-            // connection should not carry it between requests.
-            match Box::pin(conn.exchange(&snapshot)).await {
+            match conn.exchange(&snapshot).await {
                 Next::KeepAlive => {}
                 Next::Close => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
@@ -150,8 +149,8 @@ enum Waited {
     Park { until: Instant },
 }
 
-/// How long and how much a connection waits for a request head (from the config of the
-/// moment it starts waiting; the snapshot itself is not held while it waits).
+/// How long and how much a connection waits for a request head: from the config of its
+/// last request (or of its start), so that no snapshot is held while it waits.
 #[derive(Debug, Clone, Copy)]
 struct HeadWait {
     max_header_bytes: usize,
@@ -183,6 +182,8 @@ struct Conn<S> {
     pool: Arc<Pool>,
     /// The proxy's connection places (an idle connection may give its own up).
     places: Arc<Places>,
+    /// Bounds of the wait for the next request head.
+    wait: HeadWait,
     io: S,
     peer: Option<IpAddr>,
     /// `peer` as text, for the forwarding headers of every request.
@@ -210,8 +211,17 @@ enum ClientRead {
 }
 
 impl<S> Conn<S> {
-    /// The connection, parked: what it keeps while it waits.
+    /// The connection, parked: what it keeps while it waits (its buffers go to the
+    /// thread's spares).
     fn into_idle(self) -> idle::Idle<S> {
+        spare::put(spare::Buffers {
+            rbuf: self.rbuf,
+            wbuf: self.wbuf,
+            ubuf: self.ubuf,
+            raw: self.head.raw,
+            fields: self.head.fields,
+            resp_headers: self.resp_headers,
+        });
         idle::Idle {
             shared: self.shared,
             pool: self.pool,
@@ -229,6 +239,7 @@ impl<S> Conn<S> {
         head.raw = b.raw;
         head.fields = b.fields;
         Conn {
+            wait: HeadWait::of(&idle.shared.snapshot().config),
             shared: idle.shared,
             pool: idle.pool,
             places: idle.places,
@@ -286,7 +297,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Read the next request head.
-    async fn read_head(&mut self, limits: HeadWait) -> Result<Waited, head::Refused> {
+    async fn read_head(&mut self) -> Result<Waited, head::Refused> {
+        let limits = self.wait;
         let cap = head::head_limit(limits.max_header_bytes);
         // The head's deadline runs from its first byte; before it, the connection idles.
         let mut deadline = None;
@@ -320,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         _ => limits.keepalive,
                     };
                     let until = Instant::now() + wait;
-                    match self.read_idle(wait.min(idle::PARK_AFTER)).await {
+                    match self.read_client(wait.min(idle::PARK_AFTER), cap).await {
                         Err(ClientRead::TimedOut) if wait > idle::PARK_AFTER => {
                             return Ok(Waited::Park { until });
                         }
@@ -338,41 +350,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(_) => return Ok(Waited::Ended),
             }
-        }
-    }
-
-    /// Wait for the client's next bytes holding no buffer (see `spare`): the buffers go
-    /// to the thread's spares meanwhile, and a set comes back with the bytes.
-    async fn read_idle(&mut self, wait: Duration) -> Result<usize, ClientRead> {
-        spare::put(spare::Buffers {
-            rbuf: std::mem::take(&mut self.rbuf),
-            wbuf: std::mem::take(&mut self.wbuf),
-            ubuf: std::mem::take(&mut self.ubuf),
-            raw: std::mem::take(&mut self.head.raw),
-            fields: std::mem::take(&mut self.head.fields),
-            resp_headers: std::mem::take(&mut self.resp_headers),
-        });
-        self.rpos = 0;
-        let Conn {
-            io,
-            rbuf,
-            wbuf,
-            ubuf,
-            head,
-            resp_headers,
-            ..
-        } = self;
-        let read = spare::read_with(io, |data| {
-            let b = spare::take();
-            (*rbuf, *wbuf, *ubuf, *resp_headers) = (b.rbuf, b.wbuf, b.ubuf, b.resp_headers);
-            (head.raw, head.fields) = (b.raw, b.fields);
-            rbuf.extend_from_slice(data);
-        });
-        match tokio::time::timeout(wait, read).await {
-            Err(_) => Err(ClientRead::TimedOut),
-            Ok(Ok(0)) => Err(ClientRead::Closed),
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(_)) => Err(ClientRead::Failed),
         }
     }
 

@@ -1,11 +1,11 @@
-//! What an idle HTTP/1 connection holds: nothing but its socket and its task. Between
-//! requests (and before the first), a connection's buffers — the client read buffer,
-//! the write buffer, the server read buffer, the head and the response fields — go to a
-//! small per-thread stock of spares, and it waits for the client's next bytes by reading
-//! into a buffer shared by the thread (used within one poll, never held across one). When
-//! bytes come, it takes a set of buffers back (a spare, or new empty ones) and copies
-//! them in. So thousands of idle keep-alive connections hold no buffers, and a busy one
-//! reuses warm buffers without allocating, as before.
+//! What a parked HTTP/1 connection (`idle`) holds: nothing but its socket and a small
+//! task. When a connection parks, its buffers — the client read buffer, the write
+//! buffer, the server read buffer, the head and the response fields — go to a small
+//! per-thread stock of spares, and it waits for the client's next bytes by reading into
+//! a buffer shared by the thread (used within one poll, never held across one). When
+//! bytes come, it takes a set of buffers back (a spare, or new empty ones). So thousands
+//! of idle keep-alive connections hold no buffers, and a connection that wakes up reuses
+//! warm buffers.
 //!
 //! This module owns the stock and the idle read; it knows nothing of HTTP.
 
