@@ -4,8 +4,10 @@
 //! through `proxy::account`.
 //!
 //! Per connection, state is kept and reused across keep-alive requests: the read buffer,
-//! the parsed head, the write buffer; a connection idle for a moment parks (`idle`),
-//! holding none of them (`spare`). A request head is read under `timeouts.header`
+//! the parsed head, the write buffer. Between requests they go back to the thread's
+//! spares (`spare`), so a connection waiting for its next request holds none of them
+//! (thousands of keep-alive connections opened at once would otherwise each keep theirs
+//! until they park), and a connection idle for a moment parks (`idle`). A request head is read under `timeouts.header`
 //! (from its first byte) and at most `limits.max_header_bytes` plus a request line,
 //! searched for its end in the new bytes only, then parsed and checked once (`head`);
 //! the config that routes it is the one current when the head has arrived, not when the
@@ -213,15 +215,8 @@ enum ClientRead {
 impl<S> Conn<S> {
     /// The connection, parked: what it keeps while it waits (its buffers go to the
     /// thread's spares).
-    fn into_idle(self) -> idle::Idle<S> {
-        spare::put(spare::Buffers {
-            rbuf: self.rbuf,
-            wbuf: self.wbuf,
-            ubuf: self.ubuf,
-            raw: self.head.raw,
-            fields: self.head.fields,
-            resp_headers: self.resp_headers,
-        });
+    fn into_idle(mut self) -> idle::Idle<S> {
+        spare::put(self.take_buffers());
         idle::Idle {
             shared: self.shared,
             pool: self.pool,
@@ -230,6 +225,18 @@ impl<S> Conn<S> {
             peer: self.peer,
             tls: self.tls,
             requests: self.requests,
+        }
+    }
+
+    /// The buffers, leaving empty ones (no allocation) in their place.
+    fn take_buffers(&mut self) -> spare::Buffers {
+        spare::Buffers {
+            rbuf: std::mem::take(&mut self.rbuf),
+            wbuf: std::mem::take(&mut self.wbuf),
+            ubuf: std::mem::take(&mut self.ubuf),
+            raw: std::mem::take(&mut self.head.raw),
+            fields: std::mem::take(&mut self.head.fields),
+            resp_headers: std::mem::take(&mut self.resp_headers),
         }
     }
 
@@ -332,7 +339,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         _ => limits.keepalive,
                     };
                     let until = Instant::now() + wait;
-                    match self.read_client(wait.min(idle::PARK_AFTER), cap).await {
+                    match self.read_idle(wait.min(idle::PARK_AFTER)).await {
                         Err(ClientRead::TimedOut) if wait > idle::PARK_AFTER => {
                             return Ok(Waited::Park { until });
                         }
@@ -350,6 +357,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 Err(_) => return Ok(Waited::Ended),
             }
+        }
+    }
+
+    /// Wait for the client's next bytes holding no buffer (see `spare`): the buffers go
+    /// to the thread's spares meanwhile, and a set comes back with the bytes.
+    async fn read_idle(&mut self, wait: Duration) -> Result<usize, ClientRead> {
+        spare::put(self.take_buffers());
+        self.rpos = 0;
+        let Conn {
+            io,
+            rbuf,
+            wbuf,
+            ubuf,
+            head,
+            resp_headers,
+            ..
+        } = self;
+        let read = spare::read_with(io, |data| {
+            let b = spare::take();
+            (*rbuf, *wbuf, *ubuf, *resp_headers) = (b.rbuf, b.wbuf, b.ubuf, b.resp_headers);
+            (head.raw, head.fields) = (b.raw, b.fields);
+            rbuf.extend_from_slice(data);
+        });
+        match tokio::time::timeout(wait, read).await {
+            Err(_) => Err(ClientRead::TimedOut),
+            Ok(Ok(0)) => Err(ClientRead::Closed),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(_)) => Err(ClientRead::Failed),
         }
     }
 
