@@ -230,3 +230,51 @@ async fn failed_tls_handshakes_are_counted_apart_from_request_errors() {
         .expect("https row");
     assert_eq!(row.split(',').nth(column), Some("3"), "{csv}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_from_many_addresses_spend_a_total_budget() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let backend = crate::harness::Backend::start("a");
+    let mut body = crate::harness::api_body(&[&backend], &[]);
+    body.push_str("stats: { auth: { user: admin, password_env: EDGEPIN_HOSTILE_PW } }\n");
+    let proxy = Proxy::builder(&body).env("EDGEPIN_HOSTILE_PW", PASSWORD).start();
+    let get = async |from: &str, password: &str| {
+        let auth = format!("Authorization: {}", crate::harness::basic_auth("admin", password));
+        let mut c = Conn::open(&proxy.stats_target().from(from))
+            .await
+            .expect("connect to stats");
+        c.request("GET", "/stats.json", &[auth], b"")
+            .await
+            .expect("stats answer")
+            .status
+    };
+    assert_eq!(get("127.0.0.2", PASSWORD).await, 200, "an operator at work");
+    // 40 addresses, 5 wrong passwords each: 200 guesses a minute by the per-address count.
+    let (mut unauthorized, mut too_many) = (0, 0);
+    for i in 1..=40 {
+        let from = format!("127.0.1.{i}");
+        for j in 0..5 {
+            match get(&from, &format!("guess-{i}-{j}")).await {
+                401 => unauthorized += 1,
+                429 => too_many += 1,
+                other => panic!("{other} from {from}"),
+            }
+        }
+    }
+    assert_eq!((unauthorized, too_many), (50, 150), "50 guesses, then none for anyone");
+    assert_eq!(
+        get("127.0.2.1", PASSWORD).await,
+        429,
+        "a new address waits for the lockout"
+    );
+    assert_eq!(
+        get("127.0.0.2", PASSWORD).await,
+        200,
+        "the operator who logged in keeps access"
+    );
+    let log = proxy.proc.log();
+    assert!(
+        log.contains("too many wrong passwords from all addresses together"),
+        "{log}"
+    );
+}

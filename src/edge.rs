@@ -149,6 +149,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
+    shared.registry.set_connections_limit(cap.connections);
     // Places for connections, and for HTTP/2 streams in flight (each holds a server's).
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
     let mut proxy = pingora::proxy::http_proxy(

@@ -12,6 +12,7 @@ pub mod process;
 pub mod proxy;
 pub mod recorder;
 pub mod redis;
+pub mod reference;
 pub mod rude;
 pub mod sio;
 pub mod worker;

@@ -428,7 +428,9 @@ pub struct HeadEnd {
 
 impl HeadEnd {
     /// Whether the bytes of `input` (a head from its first byte, grown since the last
-    /// call) now hold a blank line after the request line. Looks at new bytes only.
+    /// call) now hold a blank line after the request line — or a bare CR, which no valid
+    /// head has (RFC 9112 §2.2), so that the parser refuses it at once instead of the
+    /// client waiting for `timeouts.header`. Looks at new bytes only.
     pub fn found(&mut self, input: &[u8]) -> bool {
         let start = match self.start {
             Some(s) => s,
@@ -444,9 +446,11 @@ impl HeadEnd {
         let from = self.searched.saturating_sub(2).max(start);
         self.searched = input.len();
         let tail = &input[from.min(input.len())..];
-        tail.iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'\n' && matches!(&tail[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+        tail.iter().enumerate().any(|(i, &b)| match b {
+            b'\n' => matches!(&tail[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]),
+            b'\r' => matches!(tail.get(i + 1), Some(&next) if next != b'\n'),
+            _ => false,
+        })
     }
 }
 
@@ -708,6 +712,12 @@ mod tests {
         // Bare LF line ends (the parser decides what to make of them).
         let mut scan = HeadEnd::default();
         assert!(scan.found(b"GET / HTTP/1.1\nHost: a\n\n"));
+        // A bare CR ends the wait: the parser refuses it (it waited for `timeouts.header`).
+        let cr = b"GET / HTTP/1.1\rHost: a\r\r\n";
+        let mut scan = HeadEnd::default();
+        assert!(!scan.found(&cr[..15]), "a CR at the end may be followed by LF");
+        assert!(scan.found(&cr[..16]));
+        assert_eq!(Head::default().parse(cr, 1024).unwrap_err().status, 400);
         // A long head dripped in small pieces is searched in linear time.
         let mut long = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..400 {
