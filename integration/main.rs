@@ -5,15 +5,20 @@
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+mod charts;
 mod client_limits;
 mod differential;
+mod discovery;
 mod edge;
 mod engine;
+mod exchange;
 mod foundation;
 mod fuzz;
 mod hardening;
 mod health;
 mod multi_edge;
+mod package;
+mod prometheus;
 mod reload;
 mod stats;
 mod sticky;

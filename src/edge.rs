@@ -140,7 +140,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
 
     let fd_limit = crate::fdlimit::raise();
     let h2 = config.tls.as_ref().is_some_and(|t| t.h2);
-    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len(), h2);
+    let cap = connection_cap(config.limits.max_connections, fd_limit, config.server_capacity(), h2);
     if cap.connections < config.limits.max_connections {
         tracing::warn!(
             max_connections = config.limits.max_connections,
@@ -206,6 +206,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         Housekeeping {
             shared: Arc::clone(&shared),
             pool,
+        },
+    ));
+    // Always there: a reload may add a discovered backend.
+    server.add_service(background_service(
+        "dns discovery",
+        crate::upkeep::Discovery {
+            shared: Arc::clone(&shared),
         },
     ));
     server.add_service(background_service(
@@ -278,7 +285,7 @@ fn server_conf(config: &Config) -> ServerConf {
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
         // pingora's pool serves HTTP/2 only; sized as the HTTP/1 engine's (and reserved
         // in the connection cap when h2 is on).
-        upstream_keepalive_pool_size: crate::proxy::pool_size(config.servers.len()),
+        upstream_keepalive_pool_size: crate::proxy::pool_size(config.server_capacity()),
         ..ServerConf::default()
     }
 }

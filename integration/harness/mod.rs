@@ -4,12 +4,14 @@
 pub mod backend;
 pub mod browser;
 pub mod client;
+pub mod dns;
 pub mod l4;
 pub mod load;
 pub mod node;
 pub mod pebble;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod recorder;
 pub mod redis;
 pub mod reference;

@@ -1,5 +1,6 @@
 //! Socket.IO workers as child processes: `edgepin worker` (the binary under test) and the
-//! Node.js reference worker (`integration/node/worker.js`), on free loopback ports.
+//! Node.js reference worker (`integration/node/worker.js`), on free loopback ports (or an
+//! address the test chooses).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +30,12 @@ impl Worker {
 
     /// The same, with these environment variables set.
     pub fn start_with_env(id: &str, redis_url: &str, env: &[(&str, &str)]) -> Worker {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Worker::start_at(id, redis_url, SocketAddr::from(([127, 0, 0, 1], free_port())), env)
+    }
+
+    /// `edgepin worker` listening on `addr` (e.g. 127.0.0.N with a port several workers
+    /// share, as A records carry no port).
+    pub fn start_at(id: &str, redis_url: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Worker {
         let listen = addr.to_string();
         let mut cmd = Command::new(super::edgepin_bin());
         cmd.args(["worker", "--listen", &listen, "--id", id, "--redis", redis_url])
@@ -110,4 +116,22 @@ impl Worker {
     pub fn ready(&self) -> u16 {
         self.get("/ready").0
     }
+}
+
+/// Proxy config body over `workers`: `/socket.io/` to the sticky backend `sockets` (60 s
+/// server timeout for long-polls), the rest round robin to `api`, quick health checks (a
+/// killed worker is DOWN within a second), then `extra`.
+pub fn socketio_body(workers: &[Worker], extra: &str) -> String {
+    let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+    let list = names.join(", ");
+    let servers: String = workers
+        .iter()
+        .map(|w| format!("  {}: {{ address: {} }}\n", w.id, w.addr))
+        .collect();
+    format!(
+        "routes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ servers: [{list}] }}\n  sockets: {{ balance: sticky, servers: [{list}], timeouts: {{ server: 60s }} }}\n\
+         servers:\n{servers}\
+         health: {{ interval: 300ms, timeout: 200ms, rise: 1, fall: 1 }}\n{extra}"
+    )
 }

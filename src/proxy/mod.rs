@@ -18,6 +18,7 @@ mod relay;
 mod respond;
 mod select;
 mod tls_conn;
+mod upstream;
 
 pub use crate::route::ACME_PREFIX;
 pub use frontend::{ConnectionCap, Frontend, Https, connection_cap, pool_size};

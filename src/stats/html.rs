@@ -74,6 +74,26 @@ fn bytes(class: &str, v: u64) -> Markup {
     html! { td class=(class) title=(v) data-zero[v == 0] { (human_bytes(v)) } }
 }
 
+/// A discovered backend's last resolution and its counts, under its heading.
+fn discovery_line(d: &super::view::DiscoveryView) -> Markup {
+    html! {
+        p.discovery {
+            "Servers from DNS " code { (d.dns) } " every " (d.interval_seconds) "s · last: "
+            @match (d.last_result, d.last_ago_seconds) {
+                (Some(result), Some(ago)) => {
+                    span class=(if result == "answer" { "good" } else { "bad" }) { (d.last_detail) }
+                    " " (human_duration(ago)) " ago"
+                }
+                _ => { "not resolved yet" }
+            }
+            " · " (d.servers) " in use · " (d.answers) " answers, " (d.failed()) " failed"
+            @for (kind, n) in &d.failures { " (" (kind) " " (n) ")" }
+            " · " (d.changes) " changes · " (d.held) " held"
+            @if let Some(p) = d.pending { " (" (p) " servers waiting to repeat)" }
+        }
+    }
+}
+
 fn status_class(status: &str) -> String {
     format!("st-{}", status.to_ascii_lowercase())
 }
@@ -96,7 +116,7 @@ impl Page<'_> {
                     header {
                         h1 { "edgepin " span { "stats" } }
                         span.meta {
-                            "v" (v.process.version) " · pid " (v.process.pid)
+                            "v" (v.process.version) " (" (v.process.commit) ") · pid " (v.process.pid)
                             " · up " (human_duration(v.process.uptime_seconds))
                             " · generation " (v.process.generation)
                         }
@@ -108,6 +128,7 @@ impl Page<'_> {
                     }
                     main {
                         (self.cards())
+                        @if let Some(h) = &v.history { (super::charts::section(h)) }
                         h2 { "Listeners" }
                         (self.listeners(&v.frontends))
                         @if !v.certificates.is_empty() {
@@ -139,7 +160,7 @@ impl Page<'_> {
                 div.card #process {
                     h3 { "Process" }
                     dl {
-                        dt { "version" } dd { (p.version) }
+                        dt { "version" } dd.version { (p.version) " (" (p.commit) ")" }
                         dt { "uptime" } dd { (human_duration(p.uptime_seconds)) }
                         dt { "threads" } dd { (p.threads) }
                         dt { "connections" } dd.connections { (p.connections) " / " (p.connections_limit) }
@@ -256,6 +277,7 @@ impl Page<'_> {
                 "Backend " (b.name)
                 small { (b.balance) " · " (b.servers_up) "/" (b.servers_total) " servers taking new sessions" }
             }
+            @if let Some(d) = &b.discovery { (discovery_line(d)) }
             table.backend data-backend=(b.name) {
                 thead {
                     tr.groups {
@@ -318,6 +340,7 @@ impl Page<'_> {
                     td.text.status title=(s.status_reason) {
                         b { (s.status) } " " (human_duration(s.status_seconds))
                         @if s.retired { " (removed)" }
+                        @if s.discovered { " (DNS)" }
                     }
                     (check_cell(s))
                     (count("weight", s.weight))

@@ -8,13 +8,16 @@
 //! configured, needs basic auth (wrong passwords throttled per address, `throttle`). The
 //! listener is its own small HTTP/1.1 server (`listener`, slots in `slots`) with
 //! connection, header, keep-alive, request and body limits, run as a pingora background
-//! service next to a once-a-second rate sampler. It reads proxy state and, through
+//! service next to a once-a-second rate sampler and the history sampler behind the
+//! dashboard's charts (`history`, drawn by `charts`). It reads proxy state and, through
 //! `admin`, changes only servers' admin state and weight.
 
 mod admin;
 mod auth;
+mod charts;
 mod csv;
 pub(crate) mod gather;
+mod history;
 mod host;
 mod html;
 mod listener;
@@ -63,6 +66,8 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 pub struct StatsApp {
     pub shared: Arc<Shared>,
     rates: Arc<rates::Rates>,
+    /// Recent points for the dashboard's charts.
+    history: Arc<history::History>,
     guard: Arc<auth::Guard>,
     /// Wrong passwords per client address.
     throttle: Arc<throttle::Throttle>,
@@ -75,6 +80,7 @@ impl StatsApp {
         Ok(StatsApp {
             shared,
             rates: Arc::default(),
+            history: Arc::default(),
             guard: Arc::new(guard),
             throttle: Arc::new(throttle::Throttle::new(throttle::Policy::default())),
         })
@@ -109,6 +115,15 @@ impl StatsApp {
     fn view(&self) -> view::StatsView {
         view::StatsView::gather(&self.shared, &self.rates)
     }
+
+    /// The view with the charts' history (the page and the JSON; CSV and Prometheus
+    /// have no use for it).
+    fn view_with_history(&self) -> view::StatsView {
+        let mut view = self.view();
+        let settings = self.shared.snapshot().config.stats.history;
+        view.history = Some(self.history.lock().view(settings));
+        view
+    }
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {
@@ -126,7 +141,8 @@ async fn health(State(app): State<StatsApp>) -> impl IntoResponse {
         "status": if shared.stopping() { "stopping" } else { "ok" },
         "generation": shared.snapshot().generation,
         "uptime_seconds": shared.registry.started.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::build_info::VERSION,
+        "commit": crate::build_info::COMMIT,
     }))
 }
 
@@ -149,7 +165,7 @@ async fn dashboard(
         .min(html::MAX_REFRESH);
     let csrf = user.map(|axum::Extension(u)| app.guard.csrf_token(&u));
     let page = html::Page {
-        view: &app.view(),
+        view: &app.view_with_history(),
         refresh,
         csrf: csrf.as_deref(),
     };
@@ -157,7 +173,7 @@ async fn dashboard(
 }
 
 async fn stats_json(State(app): State<StatsApp>) -> Response {
-    Json(app.view()).into_response()
+    Json(app.view_with_history()).into_response()
 }
 
 async fn stats_csv(State(app): State<StatsApp>) -> Response {
@@ -187,14 +203,24 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
         tracing::warn!(warning = %w, "stats: weak password");
     }
     let mut sampler_stop = shutdown.clone();
-    let sampler = tokio::spawn(rates::run(shared, Arc::clone(&app.rates), async move {
+    let sampler = tokio::spawn(rates::run(Arc::clone(&shared), Arc::clone(&app.rates), async move {
         let _ = sampler_stop.changed().await;
     }));
+    let mut history_stop = shutdown.clone();
+    let history = tokio::spawn(history::run(
+        shared,
+        Arc::clone(&app.rates),
+        Arc::clone(&app.history),
+        async move {
+            let _ = history_stop.changed().await;
+        },
+    ));
     listener::run(listener, app.router(), listener::Limits::default(), async move {
         let _ = shutdown.changed().await;
     })
     .await;
     sampler.abort();
+    history.abort();
 }
 
 /// The stats listener as a pingora background service.
@@ -278,6 +304,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(json["backends"][0]["servers"][1]["name"], "b");
+        assert_eq!(json["history"]["points"], 180, "the charts' series");
+        assert!(page.contains(r#"id="chart-websockets""#), "and the charts");
         let (status, headers, csv) = send(&app, get("/stats.csv", None)).await;
         assert_eq!(
             (status, headers[CONTENT_TYPE].to_str().unwrap()),
@@ -441,5 +469,85 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         let (status, _, _) = send(&app, get("/admin/servers/b/state", Some("admin:pw"))).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
+
+    #[tokio::test]
+    async fn every_output_shows_discovered_servers_and_the_resolutions() {
+        use crate::discovery::Failure;
+        use crate::upkeep::discovery::{apply, tests as found};
+        let shared = found::shared();
+        let spec = shared.snapshot().config.backends[0].discover.clone().unwrap();
+        let app = StatsApp::new(Arc::clone(&shared)).unwrap();
+        let (_, _, json) = send(&app, get("/stats.json", None)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["backends"][0]["discovery"]["dns"], "fleet.test:3000 (A/AAAA)");
+        assert_eq!(v["backends"][0]["discovery"]["last_result"], serde_json::Value::Null);
+
+        apply(&shared, "ws", &spec, Ok(found::found(&[2, 3])));
+        apply(&shared, "ws", &spec, Err(Failure::Timeout));
+        let (_, _, json) = send(&app, get("/stats.json", None)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let b = &v["backends"][0];
+        let d = &b["discovery"];
+        assert_eq!(
+            (&d["last_result"], &d["last_detail"]),
+            (&"timeout".into(), &"timeout".into())
+        );
+        assert_eq!(
+            (&d["servers"], &d["answers"], &d["failures"]["timeout"], &d["changes"]),
+            (&2.into(), &1.into(), &1.into(), &1.into())
+        );
+        let servers = b["servers"].as_array().unwrap();
+        assert!(
+            servers
+                .iter()
+                .all(|s| s["discovered"] == true && s["health"] == "CHECKING"),
+            "{b}"
+        );
+        assert_eq!(b["servers_up"], 0, "none takes new sessions before its first check");
+
+        let (_, _, metrics) = send(&app, get("/metrics", None)).await;
+        for line in [
+            "edgepin_backend_dns_resolutions_total{proxy=\"ws\",result=\"answer\"} 1",
+            "edgepin_backend_dns_resolutions_total{proxy=\"ws\",result=\"timeout\"} 1",
+            "edgepin_backend_dns_servers{proxy=\"ws\"} 2",
+            "edgepin_backend_dns_last_resolution_success{proxy=\"ws\"} 0",
+            "edgepin_server_weight{proxy=\"ws\",server=\"127.0.0.3:3000\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
+        let (_, _, csv) = send(&app, get("/stats.csv", None)).await;
+        let header: Vec<&str> = csv
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let row = |start: &str| -> Vec<String> {
+            csv.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .split(',')
+                .map(str::to_string)
+                .collect()
+        };
+        let col = |row: &[String], name: &str| row[header.iter().position(|h| *h == name).unwrap()].clone();
+        let backend = row("ws,BACKEND");
+        assert_eq!(
+            (
+                col(&backend, "dns"),
+                col(&backend, "dns_result"),
+                col(&backend, "dns_servers")
+            ),
+            ("fleet.test:3000 (A/AAAA)".into(), "timeout".into(), "2".into())
+        );
+        assert_eq!(col(&row("ws,127.0.0.2:3000"), "discovered"), "1");
+        let (_, _, html) = send(&app, get("/", None)).await;
+        assert!(
+            html.contains("Servers from DNS <code>fleet.test:3000 (A/AAAA)</code>"),
+            "{html}"
+        );
+        assert!(html.contains("127.0.0.3:3000"), "{html}");
     }
 }

@@ -2,7 +2,7 @@
 //! each name `file:line:col` and the offending value.
 //!
 //! All rules live in this module (the pipeline and its helpers) and its parts by area:
-//! `listen` (listeners, timeouts, limits), `tls` (certificates, ACME, HSTS, run_as), `routing` (servers, backends, routes) and
+//! `listen` (listeners, timeouts, limits), `tls` (certificates, ACME, HSTS, run_as), `routing` (servers, backends, routes), `discover` (servers from DNS) and
 //! `operations` (health, stats, sticky, trusted proxies, reload, workers), `shared` (the
 //! sid table shared through Redis). Single values
 //! are parsed by `config::values`. Validation collects every error it can find instead
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+mod discover;
 mod listen;
 #[cfg(test)]
 mod mutated;
@@ -120,7 +121,7 @@ impl Validator<'_> {
 
     pub(super) fn config(&mut self, f: FileConfig) -> Config {
         let timeouts = self.timeouts(f.timeouts.as_ref(), Timeouts::default());
-        let servers = self.servers(&f.servers);
+        let servers = self.servers(f.servers.as_ref(), &f.backends);
         let backends = self.backends(&f.backends, &servers, &timeouts);
         let routes = self.routes(&f.routes, &backends);
         let acme_backend = f.acme.as_ref().and_then(|a| self.backend_ref(&a.backend, &backends));
@@ -501,6 +502,31 @@ servers:
             tls.iter()
                 .any(|e| e.contains("rediss:// (Redis over TLS) is not supported")),
             "{tls:?}"
+        );
+    }
+    #[test]
+    fn stats_history_is_an_interval_and_a_span_of_at_most_1440_points() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.stats.history, StatsHistory::default());
+        assert_eq!(
+            (c.stats.history.interval, c.stats.history.points),
+            (Duration::from_secs(5), 180)
+        );
+        let c = check(&format!(
+            "{MINIMAL}stats: {{ history: {{ interval: 250ms, span: 1m }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.stats.history.points, 240);
+        assert_eq!(c.stats.history.interval, Duration::from_millis(250));
+        let errs = check(&format!("{MINIMAL}stats: {{ history: {{ interval: 10ms }} }}\n")).unwrap_err();
+        assert_eq!(errs, ["t.yaml:9:31: stats.history.interval 10ms is below 100ms"]);
+        let errs = check(&format!(
+            "{MINIMAL}stats: {{ history: {{ interval: 1s, span: 1d }} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.yaml:9:41: stats.history: span / interval is 86400 points; allowed 2..=1440"]
         );
     }
 }

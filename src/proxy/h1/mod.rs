@@ -17,16 +17,17 @@
 //! from a keep-alive pool (`pool`). After a `101`, the two connections go to a tunnel
 //! relay of their own (`proxy::relay`) and this task ends.
 
+mod answer;
 mod exchange;
+pub mod fields;
 mod framing;
 mod head;
 mod idle;
-mod pool;
 mod request;
 mod response;
 mod spare;
 
-pub use pool::{PER_SERVER as POOL_PER_SERVER, Pool};
+pub use super::upstream::pool::{PER_SERVER as POOL_PER_SERVER, Pool};
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::runtime::Shared;
 
 use super::places::Places;
+use super::upstream::AnswerBuf;
 use head::Head;
 
 /// Request bodies up to this size are read before the request is sent, so it can be
@@ -47,9 +49,6 @@ pub const REPLAY_BODY: usize = 16 * 1024;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 4096;
-
-/// Longest response head accepted from a server.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// A client connection: where it came from.
 #[derive(Debug, Clone, Copy)]
@@ -88,8 +87,7 @@ where
         rpos: 0,
         head: Head::default(),
         wbuf: Vec::new(),
-        ubuf: Vec::new(),
-        resp_headers: Vec::new(),
+        answer: AnswerBuf::default(),
         requests: 0,
     };
     run(conn, open)
@@ -127,6 +125,10 @@ where
                 Next::KeepAlive => {}
                 Next::Close => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+                    return;
+                }
+                Next::Linger => {
+                    conn.linger().await;
                     return;
                 }
                 Next::Tunnel(t) => {
@@ -174,6 +176,9 @@ impl HeadWait {
 enum Next {
     KeepAlive,
     Close,
+    /// Close, but the client may still be sending a body it was answered before: read and
+    /// drop it for a while first (`answer::LINGER`).
+    Linger,
     Tunnel(Box<exchange::Tunnel>),
 }
 
@@ -197,9 +202,8 @@ struct Conn<S> {
     head: Head,
     /// Heads (and small bodies) on their way out.
     wbuf: Vec<u8>,
-    /// Bytes from the server.
-    ubuf: Vec<u8>,
-    resp_headers: Vec<response::Header>,
+    /// Bytes from the server, and the fields of its answer head.
+    answer: AnswerBuf,
     /// Requests served on this connection.
     requests: u64,
 }
@@ -233,10 +237,9 @@ impl<S> Conn<S> {
         spare::Buffers {
             rbuf: std::mem::take(&mut self.rbuf),
             wbuf: std::mem::take(&mut self.wbuf),
-            ubuf: std::mem::take(&mut self.ubuf),
+            answer: std::mem::take(&mut self.answer),
             raw: std::mem::take(&mut self.head.raw),
             fields: std::mem::take(&mut self.head.fields),
-            resp_headers: std::mem::take(&mut self.resp_headers),
         }
     }
 
@@ -258,8 +261,7 @@ impl<S> Conn<S> {
             rpos: 0,
             head,
             wbuf: b.wbuf,
-            ubuf: b.ubuf,
-            resp_headers: b.resp_headers,
+            answer: b.answer,
             requests: idle.requests,
         }
     }
@@ -369,14 +371,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             io,
             rbuf,
             wbuf,
-            ubuf,
+            answer,
             head,
-            resp_headers,
             ..
         } = self;
         let read = spare::read_with(io, |data| {
             let b = spare::take();
-            (*rbuf, *wbuf, *ubuf, *resp_headers) = (b.rbuf, b.wbuf, b.ubuf, b.resp_headers);
+            (*rbuf, *wbuf, *answer) = (b.rbuf, b.wbuf, b.answer);
             (head.raw, head.fields) = (b.raw, b.fields);
             rbuf.extend_from_slice(data);
         });

@@ -16,7 +16,7 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::head::Field;
-use super::response;
+use crate::proxy::upstream::AnswerBuf;
 
 /// Sets of buffers kept per thread for the next busy connection.
 const STOCK: usize = 16;
@@ -30,10 +30,10 @@ const SCRATCH_SIZE: usize = 16 * 1024;
 pub struct Buffers {
     pub rbuf: Vec<u8>,
     pub wbuf: Vec<u8>,
-    pub ubuf: Vec<u8>,
+    /// The server's bytes and answer fields.
+    pub answer: AnswerBuf,
     pub raw: Vec<u8>,
     pub fields: Vec<Field>,
-    pub resp_headers: Vec<response::Header>,
 }
 
 impl Buffers {
@@ -42,7 +42,7 @@ impl Buffers {
         let small = [
             self.rbuf.capacity(),
             self.wbuf.capacity(),
-            self.ubuf.capacity(),
+            self.answer.bytes.capacity(),
             self.raw.capacity(),
         ]
         .iter()
@@ -52,10 +52,10 @@ impl Buffers {
         }
         self.rbuf.clear();
         self.wbuf.clear();
-        self.ubuf.clear();
+        self.answer.bytes.clear();
         self.raw.clear();
         self.fields.clear();
-        self.resp_headers.clear();
+        self.answer.headers.clear();
         Some(self)
     }
 }
@@ -116,11 +116,11 @@ mod tests {
     fn buffers_come_back_empty_and_big_ones_are_freed() {
         let mut b = take();
         b.rbuf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        b.ubuf.reserve(16 * 1024);
+        b.answer.bytes.reserve(16 * 1024);
         put(b);
         let again = take();
         assert!(again.rbuf.is_empty() && again.rbuf.capacity() >= 18, "reused, cleared");
-        assert!(again.ubuf.capacity() >= 16 * 1024);
+        assert!(again.answer.bytes.capacity() >= 16 * 1024);
         let mut big = again;
         big.wbuf.reserve(KEEP_CAPACITY + 1);
         put(big);
