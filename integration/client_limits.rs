@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::hardening::status_of;
 use crate::harness::{Conn, Proxy, Recorder, client};
 
 /// A proxy in front of one recorder, with `extra` YAML appended.
@@ -38,14 +39,6 @@ async fn exchange(target: &client::Target, bytes: Vec<u8>, wait: Duration) -> St
     }
     writer.abort();
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,7 +64,8 @@ pub fn named_host<'a>(
         [one] => Some(std::str::from_utf8(one).map_err(|_| "invalid Host")?),
         _ => return Err("more than one Host header"),
     };
-    for value in host.iter().chain(target_authority.iter()) {
+    // An empty Host is a valid one (an empty reg-name) that names no listener: 421.
+    for value in host.iter().chain(target_authority.iter()).filter(|v| !v.is_empty()) {
         crate::authority::parse(value.as_bytes()).map_err(|_| "invalid Host")?;
     }
     match target_authority.or(host) {
@@ -188,6 +189,11 @@ mod tests {
         assert!(named_host(&[b"localhost", b"evil.example"], None, true).is_err());
         assert!(named_host(&[b"localhost", b"localhost"], None, true).is_err());
         assert!(named_host(&[b"evil.example/x"], None, true).is_err());
+        assert_eq!(
+            named_host(&[b""], None, true),
+            Ok(Some("")),
+            "empty names nothing (421), it is not malformed"
+        );
         assert!(named_host(&[b"localhost"], Some("a@localhost"), true).is_err());
         assert!(
             named_host(&[b"a b"], Some("localhost"), true).is_err(),
