@@ -18,7 +18,8 @@ const TARGETS: [&str; 4] = ["direct", "edgepin", "haproxy", "nginx"];
 fn better(metric: &str) -> &'static str {
     let metric = metric.strip_suffix("_tls").unwrap_or(metric);
     let lower = ["_ms", "_kib", "_seconds"].iter().any(|s| metric.ends_with(s));
-    if lower || metric.starts_with("kib_") || metric == "errors" {
+    let wakes = metric.starts_with("nvcsw_") || metric.starts_with("wakeups_");
+    if lower || wakes || metric.starts_with("kib_") || metric == "errors" {
         "lower"
     } else if metric.contains("cpu_pct") || metric == "messages" || metric == "reloads" {
         ""
