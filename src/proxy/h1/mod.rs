@@ -337,7 +337,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     // Idle: no byte of a head yet (so nothing pending either).
                     let wait = match self.requests {
                         0 => limits.header,
-                        _ if self.shared.stopping() => return Ok(Waited::Ended),
+                        // SIGTERM: close idle keep-alive at once. An upgrade's drain lets it
+                        // send its next request (answered with `Connection: close`): closing
+                        // now would race a request already on its way.
+                        _ if self.shared.stopping() && !self.shared.lifecycle.is_handed_over() => {
+                            return Ok(Waited::Ended);
+                        }
                         _ => limits.keepalive,
                     };
                     let until = Instant::now() + wait;
