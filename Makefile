@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble dnsmasq prometheus rules unit integration bench bench-deps bench-broadcast clean systemd-verify
+.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble dnsmasq prometheus proxies rules unit integration fuzz bench bench-deps bench-broadcast clean systemd-verify
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -31,6 +31,17 @@ pebble:
 	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then \
 	  echo "installing: pebble"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pebble; \
+	fi
+
+## HAProxy and nginx, the reference proxies of the differential test (and of the
+## benchmarks), from Debian. Installed only when missing.
+proxies:
+	@missing=""; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 ## dnsmasq, the DNS server whose answers the discovery tests change (Debian's
@@ -120,8 +131,17 @@ unit: deps
 	$(CARGO) test --lib --bins
 
 ## End-to-end tests run one at a time: they start processes and measure behaviour.
-integration: deps node-deps chromium pebble dnsmasq deb-tool prometheus
+integration: deps node-deps chromium pebble dnsmasq deb-tool prometheus proxies
 	$(CARGO) test --test integration -- --test-threads=1
+
+## Longer fuzzing than `make test` does: the crash fuzz and the differential test against
+## HAProxy and nginx, FUZZ_SECS each (default 300), from FUZZ_SEED (default: the tests'
+## fixed seeds; each run prints the seed it used).
+FUZZ_SECS ?= 300
+fuzz: deps proxies
+	EDGEPIN_FUZZ_SECS=$(FUZZ_SECS) EDGEPIN_DIFF_SECS=$(FUZZ_SECS) \
+	  $(if $(FUZZ_SEED),EDGEPIN_FUZZ_SEED=$(FUZZ_SEED) EDGEPIN_DIFF_SEED=$(FUZZ_SEED)) \
+	  $(CARGO) test --test integration -- --test-threads=1 --nocapture fuzz:: differential::
 
 test: lint check unit integration
 
@@ -155,10 +175,8 @@ bench: deps bench-deps node-deps
 	node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --out target/bench/broadcast.json
 
 ## The other proxies and the load generators, from Debian, when missing.
-bench-deps:
+bench-deps: proxies
 	@missing=""; \
-	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
-	command -v nginx >/dev/null || missing="$$missing nginx"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	if [ -n "$$missing" ]; then \

@@ -7,6 +7,10 @@
 //!   Engine.IO open packet), let them idle, and print how much the resident memory of
 //!   the processes PIDS (comma-separated: the proxy) grew per connection.
 //! - `wss-idle ADDR PATH N PIDS`: the same over TLS (the certificate is not verified).
+//! - `keepalive-idle ADDR PATH N PIDS`: open N HTTP/1.1 connections, send one GET on
+//!   each (keep-alive), read the whole answer, let them idle, and print the growth of
+//!   the resident memory of PIDS per connection, as `ws-idle` does.
+//! - `keepalive-idle-tls ADDR PATH N PIDS`: the same over TLS.
 //! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a small Engine.IO
 //!   message every INTERVAL_MS and wait for its echo; prints round-trip p50/p99.
 //! - `tls-handshake ADDR PATH N SECONDS`: N clients each open a TLS connection, send one
@@ -48,6 +52,8 @@ fn usage() -> ! {
         "usage: bench-client handshake ADDR PATH\n       \
          bench-client ws-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client wss-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
+         bench-client keepalive-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
+         bench-client keepalive-idle-tls ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
          bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
     );
@@ -70,6 +76,12 @@ fn main() {
             Some("handshake") => handshake(&addr, &path).await,
             Some("ws-idle") => ws_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), false).await,
             Some("wss-idle") => ws_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), true).await,
+            Some("keepalive-idle") => {
+                keepalive_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), false).await
+            }
+            Some("keepalive-idle-tls") => {
+                keepalive_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), true).await
+            }
             Some("ws-echo") => {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
                 ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
@@ -192,6 +204,81 @@ async fn ws_idle(addr: &str, path: &str, n: usize, pids: &str, tls: bool) -> Res
     println!("rss_before_kib={before}");
     println!("rss_after_kib={after}");
     println!("kib_per_conn={:.2}", after.saturating_sub(before) as f64 / n as f64);
+    Ok(())
+}
+
+/// Send one keep-alive GET on `s` and read its whole answer (`200` with a
+/// Content-Length), leaving the connection open and idle.
+async fn one_keepalive_request<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    s: &mut S,
+    request: &[u8],
+) -> Result<(), Failure> {
+    s.write_all(request).await?;
+    let mut answer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err("the proxy closed a keep-alive connection".into());
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") {
+            return Err(format!("unexpected answer: {}", &head[..head.len().min(64)]).into());
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or("no content-length in the answer")?;
+        if answer.len() >= end + 4 + length {
+            return Ok(());
+        }
+    }
+}
+
+/// `n` keep-alive connections, one request each, then idle: RSS growth per connection.
+async fn keepalive_idle(addr: &str, path: &str, n: usize, pids: &str, tls: bool) -> Result<(), Failure> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let connector = insecure_connector(true)?;
+    let before = rss_kib(pids)?;
+    let started = Instant::now();
+    let open_one = |_| {
+        let (connector, request) = (connector.clone(), request.as_bytes());
+        async move {
+            let step = async {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                if tls {
+                    let mut s = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
+                    one_keepalive_request(&mut s, request).await?;
+                    Ok::<_, Failure>(Box::new(s) as Box<dyn std::any::Any>)
+                } else {
+                    let mut s = tcp;
+                    one_keepalive_request(&mut s, request).await?;
+                    Ok(Box::new(s) as Box<dyn std::any::Any>)
+                }
+            };
+            tokio::time::timeout(STEP_TIMEOUT, step).await?
+        }
+    };
+    let opening = futures_util::stream::iter(0..n)
+        .map(open_one)
+        .buffer_unordered(OPEN_CONCURRENCY);
+    let all: Vec<Result<Box<dyn std::any::Any>, Failure>> = opening.collect().await;
+    let open = all.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let opened = started.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    let after = rss_kib(pids)?;
+    println!("connections={}", open.len());
+    println!("open_seconds={:.2}", opened.as_secs_f64());
+    println!("rss_before_kib={before}");
+    println!("rss_after_kib={after}");
+    println!("kib_per_conn={:.2}", after.saturating_sub(before) as f64 / n as f64);
+    drop(open);
     Ok(())
 }
 

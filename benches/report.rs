@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 /// Columns of the table, in order; `direct` is wrk straight to one backend.
 const TARGETS: [&str; 4] = ["direct", "edgepin", "haproxy", "nginx"];
 
-/// Which way is better for a metric, from its name.
+/// Which way is better for a metric, from its name (`_tls` at the end: as without).
 fn better(metric: &str) -> &'static str {
+    let metric = metric.strip_suffix("_tls").unwrap_or(metric);
     let lower = ["_ms", "_kib", "_seconds"].iter().any(|s| metric.ends_with(s));
     let wakes = metric.starts_with("nvcsw_") || metric.starts_with("wakeups_");
     if lower || wakes || metric.starts_with("kib_") || metric == "errors" {

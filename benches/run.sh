@@ -11,7 +11,7 @@
 # Knobs (environment): QUICK=1 (one repetition of 5 s), REPS, DURATION (seconds),
 # THREADS (proxy threads/workers), PROXY_CPUS, LOAD_CPUS, TARGETS, SCENARIOS,
 # CONNECTIONS (wrk -c), H2_CONNECTIONS and H2_STREAMS (h2load -c and -m),
-# WS_IDLE (idle WebSockets), WS_ECHO (echo connections),
+# WS_IDLE (idle WebSockets), KEEPALIVE_IDLE (idle keep-alive connections), WS_ECHO (echo connections),
 # WS_ECHO_INTERVAL_MS, BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
 # the whole run: the proxy then shares its core, as on a busy host).
 set -euo pipefail
@@ -26,11 +26,12 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle reload"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle reload"}
 CONNECTIONS=${CONNECTIONS:-64}
 H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 H2_STREAMS=${H2_STREAMS:-16}
 WS_IDLE=${WS_IDLE:-5000}
+KEEPALIVE_IDLE=${KEEPALIVE_IDLE:-5000}
 WS_ECHO=${WS_ECHO:-100}
 WS_ECHO_INTERVAL_MS=${WS_ECHO_INTERVAL_MS:-10}
 BASE_PORT=${BASE_PORT:-18100}
@@ -400,6 +401,21 @@ scenario_wss_idle() {
   record_output "$1" wss_idle "$out" kib_per_conn open_seconds
 }
 
+# Idle keep-alive HTTP/1.1 connections after one request each: the growth of the proxy's
+# RSS per connection, plain, then TLS on a proxy started afresh (so the TLS figure does
+# not reuse memory the plain connections left).
+scenario_keepalive_idle() {
+  local out
+  out=$(client keepalive-idle "127.0.0.1:$HTTP_PORT" /api/items "$KEEPALIVE_IDLE" "$PROXY_PIDS") ||
+    { log "$1 keepalive_idle failed"; return 0; }
+  record_output "$1" keepalive_idle "$out" kib_per_conn open_seconds
+  stop_proxy
+  start_proxy "$1"
+  out=$(client keepalive-idle-tls "127.0.0.1:$HTTPS_PORT" /api/items "$KEEPALIVE_IDLE" "$PROXY_PIDS") ||
+    { log "$1 keepalive_idle (TLS) failed"; return 0; }
+  record_output "$1" keepalive_idle "$out" kib_per_conn:kib_per_conn_tls open_seconds:open_seconds_tls
+}
+
 http_body() ( # PORT PATH: the body of one GET (bash's /dev/tcp)
   exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
   printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
@@ -514,6 +530,8 @@ preflight() {
   files=$(ulimit -n)
   [ "$files" = unlimited ] || [ "$files" -gt $((2 * WS_IDLE + 500)) ] ||
     die "open-file limit $files too low for WS_IDLE=$WS_IDLE"
+  [ "$files" = unlimited ] || [ "$files" -gt $((2 * KEEPALIVE_IDLE + 500)) ] ||
+    die "open-file limit $files too low for KEEPALIVE_IDLE=$KEEPALIVE_IDLE"
 }
 
 main() {
@@ -531,8 +549,8 @@ main() {
     printf 'meta\trepetitions\t%s x %s s (medians)\n' "$REPS" "$DURATION"
     printf 'meta\tpinning\tproxy on CPU %s (%s threads/workers); wrk, bench-client and backends on CPU %s\n' \
       "$PROXY_CPUS" "$THREADS" "$LOAD_CPUS"
-    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; echo: %s WebSockets, one message each every %s ms\n' \
-      "$CONNECTIONS" "$WS_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS"
+    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; %s idle keep-alive connections; echo: %s WebSockets, one message each every %s ms\n' \
+      "$CONNECTIONS" "$WS_IDLE" "$KEEPALIVE_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS"
     printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
       "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"

@@ -22,7 +22,7 @@ const CASE_WAIT: Duration = Duration::from_millis(300);
 /// How often a valid request is checked during the run.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
-const SEEDS: &[&[u8]] = &[
+pub(crate) const SEEDS: &[&[u8]] = &[
     b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
     b"GET /api/whoami?x=1&y=%20 HTTP/1.1\r\nHost: localhost\r\nUser-Agent: fuzz/1\r\nAccept: */*\r\nCookie: a=1; EDGEPIN=0123456789abcdef; b=\"q\"\r\n\r\n",
     b"POST /submit HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"hello\":\"x\"}",
@@ -63,20 +63,20 @@ const HEADERS: &[&[u8]] = &[
 ];
 
 /// splitmix64: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
 }
@@ -108,7 +108,7 @@ fn after_request_line(req: &[u8]) -> usize {
     req.iter().position(|&b| b == b'\n').map_or(req.len(), |i| i + 1)
 }
 
-fn mutate(rng: &mut Rng, req: &mut Vec<u8>) {
+pub(crate) fn mutate(rng: &mut Rng, req: &mut Vec<u8>) {
     let len = req.len().max(1);
     match rng.below(14) {
         // Flip some bits of one byte.
@@ -277,7 +277,7 @@ async fn lane(target: client::Target, seed: u64, until: Instant) -> u64 {
     cases
 }
 
-fn env_u64(name: &str) -> Option<u64> {
+pub(crate) fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     let v = v.trim();
     match v.strip_prefix("0x") {

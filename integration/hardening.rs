@@ -93,7 +93,7 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
     raw_from(addr, "127.0.0.1", bytes, Duration::from_secs(3)).await
 }
 
-fn status_of(answer: &str) -> u16 {
+pub(crate) fn status_of(answer: &str) -> u16 {
     answer
         .split_whitespace()
         .nth(1)

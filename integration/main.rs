@@ -6,6 +6,7 @@
 mod harness;
 
 mod charts;
+mod client_limits;
 mod differential;
 mod discovery;
 mod edge;

@@ -168,6 +168,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
             "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
+    shared.registry.set_connections_limit(cap.connections);
     // Places for connections, and for HTTP/2 streams in flight (each holds a server's).
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
     let mut proxy = pingora::proxy::http_proxy(

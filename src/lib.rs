@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+pub mod authority;
 pub mod balance;
 pub mod build_info;
 pub mod certs;

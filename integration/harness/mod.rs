@@ -12,7 +12,9 @@ pub mod pebble;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod recorder;
 pub mod redis;
+pub mod reference;
 pub mod rude;
 pub mod sio;
 pub mod worker;
@@ -26,6 +28,7 @@ pub use backend::{Backend, HealthMode};
 pub use client::{Conn, Target};
 pub use process::Proc;
 pub use proxy::Proxy;
+pub use recorder::Recorder;
 pub use sio::SioClients;
 pub use worker::Worker;
 
@@ -44,7 +47,12 @@ pub fn certs() -> &'static edgepin::certs::DevCerts {
         .1
 }
 
-/// A port free right now on 127.0.0.1.
+/// The edgepin binary the tests run: this build's, or `EDGEPIN_TEST_BIN` (to check that a
+/// new test fails on an older build).
+pub fn edgepin_bin() -> std::path::PathBuf {
+    std::env::var_os("EDGEPIN_TEST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_edgepin").into(), Into::into)
+}
+
 /// An `Authorization` header value for HTTP basic auth.
 pub fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine;
@@ -52,6 +60,7 @@ pub fn basic_auth(user: &str, password: &str) -> String {
     format!("Basic {token}")
 }
 
+/// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind :0")

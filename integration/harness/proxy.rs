@@ -125,10 +125,10 @@ impl ProxyBuilder {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(env!("CARGO_BIN_EXE_edgepin"));
+                    .arg(super::edgepin_bin());
                 sh
             }
-            None => Command::new(env!("CARGO_BIN_EXE_edgepin")),
+            None => Command::new(super::edgepin_bin()),
         };
         cmd.arg("run")
             .arg("-c")

@@ -37,7 +37,7 @@ impl Worker {
     /// share, as A records carry no port).
     pub fn start_at(id: &str, redis_url: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Worker {
         let listen = addr.to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
+        let mut cmd = Command::new(super::edgepin_bin());
         cmd.args(["worker", "--listen", &listen, "--id", id, "--redis", redis_url])
             .env("RUST_LOG", "info,edgepin=debug")
             .envs(env.iter().copied());
@@ -48,7 +48,7 @@ impl Worker {
     pub fn start_cluster(id: &str, seeds: &str) -> Worker {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let listen = addr.to_string();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
+        let mut cmd = Command::new(super::edgepin_bin());
         cmd.args(["worker", "--listen", &listen, "--id", id, "--redis-cluster", seeds])
             .env("RUST_LOG", "info,edgepin=debug");
         Worker::spawn(id, addr, cmd)

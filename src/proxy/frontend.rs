@@ -1,7 +1,8 @@
 //! Where every client connection starts, before any HTTP: it is counted from the moment
 //! it is accepted, held to `limits.max_connections`, reads a trusted balancer's PROXY
 //! header, and on the https listener does its TLS handshake, all within
-//! `timeouts.handshake`. Then HTTP/2 (chosen by ALPN) goes to pingora's server and
+//! `timeouts.handshake` (counted apart when it fails or times out). Places are given by
+//! `places`, where idle keep-alive connections make room for new ones. Then HTTP/2 (chosen by ALPN) goes to pingora's server and
 //! everything else to edgepin's HTTP/1 engine (`proxy::h1`).
 //!
 //! pingora's listener would run the TLS handshake itself, for up to 60 s and before the
@@ -12,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ use crate::runtime::Shared;
 use crate::state::FrontendCounters;
 
 use super::h1;
+use super::places::Places;
 use super::tls_conn::TlsConn;
 
 /// ALPN of an ACME TLS-ALPN-01 validation: the handshake is all it needs.
@@ -48,13 +49,8 @@ pub struct Frontend<A> {
     pool: Arc<h1::Pool>,
     https: Option<Https>,
     /// One per connection served: `limits.max_connections`, or fewer if the file
-    /// descriptor limit cannot hold that many.
-    permits: Arc<Semaphore>,
-    /// Connections waiting for a permit now, at most `max_waiting`.
-    waiting: AtomicUsize,
-    max_waiting: usize,
-    /// Longest wait for a permit before the connection is closed.
-    wait: Duration,
+    /// descriptor limit cannot hold that many; idle connections give theirs up.
+    places: Arc<Places>,
     /// Serve HTTP/1 with pingora's proxy instead of edgepin's engine: only for the
     /// differential test, which compares what servers receive from each
     /// (`EDGEPIN_H1_ENGINE=pingora`).
@@ -76,11 +72,8 @@ impl<A> Frontend<A> {
             shared,
             pool,
             https,
-            permits,
+            places: Arc::new(Places::new(permits, max_waiting, wait)),
             h1_through_pingora: false,
-            waiting: AtomicUsize::new(0),
-            max_waiting,
-            wait,
         }
     }
 
@@ -95,65 +88,70 @@ impl<A> Frontend<A> {
         })
     }
 
-    /// A permit at once, or after a bounded wait among a bounded number of waiters.
-    async fn admit(&self, counters: &FrontendCounters) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
-            return Some(permit);
-        }
-        if self.waiting.fetch_add(1, Relaxed) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Relaxed);
-            counters.connections_refused.inc();
-            return None;
-        }
-        let permit = tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Relaxed);
-        match permit {
-            Ok(Ok(p)) => Some(p),
-            _ => {
-                counters.connections_refused.inc();
-                None
-            }
-        }
-    }
-
-    /// PROXY header, TLS handshake and, for HTTP/2, the client preface; None drops the
-    /// connection.
-    async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Option<Accepted> {
+    /// PROXY header, TLS handshake and, for HTTP/2, the client preface.
+    async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Result<Accepted, Unaccepted> {
         let mut l4 = match stream.into_any().downcast::<L4Stream>() {
             Ok(l4) => l4,
             Err(_) => {
                 tracing::error!("listener gave a stream that is not TCP");
-                return None;
+                return Err(Unaccepted::NotTcp);
             }
         };
         if cfg.listen.proxy_protocol
             && let Err(e) = super::proxy_protocol::accept(&mut l4, &cfg.trusted_proxies, cfg.timeouts.handshake).await
         {
             tracing::debug!(error = %e, "dropping connection: bad PROXY header");
-            return None;
+            return Err(Unaccepted::Failed);
         }
         let Some(tls) = self.https.as_ref().filter(|_| https) else {
-            return Some(Accepted::Plain(l4));
+            return Ok(Accepted::Plain(l4));
         };
         let tls = match tls.acceptor.accept(*l4).await {
             Ok(tls) => tls,
             Err(e) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
-                return None;
+                return Err(Unaccepted::Failed);
             }
         };
         match tls.get_ref().1.alpn_protocol() {
             // A TLS-ALPN-01 validation has seen the certificate it asked for.
-            Some(ACME_TLS_ALPN) => None,
+            Some(ACME_TLS_ALPN) => Err(Unaccepted::AcmeValidation),
             Some(b"h2") => {
                 let mut conn = TlsConn::new(tls);
                 match conn.read_h2_preface().await {
-                    Ok(true) => Some(Accepted::H2(Box::new(conn))),
-                    Ok(false) | Err(_) => None,
+                    Ok(true) => Ok(Accepted::H2(Box::new(conn))),
+                    Ok(false) | Err(_) => Err(Unaccepted::NoH2Preface),
                 }
             }
-            _ => Some(Accepted::Tls(Box::new(tls))),
+            _ => Ok(Accepted::Tls(Box::new(tls))),
         }
+    }
+}
+
+/// Why a connection ends at its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unaccepted {
+    /// A bad PROXY header or a failed TLS handshake (`handshake_failures`).
+    Failed,
+    /// HTTP/2 by ALPN without the client preface (`request_errors`).
+    NoH2Preface,
+    /// An ACME TLS-ALPN-01 validation: the handshake was all it wanted.
+    AcmeValidation,
+    /// Not a TCP stream (a bug, logged).
+    NotTcp,
+}
+
+impl<A> Frontend<A> {
+    fn serve_h1<S>(&self, io: S, peer: h1::Peer, open: Open) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (shared, pool, places) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.pool),
+            Arc::clone(&self.places),
+        );
+        h1::serve(shared, pool, places, io, peer, open)
     }
 }
 
@@ -224,16 +222,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
             counters.connections_refused.inc();
             return None;
         }
-        let open = Open::new(&self.shared, https, self.admit(counters).await?);
+        let open = Open::new(&self.shared, https, self.places.admit(counters).await?);
         // The config of this moment, not held for the connection's life (reloads retire it).
         let snapshot = self.shared.snapshot();
         let deadline = snapshot.config.timeouts.handshake;
         let ready = tokio::time::timeout(deadline, self.handshake(stream, https, &snapshot.config)).await;
         drop(snapshot);
         let accepted = match ready {
-            Ok(Some(accepted)) => accepted,
-            Ok(None) => {
-                counters.request_errors.inc();
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(why)) => {
+                match why {
+                    Unaccepted::Failed => counters.handshake_failures.inc(),
+                    Unaccepted::NoH2Preface => counters.request_errors.inc(),
+                    Unaccepted::AcmeValidation | Unaccepted::NotTcp => {}
+                }
                 return None;
             }
             Err(_) => {
@@ -254,12 +256,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 let _open = open;
                 self.http.process_new(stream, shutdown).await
             }
+            // HTTP/1 runs in a task of its own, so that pingora's per-connection task
+            // (about 7 KiB, sized for its own TLS handshake) and this method's boxed
+            // future end here instead of being held by every keep-alive connection.
             Accepted::Plain(l4) => {
-                h1::serve(Arc::clone(&self.shared), Arc::clone(&self.pool), l4, peer, open).await;
+                tokio::spawn(self.serve_h1(l4, peer, open));
                 None
             }
             Accepted::Tls(tls) => {
-                h1::serve(Arc::clone(&self.shared), Arc::clone(&self.pool), tls, peer, open).await;
+                tokio::spawn(self.serve_h1(tls, peer, open));
                 None
             }
         }

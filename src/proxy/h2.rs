@@ -193,6 +193,12 @@ impl ProxyHttp for H2Proxy {
                 .refuse(session, ctx, Refusal::Status(413, "request body too large"))
                 .await;
         }
+        let authority = (req.headers.get("host").map(|v| v.as_bytes()))
+            .into_iter()
+            .chain(req.uri.authority().map(|a| a.as_str().as_bytes()));
+        if authority.map(crate::authority::parse).any(|a| a.is_err()) {
+            return self.refuse(session, ctx, Refusal::Status(400, "invalid Host")).await;
+        }
         let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let xff = headers::forwarded_for(&req.headers);
         ctx.client = forwarding::client_ip(peer, xff.as_deref(), &cfg.trusted_proxies);

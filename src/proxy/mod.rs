@@ -14,6 +14,7 @@ mod h2;
 pub mod headers;
 mod limits;
 mod local_answer;
+mod places;
 mod proxy_protocol;
 mod relay;
 mod respond;

@@ -240,6 +240,8 @@ pub struct FrontendCounters {
     /// Connections closed because their PROXY header or TLS handshake took longer than
     /// `timeouts.handshake`.
     pub handshake_timeouts: Counter,
+    /// Connections whose PROXY header was bad or whose TLS handshake failed.
+    pub handshake_failures: Counter,
     pub requests_total: Counter,
     /// Requests refused before routing (431, 413, 400, upgrade not allowed).
     pub request_errors: Counter,

@@ -17,6 +17,7 @@ pub use server::*;
 pub use verdict::*;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -42,6 +43,9 @@ pub struct Registry {
     last_reload: Mutex<Option<ReloadStatus>>,
     pub started: Instant,
     pub started_wall: SystemTime,
+    /// Client connections served at once, as the proxy set it at start (the file
+    /// descriptor limit may hold fewer than `limits.max_connections`); 0 before.
+    connections_limit: AtomicU64,
 }
 
 impl Default for Registry {
@@ -56,6 +60,23 @@ impl Default for Registry {
             last_reload: Mutex::new(None),
             started: Instant::now(),
             started_wall: SystemTime::now(),
+            connections_limit: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Registry {
+    /// Record the number of client connections the proxy serves at once.
+    pub fn set_connections_limit(&self, limit: usize) {
+        self.connections_limit.store(limit as u64, Ordering::Relaxed);
+    }
+
+    /// The connections served at once: what the proxy set at start, or `configured`
+    /// before it has.
+    pub fn connections_limit(&self, configured: usize) -> u64 {
+        match self.connections_limit.load(Ordering::Relaxed) {
+            0 => configured as u64,
+            set => set,
         }
     }
 }

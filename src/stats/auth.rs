@@ -6,8 +6,8 @@
 //! Comparisons are constant-time: the offered `user:password` is checked as an HMAC tag
 //! under a key made at start, and so is the CSRF token (an HMAC of the user name under
 //! the same per-process key, so it changes on restart and needs no storage). Wrong
-//! credentials are counted per client address (`throttle`): an address locked out gets
-//! 429 before its credentials are looked at. This module decides; `admin` and `mod`
+//! credentials are counted per client address and in total (`throttle`): an address
+//! locked out gets 429 before its credentials are looked at. This module decides; `admin` and `mod`
 //! apply its answers.
 
 use axum::extract::{Request, State};
@@ -132,22 +132,33 @@ pub async fn require_user(State(app): State<StatsApp>, mut req: Request, next: N
         return (
             StatusCode::TOO_MANY_REQUESTS,
             [(RETRY_AFTER, secs.to_string())],
-            "too many wrong passwords from this address; retry later\n",
+            "too many wrong passwords (from this address, or from all together); retry later\n",
         )
             .into_response();
     }
     match app.guard.check_basic(req.headers()) {
         Some(user) => {
+            if let Some(c) = client {
+                app.throttle.succeeded(c.ip(), Instant::now());
+            }
             req.extensions_mut().insert(user);
             next.run(req).await
         }
         None => {
             if req.headers().contains_key(AUTHORIZATION) {
                 tracing::warn!(client = ?client, path = %req.uri().path(), "stats: wrong credentials");
-                if let Some(c) = client
-                    && let Some(lockout) = app.throttle.failed(c.ip(), Instant::now())
-                {
-                    tracing::warn!(client = %c.ip(), lockout_seconds = lockout.as_secs(), "stats: too many wrong passwords, refusing this address for a while");
+                if let Some(c) = client {
+                    let now = Instant::now();
+                    let all_before = app.throttle.all_locked(now);
+                    if let Some(lockout) = app.throttle.failed(c.ip(), now) {
+                        tracing::warn!(client = %c.ip(), lockout_seconds = lockout.as_secs(), "stats: too many wrong passwords, refusing this address for a while");
+                    }
+                    if !all_before && app.throttle.all_locked(now) {
+                        tracing::warn!(
+                            client = %c.ip(),
+                            "stats: too many wrong passwords from all addresses together, refusing every address without a recent login for a while"
+                        );
+                    }
                 }
             }
             (

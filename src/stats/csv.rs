@@ -94,6 +94,8 @@ const COLUMNS: &[Column] = &[
     ("sticky_hash", |l| opt(l.counters.sticky.map(|s| s.hash))),
     ("sticky_redispatch", |l| opt(l.counters.sticky.map(|s| s.redispatch))),
     ("sid_unknown", |l| opt(l.counters.sid_unknown)),
+    ("hs_tout", |l| opt(l.frontend.map(|f| f.handshake_timeouts))),
+    ("hs_fail", |l| opt(l.frontend.map(|f| f.handshake_failures))),
     ("eweight", |l| l.server.map(|s| format!("{:.2}", s.effective_weight))),
     ("slow_start_pct", |l| {
         l.server.and_then(|s| s.slow_start).map(|ss| ss.percent.to_string())

@@ -76,7 +76,8 @@ impl StatsView {
                 generation: snapshot.generation,
                 threads: config.threads,
                 connections: shared.https.connections.get() + shared.http.connections.get(),
-                connections_limit: config.limits.max_connections as u64,
+                // The places the proxy serves, not the key: the descriptor limit may hold fewer.
+                connections_limit: registry.connections_limit(config.limits.max_connections),
                 requests_in_flight: shared.in_flight.get(),
                 open_tunnels: shared.open_tunnels() as u64,
                 rss_bytes: resident_memory(),
@@ -199,6 +200,7 @@ fn frontend(l: Listener<'_>, rates: &Rates) -> FrontendView {
         request_rate: rates.get(&rates::requests_key(name)),
         connections_refused: c.connections_refused.get(),
         handshake_timeouts: c.handshake_timeouts.get(),
+        handshake_failures: c.handshake_failures.get(),
         redirects: c.redirects.get(),
         counters: Counters {
             sessions_current: c.connections.get(),
@@ -451,6 +453,13 @@ pub(crate) mod tests {
         let ws = &view.backends[1];
         assert_eq!((ws.status, ws.weight), ("DOWN", 0), "its only server is down");
         assert!(ws.counters.sticky.is_some());
+        assert_eq!(
+            view.process.connections_limit, 10_000,
+            "the configured limit before start"
+        );
+        shared.registry.set_connections_limit(340);
+        let view = StatsView::gather(&shared, &Rates::default());
+        assert_eq!(view.process.connections_limit, 340, "the limit the descriptors allowed");
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! not authoritative for that name — no credential changes that, and 403 stays the answer
 //! of the CSRF checks. `/health` is not checked (the router leaves it out): probes send
 //! whatever Host they were configured with, and it tells nothing worth a rebinding.
+//! Before that, on every route, a request must name one host (RFC 9112 §3.2): two `Host`
+//! lines, an HTTP/1.1 request without one, or a value that is not a host get 400; an
+//! absolute-form target's authority is the host it names.
 //! This module only decides; `mod` mounts the middleware.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,40 +37,57 @@ enum HostName {
     Name(String),
 }
 
-/// Split a `Host` value into its host part, dropping a valid port; `None` if malformed.
+/// The host of a `Host` value, without its port; `None` if it is not a host
+/// (`crate::authority`).
 fn parse(value: &str) -> Option<HostName> {
-    let (host, port) = match value.strip_prefix('[') {
-        Some(rest) => {
-            let (inside, after) = rest.split_once(']')?;
-            let port = if after.is_empty() {
-                None
-            } else {
-                Some(after.strip_prefix(':')?)
-            };
-            (inside, port)
-        }
-        None => match value.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (value, None),
-        },
-    };
-    if let Some(port) = port
-        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
-    if value.starts_with('[') {
-        return host.parse::<Ipv6Addr>().ok().map(|ip| HostName::Ip(IpAddr::V6(ip)));
+    let host = crate::authority::parse(value.as_bytes()).ok()?.host;
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().ok().map(|ip| HostName::Ip(IpAddr::V6(ip)));
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Some(HostName::Ip(IpAddr::V4(ip)));
     }
     let name = host.strip_suffix('.').unwrap_or(host);
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    ok.then(|| HostName::Name(name.to_ascii_lowercase()))
+    (!name.is_empty()).then(|| HostName::Name(name.to_ascii_lowercase()))
+}
+
+/// The host a request names (RFC 9112 §3.2): the authority of an absolute-form target,
+/// else its `Host`. Refused (the reason) when it has two `Host` lines, an HTTP/1.1
+/// request has neither, or either is not a host.
+pub fn named_host<'a>(
+    hosts: &[&'a [u8]],
+    target_authority: Option<&'a str>,
+    http11: bool,
+) -> Result<Option<&'a str>, &'static str> {
+    let host = match hosts {
+        [] => None,
+        [one] => Some(std::str::from_utf8(one).map_err(|_| "invalid Host")?),
+        _ => return Err("more than one Host header"),
+    };
+    // An empty Host is a valid one (an empty reg-name) that names no listener: 421.
+    for value in host.iter().chain(target_authority.iter()).filter(|v| !v.is_empty()) {
+        crate::authority::parse(value.as_bytes()).map_err(|_| "invalid Host")?;
+    }
+    match target_authority.or(host) {
+        None if http11 => Err("HTTP/1.1 request without Host"),
+        named => Ok(named),
+    }
+}
+
+/// The host `req` names, or the reason it is refused.
+fn host_of(req: &Request) -> Result<Option<&str>, &'static str> {
+    let hosts: Vec<&[u8]> = req.headers().get_all(HOST).iter().map(|v| v.as_bytes()).collect();
+    let http11 = req.version() == axum::http::Version::HTTP_11;
+    named_host(&hosts, req.uri().authority().map(|a| a.as_str()), http11)
+}
+
+/// Middleware on every route (`/health` too): 400 for a request whose host is missing,
+/// doubled or not a host (RFC 9112 §3.2).
+pub async fn require_valid_host(req: Request, next: Next) -> Response {
+    match host_of(&req) {
+        Ok(_) => next.run(req).await,
+        Err(why) => (StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n")).into_response(),
+    }
 }
 
 /// Whether the `Host` value `host` names this listener: reached at `local`, also
@@ -88,7 +108,7 @@ pub fn names_listener(host: &str, local: Option<IpAddr>, allowed: &[String]) -> 
 /// Middleware: answer only requests whose `Host` names this listener; 421 otherwise.
 pub async fn require_own_host(State(app): State<StatsApp>, req: Request, next: Next) -> Response {
     let local = req.extensions().get::<Local>().map(|l| l.0.ip());
-    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let host = host_of(&req).ok().flatten();
     let known = host.is_some_and(|h| names_listener(h, local, &app.shared.snapshot().config.stats.hosts));
     if known {
         return next.run(req).await;
@@ -116,6 +136,7 @@ mod tests {
             "localhost",
             "LocalHost:8404",
             "localhost.:1",
+            "localhost:",
             "127.0.0.1",
             "127.0.0.1:8404",
             "[::1]",
@@ -142,7 +163,6 @@ mod tests {
             "127.0.0.2",
             "[::2]",
             "::1",
-            "localhost:",
             "localhost:http",
             "localhost:123456",
             "[::1]x",
@@ -153,6 +173,32 @@ mod tests {
         ] {
             assert!(!ok(host), "{host}");
         }
+    }
+
+    #[test]
+    fn the_host_of_a_request_is_its_target_authority_or_its_one_host() {
+        assert_eq!(named_host(&[b"localhost"], None, true), Ok(Some("localhost")));
+        assert_eq!(
+            named_host(&[b"evil.example"], Some("localhost:8404"), true),
+            Ok(Some("localhost:8404")),
+            "absolute form: the target's authority"
+        );
+        assert_eq!(named_host(&[], Some("127.0.0.1"), true), Ok(Some("127.0.0.1")));
+        assert_eq!(named_host(&[], None, false), Ok(None), "HTTP/1.0 may omit it");
+        assert!(named_host(&[], None, true).is_err());
+        assert!(named_host(&[b"localhost", b"evil.example"], None, true).is_err());
+        assert!(named_host(&[b"localhost", b"localhost"], None, true).is_err());
+        assert!(named_host(&[b"evil.example/x"], None, true).is_err());
+        assert_eq!(
+            named_host(&[b""], None, true),
+            Ok(Some("")),
+            "empty names nothing (421), it is not malformed"
+        );
+        assert!(named_host(&[b"localhost"], Some("a@localhost"), true).is_err());
+        assert!(
+            named_host(&[b"a b"], Some("localhost"), true).is_err(),
+            "both must be hosts"
+        );
     }
 
     #[test]

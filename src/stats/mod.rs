@@ -107,6 +107,7 @@ impl StatsApp {
             .route("/health", get(health))
             .merge(protected)
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(middleware::from_fn(host::require_valid_host))
             .layer(middleware::from_fn(security_headers))
             .with_state(self.clone())
     }

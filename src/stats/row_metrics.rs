@@ -169,6 +169,12 @@ pub const ROW_METRICS: &[RowMetric] = &[
         |r| fo(r.frontend.map(|f| f.handshake_timeouts)),
     ),
     (
+        "handshake_failures_total",
+        "Connections closed because their PROXY header was bad or their TLS handshake failed.",
+        Kind::Counter,
+        |r| fo(r.frontend.map(|f| f.handshake_failures)),
+    ),
+    (
         "intercepted_requests_total",
         "Requests answered by edgepin itself (redirects).",
         Kind::Counter,

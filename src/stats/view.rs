@@ -259,6 +259,8 @@ pub struct FrontendView {
     pub connections_refused: u64,
     /// Connections closed because their PROXY header or TLS handshake was too slow.
     pub handshake_timeouts: u64,
+    /// Connections whose PROXY header was bad or whose TLS handshake failed.
+    pub handshake_failures: u64,
     pub redirects: u64,
     pub counters: Counters,
 }

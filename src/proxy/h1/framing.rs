@@ -5,14 +5,30 @@
 //!
 //! The chunked parser is strict (RFC 9112 §7.1): hex sizes of at most 15 digits, CRLF
 //! line ends (a bare LF is an error), extensions of visible characters only, CRLF after
-//! each chunk's data, trailers as header-like lines, all bounded. A lenient parser on one
-//! side of a proxy and a strict one on the other is how requests are smuggled.
+//! each chunk's data, all bounded. A lenient parser on one side of a proxy and a strict
+//! one on the other is how requests are smuggled.
+//!
+//! Two bounds are per message, not per chunk, because the engine forwards the framing as
+//! it came and `limits.max_body_bytes` counts decoded data: chunk extensions (with the
+//! whitespace after a size) may take [`MAX_EXTENSIONS`] bytes in all, as in hyper, so a
+//! thousand one-byte chunks cannot carry megabytes of extensions past the limit; and
+//! trailers [`MAX_TRAILERS`]. Trailer lines are header fields (RFC 9112 §7.1.2): a token
+//! name (no `_`, as `head` drops those), a colon, a value of visible characters; never a
+//! field that frames or routes a message (`Content-Length`, `Transfer-Encoding`, `Host`,
+//! RFC 9110 §6.5.1). So a line such as `GET /admin HTTP/1.1` can never reach a server as
+//! a trailer.
 
 use std::ops::Range;
 
-/// Longest chunk extension, and all trailer lines together.
-const MAX_EXTENSION: usize = 4096;
-const MAX_TRAILERS: usize = 16 * 1024;
+/// Chunk extensions and the whitespace after chunk sizes, all chunks of a body together.
+pub const MAX_EXTENSIONS: usize = 16 * 1024;
+/// All trailer lines of a body together.
+pub const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Trailer names refused: they frame or route a message (RFC 9110 §6.5.1).
+const FORBIDDEN_TRAILERS: &[&[u8]] = &[b"content-length", b"transfer-encoding", b"host"];
+/// Bytes of a trailer's name kept to compare with [`FORBIDDEN_TRAILERS`].
+const NAME_KEPT: usize = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FramingError(pub &'static str);
@@ -34,10 +50,9 @@ enum Chunk {
     AfterSize {
         size: u64,
     },
-    /// In an extension; bytes of it so far.
+    /// In an extension.
     Extension {
         size: u64,
-        len: usize,
     },
     /// CR seen after the size line; LF must follow.
     SizeLf {
@@ -50,7 +65,10 @@ enum Chunk {
     DataLf,
     /// At the start of a trailer line (or of the final CRLF).
     TrailerStart,
-    TrailerLine,
+    /// In a trailer's field name.
+    TrailerName,
+    /// After a trailer's colon.
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -74,7 +92,12 @@ pub enum Framing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkState {
     chunk: Chunk,
+    /// Extension and after-size whitespace bytes of the whole body.
+    extension_bytes: usize,
     trailer_bytes: usize,
+    /// The current trailer's name, lowercase, its first [`NAME_KEPT`] bytes.
+    name: [u8; NAME_KEPT],
+    name_len: usize,
     /// Data bytes seen so far (the decoded length).
     pub data: u64,
 }
@@ -97,7 +120,10 @@ impl Framing {
         Framing::Chunked {
             state: ChunkState {
                 chunk: Chunk::Size { size: 0, digits: 0 },
+                extension_bytes: 0,
                 trailer_bytes: 0,
+                name: [0; NAME_KEPT],
+                name_len: 0,
                 data: 0,
             },
         }
@@ -168,13 +194,15 @@ impl ChunkState {
                     },
                     Some(_) => return Err(FramingError("chunk size too large")),
                     None if digits == 0 => return Err(FramingError("chunk size missing")),
-                    None => after_size(size, b)?,
+                    None => self.after_size(size, b)?,
                 },
-                Chunk::AfterSize { size } => after_size(size, b)?,
-                Chunk::Extension { size, len } => match b {
+                Chunk::AfterSize { size } => self.after_size(size, b)?,
+                Chunk::Extension { size } => match b {
                     b'\r' => Chunk::SizeLf { size },
-                    _ if len >= MAX_EXTENSION => return Err(FramingError("chunk extension too long")),
-                    b'\t' | b' '..=b'~' | 0x80..=0xff => Chunk::Extension { size, len: len + 1 },
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => {
+                        self.extension_byte()?;
+                        Chunk::Extension { size }
+                    }
                     _ => return Err(FramingError("invalid byte in chunk extension")),
                 },
                 Chunk::SizeLf { size } => match b {
@@ -193,11 +221,22 @@ impl ChunkState {
                 Chunk::TrailerStart => match b {
                     b'\r' => Chunk::EndLf,
                     b'\t' | b' ' => return Err(FramingError("folded trailer line")),
-                    _ => self.trailer_byte(b)?,
+                    _ => {
+                        self.name_len = 0;
+                        self.trailer_name_byte(b)?
+                    }
                 },
-                Chunk::TrailerLine => match b {
+                Chunk::TrailerName => match b {
+                    b':' => self.trailer_name_end()?,
+                    _ => self.trailer_name_byte(b)?,
+                },
+                Chunk::TrailerValue => match b {
                     b'\r' => Chunk::TrailerLf,
-                    _ => self.trailer_byte(b)?,
+                    b'\t' | b' '..=b'~' | 0x80..=0xff => {
+                        self.trailer_byte()?;
+                        Chunk::TrailerValue
+                    }
+                    _ => return Err(FramingError("invalid byte in a trailer value")),
                 },
                 Chunk::TrailerLf => match b {
                     b'\n' => Chunk::TrailerStart,
@@ -216,25 +255,63 @@ impl ChunkState {
         })
     }
 
-    fn trailer_byte(&mut self, b: u8) -> Result<Chunk, FramingError> {
+    fn after_size(&mut self, size: u64, b: u8) -> Result<Chunk, FramingError> {
+        match b {
+            b'\r' => Ok(Chunk::SizeLf { size }),
+            b' ' | b'\t' => {
+                self.extension_byte()?;
+                Ok(Chunk::AfterSize { size })
+            }
+            b';' => {
+                self.extension_byte()?;
+                Ok(Chunk::Extension { size })
+            }
+            _ => Err(FramingError("invalid byte after chunk size")),
+        }
+    }
+
+    fn extension_byte(&mut self) -> Result<(), FramingError> {
+        self.extension_bytes += 1;
+        if self.extension_bytes > MAX_EXTENSIONS {
+            return Err(FramingError("chunk extensions too long"));
+        }
+        Ok(())
+    }
+
+    fn trailer_byte(&mut self) -> Result<(), FramingError> {
         self.trailer_bytes += 1;
         if self.trailer_bytes > MAX_TRAILERS {
             return Err(FramingError("trailers too large"));
         }
-        match b {
-            b'\t' | b' '..=b'~' | 0x80..=0xff => Ok(Chunk::TrailerLine),
-            _ => Err(FramingError("invalid byte in a trailer")),
+        Ok(())
+    }
+
+    fn trailer_name_byte(&mut self, b: u8) -> Result<Chunk, FramingError> {
+        self.trailer_byte()?;
+        if b == b'_' || !is_tchar(b) {
+            return Err(FramingError("invalid trailer field name"));
         }
+        if let Some(slot) = self.name.get_mut(self.name_len) {
+            *slot = b.to_ascii_lowercase();
+        }
+        self.name_len += 1;
+        Ok(Chunk::TrailerName)
+    }
+
+    /// The colon after a trailer's name.
+    fn trailer_name_end(&mut self) -> Result<Chunk, FramingError> {
+        self.trailer_byte()?;
+        let name = &self.name[..self.name_len.min(NAME_KEPT)];
+        if self.name_len <= NAME_KEPT && FORBIDDEN_TRAILERS.contains(&name) {
+            return Err(FramingError("trailer field that frames or routes a message"));
+        }
+        Ok(Chunk::TrailerValue)
     }
 }
 
-fn after_size(size: u64, b: u8) -> Result<Chunk, FramingError> {
-    match b {
-        b'\r' => Ok(Chunk::SizeLf { size }),
-        b' ' | b'\t' => Ok(Chunk::AfterSize { size }),
-        b';' => Ok(Chunk::Extension { size, len: 0 }),
-        _ => Err(FramingError("invalid byte after chunk size")),
-    }
+/// A token character of a field name (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -305,8 +382,54 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
-        let long_ext = format!("1;{}\r\n", "x".repeat(MAX_EXTENSION + 1));
+        let long_ext = format!("1;{}\r\n", "x".repeat(MAX_EXTENSIONS + 1));
         assert!(run(Framing::chunked(), &[long_ext.as_bytes()]).is_err());
+    }
+
+    #[test]
+    fn extensions_are_bounded_per_body_not_per_chunk() {
+        // A thousand one-byte chunks with 4,000-byte extensions: refused once the body's
+        // extensions pass 16 KiB, long before megabytes could go upstream.
+        let chunk = format!("1;{}\r\nx\r\n", "e".repeat(4000));
+        let body = chunk.repeat(1000);
+        let mut f = Framing::chunked();
+        let err = f.advance(body.as_bytes(), |_| {}).unwrap_err();
+        assert_eq!(err, FramingError("chunk extensions too long"));
+        // Whitespace after the size counts too.
+        let padded = format!("1{}\r\nx\r\n", " ".repeat(2000)).repeat(10);
+        assert!(run(Framing::chunked(), &[padded.as_bytes()]).is_err());
+        // Ordinary extensions on many chunks pass.
+        let fine = format!("{}0\r\n\r\n", "1;a=b\r\nx\r\n".repeat(2000));
+        let (data, _, done) = run(Framing::chunked(), &[fine.as_bytes()]).unwrap();
+        assert_eq!((data.len(), done), (2000, true));
+    }
+
+    #[test]
+    fn trailers_must_be_header_fields_that_neither_frame_nor_route() {
+        for bad in [
+            &b"0\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"0\r\nX Y: 1\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n",
+            b"0\r\nContent-Length: 5\r\n\r\n",
+            b"0\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"0\r\nHOST: evil\r\n\r\n",
+            b"0\r\nX: a\x00b\r\n\r\n",
+        ] {
+            assert!(
+                run(Framing::chunked(), &[bad]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+            let bytes: Vec<&[u8]> = bad.iter().map(std::slice::from_ref).collect();
+            assert!(run(Framing::chunked(), &bytes).is_err(), "byte by byte");
+        }
+        let fine = b"0\r\nX-Checksum: abc\r\nServer-Timing: db;dur=53\r\nContent-Lengthy: 1\r\n\r\n";
+        let (_, used, done) = run(Framing::chunked(), &[fine]).unwrap();
+        assert_eq!((used, done), (fine.len(), true));
+        let huge = format!("0\r\nX: {}\r\n\r\n", "v".repeat(MAX_TRAILERS));
+        assert!(run(Framing::chunked(), &[huge.as_bytes()]).is_err());
     }
 
     #[test]

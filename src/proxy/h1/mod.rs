@@ -4,12 +4,17 @@
 //! through `proxy::account`.
 //!
 //! Per connection, state is kept and reused across keep-alive requests: the read buffer,
-//! the parsed head, the write buffer. A request head is read under `timeouts.header`
-//! (from its first byte) and at most `limits.max_header_bytes` plus a request line, then
-//! checked (`head`); then one request goes through `flow` (route, admit, choose a server,
-//! try it) with its state in one value (`ctx`), the server side through
-//! `proxy::upstream`, bodies and the answer through `answer`, edgepin's own answers
-//! through `local`. The upstream head is written straight into the write buffer
+//! the parsed head, the write buffer. Between requests they go back to the thread's
+//! spares (`spare`), so a connection waiting for its next request holds none of them
+//! (thousands of keep-alive connections opened at once would otherwise each keep theirs
+//! until they park), and a connection idle for a moment parks (`idle`). A request head is
+//! read under `timeouts.header` (from its first byte) and at most
+//! `limits.max_header_bytes` plus a request line, searched for its end in the new bytes
+//! only, then parsed and checked once (`head`); the config that routes it is the one
+//! current when the head has arrived. Then one request goes through `flow` (route,
+//! admit, choose a server, try it) with its state in one value (`ctx`), the server side
+//! through `proxy::upstream`, bodies and the answer through `answer`, edgepin's own
+//! answers through `local`. The upstream head is written straight into the write buffer
 //! (`request`); bodies up to `flow::HOLD_BODY` are read whole so that a request can be
 //! sent again when a connection fails, larger ones stream. After a `101`, the two
 //! connections go to a tunnel of their own (`proxy::tunnel`) and this task ends.
@@ -20,13 +25,17 @@ pub mod fields;
 mod flow;
 mod framing;
 mod head;
+mod idle;
 mod local;
 mod request;
 mod response;
+mod spare;
 
 pub use super::upstream::pool::{PER_SERVER as POOL_PER_SERVER, Pool};
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,8 +43,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::runtime::Shared;
 
+use super::places::Places;
 use super::upstream::AnswerBuf;
-
 use head::Head;
 
 /// Read buffer growth step.
@@ -50,16 +59,26 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// Serve HTTP/1 on `io` until the client or a timeout ends it, or it becomes a tunnel.
-/// `open` is the frontend's hold on the connection; it lives as long as the connection.
-pub async fn serve<S, O>(shared: Arc<Shared>, pool: Arc<Pool>, io: S, peer: Peer, open: O)
+/// Serve HTTP/1 on `io` until the client or a timeout ends it, or it becomes a tunnel
+/// (spawn it: it is a task of its own). `open` is the frontend's hold on the connection;
+/// it lives as long as the connection. `places` may close the connection while it idles.
+pub fn serve<S, O>(
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    places: Arc<Places>,
+    io: S,
+    peer: Peer,
+    open: O,
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     O: Send + 'static,
 {
-    let mut conn = Conn {
+    let conn = Conn {
+        wait: HeadWait::of(&shared.snapshot().config),
         shared,
         pool,
+        places,
         io,
         peer: peer.addr.map(|a| a.ip()),
         peer_text: peer.addr.map(|a| a.ip().to_string().into_bytes()).unwrap_or_default(),
@@ -71,34 +90,84 @@ where
         answer: AnswerBuf::default(),
         requests: 0,
     };
-    loop {
-        let snapshot = conn.shared.snapshot();
-        let len = match conn.read_head(&snapshot.config).await {
-            Ok(Some(len)) => len,
-            Ok(None) => return,
-            Err(refused) => {
-                conn.refuse_head(&snapshot, refused).await;
-                return;
+    run(conn, open)
+}
+
+/// The connection's requests, one after the other, until it ends, parks (`idle`) or
+/// becomes a tunnel. Boxed: a parked connection starts it again in a task of its own.
+fn run<S, O>(mut conn: Conn<S>, open: O) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    O: Send + 'static,
+{
+    Box::pin(async move {
+        loop {
+            // The request is served by the config of the moment its head has arrived (a
+            // reload meanwhile applies to it); the wait for the next one is bounded by it.
+            let read = conn.read_head().await;
+            let snapshot = conn.shared.snapshot();
+            conn.wait = HeadWait::of(&snapshot.config);
+            let len = match read {
+                Ok(Waited::Head(len)) => len,
+                Ok(Waited::Ended) => return,
+                Ok(Waited::Park { until }) => {
+                    idle::park(conn.into_idle(), open, until);
+                    return;
+                }
+                Err(refused) => {
+                    conn.refuse_head(&snapshot, refused).await;
+                    return;
+                }
+            };
+            conn.rpos += len;
+            conn.requests += 1;
+            match conn.exchange(&snapshot).await {
+                Next::KeepAlive => {}
+                Next::Close => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
+                    return;
+                }
+                Next::Linger => {
+                    conn.linger().await;
+                    return;
+                }
+                Next::Tunnel(t) => {
+                    let Conn { io, rbuf, rpos, .. } = conn;
+                    let to_server = rbuf.get(rpos..).map(<[u8]>::to_vec).unwrap_or_default();
+                    tokio::spawn(t.run(io, to_server, open));
+                    return;
+                }
             }
-        };
-        conn.rpos += len;
-        conn.requests += 1;
-        match conn.exchange(&snapshot).await {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
-                return;
-            }
-            Next::Linger => {
-                conn.linger().await;
-                return;
-            }
-            Next::Tunnel(t) => {
-                let Conn { io, rbuf, rpos, .. } = conn;
-                let to_server = rbuf.get(rpos..).map(<[u8]>::to_vec).unwrap_or_default();
-                tokio::spawn(t.run(io, to_server, open));
-                return;
-            }
+        }
+    })
+}
+
+/// How waiting for a request head ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// A head of this many bytes, parsed into `Conn::head`.
+    Head(usize),
+    /// The connection ends quietly (closed, idle past keep-alive, stopping).
+    Ended,
+    /// No byte for [`idle::PARK_AFTER`]: park the connection until `until`.
+    Park { until: Instant },
+}
+
+/// How long and how much a connection waits for a request head: from the config of its
+/// last request (or of its start), so that no snapshot is held while it waits.
+#[derive(Debug, Clone, Copy)]
+struct HeadWait {
+    max_header_bytes: usize,
+    header: Duration,
+    keepalive: Duration,
+}
+
+impl HeadWait {
+    fn of(cfg: &crate::config::Config) -> HeadWait {
+        HeadWait {
+            max_header_bytes: cfg.limits.max_header_bytes,
+            header: cfg.timeouts.header,
+            keepalive: cfg.timeouts.keepalive,
         }
     }
 }
@@ -118,6 +187,10 @@ struct Conn<S> {
     shared: Arc<Shared>,
     /// Idle server connections, shared by every client connection.
     pool: Arc<Pool>,
+    /// The proxy's connection places (an idle connection may give its own up).
+    places: Arc<Places>,
+    /// Bounds of the wait for the next request head.
+    wait: HeadWait,
     io: S,
     peer: Option<IpAddr>,
     /// `peer` as text, for the forwarding headers of every request.
@@ -141,6 +214,57 @@ enum ClientRead {
     Closed,
     TimedOut,
     Failed,
+}
+
+impl<S> Conn<S> {
+    /// The connection, parked: what it keeps while it waits (its buffers go to the
+    /// thread's spares).
+    fn into_idle(mut self) -> idle::Idle<S> {
+        spare::put(self.take_buffers());
+        idle::Idle {
+            shared: self.shared,
+            pool: self.pool,
+            places: self.places,
+            io: self.io,
+            peer: self.peer,
+            tls: self.tls,
+            requests: self.requests,
+        }
+    }
+
+    /// The buffers, leaving empty ones (no allocation) in their place.
+    fn take_buffers(&mut self) -> spare::Buffers {
+        spare::Buffers {
+            rbuf: std::mem::take(&mut self.rbuf),
+            wbuf: std::mem::take(&mut self.wbuf),
+            answer: std::mem::take(&mut self.answer),
+            raw: std::mem::take(&mut self.head.raw),
+            fields: std::mem::take(&mut self.head.fields),
+        }
+    }
+
+    /// A parked connection that got bytes, with buffers (its first bytes in `rbuf`).
+    fn resume(idle: idle::Idle<S>, b: spare::Buffers) -> Conn<S> {
+        let mut head = Head::default();
+        head.raw = b.raw;
+        head.fields = b.fields;
+        Conn {
+            wait: HeadWait::of(&idle.shared.snapshot().config),
+            shared: idle.shared,
+            pool: idle.pool,
+            places: idle.places,
+            io: idle.io,
+            peer: idle.peer,
+            peer_text: idle.peer.map(|ip| ip.to_string().into_bytes()).unwrap_or_default(),
+            tls: idle.tls,
+            rbuf: b.rbuf,
+            rpos: 0,
+            head,
+            wbuf: b.wbuf,
+            answer: b.answer,
+            requests: idle.requests,
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -181,38 +305,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         ok && matches!(tokio::time::timeout(wait, self.io.flush()).await, Ok(Ok(())))
     }
 
-    /// Read the next request head. `Ok(None)`: the connection ends quietly (closed, idle
-    /// past keep-alive, stopping).
-    async fn read_head(&mut self, cfg: &crate::config::Config) -> Result<Option<usize>, head::Refused> {
-        let limits = &cfg.limits;
+    /// Read the next request head.
+    async fn read_head(&mut self) -> Result<Waited, head::Refused> {
+        let limits = self.wait;
         let cap = head::head_limit(limits.max_header_bytes);
         // The head's deadline runs from its first byte; before it, the connection idles.
         let mut deadline = None;
+        let mut end = head::HeadEnd::default();
         loop {
             if !self.pending().is_empty() {
-                deadline.get_or_insert_with(|| Instant::now() + cfg.timeouts.header);
+                deadline.get_or_insert_with(|| Instant::now() + limits.header);
                 let rpos = self.rpos;
-                match self.head.parse(&self.rbuf[rpos..], limits.max_header_bytes)? {
-                    Some(len) => return Ok(Some(len)),
-                    None if self.pending().len() >= cap => {
-                        return Err(head::Refused {
-                            status: 431,
-                            why: "request head too large",
-                        });
-                    }
-                    None => {}
+                if end.found(&self.rbuf[rpos..])
+                    && let Some(len) = self.head.parse(&self.rbuf[rpos..], limits.max_header_bytes)?
+                {
+                    return Ok(Waited::Head(len));
+                }
+                if self.pending().len() >= cap {
+                    return Err(head::Refused {
+                        status: 431,
+                        why: "request head too large",
+                    });
                 }
             }
-            let wait = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None if self.requests == 0 => cfg.timeouts.header,
-                // SIGTERM: close idle keep-alive at once. An upgrade's drain lets it send
-                // its next request (answered with `Connection: close`): closing now would
-                // race a request already on its way.
-                None if self.shared.stopping() && !self.shared.lifecycle.is_handed_over() => return Ok(None),
-                None => cfg.timeouts.keepalive,
+            let read = match deadline {
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    self.read_client(wait, cap).await
+                }
+                None => {
+                    // Idle: no byte of a head yet (so nothing pending either).
+                    let wait = match self.requests {
+                        0 => limits.header,
+                        // SIGTERM: close idle keep-alive at once. An upgrade's drain lets it
+                        // send its next request (answered with `Connection: close`): closing
+                        // now would race a request already on its way.
+                        _ if self.shared.stopping() && !self.shared.lifecycle.is_handed_over() => {
+                            return Ok(Waited::Ended);
+                        }
+                        _ => limits.keepalive,
+                    };
+                    let until = Instant::now() + wait;
+                    match self.read_idle(wait.min(idle::PARK_AFTER)).await {
+                        Err(ClientRead::TimedOut) if wait > idle::PARK_AFTER => {
+                            return Ok(Waited::Park { until });
+                        }
+                        other => other,
+                    }
+                }
             };
-            match self.read_client(wait, cap).await {
+            match read {
                 Ok(_) => {}
                 Err(ClientRead::TimedOut) if deadline.is_some() => {
                     return Err(head::Refused {
@@ -220,8 +362,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         why: "request head not received in time",
                     });
                 }
-                Err(_) => return Ok(None),
+                Err(_) => return Ok(Waited::Ended),
             }
+        }
+    }
+
+    /// Wait for the client's next bytes holding no buffer (see `spare`): the buffers go
+    /// to the thread's spares meanwhile, and a set comes back with the bytes.
+    async fn read_idle(&mut self, wait: Duration) -> Result<usize, ClientRead> {
+        spare::put(self.take_buffers());
+        self.rpos = 0;
+        let Conn {
+            io,
+            rbuf,
+            wbuf,
+            answer,
+            head,
+            ..
+        } = self;
+        let read = spare::read_with(io, |data| {
+            let b = spare::take();
+            (*rbuf, *wbuf, *answer) = (b.rbuf, b.wbuf, b.answer);
+            (head.raw, head.fields) = (b.raw, b.fields);
+            rbuf.extend_from_slice(data);
+        });
+        match tokio::time::timeout(wait, read).await {
+            Err(_) => Err(ClientRead::TimedOut),
+            Ok(Ok(0)) => Err(ClientRead::Closed),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(_)) => Err(ClientRead::Failed),
         }
     }
 
