@@ -139,8 +139,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     server.bootstrap();
 
     let fd_limit = crate::fdlimit::raise();
-    let h2 = config.tls.as_ref().is_some_and(|t| t.h2);
-    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len(), h2);
+    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len());
     if cap.connections < config.limits.max_connections {
         tracing::warn!(
             max_connections = config.limits.max_connections,
@@ -149,21 +148,15 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             "limits.max_connections does not fit in the file descriptor limit; serving at most `fit` connections (raise `ulimit -n` / LimitNOFILE)"
         );
     }
-    // Places for connections, and for HTTP/2 streams in flight (each holds a server's).
+    // Places for connections, and for HTTP/2 streams beyond their connection's own.
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
-    let mut proxy = pingora::proxy::http_proxy(
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         H2Proxy {
             shared: Arc::clone(&shared),
             places: Arc::clone(&places),
         },
     );
-    proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
-    // An HTTP/2 connection with no stream in flight is closed after `timeouts.keepalive`, as
-    // an idle HTTP/1.1 one is (pingora holds it until the client leaves otherwise).
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2_idle_timeout = Some(config.timeouts.keepalive);
-    proxy.server_options = Some(options);
     let https = match (config.listen.https, cert, &config.tls) {
         (Some(addr), Some(cert), Some(t)) => {
             let alpn = crate::tls::alpn_protocols(t);
@@ -275,8 +268,7 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         // One attempt plus the backend's retries; the budget decides below that.
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
-        // pingora's pool serves HTTP/2 only; sized as the HTTP/1 engine's (and reserved
-        // in the connection cap when h2 is on).
+        // pingora's pool serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
         upstream_keepalive_pool_size: crate::proxy::pool_size(config.servers.len()),
         ..ServerConf::default()
     }

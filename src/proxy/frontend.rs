@@ -1,8 +1,9 @@
 //! Where every client connection starts, before any HTTP: it is counted from the moment
 //! it is accepted, held to `limits.max_connections`, reads a trusted balancer's PROXY
 //! header, and on the https listener does its TLS handshake, all within
-//! `timeouts.handshake`. Then HTTP/2 (chosen by ALPN) goes to pingora's server and
-//! everything else to edgepin's HTTP/1 engine (`proxy::h1`).
+//! `timeouts.handshake` (for HTTP/2 the client preface too). Then HTTP/2 (chosen by
+//! ALPN) goes to edgepin's HTTP/2 engine (`proxy::h2`) and everything else to its HTTP/1
+//! engine (`proxy::h1`).
 //!
 //! pingora's listener would run the TLS handshake itself, for up to 60 s and before the
 //! application sees the connection: a client that never finishes its handshake was held
@@ -28,8 +29,7 @@ use crate::config::Config;
 use crate::runtime::Shared;
 use crate::state::FrontendCounters;
 
-use super::h1;
-use super::tls_conn::TlsConn;
+use super::{h1, h2};
 
 /// ALPN of an ACME TLS-ALPN-01 validation: the handshake is all it needs.
 const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -55,6 +55,8 @@ pub struct Frontend<A> {
     max_waiting: usize,
     /// Longest wait for a permit before the connection is closed.
     wait: Duration,
+    /// What HTTP/2 streams hold of the servers beyond their connections' places.
+    h2_places: Arc<h2::Places>,
     /// Serve HTTP/1 with pingora's proxy instead of edgepin's engine: only for the
     /// differential test, which compares what servers receive from each
     /// (`EDGEPIN_H1_ENGINE=pingora`).
@@ -76,6 +78,7 @@ impl<A> Frontend<A> {
             shared,
             pool,
             https,
+            h2_places: h2::Places::new(Arc::clone(&permits)),
             permits,
             h1_through_pingora: false,
             waiting: AtomicUsize::new(0),
@@ -146,10 +149,13 @@ impl<A> Frontend<A> {
             // A TLS-ALPN-01 validation has seen the certificate it asked for.
             Some(ACME_TLS_ALPN) => None,
             Some(b"h2") => {
-                let mut conn = TlsConn::new(tls);
-                match conn.read_h2_preface().await {
-                    Ok(true) => Some(Accepted::H2(Box::new(conn))),
-                    Ok(false) | Err(_) => None,
+                let peer = peer_of(tls.get_ref().0);
+                match h2::handshake(tls, cfg).await {
+                    Ok(conn) => Some(Accepted::H2(Box::new(conn), peer)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP/2 preface or settings refused");
+                        None
+                    }
                 }
             }
             _ => Some(Accepted::Tls(Box::new(tls))),
@@ -161,19 +167,23 @@ impl<A> Frontend<A> {
 enum Accepted {
     Plain(Box<L4Stream>),
     Tls(Box<TlsStream<L4Stream>>),
-    /// HTTP/2 (by ALPN), for pingora's server.
-    H2(Stream),
+    /// HTTP/2 (by ALPN), its preface read, and the client's address.
+    H2(Box<h2::Connection<TlsStream<L4Stream>>>, Option<SocketAddr>),
+}
+
+/// The client's address (a trusted balancer's PROXY header has replaced the peer's).
+fn peer_of(l4: &L4Stream) -> Option<SocketAddr> {
+    l4.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }
 
 impl Accepted {
-    /// The client's address (a trusted balancer's PROXY header has replaced the peer's).
     fn peer(&self) -> Option<SocketAddr> {
-        let digest = match self {
-            Accepted::Plain(l4) => l4.get_socket_digest(),
-            Accepted::Tls(tls) => tls.get_ref().0.get_socket_digest(),
-            Accepted::H2(s) => s.get_socket_digest(),
-        };
-        digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+        match self {
+            Accepted::Plain(l4) => peer_of(l4),
+            Accepted::Tls(tls) => peer_of(tls.get_ref().0),
+            Accepted::H2(_, peer) => *peer,
+        }
     }
 }
 
@@ -248,9 +258,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 let _open = open;
                 self.http.process_new(l4, shutdown).await
             }
-            Accepted::H2(stream) => {
-                let _open = open;
-                self.http.process_new(stream, shutdown).await
+            Accepted::H2(conn, _) => {
+                let (shared, pool) = (Arc::clone(&self.shared), Arc::clone(&self.pool));
+                h2::serve(shared, pool, &self.h2_places, *conn, peer, open).await;
+                None
             }
             Accepted::Plain(l4) => {
                 h1::serve(Arc::clone(&self.shared), Arc::clone(&self.pool), l4, peer, open).await;
@@ -288,13 +299,12 @@ pub fn pool_size(servers: usize) -> usize {
     super::h1::POOL_PER_SERVER * servers.max(1)
 }
 
-/// The connections (and HTTP/2 streams in flight) that fit in `fd_limit` descriptors
-/// next to the upstream keep-alive pools of `servers` servers (pingora's too, for HTTP/2,
-/// when `h2`), capped by `configured`. Waiters hold one descriptor each while they wait:
-/// a tenth of the connections, at least 16, at most 256.
-pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize, h2: bool) -> ConnectionCap {
-    let pools = if h2 { 2 } else { 1 };
-    let pool = (pools * pool_size(servers)) as u64;
+/// The places (connections, and HTTP/2 streams beyond their connection's own) that fit
+/// in `fd_limit` descriptors next to the upstream keep-alive pool of `servers` servers,
+/// capped by `configured`. Waiters hold one descriptor each while they wait: a tenth of
+/// the connections, at least 16, at most 256.
+pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> ConnectionCap {
+    let pool = pool_size(servers) as u64;
     let reserve = FD_RESERVE + 2 * servers as u64 + pool;
     let usable = fd_limit.saturating_sub(reserve);
     // c connections + c/10 waiters <= usable / FDS_PER_CONNECTION (a waiter holds only
@@ -313,14 +323,14 @@ mod tests {
 
     #[test]
     fn the_configured_cap_stands_when_descriptors_allow_it() {
-        let cap = connection_cap(10_000, 1_048_576, 4, false);
+        let cap = connection_cap(10_000, 1_048_576, 4);
         assert_eq!(cap.connections, 10_000);
         assert_eq!(cap.waiting, 256);
     }
 
     #[test]
     fn a_low_descriptor_limit_lowers_the_cap() {
-        let cap = connection_cap(10_000, 1024, 4, false);
+        let cap = connection_cap(10_000, 1024, 4);
         let reserve = FD_RESERVE + 8 + 4 * super::super::h1::POOL_PER_SERVER as u64;
         let used = cap.connections as u64 * FDS_PER_CONNECTION + cap.waiting as u64 + reserve;
         assert!(used <= 1024, "{cap:?} uses {used} descriptors");
@@ -329,7 +339,7 @@ mod tests {
 
     #[test]
     fn the_cap_is_never_zero() {
-        assert_eq!(connection_cap(10, 10, 4, true).connections, 1);
-        assert_eq!(connection_cap(0, 1 << 20, 4, false).connections, 1);
+        assert_eq!(connection_cap(10, 10, 4).connections, 1);
+        assert_eq!(connection_cap(0, 1 << 20, 4).connections, 1);
     }
 }

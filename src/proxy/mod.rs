@@ -1,7 +1,7 @@
 //! The engines that move bytes, and what they share. Every client connection enters
 //! through the [`frontend`](Frontend) (connection limit, PROXY header, TLS); HTTP/1 is
-//! served by edgepin's own engine (`h1`), HTTP/2 by pingora's proxy with edgepin's
-//! callbacks (`h2`), and an upgraded connection by the tunnel relay (`relay`). The
+//! served by edgepin's own engine (`h1`), HTTP/2 by its own HTTP/2 engine (`h2`), and an
+//! upgraded connection (or an HTTP/2 WebSocket stream) by the tunnel relay (`relay`). The
 //! decisions they call live outside: `route`, `select` (here, shared by both),
 //! `sticky::exchange`, `failure`; the counters of a request go through `account`.
 
@@ -10,16 +10,17 @@ mod account;
 mod frontend;
 mod h1;
 mod h2;
+mod h2_pingora;
 pub mod headers;
 mod limits;
 mod proxy_protocol;
 mod relay;
 mod respond;
 mod select;
-mod tls_conn;
 
 pub use crate::route::ACME_PREFIX;
 pub use frontend::{ConnectionCap, Frontend, Https, connection_cap, pool_size};
 pub use h1::Pool;
-pub use h2::H2Proxy;
+pub use h2::{H2_LIMITS, H2Limits};
+pub use h2_pingora::H2Proxy;
 pub use select::Pick;

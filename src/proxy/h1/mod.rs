@@ -13,11 +13,11 @@
 //! relay of their own (`proxy::relay`) and this task ends.
 
 mod exchange;
-mod framing;
-mod head;
-mod pool;
+pub(in crate::proxy) mod framing;
+pub(in crate::proxy) mod head;
+pub(in crate::proxy) mod pool;
 mod request;
-mod response;
+pub(in crate::proxy) mod response;
 
 pub use pool::{PER_SERVER as POOL_PER_SERVER, Pool};
 

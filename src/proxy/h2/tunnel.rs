@@ -1,0 +1,122 @@
+//! WebSockets over HTTP/2 (RFC 8441). A browser that saw `SETTINGS_ENABLE_CONNECT_PROTOCOL`
+//! opens a WebSocket as a stream: an extended CONNECT with `:protocol websocket`. On a
+//! route that allows WebSockets, edgepin asks the server for an HTTP/1.1 upgrade with a
+//! `Sec-WebSocket-Key` of its own (the client sends none), chosen by the same sticky rules
+//! as an HTTP/1.1 upgrade; the server's `101` is checked against that key and answered on
+//! the stream as the `200` that accepts the CONNECT. From there the stream's DATA frames
+//! and the server connection carry the same WebSocket frames, moved by the tunnel relay
+//! (`proxy::relay`) through [`StreamIo`](super::flow::StreamIo): no buffer while idle,
+//! backpressure both ways (HTTP/2 flow control on the client's side), `timeouts.tunnel`,
+//! sid learning from the server's first frames, and a close frame at a frame boundary
+//! when edgepin closes it (MAINT, drain, SIGTERM). A server that refuses the upgrade has
+//! its answer passed on as any other.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+
+use crate::runtime::{BackendRt, Member};
+use crate::sticky::cookie;
+
+use super::super::relay;
+use super::answer::{self, Added};
+use super::flow::StreamIo;
+use super::places::ServerPlace;
+use super::stream::{Answer, Stream};
+use crate::failure::{self, Failure, Progress};
+use crate::state::ActiveGuard;
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
+pub fn new_key() -> String {
+    let mut nonce = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+        // Never fails on Linux; a key only needs to be unpredictable to the server.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        nonce = t.as_nanos().to_le_bytes();
+    }
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+impl Stream {
+    /// The server answered an extended CONNECT: relay the WebSocket until it ends, or pass
+    /// a refusal on. The status the client got.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn open_tunnel(
+        &mut self,
+        respond: &mut SendResponse<Bytes>,
+        recv: RecvStream,
+        b: &BackendRt,
+        m: &Member,
+        answer: Answer,
+        slot: ActiveGuard,
+        place: ServerPlace,
+    ) -> u16 {
+        if answer.parsed.status != 101 {
+            return self.forward(respond, b, m, answer, slot, place).await;
+        }
+        let Answer {
+            up,
+            mut buf,
+            parsed,
+            fields,
+        } = answer;
+        let shared = Arc::clone(&self.conn.shared);
+        let cfg = &Arc::clone(&self.snap).config;
+        self.rec.ttfb = Some(self.acct.started.elapsed());
+        self.rec.connect = self.rec.connect.map(|_| self.rec.ttfb.unwrap_or_default());
+        self.sticky.on_response(parsed.status, &shared.sids);
+        self.acct.passive(false);
+        let added = Added {
+            set_cookie: self
+                .sticky
+                .set_cookie()
+                .then_some(b.cfg.cookie.as_deref())
+                .flatten()
+                .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
+            hsts: crate::tls::hsts_value(cfg),
+        };
+        let head = buf.split_to(parsed.len).freeze();
+        let Some(resp) = answer::response(&head, &parsed, &fields, added) else {
+            self.acct.upstream_error(failure::Counted::Response);
+            self.rec.error = Some("answer fields HTTP/2 cannot carry");
+            return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
+        };
+        drop(head);
+        let Ok(send) = respond.send_response(resp, false) else {
+            // No tunnel after all: its session ends here (the sid table pinned it).
+            return self.gone();
+        };
+        self.acct.tunnel_opened();
+        let ticket = m.state.tunnels.register();
+        let sticky = &mut self.sticky;
+        let watch = |data: &[u8]| {
+            if sticky.scanning() {
+                sticky.on_body(data, &shared.sids, &m.state);
+            }
+            !sticky.scanning()
+        };
+        let relayed = relay::relay(
+            StreamIo::new(send, recv),
+            up,
+            Vec::new(),
+            buf.to_vec(),
+            b.cfg.timeouts.tunnel,
+            Arc::clone(ticket.ctl()),
+            watch,
+        )
+        .await;
+        drop((ticket, slot, place));
+        self.rec.ws_bytes_in = relayed.bytes_in;
+        self.rec.ws_bytes_out = relayed.bytes_out;
+        self.rec.upstream_ended = relayed.ended == relay::Ended::ServerClosed;
+        if relayed.ended == relay::Ended::Idle {
+            self.rec.error = Some("tunnel idle timeout");
+        }
+        200
+    }
+}
