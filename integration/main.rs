@@ -12,6 +12,7 @@ mod foundation;
 mod fuzz;
 mod hardening;
 mod health;
+mod http2;
 mod multi_edge;
 mod reload;
 mod stats;
