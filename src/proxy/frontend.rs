@@ -259,8 +259,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 self.http.process_new(l4, shutdown).await
             }
             Accepted::H2(conn, _) => {
-                let (shared, pool) = (Arc::clone(&self.shared), Arc::clone(&self.pool));
-                h2::serve(shared, pool, &self.h2_places, *conn, peer, open).await;
+                // A task of its own, the size of the HTTP/2 connection's state: this one
+                // (sized for the TLS handshake) ends here, as it does for a tunnel.
+                let (shared, pool, places) = (
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.pool),
+                    Arc::clone(&self.h2_places),
+                );
+                tokio::spawn(h2::serve(shared, pool, places, conn, peer, open));
                 None
             }
             Accepted::Plain(l4) => {

@@ -1,11 +1,11 @@
 //! A server's HTTP/1.1 answer head as the HTTP/2 response a client gets: the status, the
 //! server's fields minus what was that hop's (`Connection` and what it names,
 //! `Keep-Alive`, `Transfer-Encoding`, `Upgrade`...), plus the sticky cookie and HSTS. The
-//! field values are slices of the bytes read from the server, not copies. A `101` that
+//! field values are copied out of the server's bytes: the read buffer is not held by the
+//! response (the connection keeps its last frames a while). A `101` that
 //! accepted a WebSocket becomes the `200` that accepts an extended CONNECT (RFC 8441
 //! §5), without the handshake's own fields. Nothing here does I/O.
 
-use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -23,7 +23,7 @@ pub struct Added {
 
 /// The response head for the answer parsed from `head` (the server's head bytes).
 /// `None`: a field no HTTP/2 response can carry (the answer is then the server's fault).
-pub fn response(head: &Bytes, parsed: &Parsed, fields: &[Header], added: Added) -> Option<Response<()>> {
+pub fn response(head: &[u8], parsed: &Parsed, fields: &[Header], added: Added) -> Option<Response<()>> {
     let websocket = parsed.status == 101;
     let status = if websocket { 200 } else { parsed.status };
     let mut headers = HeaderMap::with_capacity(fields.len() + 2);
@@ -52,7 +52,7 @@ pub fn response(head: &Bytes, parsed: &Parsed, fields: &[Header], added: Added) 
             continue;
         }
         let name = HeaderName::from_bytes(name).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(h.value.clone())).ok()?;
+        let value = HeaderValue::from_bytes(&head[h.value.clone()]).ok()?;
         headers.append(name, value);
     }
     if let Some(cookie) = added.set_cookie {
@@ -89,10 +89,10 @@ mod tests {
     use crate::proxy::h1::response::{Asked, parse};
 
     fn convert(text: &str, asked: Asked<'_>, added: Added) -> Response<()> {
-        let head = Bytes::copy_from_slice(text.as_bytes());
+        let head = text.as_bytes();
         let mut fields = Vec::new();
-        let parsed = parse(&head, asked, &mut fields).unwrap().unwrap();
-        response(&head, &parsed, &fields, added).unwrap()
+        let parsed = parse(head, asked, &mut fields).unwrap().unwrap();
+        response(head, &parsed, &fields, added).unwrap()
     }
 
     const GET: Asked<'static> = Asked {

@@ -174,3 +174,102 @@ impl AsyncWrite for StreamIo {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A client and a server HTTP/2 connection over an in-memory pipe, both driven; the
+    /// client's streams get `client_window` bytes of receive window.
+    async fn pair(
+        client_window: u32,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    ) {
+        let (c, s) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move { h2::server::handshake(s).await.unwrap() });
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(client_window)
+            .handshake(c)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (send, server.await.unwrap())
+    }
+
+    /// Drive the server connection in the background; accepted streams come out of the
+    /// returned channel.
+    fn accept(
+        mut conn: h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(http::Request<RecvStream>, h2::server::SendResponse<Bytes>)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(s)) = conn.accept().await {
+                let _ = tx.send(s);
+            }
+        });
+        rx
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_window_is_given_up_at_the_stall_deadline() {
+        let (send, conn) = pair(0).await;
+        let mut streams = accept(conn);
+        let req = http::Request::get("https://h/").body(()).unwrap();
+        let (resp, _) = send.ready().await.unwrap().send_request(req, true).unwrap();
+        let (_, mut respond) = streams.recv().await.unwrap();
+        let mut out = respond.send_response(http::Response::new(()), false).unwrap();
+        let started = std::time::Instant::now();
+        let sent = send_all(&mut out, Bytes::from(vec![7u8; 1000]), true, Duration::from_millis(200)).await;
+        assert_eq!(sent, Err(SendStop::Stalled));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(resp.await.unwrap().status(), 200, "the head went out");
+    }
+
+    #[tokio::test]
+    async fn a_stream_moves_bytes_both_ways_past_its_windows() {
+        let (send, conn) = pair(65_535).await;
+        let mut streams = accept(conn);
+        let req = http::Request::post("https://h/").body(()).unwrap();
+        let (resp, mut upload) = send.ready().await.unwrap().send_request(req, false).unwrap();
+        let (req, mut respond) = streams.recv().await.unwrap();
+        let down = respond.send_response(http::Response::new(()), false).unwrap();
+        let mut io = StreamIo::new(down, req.into_body());
+        // 300 KB each way: four times the windows, so both sides wait for credit.
+        let payload: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let client = {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut rest = Bytes::from(payload);
+                while !rest.is_empty() {
+                    upload.reserve_capacity(rest.len());
+                    let n = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    upload
+                        .send_data(rest.split_to(n.min(rest.len())), rest.is_empty())
+                        .unwrap();
+                }
+                let mut body = resp.await.unwrap().into_body();
+                let mut got = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    body.flow_control().release_capacity(chunk.len()).unwrap();
+                    got.extend_from_slice(&chunk);
+                }
+                got
+            })
+        };
+        let mut received = Vec::new();
+        io.read_to_end(&mut received).await.unwrap();
+        assert_eq!(received, payload, "the client's bytes, in order, then its end");
+        io.write_all(&payload).await.unwrap();
+        io.shutdown().await.unwrap();
+        assert_eq!(client.await.unwrap(), payload, "the server's bytes, then the end");
+    }
+}

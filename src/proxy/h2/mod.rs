@@ -69,6 +69,13 @@ where
     settings::builder(cfg.limits.max_header_bytes).handshake(io).await
 }
 
+/// No set of stream futures yet (typed after `serve`'s futures, which have no name).
+fn no_streams<F>(
+    _: &impl Fn(Arc<Conn>, http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> F,
+) -> Option<FuturesUnordered<F>> {
+    None
+}
+
 /// What the streams of one connection share.
 pub(super) struct Conn {
     shared: Arc<Shared>,
@@ -84,8 +91,8 @@ pub(super) struct Conn {
 pub async fn serve<T, O>(
     shared: Arc<Shared>,
     pool: Arc<Pool>,
-    places: &Arc<Places>,
-    mut conn: Connection<T>,
+    places: Arc<Places>,
+    mut conn: Box<Connection<T>>,
     peer: Peer,
     open: O,
 ) where
@@ -108,14 +115,21 @@ pub async fn serve<T, O>(
         peer: ip,
         peer_text: ip.map(|a| a.to_string().into_bytes()).unwrap_or_default(),
     });
-    let mut streams = FuturesUnordered::new();
+    // The set exists while streams do: an empty one still holds a stream's worth of
+    // memory (its stub task), which an idle connection should not.
+    let mut streams = no_streams(&stream::serve);
     let mut timer = pin!(tokio::time::sleep(keepalive));
     // Armed while no stream is open: until when the connection may idle (or close).
     let mut armed = false;
     let mut closing = false;
     poll_fn(|cx| {
         loop {
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if let Some(set) = streams.as_mut() {
+                while let Poll::Ready(Some(())) = set.poll_next_unpin(cx) {}
+                if set.is_empty() {
+                    streams = None;
+                }
+            }
             if !closing && ctx.shared.stopping() {
                 conn.graceful_shutdown();
                 closing = true;
@@ -123,7 +137,11 @@ pub async fn serve<T, O>(
             }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    streams.push(stream::serve(Arc::clone(&ctx), req, respond));
+                    streams.get_or_insert_with(FuturesUnordered::new).push(stream::serve(
+                        Arc::clone(&ctx),
+                        req,
+                        respond,
+                    ));
                     armed = false;
                     continue;
                 }
@@ -134,7 +152,7 @@ pub async fn serve<T, O>(
                 Poll::Ready(None) => return Poll::Ready(()),
                 Poll::Pending => {}
             }
-            if !streams.is_empty() {
+            if streams.is_some() {
                 armed = false;
                 return Poll::Pending;
             }
@@ -157,6 +175,8 @@ pub async fn serve<T, O>(
     })
     .await;
     // Streams left when the connection broke see it at once; let them account.
-    let _ = tokio::time::timeout(DRAIN_WAIT, async { while streams.next().await.is_some() {} }).await;
+    if let Some(mut set) = streams {
+        let _ = tokio::time::timeout(DRAIN_WAIT, async { while set.next().await.is_some() {} }).await;
+    }
     drop(open);
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::Request;
@@ -365,13 +365,12 @@ impl Stream {
                 .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
             hsts: crate::tls::hsts_value(cfg),
         };
-        let head = buf.split_to(parsed.len).freeze();
-        let Some(resp) = answer::response(&head, &parsed, &fields, added) else {
+        let Some(resp) = answer::response(&buf[..parsed.len], &parsed, &fields, added) else {
             self.acct.upstream_error(failure::Counted::Response);
             self.rec.error = Some("answer fields HTTP/2 cannot carry");
             return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
         };
-        drop(head);
+        buf.advance(parsed.len);
         let status = parsed.status;
         let mut framing = match parsed.body {
             RespBody::None => None,
@@ -402,9 +401,11 @@ impl Stream {
         });
         let mut ranges = Vec::new();
         loop {
-            let data = buf.split().freeze();
+            // The bytes read so far are copied out in the pieces the client gets: the read
+            // buffer is reused, and nothing the connection keeps holds it.
+            let data = &buf[..];
             ranges.clear();
-            let Ok(adv) = framing.advance(&data, |r| ranges.push(r)) else {
+            let Ok(adv) = framing.advance(data, |r| ranges.push(r)) else {
                 self.rec.error = Some("malformed response body");
                 return self.broken(&mut send, status);
             };
@@ -421,7 +422,7 @@ impl Stream {
             let mut learned = Learned::Nothing;
             let last = ranges.len();
             for (i, r) in ranges.drain(..).enumerate() {
-                let piece = data.slice(r);
+                let piece = Bytes::copy_from_slice(&data[r]);
                 if self.sticky.scanning() {
                     let l = self.sticky.on_body(&piece, &self.conn.shared.sids, &m.state);
                     if l != Learned::Nothing {
@@ -452,6 +453,7 @@ impl Stream {
             let Some(h) = held.as_mut() else {
                 return self.broken(&mut send, status);
             };
+            buf.clear();
             buf.reserve(READ_CHUNK);
             match tokio::time::timeout(server_wait, h.up.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}

@@ -61,7 +61,7 @@ impl Stream {
         }
         let Answer {
             up,
-            mut buf,
+            buf,
             parsed,
             fields,
         } = answer;
@@ -80,13 +80,11 @@ impl Stream {
                 .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
             hsts: crate::tls::hsts_value(cfg),
         };
-        let head = buf.split_to(parsed.len).freeze();
-        let Some(resp) = answer::response(&head, &parsed, &fields, added) else {
+        let Some(resp) = answer::response(&buf[..parsed.len], &parsed, &fields, added) else {
             self.acct.upstream_error(failure::Counted::Response);
             self.rec.error = Some("answer fields HTTP/2 cannot carry");
             return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
         };
-        drop(head);
         let Ok(send) = respond.send_response(resp, false) else {
             // No tunnel after all: its session ends here (the sid table pinned it).
             return self.gone();
@@ -104,7 +102,7 @@ impl Stream {
             StreamIo::new(send, recv),
             up,
             Vec::new(),
-            buf.to_vec(),
+            buf[parsed.len..].to_vec(),
             b.cfg.timeouts.tunnel,
             Arc::clone(ticket.ctl()),
             watch,
