@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps deny-tool node-deps chromium pebble unit integration bench bench-deps bench-broadcast clean systemd-verify
+.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble prometheus rules unit integration bench bench-deps bench-broadcast clean systemd-verify
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -31,6 +31,14 @@ pebble:
 	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then \
 	  echo "installing: pebble"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pebble; \
+	fi
+
+## Prometheus and promtool (Debian's package) for the rules' unit tests (`lint`) and the
+## scrape test. Installed only when missing.
+prometheus:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing: prometheus"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; \
 	fi
 
 ## Node.js packages for the real socket.io / socket.io-client tests.
@@ -62,18 +70,41 @@ deny-tool:
 	  $(CARGO) install --locked --debug cargo-deny@$(CARGO_DENY_VERSION); \
 	}
 
-lint: deps deny-tool
+## cargo-deb for `make deb` and the package test (integration/package.rs), built from
+## crates.io when missing, once per machine: a debug build, about 45 s of CPU.
+CARGO_DEB_VERSION ?= 3.8.0
+deb-tool:
+	@$(CARGO) deb --version >/dev/null 2>&1 || { \
+	  echo "installing: cargo-deb $(CARGO_DEB_VERSION) (cargo install --debug, about a minute)"; \
+	  $(CARGO) install --locked --debug cargo-deb@$(CARGO_DEB_VERSION); \
+	}
+
+## The Debian package, from a release build: target/debian/edgepin_<version>_amd64.deb
+## (binary, systemd unit, /etc/edgepin/proxy.yaml, user _edgepin; README "Running in
+## production"). The test packages the debug binary instead, without this build.
+deb: deps deb-tool
+	$(CARGO) deb --locked
+
+lint: deps deny-tool prometheus
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) deny check --hide-inclusion-graph bans licenses sources
 	@$(MAKE) --no-print-directory systemd-verify
+	@$(MAKE) --no-print-directory rules
+
+## The Prometheus rules: syntax and queries (`check`), then their unit tests: every
+## alert firing and staying quiet where it should (packaging/prometheus/*.test.yml).
+rules: prometheus
+	promtool check rules packaging/prometheus/edgepin.rules.yml
+	cd packaging/prometheus && promtool test rules edgepin.rules.test.yml
 
 ## `systemd-analyze verify` on packaging/edgepin.service, where the tool exists (it is
 ## not installed for this: systemd in a container is not worth it). It checks that the
-## binary exists, so a copy of the unit points at the one just built.
+## binary exists, so a copy of the unit points at the one just built. (The package test
+## verifies the installed unit as it is.)
 systemd-verify: build
 	@if command -v systemd-analyze >/dev/null; then \
-	  d=$$(mktemp -d) && sed "s#/usr/local/bin/edgepin#$(CURDIR)/target/debug/edgepin#g" packaging/edgepin.service > $$d/edgepin.service \
+	  d=$$(mktemp -d) && sed "s#/usr/bin/edgepin#$(CURDIR)/target/debug/edgepin#g" packaging/edgepin.service > $$d/edgepin.service \
 	    && systemd-analyze verify $$d/edgepin.service; rc=$$?; rm -rf $$d; exit $$rc; \
 	else echo "systemd-analyze not found: packaging/edgepin.service not verified"; fi
 
@@ -81,7 +112,7 @@ unit: deps
 	$(CARGO) test --lib --bins
 
 ## End-to-end tests run one at a time: they start processes and measure behaviour.
-integration: deps node-deps chromium pebble
+integration: deps node-deps chromium pebble deb-tool prometheus
 	$(CARGO) test --test integration -- --test-threads=1
 
 test: lint check unit integration

@@ -162,7 +162,7 @@ fn corpus() -> Vec<Vec<u8>> {
         b"GET /cookie HTTP/1.1\r\nHost: x\r\nCookie: a=1; EDGEPIN=zzz; b=\"q\"\r\nConnection: close\r\n\r\n".to_vec(),
         b"POST /continue HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello".to_vec(),
         b"\r\nGET /leading-crlf HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-        b"GET /a%2Fb/../c;p=1?x=%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /a%2Fb/..c;p=1?x=/../%2F HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
         b"DELETE /thing/7 HTTP/1.1\r\nHost: x:8080\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
         b"PATCH /json HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\nConnection: close\r\n\r\n{\"k\":\"\xc3\xa9\"}  ".to_vec(),
         b"GET /socket.io/?EIO=4&transport=polling&t=Nx1 HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: close\r\n\r\n".to_vec(),

@@ -5,15 +5,19 @@
 #[allow(dead_code, unused_imports)]
 mod harness;
 
+mod charts;
 mod differential;
 mod edge;
 mod engine;
+mod exchange;
 mod foundation;
 mod fuzz;
 mod hardening;
 mod health;
 mod http2;
 mod multi_edge;
+mod package;
+mod prometheus;
 mod reload;
 mod stats;
 mod sticky;

@@ -2,8 +2,10 @@
 //! localhost / 127.0.0.1 / ::1 signed by it, so `make run` serves HTTPS out of the box
 //! and tests can trust the CA; more certificates signed by that CA for other names
 //! (tests, a private ACME server's own listener); and self-signed certificates made in
-//! memory (the stand-in served until ACME delivers). Keys are written with mode 0600.
-//! Never for production.
+//! memory (the stand-in served until ACME delivers); and, for the Debian package, one
+//! self-signed certificate for this host so that the shipped config starts before the
+//! operator installs a real one. Keys are written with mode 0600. None of these is a
+//! production certificate.
 
 use std::fs;
 use std::io::Write;
@@ -142,13 +144,25 @@ pub fn self_signed_pem(names: &[String], valid_for: Duration) -> Result<(String,
 
 /// [`self_signed_pem`] written to `<dir>/<first name>.crt` and `.key` (tests).
 pub fn issue_self_signed(dir: &Path, names: &[&str]) -> Result<(PathBuf, PathBuf), CertsError> {
+    let stem = names.first().copied().unwrap_or("edgepin").replace('*', "_");
+    write_self_signed(dir, &stem, names, Duration::days(30))
+}
+
+/// A self-signed certificate for `names`, valid for `valid_for`, written to
+/// `<dir>/<stem>.crt` (0644) and `<dir>/<stem>.key` (0600): the Debian package's stand-in
+/// until the operator installs a real certificate or turns ACME on.
+pub fn write_self_signed(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+    valid_for: Duration,
+) -> Result<(PathBuf, PathBuf), CertsError> {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let (cert, key) = self_signed_pem(&names, Duration::days(30))?;
+    let (cert, key) = self_signed_pem(&names, valid_for)?;
     fs::create_dir_all(dir).map_err(|source| CertsError::Write {
         path: dir.into(),
         source,
     })?;
-    let stem = names.first().map_or("edgepin", String::as_str).replace('*', "_");
     let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
     write(&cert_path, cert.as_bytes(), 0o644)?;
     write(&key_path, key.as_bytes(), 0o600)?;

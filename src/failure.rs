@@ -5,10 +5,12 @@
 //! here; nothing here does I/O.
 //!
 //! Passive health counts only what says the *server* is unwell: a connection refused or
-//! timed out, a connection reset before any answer, an answer that did not come in time
-//! while the server had the whole request. A malformed or mismatched answer, a client
-//! that left or is slow, is not held against the server: a client could provoke those
-//! (nginx's `max_fails` counts `error timeout` by default, not invalid headers).
+//! timed out, and silence or a reset once the server had the whole request. Nothing that
+//! happens while the request is still going out is held against the server (a server may
+//! answer and close before it has read a body, RFC 9110 §15.5.14; a client decides how
+//! its body goes), nor a malformed or mismatched answer, nor a client that left or is
+//! slow: a client could provoke all of those (nginx's `max_fails` counts `error timeout`
+//! by default, not invalid headers).
 
 /// Why edgepin answers a request itself instead of proxying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,9 @@ pub enum Failure {
     ConnectError,
     /// The server closed or reset the connection before any byte of an answer.
     ResetBeforeAnswer,
+    /// A pooled connection had an answer before the request was written: the server said
+    /// something nobody asked (502 unless it can go again on a new connection).
+    Stray,
     /// No (complete) answer head within `timeouts.server`.
     AnswerTimedOut,
     /// The answer head was malformed or not what was asked (a 101 that is no valid
@@ -110,7 +115,7 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
     let connect = matches!(f, ConnectRefused | ConnectTimedOut | ConnectError);
     // A pooled connection that the server closed while it was idle: not the server's
     // fault, and the request can go again on a new connection if it is safe to.
-    let stale = p.reused && f == ResetBeforeAnswer && !p.answered;
+    let stale = p.reused && matches!(f, ResetBeforeAnswer | Stray) && !p.answered;
     let client_side = matches!(f, ClientGone | BodyTooLarge | BodyMalformed | BodyStalled);
     let retry = if p.answered || client_side || f == AnswerTimedOut || f == BadAnswer {
         Retry::No
@@ -125,7 +130,10 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
     };
     let passive = match f {
         ConnectRefused | ConnectTimedOut | ConnectError => true,
-        ResetBeforeAnswer => !stale,
+        // A server may close on a body it will not read; only a reset after it had the
+        // whole request says it is unwell.
+        ResetBeforeAnswer => p.request_complete && !stale,
+        Stray => false,
         // A server waiting for the rest of a slow client's body is not failing.
         AnswerTimedOut => p.request_complete,
         BadAnswer | AnswerBroken | ClientGone | BodyTooLarge | BodyMalformed | BodyStalled => false,
@@ -133,11 +141,17 @@ pub fn classify(f: Failure, p: Progress) -> Verdict {
     let counted = match f {
         _ if connect => Counted::Connect,
         _ if client_side => Counted::Nothing,
-        _ if stale => Counted::Nothing,
+        _ if stale && f == ResetBeforeAnswer => Counted::Nothing,
         _ => Counted::Response,
     };
-    let session_lost =
-        p.pinned && p.engine_io && !p.answered && retry != Retry::Fresh && !client_side && f != AnswerTimedOut;
+    // The session died with its server only if the server looks gone: not for a client's
+    // doing, a slow server, a stray answer or a close while the request still went out.
+    let server_gone = match f {
+        ResetBeforeAnswer => p.request_complete,
+        AnswerTimedOut | Stray => false,
+        _ => !client_side,
+    };
+    let session_lost = p.pinned && p.engine_io && !p.answered && retry != Retry::Fresh && server_gone;
     let status = match f {
         ClientGone => 0,
         BodyTooLarge => 413,
@@ -181,6 +195,45 @@ mod tests {
         }
         assert_eq!(classify(Failure::ConnectRefused, Progress::default()).status, 502);
         assert_eq!(classify(Failure::ConnectTimedOut, Progress::default()).status, 504);
+    }
+
+    #[test]
+    fn nothing_while_the_request_goes_out_is_held_against_the_server() {
+        // The server answered a body it would not read and closed; or it reset while a
+        // client trickled its body.
+        let streaming = Progress {
+            sent: true,
+            request_complete: false,
+            ..Progress::default()
+        };
+        let v = classify(Failure::ResetBeforeAnswer, streaming);
+        assert_eq!((v.passive, v.retry, v.status), (false, Retry::No, 502));
+        let v = classify(Failure::AnswerTimedOut, streaming);
+        assert_eq!((v.passive, v.status), (false, 504));
+        // Connect failures and a reset once it had the whole request still count.
+        assert!(classify(Failure::ConnectRefused, Progress::default()).passive);
+        assert!(classify(Failure::ResetBeforeAnswer, fresh_get()).passive);
+    }
+
+    #[test]
+    fn a_stray_answer_on_a_pooled_connection_is_sent_again_fresh_when_safe() {
+        let unsent = Progress {
+            reused: true,
+            ..Progress::default()
+        };
+        let v = classify(Failure::Stray, unsent);
+        assert_eq!(
+            (v.retry, v.passive, v.counted),
+            (Retry::Fresh, false, Counted::Response)
+        );
+        let sent_post = Progress {
+            reused: true,
+            sent: true,
+            request_complete: true,
+            ..Progress::default()
+        };
+        let v = classify(Failure::Stray, sent_post);
+        assert_eq!((v.retry, v.passive, v.status), (Retry::No, false, 502));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod acme;
 pub mod balance;
+pub mod build_info;
 pub mod certs;
 pub mod check;
 pub mod config;

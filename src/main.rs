@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use edgepin::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "edgepin", version, about = "Edge load balancer for Socket.IO fleets")]
+#[command(name = "edgepin", version = edgepin::build_info::LONG_VERSION, about = "Edge load balancer for Socket.IO fleets")]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, global = true, default_value = "text", value_parser = parse_format)]
@@ -31,10 +31,14 @@ enum Command {
         #[arg(long)]
         diff: bool,
     },
-    /// Write a development CA and a localhost certificate.
+    /// Write a development CA and a localhost certificate (or, with --self-signed, one
+    /// self-signed certificate: selfsigned.crt and selfsigned.key, valid a year).
     Certs {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
+        /// A name of the self-signed certificate (repeat for more names).
+        #[arg(long, value_name = "NAME")]
+        self_signed: Vec<String>,
     },
     /// Ask a running proxy to reload (SIGHUP to the pid in `reload.pidfile`).
     Reload {
@@ -121,7 +125,17 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
-        Command::Certs { out } => match edgepin::certs::generate(&out) {
+        Command::Certs { out, self_signed } if !self_signed.is_empty() => {
+            let names: Vec<&str> = self_signed.iter().map(String::as_str).collect();
+            match edgepin::certs::write_self_signed(&out, "selfsigned", &names, time::Duration::days(365)) {
+                Ok((cert, key)) => {
+                    println!("wrote {} and {} (self-signed)", cert.display(), key.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Certs { out, .. } => match edgepin::certs::generate(&out) {
             Ok(c) => {
                 println!(
                     "wrote {} and {} (CA: {})",

@@ -9,7 +9,8 @@
 //! that it took on every thread and cannot be undone. Until then the [`Gate`] holds
 //! accepted connections back (the frontend awaits it), so nothing is served as root; if
 //! the switch fails the process exits instead of serving. Before services start,
-//! [`prepare`] gives the ACME storage directory to the user, so renewals keep working.
+//! [`prepare`] gives the ACME storage directory to the user, so renewals keep working,
+//! and the pidfile with its saved config, so reloads and the exit can update them.
 //! The stats listener is bound before pingora starts, so it is covered too.
 
 use std::collections::HashSet;
@@ -71,7 +72,7 @@ impl Gate {
 }
 
 /// Before services start: refuse a `run_as` that cannot be honoured, and hand the ACME
-/// storage directory (and the files in it) to the user.
+/// storage directory (and the files in it), the pidfile and its saved config to the user.
 pub fn prepare(config: &Config) -> Result<(), PrivilegeError> {
     let Some(r) = &config.run_as else { return Ok(()) };
     let uid = Uid::effective();
@@ -87,6 +88,20 @@ pub fn prepare(config: &Config) -> Result<(), PrivilegeError> {
     }
     if let Some(acme) = config.tls.as_ref().and_then(|t| t.acme.as_ref()) {
         give(&acme.storage, r)?;
+    }
+    // Written as root just before: the user rewrites the saved copy at each reload and
+    // removes the pidfile at exit (the directory stays as it is: it may be /run).
+    if let Some(pidfile) = &config.reload.pidfile {
+        for file in [pidfile.clone(), crate::loaded::loaded_copy(pidfile)] {
+            if file.is_file() {
+                std::os::unix::fs::chown(&file, Some(r.uid), Some(r.gid)).map_err(|source| {
+                    PrivilegeError::Prepare {
+                        path: file.display().to_string(),
+                        source,
+                    }
+                })?;
+            }
+        }
     }
     Ok(())
 }

@@ -4,10 +4,17 @@
 //!
 //! Routes match the request as a user writing `path_prefix` and `host` means it, not as
 //! the bytes happen to be spelled: the path is normalised first (percent-encoded
-//! unreserved characters decoded, dot segments resolved, repeated slashes collapsed) and
-//! the host lowercased without port or trailing dot, so `/%73ocket.io/`, `//socket.io/`
-//! and `/x/../socket.io/` cannot sidestep the route written for `/socket.io/`. The target
-//! is forwarded as the client sent it.
+//! unreserved characters decoded, repeated slashes collapsed) and the host lowercased
+//! without port or trailing dot, so `/%73ocket.io/` and `//socket.io/` cannot sidestep
+//! the route written for `/socket.io/`. The target is forwarded as the client sent it.
+//!
+//! A target that servers would read in different ways is refused (400) instead: one with
+//! a fragment (`#`: RFC 9112 §3.2 allows none; the http crate and Node cut the path
+//! there, HAProxy refuses it since CVE-2023-45539), and one with dot-segments (`.` or
+//! `..`, also percent-encoded), which nginx and WHATWG URL parsers resolve while
+//! hyper/axum and Go's mux take them literally, so no routing could act on the path
+//! every server acts on. Browsers and socket.io-client resolve dot-segments before they
+//! send; only crafted requests carry them.
 
 use std::borrow::Cow;
 
@@ -36,41 +43,31 @@ pub fn request_host<'a>(host_header: Option<&'a [u8]>, uri_host: Option<&'a str>
 }
 
 /// The path as routes see it (RFC 3986 §6.2.2): percent-encoded unreserved characters
-/// decoded, `.` and `..` segments resolved, repeated slashes collapsed. Borrowed when it
-/// is already normal.
+/// decoded, repeated slashes collapsed. Dot-segments stay (and [`resolve`] refuses
+/// them). Borrowed when it is already normal.
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let suspicious = path.contains('%') || path.contains("//") || path.contains("/.");
-    if !suspicious {
+    if !path.contains('%') && !path.contains("//") {
         return Cow::Borrowed(path);
     }
     let decoded = decode_unreserved(path);
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = decoded.split('/').collect();
-    let last = segments.len() - 1;
-    let mut trailing = false;
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "" => trailing = i == last && i > 0,
-            "." => trailing = i == last,
-            ".." => {
-                out.pop();
-                trailing = i == last;
-            }
-            s => {
-                out.push(s);
-                trailing = false;
-            }
+    let mut normal = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        if !(c == '/' && normal.ends_with('/')) {
+            normal.push(c);
         }
     }
-    let mut normal = String::with_capacity(decoded.len());
-    for s in &out {
-        normal.push('/');
-        normal.push_str(s);
-    }
-    if trailing || normal.is_empty() {
-        normal.push('/');
-    }
     Cow::Owned(normal)
+}
+
+/// Why a target cannot be routed as one path for every server: a fragment, or a
+/// dot-segment in the (normalised) `path`.
+fn ambiguous_target(path: &str, path_and_query: &str) -> Option<&'static str> {
+    if path_and_query.contains('#') {
+        return Some("fragment in the request target");
+    }
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
+        .then_some("dot-segment in the request target")
 }
 
 /// Decode `%XX` where it encodes an unreserved character (ALPHA, DIGIT, `-._~`).
@@ -155,6 +152,9 @@ pub enum Routed {
 }
 
 pub fn resolve(cfg: &Config, f: &Facts<'_>) -> Routed {
+    if let Some(why) = ambiguous_target(f.path, f.path_and_query) {
+        return Routed::Refuse(Refusal::Status(400, why));
+    }
     if !f.tls {
         match plain_http(cfg, f.host, f.path, f.path_and_query) {
             PlainHttp::Proxy => {}
@@ -274,13 +274,10 @@ mod tests {
             ("/socket.io/", "/socket.io/"),
             ("/%73ocket.io/", "/socket.io/"),
             ("//socket.io/", "/socket.io/"),
-            ("/x/../socket.io/", "/socket.io/"),
-            ("/./socket.io/./", "/socket.io/"),
-            ("/%2e%2e/socket.io", "/socket.io"),
-            ("/../../a", "/a"),
+            ("/a///b//", "/a/b/"),
+            ("/%2e%2e/socket.io", "/../socket.io"),
             ("/a/%2F/b", "/a/%2F/b"),
             ("/a%20b", "/a%20b"),
-            ("/a/..", "/"),
             ("/", "/"),
             ("/%", "/%"),
             ("/%7", "/%7"),
@@ -288,6 +285,27 @@ mod tests {
             assert_eq!(normalize_path(raw), normal, "{raw}");
         }
         assert!(matches!(normalize_path("/api/items"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn targets_servers_would_read_otherwise_are_refused() {
+        for (raw, refused) in [
+            ("/nows/#/../../socket.io/", true),
+            ("/a#b", true),
+            ("/nows/../socket.io/", true),
+            ("/nows/%2e%2e/socket.io/", true),
+            ("/nows/%2E./socket.io/", true),
+            ("/./socket.io/", true),
+            ("/a/..", true),
+            ("/a/.", true),
+            ("/a/..b/.c/", false),
+            ("/socket.io/?EIO=4&x=/../..", false),
+            ("/a%2F..%2Fb", false),
+        ] {
+            let path = raw.split_once('?').map_or(raw, |(p, _)| p);
+            let normal = normalize_path(path);
+            assert_eq!(ambiguous_target(&normal, raw).is_some(), refused, "{raw}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod node;
 pub mod pebble;
 pub mod process;
 pub mod proxy;
+pub mod raw;
 pub mod redis;
 pub mod rude;
 pub mod sio;

@@ -15,6 +15,9 @@ pub enum Rude {
     /// Answers the first request of a connection (keep-alive, 200), then closes the
     /// connection when the next request comes, without an answer.
     OncePerConnection,
+    /// Answers a request with a body `413` as soon as its head is in, and closes without
+    /// reading the body (Go, nginx and hyper servers do this); 200 otherwise.
+    RefuseBodies,
 }
 
 /// A backend that breaks the rules on purpose (plain tokio, in the test's runtime).
@@ -48,6 +51,12 @@ pub fn rude_backend(mode: Rude) -> std::net::SocketAddr {
                                 return;
                             }
                             Rude::OncePerConnection if answered > 0 => return,
+                            Rude::RefuseBodies if head.to_ascii_lowercase().contains("content-length") => {
+                                let _ = s
+                                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                    .await;
+                                return;
+                            }
                             _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
                         };
                         if s.write_all(answer).await.is_err() {

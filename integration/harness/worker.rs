@@ -111,3 +111,21 @@ impl Worker {
         self.get("/ready").0
     }
 }
+
+/// Proxy config body over `workers`: `/socket.io/` to the sticky backend `sockets` (60 s
+/// server timeout for long-polls), the rest round robin to `api`, quick health checks (a
+/// killed worker is DOWN within a second), then `extra`.
+pub fn socketio_body(workers: &[Worker], extra: &str) -> String {
+    let names: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
+    let list = names.join(", ");
+    let servers: String = workers
+        .iter()
+        .map(|w| format!("  {}: {{ address: {} }}\n", w.id, w.addr))
+        .collect();
+    format!(
+        "routes:\n  - {{ path_prefix: /socket.io/, backend: sockets }}\n  - {{ path_prefix: /, backend: api }}\n\
+         backends:\n  api: {{ servers: [{list}] }}\n  sockets: {{ balance: sticky, servers: [{list}], timeouts: {{ server: 60s }} }}\n\
+         servers:\n{servers}\
+         health: {{ interval: 300ms, timeout: 200ms, rise: 1, fall: 1 }}\n{extra}"
+    )
+}

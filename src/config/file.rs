@@ -268,6 +268,18 @@ pub struct StatsFile {
     /// More `Host` names the stats listener answers to (besides its address and loopback).
     #[serde(default)]
     pub hosts: Option<Spanned<Vec<Str>>>,
+    /// The dashboard's charts: one point per `interval` over the last `span`.
+    #[serde(default)]
+    pub history: Option<Spanned<HistoryFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFile {
+    #[serde(default)]
+    pub interval: Option<Str>,
+    #[serde(default)]
+    pub span: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -383,6 +383,33 @@ pub struct Stats {
     /// Set when the password is shorter than [`MIN_STATS_PASSWORD_CHARS`]: `check` prints
     /// it and the stats listener logs it when it starts. A warning, not an error.
     pub weak_password: Option<ConfigError>,
+    /// What the dashboard's charts keep.
+    pub history: StatsHistory,
+}
+
+/// The stats history behind the dashboard's charts: one point every `interval`, the
+/// last `points` of them (`stats.history: { interval, span }`, span = interval × points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsHistory {
+    pub interval: Duration,
+    pub points: usize,
+}
+
+impl StatsHistory {
+    /// Shortest interval: sampling reads every counter once.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+    /// Most points kept (memory: about 8 bytes per point per series).
+    pub const MAX_POINTS: usize = 1440;
+}
+
+impl Default for StatsHistory {
+    /// A point every 5 s over the last 15 minutes.
+    fn default() -> StatsHistory {
+        StatsHistory {
+            interval: Duration::from_secs(5),
+            points: 180,
+        }
+    }
 }
 
 /// A stats password shorter than this is warned about (never refused).

@@ -17,6 +17,7 @@ mod proxy_protocol;
 mod relay;
 mod respond;
 mod select;
+mod upstream;
 
 pub use crate::route::ACME_PREFIX;
 pub use frontend::{ConnectionCap, Frontend, Https, connection_cap, pool_size};

@@ -80,6 +80,51 @@ impl StatusClasses {
     }
 }
 
+/// Upper bounds, in seconds, of the request-duration histogram's buckets (Prometheus
+/// `le`); the last bucket takes everything longer. Engine.IO long-polls are held ~25 s,
+/// hence the 30 s and 60 s buckets.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// The same bounds in microseconds, for the hot path.
+const DURATION_BUCKETS_US: [u64; 15] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000, 30_000_000, 60_000_000,
+];
+
+/// A histogram of request durations (tunnels left out): one counter per bucket of
+/// [`DURATION_BUCKETS`] plus one for longer, and the sum.
+#[derive(Debug, Default)]
+pub struct Durations {
+    buckets: [Counter; DURATION_BUCKETS.len() + 1],
+    sum_us: Counter,
+}
+
+impl Durations {
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = DURATION_BUCKETS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].inc();
+        self.sum_us.add(us);
+    }
+
+    /// Cumulative counts per bound of [`DURATION_BUCKETS`] (Prometheus buckets), the
+    /// count of all observations and their sum in seconds.
+    pub fn read(&self) -> (Vec<u64>, u64, f64) {
+        let mut running = 0;
+        let cumulative = self.buckets[..DURATION_BUCKETS.len()]
+            .iter()
+            .map(|c| {
+                running += c.get();
+                running
+            })
+            .collect();
+        let count = running + self.buckets[DURATION_BUCKETS.len()].get();
+        (cumulative, count, self.sum_us.get() as f64 / 1e6)
+    }
+}
+
 /// How a sticky backend chose a server for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StickyDecision {
@@ -123,6 +168,8 @@ pub struct Traffic {
     pub sid_unknown: Counter,
     /// Sum of request durations, microseconds (with `sessions_total`: the average).
     pub time_us_total: Counter,
+    /// Durations of requests that did not become tunnels.
+    pub durations: Durations,
 }
 
 /// What one finished request (or tunnel) adds to the counters.
@@ -150,6 +197,8 @@ impl Traffic {
         self.ws_bytes_out.add(f.ws_bytes_out);
         if f.tunnel {
             self.tunnels.dec();
+        } else {
+            self.durations.observe(f.duration);
         }
     }
 
@@ -197,4 +246,55 @@ pub struct FrontendCounters {
     pub responses: StatusClasses,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_whose_bound_holds_them() {
+        let d = Durations::default();
+        for ms in [0.5, 1.0, 1.2, 30.0, 999.0, 25_000.0, 90_000.0] {
+            d.observe(Duration::from_secs_f64(ms / 1e3));
+        }
+        let (cumulative, count, sum) = d.read();
+        assert_eq!(cumulative.len(), DURATION_BUCKETS.len());
+        // le=0.001: 0.5 ms and exactly 1 ms; le=0.0025: + 1.2 ms; le=0.05: + 30 ms;
+        // le=1: + 999 ms; le=30: + 25 s; 90 s only in the count.
+        assert_eq!(cumulative[0], 2);
+        assert_eq!(cumulative[1], 3);
+        assert_eq!(cumulative[5], 4);
+        assert_eq!(cumulative[9], 5);
+        assert_eq!(cumulative[13], 6);
+        assert_eq!(cumulative[14], 6);
+        assert_eq!(count, 7);
+        assert!((sum - 116.0317).abs() < 1e-3, "{sum}");
+    }
+
+    #[test]
+    fn a_tunnel_is_not_a_request_duration() {
+        let t = Traffic::default();
+        let f = Finished {
+            status: 101,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::from_secs(3600),
+            ws_bytes_in: 0,
+            ws_bytes_out: 0,
+            tunnel: true,
+        };
+        t.sessions.inc();
+        t.tunnels.inc();
+        t.finished(&f);
+        assert_eq!(t.durations.read().1, 0);
+        t.sessions.inc();
+        t.finished(&Finished {
+            status: 200,
+            duration: Duration::from_millis(3),
+            tunnel: false,
+            ..f
+        });
+        assert_eq!(t.durations.read().1, 1);
+    }
 }

@@ -11,8 +11,8 @@ use crate::state::{FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    AcmeView, BackendView, CertificateView, CheckView, Counters, FrontendView, LastReload, ProcessView, ReloadView,
-    Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, DurationsView, FrontendView, LastReload, ProcessView,
+    ReloadView, Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -59,7 +59,8 @@ impl StatsView {
         let sids = &shared.sids.counters;
         StatsView {
             process: ProcessView {
-                version: env!("CARGO_PKG_VERSION"),
+                version: crate::build_info::VERSION,
+                commit: crate::build_info::COMMIT,
                 pid: std::process::id(),
                 uptime_seconds: registry.started.elapsed().as_secs(),
                 started_unix: unix_seconds(registry.started_wall),
@@ -91,6 +92,7 @@ impl StatsView {
             frontends,
             backends,
             certificates: certificates(shared),
+            history: None,
         }
     }
 }
@@ -217,6 +219,14 @@ fn traffic(t: &Traffic, rate: Rate, sticky: bool) -> Counters {
             redispatch: t.sticky_redispatch.get(),
         }),
         sid_unknown: Some(t.sid_unknown.get()),
+        request_durations: Some({
+            let (cumulative, count, sum_seconds) = t.durations.read();
+            DurationsView {
+                cumulative,
+                count,
+                sum_seconds,
+            }
+        }),
         ..Counters::default()
     }
 }

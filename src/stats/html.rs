@@ -96,7 +96,7 @@ impl Page<'_> {
                     header {
                         h1 { "edgepin " span { "stats" } }
                         span.meta {
-                            "v" (v.process.version) " · pid " (v.process.pid)
+                            "v" (v.process.version) " (" (v.process.commit) ") · pid " (v.process.pid)
                             " · up " (human_duration(v.process.uptime_seconds))
                             " · generation " (v.process.generation)
                         }
@@ -108,6 +108,7 @@ impl Page<'_> {
                     }
                     main {
                         (self.cards())
+                        @if let Some(h) = &v.history { (super::charts::section(h)) }
                         h2 { "Listeners" }
                         (self.listeners(&v.frontends))
                         @if !v.certificates.is_empty() {
@@ -139,7 +140,7 @@ impl Page<'_> {
                 div.card #process {
                     h3 { "Process" }
                     dl {
-                        dt { "version" } dd { (p.version) }
+                        dt { "version" } dd.version { (p.version) " (" (p.commit) ")" }
                         dt { "uptime" } dd { (human_duration(p.uptime_seconds)) }
                         dt { "threads" } dd { (p.threads) }
                         dt { "connections" } dd.connections { (p.connections) " / " (p.connections_limit) }

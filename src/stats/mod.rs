@@ -8,13 +8,16 @@
 //! configured, needs basic auth (wrong passwords throttled per address, `throttle`). The
 //! listener is its own small HTTP/1.1 server (`listener`, slots in `slots`) with
 //! connection, header, keep-alive, request and body limits, run as a pingora background
-//! service next to a once-a-second rate sampler. It reads proxy state and, through
+//! service next to a once-a-second rate sampler and the history sampler behind the
+//! dashboard's charts (`history`, drawn by `charts`). It reads proxy state and, through
 //! `admin`, changes only servers' admin state and weight.
 
 mod admin;
 mod auth;
+mod charts;
 mod csv;
 pub(crate) mod gather;
+mod history;
 mod host;
 mod html;
 mod listener;
@@ -63,6 +66,8 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
 pub struct StatsApp {
     pub shared: Arc<Shared>,
     rates: Arc<rates::Rates>,
+    /// Recent points for the dashboard's charts.
+    history: Arc<history::History>,
     guard: Arc<auth::Guard>,
     /// Wrong passwords per client address.
     throttle: Arc<throttle::Throttle>,
@@ -75,6 +80,7 @@ impl StatsApp {
         Ok(StatsApp {
             shared,
             rates: Arc::default(),
+            history: Arc::default(),
             guard: Arc::new(guard),
             throttle: Arc::new(throttle::Throttle::new(throttle::Policy::default())),
         })
@@ -108,6 +114,15 @@ impl StatsApp {
     fn view(&self) -> view::StatsView {
         view::StatsView::gather(&self.shared, &self.rates)
     }
+
+    /// The view with the charts' history (the page and the JSON; CSV and Prometheus
+    /// have no use for it).
+    fn view_with_history(&self) -> view::StatsView {
+        let mut view = self.view();
+        let settings = self.shared.snapshot().config.stats.history;
+        view.history = Some(self.history.lock().view(settings));
+        view
+    }
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {
@@ -125,7 +140,8 @@ async fn health(State(app): State<StatsApp>) -> impl IntoResponse {
         "status": if shared.stopping() { "stopping" } else { "ok" },
         "generation": shared.snapshot().generation,
         "uptime_seconds": shared.registry.started.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": crate::build_info::VERSION,
+        "commit": crate::build_info::COMMIT,
     }))
 }
 
@@ -148,7 +164,7 @@ async fn dashboard(
         .min(html::MAX_REFRESH);
     let csrf = user.map(|axum::Extension(u)| app.guard.csrf_token(&u));
     let page = html::Page {
-        view: &app.view(),
+        view: &app.view_with_history(),
         refresh,
         csrf: csrf.as_deref(),
     };
@@ -156,7 +172,7 @@ async fn dashboard(
 }
 
 async fn stats_json(State(app): State<StatsApp>) -> Response {
-    Json(app.view()).into_response()
+    Json(app.view_with_history()).into_response()
 }
 
 async fn stats_csv(State(app): State<StatsApp>) -> Response {
@@ -186,14 +202,24 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
         tracing::warn!(warning = %w, "stats: weak password");
     }
     let mut sampler_stop = shutdown.clone();
-    let sampler = tokio::spawn(rates::run(shared, Arc::clone(&app.rates), async move {
+    let sampler = tokio::spawn(rates::run(Arc::clone(&shared), Arc::clone(&app.rates), async move {
         let _ = sampler_stop.changed().await;
     }));
+    let mut history_stop = shutdown.clone();
+    let history = tokio::spawn(history::run(
+        shared,
+        Arc::clone(&app.rates),
+        Arc::clone(&app.history),
+        async move {
+            let _ = history_stop.changed().await;
+        },
+    ));
     listener::run(listener, app.router(), listener::Limits::default(), async move {
         let _ = shutdown.changed().await;
     })
     .await;
     sampler.abort();
+    history.abort();
 }
 
 /// The stats listener as a pingora background service.
@@ -277,6 +303,8 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let json: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(json["backends"][0]["servers"][1]["name"], "b");
+        assert_eq!(json["history"]["points"], 180, "the charts' series");
+        assert!(page.contains(r#"id="chart-websockets""#), "and the charts");
         let (status, headers, csv) = send(&app, get("/stats.csv", None)).await;
         assert_eq!(
             (status, headers[CONTENT_TYPE].to_str().unwrap()),

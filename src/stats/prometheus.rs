@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
-use crate::state::CheckStatus;
+use crate::state::{CheckStatus, DURATION_BUCKETS};
 
 use super::row_metrics::{Kind, ROW_METRICS};
-use super::view::{Row, RowKind, StatsView};
+use super::view::{DurationsView, Row, RowKind, StatsView};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -32,6 +33,9 @@ enum Family {
 struct Families {
     registry: Registry,
     by_name: HashMap<String, Family>,
+    /// Histograms, built from counts already bucketed (the registry's histograms can
+    /// only observe).
+    histograms: HashMap<String, MetricFamily>,
 }
 
 impl Families {
@@ -69,6 +73,45 @@ impl Families {
             Family::Counter(c) => c.get_metric_with_label_values(&values)?.inc_by(value.max(0.0)),
         }
         Ok(())
+    }
+}
+
+impl Families {
+    /// One histogram of `name` with `labels`, from its cumulative bucket counts.
+    fn histogram(&mut self, name: &str, help: &str, labels: &[(&str, &str)], d: &DurationsView) {
+        let family = self.histograms.entry(name.to_string()).or_insert_with(|| {
+            let mut f = MetricFamily::new();
+            f.set_name(name.to_string());
+            f.set_help(help.to_string());
+            f.set_field_type(MetricType::HISTOGRAM);
+            f
+        });
+        let mut h = Histogram::new();
+        h.set_sample_count(d.count);
+        h.set_sample_sum(d.sum_seconds);
+        let buckets = DURATION_BUCKETS
+            .iter()
+            .zip(&d.cumulative)
+            .map(|(le, count)| {
+                let mut b = Bucket::new();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(*count);
+                b
+            })
+            .collect();
+        h.set_bucket(buckets);
+        let pairs = labels
+            .iter()
+            .map(|(k, v)| {
+                let mut l = LabelPair::new();
+                l.set_name(k.to_string());
+                l.set_value(v.to_string());
+                l
+            })
+            .collect();
+        let mut m = Metric::from_label(pairs);
+        m.set_histogram(h);
+        family.mut_metric().push(m);
     }
 }
 
@@ -129,6 +172,14 @@ fn row(families: &mut Families, r: &Row<'_>) -> prometheus::Result<()> {
         for (decision, v) in sticky.decisions() {
             families.put(&name, help, Kind::Counter, &with("decision", decision), v as f64)?;
         }
+    }
+    if let Some(d) = &r.counters.request_durations {
+        families.histogram(
+            &format!("{pre}http_request_duration_seconds"),
+            "How long requests took, from the request head to the end of the answer (tunnels left out).",
+            &labels,
+            d,
+        );
     }
     if let Some(s) = r.server {
         let current = s.last_check.as_ref().map_or(NOT_CHECKED, |c| c.status.name());
@@ -234,7 +285,7 @@ fn process(families: &mut Families, view: &StatsView) -> prometheus::Result<()> 
         &[("result", "failed")],
         r.reloads_failed as f64,
     )?;
-    let build = [("version", p.version)];
+    let build = [("version", p.version), ("commit", p.commit)];
     families.put("edgepin_process_build_info", "Build information.", g, &build, 1.0)?;
 
     let s = &view.sids;
@@ -379,8 +430,11 @@ pub fn render(view: &StatsView) -> prometheus::Result<String> {
     for r in view.rows() {
         row(&mut families, &r)?;
     }
+    let mut gathered = families.registry.gather();
+    gathered.extend(families.histograms.into_values());
+    gathered.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
-    TextEncoder::new().encode(&families.registry.gather(), &mut out)?;
+    TextEncoder::new().encode(&gathered, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
@@ -399,6 +453,14 @@ mod tests {
         api.members[0].traffic.sessions.inc();
         api.members[1].state.set_health(Health::Down, "checks");
         api.counters.traffic.redispatches.add(3);
+        api.counters
+            .traffic
+            .durations
+            .observe(std::time::Duration::from_millis(3));
+        api.counters
+            .traffic
+            .durations
+            .observe(std::time::Duration::from_secs(90));
         let text = render(&StatsView::gather(&shared, &Rates::default())).unwrap();
         for line in [
             "edgepin_server_current_sessions{proxy=\"api\",server=\"a\"} 1",
@@ -412,6 +474,12 @@ mod tests {
             "edgepin_sticktable_used{name=\"engineio_sid\"} 0",
             "# TYPE edgepin_server_sessions_total counter",
             "# TYPE edgepin_server_current_sessions gauge",
+            "# TYPE edgepin_backend_http_request_duration_seconds histogram",
+            "edgepin_backend_http_request_duration_seconds_bucket{proxy=\"api\",le=\"0.005\"} 1",
+            "edgepin_backend_http_request_duration_seconds_bucket{proxy=\"api\",le=\"+Inf\"} 2",
+            "edgepin_backend_http_request_duration_seconds_count{proxy=\"api\"} 2",
+            "edgepin_backend_http_request_duration_seconds_sum{proxy=\"api\"} 90.003",
+            "edgepin_server_http_request_duration_seconds_bucket{proxy=\"ws\",server=\"b\",le=\"60\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

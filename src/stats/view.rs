@@ -22,6 +22,9 @@ pub struct StatsView {
     pub backends: Vec<BackendView>,
     /// The https listener's certificates (files, then the ACME one).
     pub certificates: Vec<CertificateView>,
+    /// Recent points of the dashboard's charts (filled by the stats app; `None` where
+    /// no history is kept).
+    pub history: Option<super::history::HistoryView>,
 }
 
 /// One certificate the https listener serves.
@@ -58,6 +61,8 @@ pub struct AcmeView {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessView {
     pub version: &'static str,
+    /// The commit the binary was built from (`unknown` outside git).
+    pub commit: &'static str,
     pub pid: u32,
     pub uptime_seconds: u64,
     pub started_unix: u64,
@@ -179,6 +184,17 @@ pub struct Counters {
     pub sticky: Option<StickyView>,
     /// Engine.IO `400 Session ID unknown` answers.
     pub sid_unknown: Option<u64>,
+    /// How long requests took (tunnels left out), as histogram buckets.
+    pub request_durations: Option<DurationsView>,
+}
+
+/// Request durations: cumulative counts at each bound of
+/// [`crate::state::DURATION_BUCKETS`] (Prometheus `le`, seconds), the count and the sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DurationsView {
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

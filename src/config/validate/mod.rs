@@ -503,4 +503,29 @@ servers:
             "{tls:?}"
         );
     }
+    #[test]
+    fn stats_history_is_an_interval_and_a_span_of_at_most_1440_points() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.stats.history, StatsHistory::default());
+        assert_eq!(
+            (c.stats.history.interval, c.stats.history.points),
+            (Duration::from_secs(5), 180)
+        );
+        let c = check(&format!(
+            "{MINIMAL}stats: {{ history: {{ interval: 250ms, span: 1m }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.stats.history.points, 240);
+        assert_eq!(c.stats.history.interval, Duration::from_millis(250));
+        let errs = check(&format!("{MINIMAL}stats: {{ history: {{ interval: 10ms }} }}\n")).unwrap_err();
+        assert_eq!(errs, ["t.yaml:9:31: stats.history.interval 10ms is below 100ms"]);
+        let errs = check(&format!(
+            "{MINIMAL}stats: {{ history: {{ interval: 1s, span: 1d }} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            ["t.yaml:9:41: stats.history: span / interval is 86400 points; allowed 2..=1440"]
+        );
+    }
 }

@@ -87,12 +87,42 @@ impl Validator<'_> {
                     .collect()
             })
             .unwrap_or_default();
+        let history = s
+            .and_then(|s| s.value.history.as_ref())
+            .map(|h| self.history(h))
+            .unwrap_or_default();
         Stats {
             auth,
             refresh,
             hosts,
             weak_password,
+            history,
         }
+    }
+
+    /// `stats.history: { interval, span }`: at least 100ms apart, at most 1440 points.
+    fn history(&mut self, h: &Spanned<file::HistoryFile>) -> StatsHistory {
+        let default = StatsHistory::default();
+        let interval = self.duration(&h.value.interval, default.interval);
+        let span = self.duration(&h.value.span, default.interval * default.points as u32);
+        let at = h.value.interval.as_ref().map_or(h.referenced, |i| i.referenced);
+        if interval < StatsHistory::MIN_INTERVAL {
+            self.err(at, format!("stats.history.interval {interval:?} is below 100ms"));
+            return default;
+        }
+        let points = (span.as_millis() / interval.as_millis()) as usize;
+        if !(2..=StatsHistory::MAX_POINTS).contains(&points) {
+            let at = h.value.span.as_ref().map_or(h.referenced, |s| s.referenced);
+            self.err(
+                at,
+                format!(
+                    "stats.history: span / interval is {points} points; allowed 2..={}",
+                    StatsHistory::MAX_POINTS
+                ),
+            );
+            return default;
+        }
+        StatsHistory { interval, points }
     }
 
     /// A warning (not an error) at the password's source when the password is short.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{Balance, Network};
@@ -21,12 +21,13 @@ use crate::sticky::exchange::{Exchange, Learned};
 use super::super::access::AccessLine;
 use super::super::account::{Account, Totals};
 use super::super::relay;
+use super::super::upstream::head::{Asked, RespBody};
+use super::super::upstream::{self, Answer, Attempt, Trace};
+use super::answer::{Upload, body_note};
 use super::framing::Framing;
 use super::head::{Body, Head, Kind};
-use super::response::{self, Asked, RespBody, Rewrite};
-use super::{
-    ClientRead, Conn, MAX_RESPONSE_HEAD, Next, READ_CHUNK, REPLAY_BODY, pool, request, write_local, write_local_body,
-};
+use super::response::{self, Rewrite};
+use super::{ClientRead, Conn, Next, READ_CHUNK, REPLAY_BODY, request, write_local, write_local_body};
 
 /// Retry-After sent with 503s, seconds.
 const RETRY_AFTER: &str = "5";
@@ -45,38 +46,8 @@ struct Record {
     bytes_out: u64,
 }
 
-/// A server's answer head, read and checked.
-struct Answer {
-    stream: TcpStream,
-    parsed: response::Parsed,
-}
-
 /// Why an attempt on one server failed, and how far it had gone.
 type Failed = (Failure, Progress);
-
-/// Why a streamed request body stopped.
-enum BodyStop {
-    /// The client left.
-    Client,
-    /// The client sent nothing for `timeouts.client`.
-    Stalled,
-    Malformed,
-    TooLarge,
-    Server,
-}
-
-impl BodyStop {
-    /// The failure it is, and what the access log says of it.
-    fn failure(self) -> (Failure, Option<&'static str>) {
-        match self {
-            BodyStop::Server => (Failure::ResetBeforeAnswer, None),
-            BodyStop::Client => (Failure::ClientGone, None),
-            BodyStop::TooLarge => (Failure::BodyTooLarge, Some("request body too large")),
-            BodyStop::Malformed => (Failure::BodyMalformed, Some("malformed chunked request body")),
-            BodyStop::Stalled => (Failure::BodyStalled, Some("request body not received in time")),
-        }
-    }
-}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(super) async fn exchange(&mut self, snapshot: &Arc<Snapshot>) -> Next {
@@ -277,7 +248,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .await
     }
 
-    /// One try on server `m`: connect (or reuse), send the request, read the answer head.
+    /// One try on server `m` (`upstream::attempt`), with this connection's client as the
+    /// source of the body.
     #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &mut self,
@@ -294,20 +266,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let t = &b.cfg.timeouts;
         // The request's config throughout, as the rest of the exchange reads it.
         let cfg = &acct.snapshot().config;
-        let pooled = if allow_pool { self.pool.take(m.addr) } else { None };
-        let reused = pooled.is_some();
-        let mut progress = Progress { reused, ..base };
-        acct.upstream_connection(reused);
-        let mut up = match pooled {
-            Some(s) => s,
-            None => match pool::connect(m.addr, t.connect).await {
-                Ok(s) => s,
-                Err(pool::ConnectError::Refused) => return Err((Failure::ConnectRefused, progress)),
-                Err(pool::ConnectError::TimedOut) => return Err((Failure::ConnectTimedOut, progress)),
-                Err(pool::ConnectError::Other) => return Err((Failure::ConnectError, progress)),
-            },
-        };
-        rec.connect.get_or_insert(Duration::ZERO);
         self.wbuf.clear();
         request::write_head(
             &mut self.wbuf,
@@ -321,119 +279,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(n) = replay {
             self.wbuf.extend_from_slice(&self.rbuf[self.rpos..self.rpos + n]);
         }
-        // `sent` from the first byte the server may have seen: a request that failed after
-        // part of it went out is not sent again unless it is safe to.
-        let sent = tokio::time::timeout(t.server, write_noting(&mut up, &self.wbuf, &mut progress.sent)).await;
-        self.wbuf.clear();
-        if !matches!(sent, Ok(Ok(()))) {
-            return Err((Failure::ResetBeforeAnswer, progress));
-        }
         let framing = match (head.body(), replay) {
             (Body::None, _) | (_, Some(_)) => None,
             (Body::Length(n), None) => Some(Framing::length(n)),
             (Body::Chunked, None) => Some(Framing::chunked()),
         };
-        match framing {
-            None => progress.request_complete = true,
-            Some(framing) => {
-                let (limit, client_wait) = (cfg.limits.max_body_bytes, cfg.timeouts.client);
-                match self.stream_body(&mut up, framing, limit, client_wait, t.server).await {
-                    Ok(bytes) => {
-                        rec.bytes_in = bytes;
-                        progress.request_complete = true;
-                    }
-                    Err(stop) => {
-                        let (failure, why) = stop.failure();
-                        rec.error = why.or(rec.error);
-                        return Err((failure, progress));
-                    }
-                }
-            }
-        }
-        if let Some(n) = replay {
-            rec.bytes_in = n as u64;
-        }
-        let asked = Asked {
-            head_request: head.method() == super::head::Method::Head,
-            websocket_key: head.websocket.then(|| head.value(Kind::SecWebSocketKey)).flatten(),
+        let a = Attempt {
+            addr: m.addr,
+            connect: t.connect,
+            server: t.server,
+            // A streamed body goes on a new connection: an answer while it streams is then
+            // an early answer, never a stray one.
+            pooled: allow_pool && framing.is_none(),
+            asked: Asked {
+                head_request: head.method() == super::head::Method::Head,
+                websocket_key: head.websocket.then(|| head.value(Kind::SecWebSocketKey)).flatten(),
+            },
+            started: acct.started,
         };
-        self.ubuf.clear();
-        loop {
-            if !self.ubuf.is_empty() {
-                match response::parse(&self.ubuf, asked, &mut self.resp_headers) {
-                    Ok(Some(p)) if p.status < 200 && p.status != 101 => {
-                        // 100 Continue was answered here already; other interim answers
-                        // (103 Early Hints) go on to the client.
-                        if p.status != 100 {
-                            let mut out = std::mem::take(&mut self.wbuf);
-                            response::write_head(&mut out, &self.ubuf, &p, &self.resp_headers, Rewrite::default());
-                            self.wbuf = out;
-                            if !self.flush_client(cfg.timeouts.client).await {
-                                return Err((Failure::ClientGone, progress));
-                            }
-                        }
-                        self.ubuf.drain(..p.len);
-                        continue;
-                    }
-                    Ok(Some(parsed)) => {
-                        return Ok(Answer { stream: up, parsed });
-                    }
-                    Ok(None) if self.ubuf.len() < MAX_RESPONSE_HEAD => {}
-                    Ok(None) | Err(_) => {
-                        rec.error = Some("invalid response head");
-                        return Err((Failure::BadAnswer, progress));
-                    }
-                }
-            }
-            self.ubuf.reserve(READ_CHUNK * 4);
-            let partial = !self.ubuf.is_empty();
-            match tokio::time::timeout(t.server, up.read_buf(&mut self.ubuf)).await {
-                Err(_) => return Err((Failure::AnswerTimedOut, progress)),
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) if partial => {
-                    rec.error = Some("response head cut short");
-                    return Err((Failure::BadAnswer, progress));
-                }
-                Ok(_) => return Err((Failure::ResetBeforeAnswer, progress)),
-            }
-        }
-    }
-
-    /// Stream the client's body to the server; the bytes sent.
-    async fn stream_body(
-        &mut self,
-        up: &mut TcpStream,
-        mut framing: Framing,
-        max: u64,
-        client_wait: Duration,
-        server_wait: Duration,
-    ) -> Result<u64, BodyStop> {
-        let mut sent = 0u64;
-        loop {
-            if !self.pending().is_empty() {
-                let data = &self.rbuf[self.rpos..];
-                let adv = framing.advance(data, |_| {}).map_err(|_| BodyStop::Malformed)?;
-                if framing.decoded().unwrap_or(sent + adv.used as u64) > max {
-                    return Err(BodyStop::TooLarge);
-                }
-                let chunk = &self.rbuf[self.rpos..self.rpos + adv.used];
-                match tokio::time::timeout(server_wait, up.write_all(chunk)).await {
-                    Ok(Ok(())) => {}
-                    _ => return Err(BodyStop::Server),
-                }
-                self.rpos += adv.used;
-                sent += adv.used as u64;
-                if adv.done {
-                    return Ok(sent);
-                }
-            }
-            self.read_client(client_wait, READ_CHUNK * 4)
-                .await
-                .map_err(|e| match e {
-                    ClientRead::TimedOut => BodyStop::Stalled,
-                    ClientRead::Closed | ClientRead::Failed => BodyStop::Client,
-                })?;
-        }
+        let mut progress = base;
+        let mut trace = Trace::default();
+        let request_head = std::mem::take(&mut self.wbuf);
+        let mut buf = std::mem::take(&mut self.answer);
+        let pool = Arc::clone(&self.pool);
+        let (limit, wait) = (cfg.limits.max_body_bytes, cfg.timeouts.client);
+        let mut upload = Upload::new(self, framing, limit, wait, head.minor);
+        let result = upstream::attempt(
+            &pool,
+            &a,
+            &request_head,
+            &mut upload,
+            &mut buf,
+            &mut progress,
+            &mut trace,
+        )
+        .await;
+        let body_sent = upload.sent;
+        self.wbuf = request_head;
+        self.wbuf.clear();
+        self.answer = buf;
+        acct.upstream_connection(progress.reused);
+        rec.connect = trace.connect.or(rec.connect);
+        rec.bytes_in = replay.map_or(body_sent, |n| n as u64);
+        result.map_err(|f| {
+            rec.error = body_note(f).or(trace.error).or(rec.error);
+            (f, progress)
+        })
     }
 
     /// Pass the server's answer on to the client, then decide what follows.
@@ -452,9 +343,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         client: Option<std::net::IpAddr>,
     ) -> Next {
         let cfg = &snap.config;
-        let Answer { stream: mut up, parsed } = answer;
+        let Answer {
+            stream: mut up,
+            parsed,
+            request_complete,
+        } = answer;
         rec.ttfb = Some(acct.started.elapsed());
-        rec.connect = rec.connect.map(|_| rec.ttfb.unwrap_or_default());
         sticky.on_response(parsed.status, &self.shared.sids);
         acct.passive(false);
         let set_cookie = sticky
@@ -463,7 +357,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .flatten()
             .map(|name| cookie::set_cookie(name, &m.cookie_id, self.tls, cfg.sticky.same_site));
         let dechunk = head.minor == 0 && parsed.body == RespBody::Chunked;
-        let keep = head.keep_alive && !self.shared.stopping() && parsed.body != RespBody::Close && !dechunk;
+        // An answer that came before the whole body: the rest of the body is still coming.
+        let keep = head.keep_alive
+            && request_complete
+            && !self.shared.stopping()
+            && parsed.body != RespBody::Close
+            && !dechunk;
         let hsts = self.tls.then(|| crate::tls::hsts_value(cfg)).flatten();
         let rewrite = Rewrite {
             close: !keep,
@@ -474,12 +373,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         self.wbuf.clear();
         let mut out = std::mem::take(&mut self.wbuf);
-        response::write_head(&mut out, &self.ubuf, &parsed, &self.resp_headers, rewrite);
+        response::write_head(&mut out, &self.answer.bytes, &parsed, &self.answer.headers, rewrite);
         self.wbuf = out;
         let mut upos = parsed.len;
         if parsed.status == 101 {
             acct.tunnel_opened();
-            let to_client = self.ubuf[upos..].to_vec();
+            let to_client = self.answer.bytes[upos..].to_vec();
             let wait = cfg.timeouts.client;
             if !self.flush_client(wait).await {
                 // No tunnel after all: its session ends here (the sid table pinned it).
@@ -522,8 +421,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut client_gone = false;
         if let Some(framing) = framing.as_mut() {
             loop {
-                if upos < self.ubuf.len() {
-                    let data = &self.ubuf[upos..];
+                if upos < self.answer.bytes.len() {
+                    let data = &self.answer.bytes[upos..];
                     let (wbuf, sids) = (&mut self.wbuf, &self.shared.sids);
                     let mut learned = Learned::Nothing;
                     let adv = framing.advance(data, |r| {
@@ -558,10 +457,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     client_gone = true;
                     break;
                 }
-                self.ubuf.clear();
+                self.answer.bytes.clear();
                 upos = 0;
-                self.ubuf.reserve(READ_CHUNK * 4);
-                match tokio::time::timeout(server_wait, up.read_buf(&mut self.ubuf)).await {
+                self.answer.bytes.reserve(READ_CHUNK * 4);
+                match tokio::time::timeout(server_wait, up.read_buf(&mut self.answer.bytes)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     Ok(Ok(_)) if matches!(framing, Framing::Close) => break,
                     Err(_) => {
@@ -584,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             acct.upstream_error(failure::Counted::Response);
         }
         let done = framing.is_none_or(|f| f.is_done());
-        if parsed.keep_alive && done && !broken && upos == self.ubuf.len() {
+        if parsed.keep_alive && request_complete && done && !broken && upos == self.answer.bytes.len() {
             self.pool.put(m.addr, up);
         }
         drop(slot);
@@ -600,7 +499,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if cfg.access_log {
             self.log(head, &rec, &acct, &sticky, client, status, duration);
         }
-        if close { Next::Close } else { Next::KeepAlive }
+        match (close, request_complete) {
+            (false, _) => Next::KeepAlive,
+            (true, false) if !client_gone => Next::Linger,
+            (true, _) => Next::Close,
+        }
     }
 
     /// Answer a request edgepin refuses (no route, limits, no server, lost session).
@@ -615,8 +518,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     ) -> Next {
         let status = acct.refused(&why);
         rec.local = true;
-        // The body of a refused request is not read: the connection cannot go on.
-        let close = !head.keep_alive || head.body() != Body::None || status == 413;
+        // The body of a refused request is not read: the connection cannot go on. Nor
+        // after a request refused as malformed.
+        let malformed = matches!(why, Refusal::Status(400 | 413, _));
+        let close = !head.keep_alive || head.body() != Body::None || malformed;
         self.wbuf.clear();
         match &why {
             Refusal::SessionGone => write_local_body(
@@ -757,7 +662,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let none = Exchange::default();
             self.log(head, &rec, &acct, sticky.unwrap_or(&none), client, status, duration);
         }
-        if close || !ok || self.shared.stopping() {
+        if !ok {
+            Next::Close
+        } else if close && head.body() != Body::None {
+            // The client may still be sending the body.
+            Next::Linger
+        } else if close || self.shared.stopping() {
             Next::Close
         } else {
             Next::KeepAlive
@@ -918,64 +828,5 @@ impl Tunnel {
             }
             .log();
         }
-    }
-}
-
-/// `write_all`, noting in `wrote` once any byte of `buf` was written.
-async fn write_noting<W: AsyncWrite + Unpin>(w: &mut W, mut buf: &[u8], wrote: &mut bool) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = w.write(buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        *wrote = true;
-        buf = &buf[n..];
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    /// Takes `room` bytes, then fails every write.
-    struct Breaks {
-        room: usize,
-    }
-
-    impl AsyncWrite for Breaks {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            if self.room == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
-            }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            Poll::Ready(Ok(n))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_request_is_sent_from_its_first_written_byte() {
-        let mut wrote = false;
-        assert!(
-            write_noting(&mut Breaks { room: 0 }, b"POST / HTTP/1.1\r\n", &mut wrote)
-                .await
-                .is_err()
-        );
-        assert!(!wrote, "nothing reached the server: safe to send again");
-        assert!(
-            write_noting(&mut Breaks { room: 3 }, b"POST / HTTP/1.1\r\n", &mut wrote)
-                .await
-                .is_err()
-        );
-        assert!(wrote, "part of it may have");
     }
 }

@@ -11,6 +11,8 @@
 
 use std::ops::Range;
 
+use super::fields::{self, content_length, tokens};
+
 /// Most headers a request may have (HAProxy's default is 101).
 pub const MAX_HEADERS: usize = 100;
 /// Longest request line (nginx's large header buffer): longer gets 414.
@@ -290,10 +292,7 @@ impl Head {
         let mut host = None;
         let mut length: Option<u64> = None;
         let mut chunked = false;
-        let mut close = false;
-        let mut keep_alive_token = false;
-        let mut upgrade_token = false;
-        let mut named = false;
+        let mut connection = fields::Connection::default();
         let mut expect_continue = false;
         for f in &self.fields {
             let value = &self.raw[f.value.clone()];
@@ -317,19 +316,7 @@ impl Head {
                     }
                     chunked = true;
                 }
-                Kind::Connection => {
-                    for token in tokens(value) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive_token = true;
-                        } else if token.eq_ignore_ascii_case(b"upgrade") {
-                            upgrade_token = true;
-                        } else {
-                            named = true;
-                        }
-                    }
-                }
+                Kind::Connection => connection.read(value),
                 Kind::Expect => expect_continue |= value.eq_ignore_ascii_case(b"100-continue"),
                 _ => {}
             }
@@ -354,16 +341,16 @@ impl Head {
             None => host,
         };
         self.keep_alive = if self.minor == 1 {
-            !close
+            !connection.close
         } else {
-            keep_alive_token && !close
+            connection.keep_alive && !connection.close
         };
-        self.websocket = upgrade_token
+        self.websocket = connection.upgrade
             && self.minor == 1
             && self
                 .values(Kind::Upgrade)
                 .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case(b"websocket")));
-        if named {
+        if connection.names_fields {
             self.mark_named_hop_by_hop();
         }
         Ok(())
@@ -373,12 +360,7 @@ impl Head {
     fn mark_named_hop_by_hop(&mut self) {
         let named: Vec<Vec<u8>> = self
             .values(Kind::Connection)
-            .flat_map(tokens)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-                    && !t.eq_ignore_ascii_case(b"upgrade")
-            })
+            .flat_map(fields::names)
             .map(<[u8]>::to_ascii_lowercase)
             .collect();
         for f in &mut self.fields {
@@ -432,25 +414,9 @@ fn absolute_form(t: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
     Some((scheme..scheme + end, scheme + end..t.len()))
 }
 
-/// A Content-Length value: digits only (no list, no sign, no spaces inside).
-fn content_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
 /// `chunked`, alone (any other coding, or a list, is not implemented).
 fn is_chunked(v: &[u8]) -> bool {
     v.trim_ascii().eq_ignore_ascii_case(b"chunked")
-}
-
-/// The comma-separated tokens of a header value.
-pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]

@@ -12,14 +12,15 @@
 //! from a keep-alive pool (`pool`). After a `101`, the two connections go to a tunnel
 //! relay of their own (`proxy::relay`) and this task ends.
 
+mod answer;
 mod exchange;
+pub mod fields;
 pub(in crate::proxy) mod framing;
-pub(in crate::proxy) mod head;
-pub(in crate::proxy) mod pool;
+mod head;
 mod request;
-pub(in crate::proxy) mod response;
+mod response;
 
-pub use pool::{PER_SERVER as POOL_PER_SERVER, Pool};
+pub use super::upstream::pool::{PER_SERVER as POOL_PER_SERVER, Pool};
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::runtime::Shared;
 
+use super::upstream::AnswerBuf;
+
 use head::Head;
 
 /// Request bodies up to this size are read before the request is sent, so it can be
@@ -37,9 +40,6 @@ pub const REPLAY_BODY: usize = 16 * 1024;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 4096;
-
-/// Longest response head accepted from a server.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// A client connection: where it came from.
 #[derive(Debug, Clone, Copy)]
@@ -68,8 +68,7 @@ where
         rpos: 0,
         head: Head::default(),
         wbuf: Vec::new(),
-        ubuf: Vec::new(),
-        resp_headers: Vec::new(),
+        answer: AnswerBuf::default(),
         requests: 0,
     };
     loop {
@@ -90,6 +89,10 @@ where
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn.io.shutdown()).await;
                 return;
             }
+            Next::Linger => {
+                conn.linger().await;
+                return;
+            }
             Next::Tunnel(t) => {
                 let Conn { io, rbuf, rpos, .. } = conn;
                 let to_server = rbuf.get(rpos..).map(<[u8]>::to_vec).unwrap_or_default();
@@ -104,6 +107,9 @@ where
 enum Next {
     KeepAlive,
     Close,
+    /// Close, but the client may still be sending a body it was answered before: read and
+    /// drop it for a while first (`answer::LINGER`).
+    Linger,
     Tunnel(Box<exchange::Tunnel>),
 }
 
@@ -123,9 +129,8 @@ struct Conn<S> {
     head: Head,
     /// Heads (and small bodies) on their way out.
     wbuf: Vec<u8>,
-    /// Bytes from the server.
-    ubuf: Vec<u8>,
-    resp_headers: Vec<response::Header>,
+    /// Bytes from the server, and the fields of its answer head.
+    answer: AnswerBuf,
     /// Requests served on this connection.
     requests: u64,
 }

@@ -1,201 +1,12 @@
-//! Reading a server's response head and writing it on to the client: parse (httparse),
-//! decide how its body is delimited and whether the server connection can be reused,
-//! check a `101` against the WebSocket handshake it answers, and rewrite the head
-//! (hop-by-hop headers out; the sticky cookie, `Connection` and HSTS in) straight into
-//! the client's write buffer.
+//! Writing a server's answer head on to an HTTP/1 client, rewritten straight into the
+//! client's write buffer: hop-by-hop fields out (and what the server's `Connection`
+//! names), one `Content-Length` where the server sent the same one twice, the sticky
+//! cookie, `Connection` and HSTS in.
 
 use std::io::Write;
 
-use super::head::tokens;
-
-/// Most headers a response may have.
-const MAX_HEADERS: usize = 100;
-
-/// The WebSocket GUID of RFC 6455 §1.3.
-const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// A response the proxy will not pass on (502).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadResponse(pub &'static str);
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RespBody {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the server closes.
-    Close,
-}
-
-/// What the proxy needs to know of a response head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parsed {
-    /// Length of the head in the input.
-    pub len: usize,
-    pub status: u16,
-    pub body: RespBody,
-    /// The server keeps the connection open after this response.
-    pub keep_alive: bool,
-}
-
-/// What the request asked that shapes the response.
-#[derive(Debug, Clone, Copy)]
-pub struct Asked<'a> {
-    pub head_request: bool,
-    /// `Sec-WebSocket-Key` of a WebSocket upgrade request.
-    pub websocket_key: Option<&'a [u8]>,
-}
-
-/// Parse a response head at the start of `input` into `headers` (reused, so a
-/// keep-alive connection does not allocate); `Ok(None)`: incomplete.
-pub fn parse(input: &[u8], asked: Asked<'_>, headers: &mut Vec<Header>) -> Result<Option<Parsed>, BadResponse> {
-    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut storage);
-    let len = match resp.parse(input) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(BadResponse("malformed response head")),
-    };
-    let (Some(status), Some(minor)) = (resp.code, resp.version) else {
-        return Err(BadResponse("malformed status line"));
-    };
-    if !(100..=599).contains(&status) {
-        return Err(BadResponse("status out of range"));
-    }
-    let base = input.as_ptr() as usize;
-    headers.clear();
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut other_coding = false;
-    let mut close = minor == 0;
-    let mut upgrade_ws = false;
-    let mut connection_upgrade = false;
-    let mut accept = None;
-    for h in resp.headers.iter() {
-        let kind = RespKind::of(h.name);
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        match kind {
-            RespKind::ContentLength => {
-                let v = h.value.trim_ascii();
-                let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
-                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                    .flatten()
-                    .ok_or(BadResponse("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(BadResponse("conflicting Content-Length"));
-                }
-                length = Some(n);
-            }
-            RespKind::TransferEncoding => {
-                let last = tokens(h.value).last().unwrap_or_default();
-                if last.eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else {
-                    other_coding = true;
-                }
-            }
-            RespKind::Connection => {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                        close = false;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") {
-                        connection_upgrade = true;
-                    }
-                }
-            }
-            RespKind::Upgrade => upgrade_ws |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"websocket")),
-            RespKind::WebSocketAccept => accept = Some(h.value),
-            _ => {}
-        }
-        headers.push(Header {
-            name: name..name + h.name.len(),
-            value: value..value + h.value.len(),
-            kind,
-        });
-    }
-    if (chunked || other_coding) && length.is_some() {
-        return Err(BadResponse("both Content-Length and Transfer-Encoding"));
-    }
-    if status == 101 {
-        let Some(key) = asked.websocket_key else {
-            return Err(BadResponse("101 to a request that asked no upgrade"));
-        };
-        let expected = websocket_accept(key);
-        if !upgrade_ws || !connection_upgrade || accept.map(<[u8]>::trim_ascii) != Some(expected.as_bytes()) {
-            return Err(BadResponse("101 is not a valid WebSocket handshake answer"));
-        }
-    }
-    let body = if asked.head_request || status < 200 || status == 204 || status == 304 {
-        RespBody::None
-    } else if chunked && !other_coding {
-        RespBody::Chunked
-    } else if other_coding {
-        RespBody::Close
-    } else {
-        match length {
-            Some(0) => RespBody::None,
-            Some(n) => RespBody::Length(n),
-            None => RespBody::Close,
-        }
-    };
-    let keep_alive = !close && body != RespBody::Close && status != 101;
-    Ok(Some(Parsed {
-        len,
-        status,
-        body,
-        keep_alive,
-    }))
-}
-
-/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)).
-pub fn websocket_accept(key: &[u8]) -> String {
-    use base64::Engine;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.trim_ascii());
-    ctx.update(WS_GUID);
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RespKind {
-    Plain,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Upgrade,
-    WebSocketAccept,
-    /// Keep-Alive, Proxy-Connection, TE: this hop's only.
-    HopByHop,
-}
-
-impl RespKind {
-    fn of(name: &str) -> RespKind {
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
-        match name.len() {
-            2 if is("te") => RespKind::HopByHop,
-            7 if is("upgrade") => RespKind::Upgrade,
-            10 if is("connection") => RespKind::Connection,
-            10 if is("keep-alive") => RespKind::HopByHop,
-            14 if is("content-length") => RespKind::ContentLength,
-            16 if is("proxy-connection") => RespKind::HopByHop,
-            17 if is("transfer-encoding") => RespKind::TransferEncoding,
-            20 if is("sec-websocket-accept") => RespKind::WebSocketAccept,
-            _ => RespKind::Plain,
-        }
-    }
-}
-
-/// A response header: ranges into the input it was parsed from.
-#[derive(Debug, Clone)]
-pub struct Header {
-    pub name: std::ops::Range<usize>,
-    pub value: std::ops::Range<usize>,
-    pub kind: RespKind,
-}
+use super::fields;
+use crate::proxy::upstream::head::{Header, Parsed, RespKind};
 
 /// How the head goes on to the client.
 #[derive(Debug, Clone, Copy, Default)]
@@ -220,16 +31,13 @@ pub fn write_head(out: &mut Vec<u8>, input: &[u8], parsed: &Parsed, headers: &[H
     let named: Vec<&[u8]> = headers
         .iter()
         .filter(|h| h.kind == RespKind::Connection)
-        .flat_map(|h| tokens(&input[h.value.clone()]))
-        .filter(|t| {
-            !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-                && !t.eq_ignore_ascii_case(b"upgrade")
-        })
+        .flat_map(|h| fields::names(&input[h.value.clone()]))
         .collect();
     for h in headers {
         let keep = match h.kind {
-            RespKind::Plain | RespKind::ContentLength | RespKind::WebSocketAccept => true,
+            RespKind::Plain | RespKind::WebSocketAccept => true,
+            // Written once below when the server repeated it.
+            RespKind::ContentLength => !parsed.merged_length,
             RespKind::TransferEncoding => !rw.dechunk,
             RespKind::Upgrade => parsed.status == 101,
             RespKind::Connection | RespKind::HopByHop => false,
@@ -244,6 +52,11 @@ pub fn write_head(out: &mut Vec<u8>, input: &[u8], parsed: &Parsed, headers: &[H
         out.extend_from_slice(b": ");
         out.extend_from_slice(&input[h.value.clone()]);
         out.extend_from_slice(b"\r\n");
+    }
+    if parsed.merged_length
+        && let Some(n) = parsed.length
+    {
+        let _ = write!(out, "content-length: {n}\r\n");
     }
     if let Some(cookie) = rw.set_cookie {
         out.extend_from_slice(b"set-cookie: ");
@@ -276,69 +89,12 @@ fn status_reason(input: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::upstream::head::{Asked, RespBody, parse};
 
     const GET: Asked<'static> = Asked {
         head_request: false,
         websocket_key: None,
     };
-
-    fn parsed(text: &str, asked: Asked<'_>) -> Result<Parsed, BadResponse> {
-        parse(text.as_bytes(), asked, &mut Vec::new()).map(|p| p.expect("complete"))
-    }
-
-    #[test]
-    fn bodies_are_delimited_as_rfc_9112_says() {
-        let p = parsed("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", GET).unwrap();
-        assert_eq!((p.body, p.keep_alive), (RespBody::Length(12), true));
-        let p = parsed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", GET).unwrap();
-        assert_eq!(p.body, RespBody::Chunked);
-        let p = parsed("HTTP/1.1 200 OK\r\n\r\n", GET).unwrap();
-        assert_eq!((p.body, p.keep_alive), (RespBody::Close, false));
-        let p = parsed("HTTP/1.1 204 No Content\r\n\r\n", GET).unwrap();
-        assert_eq!(p.body, RespBody::None);
-        let head = Asked {
-            head_request: true,
-            websocket_key: None,
-        };
-        assert_eq!(
-            parsed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", head)
-                .unwrap()
-                .body,
-            RespBody::None
-        );
-        let p = parsed("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", GET).unwrap();
-        assert!(!p.keep_alive, "1.0 closes unless it says keep-alive");
-        let p = parsed("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", GET).unwrap();
-        assert!(!p.keep_alive);
-        assert!(
-            parsed(
-                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                GET
-            )
-            .is_err()
-        );
-        assert!(parsed("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", GET).is_err());
-    }
-
-    #[test]
-    fn a_101_must_answer_the_websocket_key() {
-        // The example of RFC 6455 §1.3.
-        let key = b"dGhlIHNhbXBsZSBub25jZQ==";
-        assert_eq!(websocket_accept(key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        let ws = Asked {
-            head_request: false,
-            websocket_key: Some(key),
-        };
-        let good = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                    Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert_eq!(parsed(good, ws).unwrap().status, 101);
-        assert!(parsed(&good.replace("s3pP", "xxxx"), ws).is_err(), "wrong accept");
-        assert!(
-            parsed(&good.replace("Upgrade: websocket\r\n", ""), ws).is_err(),
-            "no Upgrade"
-        );
-        assert!(parsed(good, GET).is_err(), "nobody asked");
-    }
 
     #[test]
     fn the_head_is_rewritten_for_the_client() {
@@ -382,6 +138,19 @@ mod tests {
                 .unwrap()
                 .contains("Transfer-Encoding: chunked\r\n"),
             "the client reads the body as it is framed"
+        );
+    }
+
+    #[test]
+    fn a_length_the_server_repeated_goes_on_once() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n";
+        let mut headers = Vec::new();
+        let p = parse(text.as_bytes(), GET, &mut headers).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_head(&mut out, text.as_bytes(), &p, &headers, Rewrite::default());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\ncontent-length: 2\r\n\r\n"
         );
     }
 }

@@ -9,8 +9,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::super::h1::head::tokens;
-use super::super::h1::response::{Header, Parsed, RespKind};
+use super::super::h1::fields;
+use super::super::upstream::head::{Header, Parsed, RespKind};
 
 const SEC_WEBSOCKET_ACCEPT: &[u8] = b"sec-websocket-accept";
 
@@ -31,14 +31,14 @@ pub fn response(head: &[u8], parsed: &Parsed, fields: &[Header], added: Added) -
     let named: Vec<&[u8]> = fields
         .iter()
         .filter(|h| h.kind == RespKind::Connection)
-        .flat_map(|h| tokens(&head[h.value.clone()]))
+        .flat_map(|h| fields::names(&head[h.value.clone()]))
         .collect();
     for h in fields {
         let keep = match h.kind {
             RespKind::Plain => true,
-            // An answer to a CONNECT carries no body length (RFC 9110 §9.3.6).
-            RespKind::ContentLength => !websocket,
-            RespKind::WebSocketAccept
+            // One `content-length` is written below (the server may have sent duplicates).
+            RespKind::ContentLength
+            | RespKind::WebSocketAccept
             | RespKind::TransferEncoding
             | RespKind::Upgrade
             | RespKind::Connection
@@ -54,6 +54,10 @@ pub fn response(head: &[u8], parsed: &Parsed, fields: &[Header], added: Added) -
         let name = HeaderName::from_bytes(name).ok()?;
         let value = HeaderValue::from_bytes(&head[h.value.clone()]).ok()?;
         headers.append(name, value);
+    }
+    // An answer to a CONNECT carries no body length (RFC 9110 §9.3.6).
+    if let Some(n) = parsed.length.filter(|_| !websocket) {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     if let Some(cookie) = added.set_cookie {
         headers.append(http::header::SET_COOKIE, HeaderValue::try_from(cookie).ok()?);
@@ -86,7 +90,7 @@ pub fn local(status: u16, content_type: &'static str, fields: &[(&'static str, &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::h1::response::{Asked, parse};
+    use crate::proxy::upstream::head::{Asked, parse};
 
     fn convert(text: &str, asked: Asked<'_>, added: Added) -> Response<()> {
         let head = text.as_bytes();

@@ -28,6 +28,7 @@ mod request;
 mod settings;
 mod stream;
 mod tunnel;
+mod upload;
 
 pub use places::Places;
 pub use settings::{H2_LIMITS, H2Limits};

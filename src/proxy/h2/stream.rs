@@ -11,12 +11,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
 use http::Request;
 use http::request::Parts;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::{Balance, Network};
@@ -30,18 +30,18 @@ use crate::sticky::exchange::{Exchange, Learned};
 
 use super::super::access::AccessLine;
 use super::super::account::{Account, Totals};
+use super::super::h1::REPLAY_BODY;
 use super::super::h1::framing::Framing;
-use super::super::h1::response::{self as h1_response, Asked, Header, Parsed, RespBody};
-use super::super::h1::{REPLAY_BODY, pool};
 use super::super::select;
+use super::super::upstream::head::{Asked, RespBody};
+use super::super::upstream::{self, AnswerBuf, Trace};
 use super::answer::{self, Added};
 use super::flow::{self, RecvStop, SendStop};
 use super::places::ServerPlace;
 use super::request::{self, Body, Forwarding, Upstream};
+use super::upload::Upload;
 use super::{Conn, tunnel};
 
-/// Longest answer head accepted from a server.
-const MAX_ANSWER_HEAD: usize = 64 * 1024;
 /// Read size from a server.
 const READ_CHUNK: usize = 16 * 1024;
 /// Retry-After sent with 503s, seconds.
@@ -69,13 +69,9 @@ pub(super) struct Record {
 
 /// A server's answer head, read and checked; `buf` holds the head and what followed it.
 pub(super) struct Answer {
-    pub up: TcpStream,
-    pub buf: BytesMut,
-    pub parsed: Parsed,
-    pub fields: Vec<Header>,
+    pub up: upstream::Answer,
+    pub buf: AnswerBuf,
 }
-
-type Failed = (Failure, Progress);
 
 /// What a stream holds of its server until the answer is read whole.
 struct Held {
@@ -225,9 +221,10 @@ impl Stream {
             None => return self.gone(),
         };
         let key = websocket.then(tunnel::new_key);
+        let conn = Arc::clone(&self.conn);
         let fwd = Forwarding {
             peer,
-            peer_text: &self.conn.peer_text,
+            peer_text: &conn.peer_text,
             client: self.client,
             peer_trusted: trusted,
         };
@@ -275,8 +272,7 @@ impl Stream {
             let mut allow_pool = !websocket;
             let verdict: Verdict = loop {
                 self.rec.attempts += 1;
-                let tried_once = Attempt {
-                    parts: &self.parts,
+                let tried_once = Try {
                     b,
                     m,
                     fwd: &fwd,
@@ -285,14 +281,7 @@ impl Stream {
                     allow_pool,
                     base,
                 };
-                let outcome = {
-                    let (pool, acct, rec) = (&self.conn.pool, &self.acct, &mut self.rec);
-                    unless_reset(respond, tried_once.run(pool, acct, rec, &mut recv, cfg)).await
-                };
-                let Some(outcome) = outcome else {
-                    return self.gone();
-                };
-                match outcome {
+                match self.attempt(respond, &mut recv, tried_once).await {
                     Ok(answer) => break 'pick (answer, pick.member, slot),
                     Err((f, progress)) => {
                         let v = failure::classify(f, progress);
@@ -323,6 +312,56 @@ impl Stream {
         self.forward(respond, b, m, answer, slot, place).await
     }
 
+    /// One try on one server (`upstream::attempt`), the stream's body as its client.
+    async fn attempt(
+        &mut self,
+        respond: &mut SendResponse<Bytes>,
+        recv: &mut RecvStream,
+        t: Try<'_>,
+    ) -> Result<Answer, (Failure, Progress)> {
+        let cfg = &Arc::clone(&self.snap).config;
+        let timeouts = &t.b.cfg.timeouts;
+        let mut head = Vec::with_capacity(1024);
+        request::write_head(&mut head, &self.parts, t.fwd, t.up);
+        if let Some(body) = t.replay {
+            head.extend_from_slice(body);
+        }
+        let streamed = t.replay.is_none() && t.up.body != Body::None;
+        let a = upstream::Attempt {
+            addr: t.m.addr,
+            connect: timeouts.connect,
+            server: timeouts.server,
+            // A streamed body goes on a new connection: an answer while it streams is then
+            // an early answer, never a stray one.
+            pooled: t.allow_pool && !streamed,
+            asked: Asked {
+                head_request: self.parts.method == http::Method::HEAD,
+                websocket_key: t.up.websocket_key.map(str::as_bytes),
+            },
+            started: self.acct.started,
+        };
+        let mut progress = t.base;
+        let mut trace = Trace::default();
+        let mut buf = AnswerBuf::default();
+        let chunked = t.up.body == Body::Chunked;
+        let (limit, wait) = (cfg.limits.max_body_bytes, cfg.timeouts.client);
+        let mut upload = Upload::new(recv, respond, chunked, !streamed, limit, wait);
+        let pool = Arc::clone(&self.conn.pool);
+        let result = upstream::attempt(&pool, &a, &head, &mut upload, &mut buf, &mut progress, &mut trace).await;
+        if streamed {
+            self.rec.bytes_in = upload.received;
+        }
+        self.acct.upstream_connection(progress.reused);
+        self.rec.connect = trace.connect.or(self.rec.connect);
+        match result {
+            Ok(up) => Ok(Answer { up, buf }),
+            Err(f) => {
+                self.rec.error = body_note(f).or(trace.error).or(self.rec.error);
+                Err((f, progress))
+            }
+        }
+    }
+
     /// Read a body of `n` bytes whole (within `timeouts.client` per read).
     async fn read_whole(&mut self, recv: &mut RecvStream, n: usize) -> Result<Bytes, RecvStop> {
         let wait = self.snap.config.timeouts.client;
@@ -346,12 +385,15 @@ impl Stream {
         place: ServerPlace,
     ) -> u16 {
         let cfg = &Arc::clone(&self.snap).config;
-        let Answer {
-            up,
-            mut buf,
-            parsed,
-            fields,
-        } = answer;
+        let Answer { up: answer, buf } = answer;
+        let (up, parsed) = (answer.stream, answer.parsed);
+        let AnswerBuf {
+            bytes: mut buf,
+            headers: fields,
+        } = buf;
+        // An answer that came before the whole body was sent: neither connection can
+        // carry another request (the rest of the body never goes).
+        let reusable = parsed.keep_alive && answer.request_complete;
         self.rec.ttfb = Some(self.acct.started.elapsed());
         self.rec.connect = self.rec.connect.map(|_| self.rec.ttfb.unwrap_or_default());
         self.sticky.on_response(parsed.status, &self.conn.shared.sids);
@@ -370,7 +412,7 @@ impl Stream {
             self.rec.error = Some("answer fields HTTP/2 cannot carry");
             return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
         };
-        buf.advance(parsed.len);
+        buf.drain(..parsed.len);
         let status = parsed.status;
         let mut framing = match parsed.body {
             RespBody::None => None,
@@ -380,7 +422,7 @@ impl Stream {
         };
         let Some(framing) = framing.as_mut() else {
             // No body: the server connection is done before the client is answered.
-            if parsed.keep_alive && buf.is_empty() {
+            if reusable && buf.is_empty() {
                 self.conn.pool.put(m.addr, up);
             }
             drop((slot, place));
@@ -413,7 +455,7 @@ impl Stream {
                 // The whole answer is here: the server connection goes back (unless the
                 // server sent more than its answer) before the client has taken it.
                 if let Some(h) = held.take()
-                    && parsed.keep_alive
+                    && reusable
                     && adv.used == data.len()
                 {
                     self.conn.pool.put(m.addr, h.up);
@@ -639,169 +681,24 @@ fn text_body(status: u16, detail: &str) -> String {
     }
 }
 
-/// One try on one server: connect (or reuse), send the request, read the answer head.
-struct Attempt<'a> {
-    parts: &'a Parts,
+/// Where one attempt goes and what it sends.
+#[derive(Clone, Copy)]
+struct Try<'a> {
     b: &'a BackendRt,
     m: &'a Member,
     fwd: &'a Forwarding<'a>,
     up: &'a Upstream<'a>,
+    /// A body read whole, sent with the head.
     replay: Option<&'a [u8]>,
     allow_pool: bool,
     base: Progress,
 }
 
-impl Attempt<'_> {
-    async fn run(
-        self,
-        pool: &pool::Pool,
-        acct: &Account,
-        rec: &mut Record,
-        recv: &mut RecvStream,
-        cfg: &crate::config::Config,
-    ) -> Result<Answer, Failed> {
-        let t = &self.b.cfg.timeouts;
-        let pooled = if self.allow_pool { pool.take(self.m.addr) } else { None };
-        let mut progress = Progress {
-            reused: pooled.is_some(),
-            ..self.base
-        };
-        acct.upstream_connection(progress.reused);
-        let mut up = match pooled {
-            Some(s) => s,
-            None => match pool::connect(self.m.addr, t.connect).await {
-                Ok(s) => s,
-                Err(pool::ConnectError::Refused) => return Err((Failure::ConnectRefused, progress)),
-                Err(pool::ConnectError::TimedOut) => return Err((Failure::ConnectTimedOut, progress)),
-                Err(pool::ConnectError::Other) => return Err((Failure::ConnectError, progress)),
-            },
-        };
-        rec.connect.get_or_insert(Duration::ZERO);
-        let mut out = Vec::with_capacity(1024);
-        request::write_head(&mut out, self.parts, self.fwd, self.up);
-        if let Some(body) = self.replay {
-            out.extend_from_slice(body);
-        }
-        // `sent` from the first byte the server may have seen.
-        let sent = tokio::time::timeout(t.server, write_noting(&mut up, &out, &mut progress.sent)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return Err((Failure::ResetBeforeAnswer, progress));
-        }
-        if self.replay.is_none() && self.up.body != Body::None {
-            let limit = cfg.limits.max_body_bytes;
-            match stream_body(&mut up, recv, self.up.body, limit, cfg.timeouts.client, t.server).await {
-                Ok(n) => rec.bytes_in = n,
-                Err(failure) => {
-                    rec.error = match failure {
-                        Failure::BodyTooLarge => Some("request body too large"),
-                        Failure::BodyStalled => Some("request body not received in time"),
-                        _ => rec.error,
-                    };
-                    return Err((failure, progress));
-                }
-            }
-        }
-        progress.request_complete = true;
-        let key = self.up.websocket_key.map(str::as_bytes);
-        let asked = Asked {
-            head_request: self.parts.method == http::Method::HEAD,
-            websocket_key: key,
-        };
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut fields = Vec::new();
-        loop {
-            if !buf.is_empty() {
-                match h1_response::parse(&buf, asked, &mut fields) {
-                    // Interim answers are not passed on (100 was never asked for).
-                    Ok(Some(p)) if p.status < 200 && p.status != 101 => {
-                        let _ = buf.split_to(p.len);
-                        continue;
-                    }
-                    Ok(Some(parsed)) => {
-                        return Ok(Answer {
-                            up,
-                            buf,
-                            parsed,
-                            fields,
-                        });
-                    }
-                    Ok(None) if buf.len() < MAX_ANSWER_HEAD => {}
-                    Ok(None) | Err(_) => {
-                        rec.error = Some("invalid response head");
-                        return Err((Failure::BadAnswer, progress));
-                    }
-                }
-            }
-            buf.reserve(READ_CHUNK);
-            let partial = !buf.is_empty();
-            match tokio::time::timeout(t.server, up.read_buf(&mut buf)).await {
-                Err(_) => return Err((Failure::AnswerTimedOut, progress)),
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) if partial => {
-                    rec.error = Some("response head cut short");
-                    return Err((Failure::BadAnswer, progress));
-                }
-                Ok(_) => return Err((Failure::ResetBeforeAnswer, progress)),
-            }
-        }
+/// What the access log says of a body that went wrong.
+fn body_note(f: Failure) -> Option<&'static str> {
+    match f {
+        Failure::BodyTooLarge => Some("request body too large"),
+        Failure::BodyStalled => Some("request body not received in time"),
+        _ => None,
     }
-}
-
-/// Stream the client's body to the server (chunked when its length is unknown), each
-/// piece credited back to the client once written; the bytes sent.
-async fn stream_body(
-    up: &mut TcpStream,
-    recv: &mut RecvStream,
-    body: Body,
-    max: u64,
-    client_wait: Duration,
-    server_wait: Duration,
-) -> Result<u64, Failure> {
-    let chunked = body == Body::Chunked;
-    let mut sent = 0u64;
-    loop {
-        let data = match flow::next_data(recv, client_wait).await {
-            Ok(Some(data)) => data,
-            Ok(None) => break,
-            Err(RecvStop::Stalled) => return Err(Failure::BodyStalled),
-            Err(RecvStop::Gone) => return Err(Failure::ClientGone),
-        };
-        sent += data.len() as u64;
-        if sent > max {
-            return Err(Failure::BodyTooLarge);
-        }
-        let written = async {
-            if chunked {
-                up.write_all(format!("{:x}\r\n", data.len()).as_bytes()).await?;
-                up.write_all(&data).await?;
-                up.write_all(b"\r\n").await
-            } else {
-                up.write_all(&data).await
-            }
-        };
-        match tokio::time::timeout(server_wait, written).await {
-            Ok(Ok(())) => flow::credit(recv, data.len()),
-            _ => return Err(Failure::ResetBeforeAnswer),
-        }
-    }
-    if chunked {
-        match tokio::time::timeout(server_wait, up.write_all(b"0\r\n\r\n")).await {
-            Ok(Ok(())) => {}
-            _ => return Err(Failure::ResetBeforeAnswer),
-        }
-    }
-    Ok(sent)
-}
-
-/// `write_all`, noting in `wrote` once any byte of `buf` was written.
-async fn write_noting<W: AsyncWrite + Unpin>(w: &mut W, mut buf: &[u8], wrote: &mut bool) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = w.write(buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        *wrote = true;
-        buf = &buf[n..];
-    }
-    Ok(())
 }

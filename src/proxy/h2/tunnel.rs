@@ -56,15 +56,12 @@ impl Stream {
         slot: ActiveGuard,
         place: ServerPlace,
     ) -> u16 {
-        if answer.parsed.status != 101 {
+        if answer.up.parsed.status != 101 {
             return self.forward(respond, b, m, answer, slot, place).await;
         }
-        let Answer {
-            up,
-            buf,
-            parsed,
-            fields,
-        } = answer;
+        let Answer { up: answer, buf } = answer;
+        let (up, parsed) = (answer.stream, answer.parsed);
+        let (buf, fields) = (buf.bytes, buf.headers);
         let shared = Arc::clone(&self.conn.shared);
         let cfg = &Arc::clone(&self.snap).config;
         self.rec.ttfb = Some(self.acct.started.elapsed());
