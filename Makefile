@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 NODE_DIR := integration/node
 
-.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble prometheus rules unit integration bench bench-deps bench-broadcast clean systemd-verify
+.PHONY: run test lint build release certs check deps deny-tool deb-tool deb node-deps chromium pebble dnsmasq prometheus rules unit integration bench bench-deps bench-broadcast clean systemd-verify
 
 ## System packages: cmake (pingora builds zlib-ng with it) and redis-server (rooms,
 ## tests). Installed only when missing.
@@ -31,6 +31,14 @@ pebble:
 	@if ! command -v pebble >/dev/null || ! command -v pebble-challtestsrv >/dev/null; then \
 	  echo "installing: pebble"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pebble; \
+	fi
+
+## dnsmasq, the DNS server whose answers the discovery tests change (Debian's
+## dnsmasq-base: the binary without a system service). Installed only when missing.
+dnsmasq:
+	@if ! command -v dnsmasq >/dev/null && [ ! -x /usr/sbin/dnsmasq ]; then \
+	  echo "installing: dnsmasq-base"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dnsmasq-base; \
 	fi
 
 ## Prometheus and promtool (Debian's package) for the rules' unit tests (`lint`) and the
@@ -112,7 +120,7 @@ unit: deps
 	$(CARGO) test --lib --bins
 
 ## End-to-end tests run one at a time: they start processes and measure behaviour.
-integration: deps node-deps chromium pebble deb-tool prometheus
+integration: deps node-deps chromium pebble dnsmasq deb-tool prometheus
 	$(CARGO) test --test integration -- --test-threads=1
 
 test: lint check unit integration

@@ -7,6 +7,7 @@ mod harness;
 
 mod charts;
 mod differential;
+mod discovery;
 mod edge;
 mod engine;
 mod exchange;

@@ -126,7 +126,7 @@ fn count(v: &Value, name: &str) -> u64 {
 
 // Engine.IO polling by hand.
 
-async fn handshake(t: &Target) -> (u16, String) {
+pub(crate) async fn handshake(t: &Target) -> (u16, String) {
     let mut conn = Conn::open(t).await.expect("connect");
     let r = conn
         .request("GET", "/socket.io/?EIO=4&transport=polling", &[], b"")
@@ -141,7 +141,7 @@ async fn handshake(t: &Target) -> (u16, String) {
 /// POST `body` on the session, then GET until a packet starting with `answer` came (the
 /// POST makes the server queue it, so no GET waits for a long-poll; at most 3 GETs, a
 /// ping may come first): (POST status, last GET status, the GETs' bodies).
-async fn exchange(t: &Target, sid: &str, body: &str, answer: &str) -> (u16, u16, String) {
+pub(crate) async fn exchange(t: &Target, sid: &str, body: &str, answer: &str) -> (u16, u16, String) {
     let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     let post = Conn::open(t)
         .await
@@ -177,7 +177,7 @@ async fn post_alone(t: &Target, sid: &str, body: &str) -> u16 {
 }
 
 /// The worker that holds the session, by a `whoami` acknowledgement over polling.
-async fn whoami(t: &Target, sid: &str, ack: u32) -> Result<String, String> {
+pub(crate) async fn whoami(t: &Target, sid: &str, ack: u32) -> Result<String, String> {
     let prefix = format!("43{ack}[");
     let (post, get, body) = exchange(t, sid, &format!("42{ack}[\"whoami\"]"), &prefix).await;
     let packet = body.split('\u{1e}').find(|p| p.starts_with(&prefix));

@@ -1,7 +1,8 @@
 //! `edgepin check`: the summary printed for a valid config, its warnings (valid but
 //! unwise settings, e.g. a short stats password), each as `FILE:LINE:COL: warning: …`,
-//! and the certificate checks (each key matches its certificate; a warning for one
-//! expiring within 14 days).
+//! the certificate checks (each key matches its certificate; a warning for one expiring
+//! within 14 days), and one resolution of each discovered backend (a warning when its
+//! name does not resolve yet).
 
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
@@ -123,6 +124,18 @@ pub fn summary(c: &Config) -> String {
     }
     let _ = writeln!(out, "backends:");
     for b in &c.backends {
+        if let Some(d) = &b.discover {
+            let _ = writeln!(
+                out,
+                "  {} ({}): servers from DNS {}, every {}, at most {}",
+                b.name,
+                b.balance.as_str(),
+                d.describe(),
+                humantime::format_duration(d.interval),
+                d.max_servers
+            );
+            continue;
+        }
         let servers: Vec<String> = b
             .servers
             .iter()
@@ -151,6 +164,71 @@ pub fn summary(c: &Config) -> String {
         let _ = writeln!(out, "{w}");
     }
     out
+}
+
+/// What resolving every discovered backend once found.
+#[derive(Debug, Default)]
+pub struct DiscoveryReport {
+    /// One line per discovered backend, for the summary.
+    pub lines: Vec<String>,
+    /// `FILE:LINE:COL: warning: …` for each name that gives no servers (yet): a warning,
+    /// not an error, as `run` keeps asking.
+    pub warnings: Vec<String>,
+}
+
+/// Resolve each discovered backend of `c` once, as `run` would.
+pub fn discovery(c: &Config) -> DiscoveryReport {
+    let mut r = DiscoveryReport::default();
+    let specs: Vec<(&str, &crate::config::Discover)> = c
+        .backends
+        .iter()
+        .filter_map(|b| Some((b.name.as_str(), b.discover.as_ref()?)))
+        .collect();
+    if specs.is_empty() {
+        return r;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            r.warnings
+                .push(format!("warning: cannot resolve discovered backends: {e}"));
+            return r;
+        }
+    };
+    let file = c.source.display().to_string();
+    for (backend, d) in specs {
+        let answer = runtime.block_on(async {
+            let resolver = crate::discovery::DnsResolver::new(d)?;
+            resolver.resolve().await.answer
+        });
+        match answer {
+            Ok(found) if !found.is_empty() => {
+                let mut names: Vec<&str> = found.iter().map(|f| f.name.as_str()).collect();
+                let more = names.len().saturating_sub(d.max_servers);
+                names.truncate(d.max_servers);
+                let cut = if more > 0 {
+                    format!(" (and {more} more over max_servers)")
+                } else {
+                    String::new()
+                };
+                r.lines
+                    .push(format!("{backend}: {} -> {}{cut}", d.describe(), names.join(", ")));
+            }
+            Ok(_) => r.warnings.push(format!(
+                "{file}:{}:{}: warning: backend {backend}: {} gives no servers yet (no records)",
+                d.pos.line,
+                d.pos.col,
+                d.describe()
+            )),
+            Err(failure) => r.warnings.push(format!(
+                "{file}:{}:{}: warning: backend {backend}: {} does not resolve yet ({failure})",
+                d.pos.line,
+                d.pos.col,
+                d.describe()
+            )),
+        }
+    }
+    r
 }
 
 /// What is valid but unwise in `c`, as `FILE:LINE:COL: warning: message` lines.

@@ -96,6 +96,9 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         }
     }
     let members = |c: &Config, b: &config::Backend| -> String {
+        if let Some(d) = &b.discover {
+            return format!("DNS {}", d.describe());
+        }
         b.servers
             .iter()
             .map(|&i| c.servers[i].name.as_str())

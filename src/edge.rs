@@ -139,7 +139,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     server.bootstrap();
 
     let fd_limit = crate::fdlimit::raise();
-    let cap = connection_cap(config.limits.max_connections, fd_limit, config.servers.len());
+    let cap = connection_cap(config.limits.max_connections, fd_limit, config.server_capacity());
     if cap.connections < config.limits.max_connections {
         tracing::warn!(
             max_connections = config.limits.max_connections,
@@ -198,6 +198,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         Housekeeping {
             shared: Arc::clone(&shared),
             pool,
+        },
+    ));
+    // Always there: a reload may add a discovered backend.
+    server.add_service(background_service(
+        "dns discovery",
+        crate::upkeep::Discovery {
+            shared: Arc::clone(&shared),
         },
     ));
     server.add_service(background_service(
@@ -269,7 +276,7 @@ fn server_conf(config: &Config) -> ServerConf {
         // One attempt plus the backend's retries; the budget decides below that.
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
         // pingora's pool serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
-        upstream_keepalive_pool_size: crate::proxy::pool_size(config.servers.len()),
+        upstream_keepalive_pool_size: crate::proxy::pool_size(config.server_capacity()),
         ..ServerConf::default()
     }
 }

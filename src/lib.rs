@@ -2,8 +2,8 @@
 //!
 //! `config` parses and validates proxy.yaml; `runtime` builds the running snapshot;
 //! `proxy` serves requests with `balance` and `sticky`; `health` turns check verdicts into
-//! UP/DOWN; `upkeep` runs the checks and housekeeping; `stats` shows it all; `reload`
-//! swaps snapshots; `edge` assembles the process. `worker` is the reference Socket.IO
+//! UP/DOWN; `upkeep` runs the checks, housekeeping and DNS discovery (`discovery` decides
+//! what an answer means); `stats` shows it all; `reload` swaps snapshots; `edge` assembles the process. `worker` is the reference Socket.IO
 //! worker (rooms over Redis); `up` runs Redis, the workers and the proxy together.
 #![forbid(unsafe_code)]
 
@@ -14,6 +14,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod diff;
+pub mod discovery;
 pub mod edge;
 pub mod failure;
 pub mod fdlimit;

@@ -121,6 +121,16 @@ fn main() -> ExitCode {
                 for w in &certs.warnings {
                     println!("warning: {w}");
                 }
+                let discovered = edgepin::check::discovery(&c);
+                if !discovered.lines.is_empty() {
+                    println!("discovered now:");
+                    for l in &discovered.lines {
+                        println!("  {l}");
+                    }
+                }
+                for w in &discovered.warnings {
+                    println!("{w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),

@@ -98,10 +98,14 @@ fn apply(shared: &Shared, path: &Path, started: Instant) -> Outcome {
         }
         _ => None,
     };
-    let mut staged = shared.build(&config);
+    // Discovered servers stay as the last answers gave them (merged under the book's
+    // lock, which also keeps discovery from installing between this build and install).
+    let book = shared.discovered.lock();
+    let mut staged = shared.build(&crate::discovery::merge(&config, &book));
     staged.certificates = cert;
     let generation = staged.generation();
     shared.install(staged);
+    drop(book);
     if let Some(pidfile) = &config.reload.pidfile
         && let Err(e) = crate::loaded::save_loaded(pidfile, path, &text)
     {

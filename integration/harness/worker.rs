@@ -1,5 +1,6 @@
 //! Socket.IO workers as child processes: `edgepin worker` (the binary under test) and the
-//! Node.js reference worker (`integration/node/worker.js`), on free loopback ports.
+//! Node.js reference worker (`integration/node/worker.js`), on free loopback ports (or an
+//! address the test chooses).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +30,12 @@ impl Worker {
 
     /// The same, with these environment variables set.
     pub fn start_with_env(id: &str, redis_url: &str, env: &[(&str, &str)]) -> Worker {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Worker::start_at(id, redis_url, SocketAddr::from(([127, 0, 0, 1], free_port())), env)
+    }
+
+    /// `edgepin worker` listening on `addr` (e.g. 127.0.0.N with a port several workers
+    /// share, as A records carry no port).
+    pub fn start_at(id: &str, redis_url: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Worker {
         let listen = addr.to_string();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgepin"));
         cmd.args(["worker", "--listen", &listen, "--id", id, "--redis", redis_url])

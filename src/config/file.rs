@@ -31,7 +31,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub acme: Option<AcmeFile>,
     pub backends: Spanned<IndexMap<String, Spanned<BackendFile>>>,
-    pub servers: Spanned<IndexMap<String, Spanned<ServerFile>>>,
+    /// May be left out when every backend discovers its servers.
+    #[serde(default)]
+    pub servers: Option<Spanned<IndexMap<String, Spanned<ServerFile>>>>,
     #[serde(default)]
     pub health: Option<Spanned<HealthFile>>,
     #[serde(default)]
@@ -206,7 +208,12 @@ pub struct AcmeFile {
 pub struct BackendFile {
     #[serde(default)]
     pub balance: Option<Str>,
-    pub servers: Spanned<Vec<Str>>,
+    /// Names from `servers`; or `discover` instead.
+    #[serde(default)]
+    pub servers: Option<Spanned<Vec<Str>>>,
+    /// The servers come from DNS (A/AAAA or SRV records), re-resolved while running.
+    #[serde(default)]
+    pub discover: Option<Spanned<DiscoverFile>>,
     /// Sticky cookie name (balance: sticky).
     #[serde(default)]
     pub cookie: Option<Str>,
@@ -221,6 +228,35 @@ pub struct BackendFile {
     /// Requests that may wait for a slot when every server is at max_connections.
     #[serde(default)]
     pub max_queue: Option<Spanned<u64>>,
+}
+
+/// `backends.NAME.discover`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverFile {
+    /// `NAME:PORT` for `type: a`; the SRV name alone for `type: srv`.
+    pub dns: Str,
+    /// `a` (A and AAAA records, the default) or `srv`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<Str>,
+    /// Longest time between two resolutions (a shorter TTL resolves sooner, not under 1s).
+    #[serde(default)]
+    pub interval: Option<Str>,
+    /// Longest wait for one answer.
+    #[serde(default)]
+    pub timeout: Option<Str>,
+    /// Most servers one answer may give the backend.
+    #[serde(default)]
+    pub max_servers: Option<Spanned<u64>>,
+    /// Answers in a row that must agree before one removing more than half the servers applies.
+    #[serde(default)]
+    pub confirm_shrink: Option<Spanned<u64>>,
+    /// Name servers (`IP` or `IP:PORT`) instead of /etc/resolv.conf's.
+    #[serde(default)]
+    pub resolvers: Option<Spanned<Vec<Str>>>,
+    /// `max_connections` of every discovered server.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -98,6 +98,19 @@ impl Config {
     pub fn server(&self, name: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.name == name)
     }
+
+    /// The most servers this config can hold: the listed ones and every discovered
+    /// backend's `max_servers` (for sizes fixed at start, such as the upstream pool).
+    pub fn server_capacity(&self) -> usize {
+        let listed = self.servers.iter().filter(|s| !s.discovered).count();
+        let discovered: usize = self
+            .backends
+            .iter()
+            .filter_map(|b| b.discover.as_ref())
+            .map(|d| d.max_servers)
+            .sum();
+        listed + discovered
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -324,6 +337,65 @@ pub struct Backend {
     pub retries: u32,
     /// Requests waiting for a slot at most (more get 503 at once).
     pub max_queue: u32,
+    /// The servers come from DNS (`servers` then holds those of the last good answer,
+    /// merged in by `discovery::merge`; none in a config just read from its file).
+    pub discover: Option<Discover>,
+}
+
+/// `backends.NAME.discover`: what to ask DNS for the backend's servers, and how often.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discover {
+    /// The name asked, lowercase (with its trailing dot if written with one).
+    pub name: String,
+    pub kind: DiscoverKind,
+    /// Port of every server (`type: a`); SRV records carry their own.
+    pub port: u16,
+    /// Longest time between two resolutions; a shorter TTL resolves sooner (not under
+    /// [`Discover::MIN_INTERVAL`]).
+    pub interval: Duration,
+    /// Longest wait for one answer.
+    pub timeout: Duration,
+    /// Most servers one answer may give the backend.
+    pub max_servers: usize,
+    /// Answers in a row that must agree before one removing more than half the servers
+    /// applies (1: at once).
+    pub confirm_shrink: u32,
+    /// Name servers asked; empty: those of /etc/resolv.conf.
+    pub resolvers: Vec<SocketAddr>,
+    /// `max_connections` of every discovered server.
+    pub max_connections: Option<u32>,
+    pub pos: Pos,
+}
+
+impl Discover {
+    /// A TTL shorter than this does not make resolutions more frequent.
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// As written in the config: `name:port (A/AAAA)` or `name (SRV)`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            DiscoverKind::Addresses => format!("{}:{} (A/AAAA)", self.name, self.port),
+            DiscoverKind::Srv => format!("{} (SRV)", self.name),
+        }
+    }
+}
+
+/// Which records name the servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoverKind {
+    /// A and AAAA records: every address, with the configured port.
+    Addresses,
+    /// SRV records: every target of the lowest priority, with its port and weight.
+    Srv,
+}
+
+impl DiscoverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoverKind::Addresses => "a",
+            DiscoverKind::Srv => "srv",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,6 +407,9 @@ pub struct Server {
     pub weight: u32,
     /// Concurrent requests/tunnels sent to it; more wait in a queue.
     pub max_connections: Option<u32>,
+    /// Found by DNS (`backends.NAME.discover`), not listed in the file. Its name is what
+    /// it is (`address:port`, or `target:port` for SRV), so it is the same on every edge.
+    pub discovered: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,9 @@ pub struct Member {
     /// Set when a reload removed this server from the backend: it keeps its existing
     /// sessions until then and takes no new ones.
     pub retired_until: Option<Instant>,
+    /// Discovered from DNS: it takes new sessions only once a check found it UP (a
+    /// configured server takes them while its first check runs).
+    pub discovered: bool,
 }
 
 impl Member {
@@ -55,7 +58,9 @@ impl Member {
 
     /// May take a new session (a round-robin pick, a new sticky pin).
     pub fn accepts_new(&self) -> bool {
-        self.retired_until.is_none() && self.state.accepts_new()
+        self.retired_until.is_none()
+            && self.state.accepts_new()
+            && !(self.discovered && self.state.health() == Health::Checking)
     }
 
     /// May keep serving sessions already pinned to it.
@@ -113,6 +118,9 @@ impl Snapshot {
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub registry: Arc<Registry>,
+    /// What DNS discovery found per backend; its lock is held while a config is built
+    /// and installed (`discovery::Book`).
+    pub discovered: crate::discovery::Book,
     pub sids: SidTable,
     /// Engine.IO handshakes per client address (`sticky.handshake_rate`).
     pub handshakes: ClientLimiter,
@@ -143,6 +151,7 @@ impl Shared {
             https: registry.frontend("https"),
             http: registry.frontend("http"),
             registry,
+            discovered: Default::default(),
             sids,
             handshakes: ClientLimiter::new(),
             cert,
@@ -211,7 +220,7 @@ impl Shared {
         }
         for r in transition.retire {
             r.state.retire(r.address, r.until);
-            tracing::info!(server = %r.state.name, drain_timeout = ?next.config.reload.drain_timeout, "server removed by reload: draining");
+            tracing::info!(server = %r.state.name, drain_timeout = ?next.config.reload.drain_timeout, "server removed (reload or DNS answer): draining");
         }
         for m in transition.moves {
             self.moved(&m.state, m.from, m.to);
@@ -269,6 +278,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                         cookie_id: cookie::server_id(&s.name, secret),
                         max_connections: s.max_connections,
                         retired_until: None,
+                        discovered: s.discovered,
                     }
                 })
                 .collect();
@@ -289,6 +299,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                             cookie_id: m.cookie_id.clone(),
                             max_connections: m.max_connections,
                             retired_until: Some(until),
+                            discovered: m.discovered,
                         });
                     }
                 }

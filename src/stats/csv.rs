@@ -1,12 +1,12 @@
 //! `/stats.csv`: the view as HAProxy-style CSV (`show stat`), one line per listener
 //! (`FRONTEND`), server and backend (`BACKEND`), with HAProxy's column names so scripts
 //! that read columns by name port over; edgepin's own columns (WebSocket, sticky
-//! decisions, Engine.IO) follow at the end. Empty cells are columns the row's kind does
+//! decisions, Engine.IO, DNS discovery) follow at the end. Empty cells are columns the row's kind does
 //! not have.
 
 use std::fmt::Write;
 
-use super::view::{CheckView, Row, RowKind, StatsView};
+use super::view::{CheckView, DiscoveryView, Row, RowKind, StatsView};
 
 fn check<'a>(row: &Row<'a>) -> Option<&'a CheckView> {
     row.server.and_then(|s| s.last_check.as_ref())
@@ -94,7 +94,21 @@ const COLUMNS: &[Column] = &[
     ("sticky_hash", |l| opt(l.counters.sticky.map(|s| s.hash))),
     ("sticky_redispatch", |l| opt(l.counters.sticky.map(|s| s.redispatch))),
     ("sid_unknown", |l| opt(l.counters.sid_unknown)),
+    ("dns", |l| discovery(l).map(|d| d.dns.clone())),
+    ("dns_last", |l| {
+        discovery(l).and_then(|d| d.last_ago_seconds).map(|a| a.to_string())
+    }),
+    ("dns_result", |l| {
+        discovery(l).and_then(|d| d.last_result).map(str::to_string)
+    }),
+    ("dns_servers", |l| discovery(l).map(|d| d.servers.to_string())),
+    ("dns_failed", |l| discovery(l).map(|d| d.failed().to_string())),
+    ("discovered", |l| l.server.map(|s| u8::from(s.discovered).to_string())),
 ];
+
+fn discovery<'a>(row: &Row<'a>) -> Option<&'a DiscoveryView> {
+    row.backend.and_then(|b| b.discovery.as_ref())
+}
 
 /// A CSV cell: quoted when it holds a comma, quote or line break.
 fn cell(out: &mut String, value: &str) {

@@ -11,8 +11,9 @@ use crate::state::{FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    AcmeView, BackendView, CertificateView, CheckView, Counters, DurationsView, FrontendView, LastReload, ProcessView,
-    ReloadView, Responses, ServerView, SharedSidView, SidView, StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, DiscoveryView, DurationsView, FrontendView,
+    LastReload, ProcessView, ReloadView, Responses, ServerView, SharedSidView, SidView, StatsView, StickyView,
+    WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -48,7 +49,15 @@ impl StatsView {
         .filter(|l| l.address.is_some())
         .map(|l| frontend(l, rates))
         .collect();
-        let backends = snapshot.backends.iter().map(|b| backend(b, config, rates)).collect();
+        let backends = snapshot
+            .backends
+            .iter()
+            .map(|b| {
+                let mut view = backend(b, config, rates);
+                view.discovery = discovery(shared, b);
+                view
+            })
+            .collect();
         let last = registry.last_reload().map(|r| LastReload {
             generation: r.generation,
             at_unix: unix_seconds(r.at),
@@ -254,7 +263,38 @@ fn backend(b: &BackendRt, config: &Config, rates: &Rates) -> BackendView {
         retry_budget_exhausted: c.retry_budget_exhausted.get(),
         counters,
         servers,
+        discovery: None,
     }
+}
+
+/// A discovered backend's resolutions, from the book.
+fn discovery(shared: &Shared, b: &BackendRt) -> Option<DiscoveryView> {
+    use crate::discovery::Outcome;
+    let spec = b.cfg.discover.as_ref()?;
+    let entry = shared.discovered.entry(b.name()).unwrap_or_default();
+    let (last_result, last_detail) = match entry.last.as_ref().map(|(_, o)| o) {
+        None => (None, String::new()),
+        Some(Outcome::Answer(n)) => (Some("answer"), format!("{n} servers")),
+        Some(Outcome::Failed(f)) => (Some(f.kind()), f.to_string()),
+    };
+    Some(DiscoveryView {
+        dns: spec.describe(),
+        interval_seconds: spec.interval.as_secs_f64(),
+        last_unix: entry.last.as_ref().map(|(at, _)| unix_seconds(*at)),
+        last_ago_seconds: entry
+            .last
+            .as_ref()
+            .map(|(at, _)| at.elapsed().unwrap_or_default().as_secs()),
+        last_result,
+        last_detail,
+        servers: entry.servers.len() as u64,
+        answers: entry.answers,
+        failures: entry.failures.iter().map(|(k, v)| (*k, *v)).collect(),
+        changes: entry.changes,
+        held: entry.held,
+        pending: entry.pending.as_ref().map(|p| p.servers.len() as u64),
+        capped: entry.capped,
+    })
 }
 
 fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rates) -> ServerView {
@@ -291,6 +331,7 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         health: state.health().as_str(),
         admin: state.admin().as_str(),
         retired,
+        discovered: m.discovered,
         status_seconds,
         status_reason,
         last_check,

@@ -74,6 +74,26 @@ fn bytes(class: &str, v: u64) -> Markup {
     html! { td class=(class) title=(v) data-zero[v == 0] { (human_bytes(v)) } }
 }
 
+/// A discovered backend's last resolution and its counts, under its heading.
+fn discovery_line(d: &super::view::DiscoveryView) -> Markup {
+    html! {
+        p.discovery {
+            "Servers from DNS " code { (d.dns) } " every " (d.interval_seconds) "s · last: "
+            @match (d.last_result, d.last_ago_seconds) {
+                (Some(result), Some(ago)) => {
+                    span class=(if result == "answer" { "good" } else { "bad" }) { (d.last_detail) }
+                    " " (human_duration(ago)) " ago"
+                }
+                _ => { "not resolved yet" }
+            }
+            " · " (d.servers) " in use · " (d.answers) " answers, " (d.failed()) " failed"
+            @for (kind, n) in &d.failures { " (" (kind) " " (n) ")" }
+            " · " (d.changes) " changes · " (d.held) " held"
+            @if let Some(p) = d.pending { " (" (p) " servers waiting to repeat)" }
+        }
+    }
+}
+
 fn status_class(status: &str) -> String {
     format!("st-{}", status.to_ascii_lowercase())
 }
@@ -257,6 +277,7 @@ impl Page<'_> {
                 "Backend " (b.name)
                 small { (b.balance) " · " (b.servers_up) "/" (b.servers_total) " servers taking new sessions" }
             }
+            @if let Some(d) = &b.discovery { (discovery_line(d)) }
             table.backend data-backend=(b.name) {
                 thead {
                     tr.groups {
@@ -319,6 +340,7 @@ impl Page<'_> {
                     td.text.status title=(s.status_reason) {
                         b { (s.status) } " " (human_duration(s.status_seconds))
                         @if s.retired { " (removed)" }
+                        @if s.discovered { " (DNS)" }
                     }
                     (check_cell(s))
                     (count("weight", s.weight))

@@ -469,4 +469,84 @@ mod tests {
         let (status, _, _) = send(&app, get("/admin/servers/b/state", Some("admin:pw"))).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "POST only");
     }
+
+    #[tokio::test]
+    async fn every_output_shows_discovered_servers_and_the_resolutions() {
+        use crate::discovery::Failure;
+        use crate::upkeep::discovery::{apply, tests as found};
+        let shared = found::shared();
+        let spec = shared.snapshot().config.backends[0].discover.clone().unwrap();
+        let app = StatsApp::new(Arc::clone(&shared)).unwrap();
+        let (_, _, json) = send(&app, get("/stats.json", None)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["backends"][0]["discovery"]["dns"], "fleet.test:3000 (A/AAAA)");
+        assert_eq!(v["backends"][0]["discovery"]["last_result"], serde_json::Value::Null);
+
+        apply(&shared, "ws", &spec, Ok(found::found(&[2, 3])));
+        apply(&shared, "ws", &spec, Err(Failure::Timeout));
+        let (_, _, json) = send(&app, get("/stats.json", None)).await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let b = &v["backends"][0];
+        let d = &b["discovery"];
+        assert_eq!(
+            (&d["last_result"], &d["last_detail"]),
+            (&"timeout".into(), &"timeout".into())
+        );
+        assert_eq!(
+            (&d["servers"], &d["answers"], &d["failures"]["timeout"], &d["changes"]),
+            (&2.into(), &1.into(), &1.into(), &1.into())
+        );
+        let servers = b["servers"].as_array().unwrap();
+        assert!(
+            servers
+                .iter()
+                .all(|s| s["discovered"] == true && s["health"] == "CHECKING"),
+            "{b}"
+        );
+        assert_eq!(b["servers_up"], 0, "none takes new sessions before its first check");
+
+        let (_, _, metrics) = send(&app, get("/metrics", None)).await;
+        for line in [
+            "edgepin_backend_dns_resolutions_total{proxy=\"ws\",result=\"answer\"} 1",
+            "edgepin_backend_dns_resolutions_total{proxy=\"ws\",result=\"timeout\"} 1",
+            "edgepin_backend_dns_servers{proxy=\"ws\"} 2",
+            "edgepin_backend_dns_last_resolution_success{proxy=\"ws\"} 0",
+            "edgepin_server_weight{proxy=\"ws\",server=\"127.0.0.3:3000\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
+        let (_, _, csv) = send(&app, get("/stats.csv", None)).await;
+        let header: Vec<&str> = csv
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let row = |start: &str| -> Vec<String> {
+            csv.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .split(',')
+                .map(str::to_string)
+                .collect()
+        };
+        let col = |row: &[String], name: &str| row[header.iter().position(|h| *h == name).unwrap()].clone();
+        let backend = row("ws,BACKEND");
+        assert_eq!(
+            (
+                col(&backend, "dns"),
+                col(&backend, "dns_result"),
+                col(&backend, "dns_servers")
+            ),
+            ("fleet.test:3000 (A/AAAA)".into(), "timeout".into(), "2".into())
+        );
+        assert_eq!(col(&row("ws,127.0.0.2:3000"), "discovered"), "1");
+        let (_, _, html) = send(&app, get("/", None)).await;
+        assert!(
+            html.contains("Servers from DNS <code>fleet.test:3000 (A/AAAA)</code>"),
+            "{html}"
+        );
+        assert!(html.contains("127.0.0.3:3000"), "{html}");
+    }
 }

@@ -422,11 +422,78 @@ fn certificates(families: &mut Families, view: &StatsView) -> prometheus::Result
     Ok(())
 }
 
+/// Discovered backends: resolutions by result, the last one, the servers in use.
+fn discovery(families: &mut Families, view: &StatsView) -> prometheus::Result<()> {
+    for b in &view.backends {
+        let Some(d) = &b.discovery else { continue };
+        let proxy = [("proxy", b.name.as_str())];
+        let resolutions =
+            "DNS resolutions of a discovered backend by result (answer, nxdomain, empty, timeout, error).";
+        let name = "edgepin_backend_dns_resolutions_total";
+        families.put(
+            name,
+            resolutions,
+            Kind::Counter,
+            &[("proxy", &b.name), ("result", "answer")],
+            d.answers as f64,
+        )?;
+        for kind in ["nxdomain", "empty", "timeout", "error"] {
+            let n = d.failures.get(kind).copied().unwrap_or(0);
+            families.put(
+                name,
+                resolutions,
+                Kind::Counter,
+                &[("proxy", &b.name), ("result", kind)],
+                n as f64,
+            )?;
+        }
+        families.put(
+            "edgepin_backend_dns_servers",
+            "Servers of the last good DNS answer (in use).",
+            Kind::Gauge,
+            &proxy,
+            d.servers as f64,
+        )?;
+        families.put(
+            "edgepin_backend_dns_changes_total",
+            "DNS answers that changed the servers.",
+            Kind::Counter,
+            &proxy,
+            d.changes as f64,
+        )?;
+        families.put(
+            "edgepin_backend_dns_held_total",
+            "DNS answers held back because they removed more than half the servers.",
+            Kind::Counter,
+            &proxy,
+            d.held as f64,
+        )?;
+        if let (Some(result), Some(at)) = (d.last_result, d.last_unix) {
+            families.put(
+                "edgepin_backend_dns_last_resolution_success",
+                "1 if the last DNS resolution gave servers.",
+                Kind::Gauge,
+                &proxy,
+                f64::from(u8::from(result == "answer")),
+            )?;
+            families.put(
+                "edgepin_backend_dns_last_resolution_timestamp_seconds",
+                "Time of the last DNS resolution.",
+                Kind::Gauge,
+                &proxy,
+                at as f64,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The Prometheus text for `view`.
 pub fn render(view: &StatsView) -> prometheus::Result<String> {
     let mut families = Families::default();
     process(&mut families, view)?;
     certificates(&mut families, view)?;
+    discovery(&mut families, view)?;
     for r in view.rows() {
         row(&mut families, &r)?;
     }

@@ -262,6 +262,43 @@ pub struct BackendView {
     pub retry_budget_exhausted: u64,
     pub counters: Counters,
     pub servers: Vec<ServerView>,
+    /// Set when the backend's servers come from DNS (`discover`).
+    pub discovery: Option<DiscoveryView>,
+}
+
+/// A discovered backend's resolutions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DiscoveryView {
+    /// What is asked: `name:port (A/AAAA)` or `name (SRV)`.
+    pub dns: String,
+    pub interval_seconds: f64,
+    /// When the last resolution ended (none yet: `None`).
+    pub last_unix: Option<u64>,
+    pub last_ago_seconds: Option<u64>,
+    /// `answer`, or why it gave no servers: `nxdomain`, `empty`, `timeout`, `error`.
+    pub last_result: Option<&'static str>,
+    /// The servers it named, or the error ("NXDOMAIN", "timeout", "SERVFAIL", …).
+    pub last_detail: String,
+    /// Servers of the last good answer: those in use.
+    pub servers: u64,
+    /// Resolutions that gave servers.
+    pub answers: u64,
+    /// Resolutions that gave none, by result (`nxdomain`, `empty`, `timeout`, `error`).
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    /// Answers that changed the servers.
+    pub changes: u64,
+    /// Answers held back because they removed more than half the servers.
+    pub held: u64,
+    /// Servers of a held answer waiting to repeat.
+    pub pending: Option<u64>,
+    /// Servers left out of answers by `max_servers`.
+    pub capped: u64,
+}
+
+impl DiscoveryView {
+    pub fn failed(&self) -> u64 {
+        self.failures.values().sum()
+    }
 }
 
 /// A server as one backend lists it: its shared state and this pair's counters.
@@ -273,8 +310,11 @@ pub struct ServerView {
     pub status: &'static str,
     pub health: &'static str,
     pub admin: &'static str,
-    /// Removed by a reload; serves its existing sessions until its drain deadline.
+    /// Removed by a reload (or a DNS answer); serves its existing sessions until its
+    /// drain deadline.
     pub retired: bool,
+    /// Found by DNS (`discover`), not listed in the config.
+    pub discovered: bool,
     pub status_seconds: u64,
     pub status_reason: String,
     pub last_check: Option<CheckView>,

@@ -1,13 +1,16 @@
 //! Upkeep: the background services `edge` assembles beside the proxy to keep the running
-//! state true over time — [`ActiveChecks`] (one health check loop per configured server)
-//! and [`Housekeeping`] (drain deadlines, the sid table, the upstream pool).
+//! state true over time — [`ActiveChecks`] (one health check loop per configured server),
+//! [`Housekeeping`] (drain deadlines, the sid table, the upstream pool) and [`Discovery`]
+//! (servers from DNS, installed as they change).
 //!
 //! These sit beside the engines, reload and stats: they read the current snapshot from
 //! `runtime::Shared` and act on state through `state` and `health`, which never see
 //! `Shared` themselves. They decide nothing about requests.
 
 mod checks;
+pub mod discovery;
 mod housekeeping;
 
 pub use checks::{ActiveChecks, SnapshotTargets};
+pub use discovery::Discovery;
 pub use housekeeping::Housekeeping;

@@ -2,7 +2,7 @@
 //! each name `file:line:col` and the offending value.
 //!
 //! All rules live in this module (the pipeline and its helpers) and its parts by area:
-//! `listen` (listeners, timeouts, limits), `tls` (certificates, ACME, HSTS, run_as), `routing` (servers, backends, routes) and
+//! `listen` (listeners, timeouts, limits), `tls` (certificates, ACME, HSTS, run_as), `routing` (servers, backends, routes), `discover` (servers from DNS) and
 //! `operations` (health, stats, sticky, trusted proxies, reload, workers), `shared` (the
 //! sid table shared through Redis). Single values
 //! are parsed by `config::values`. Validation collects every error it can find instead
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_saphyr::{Location, Spanned};
 
+mod discover;
 mod listen;
 #[cfg(test)]
 mod mutated;
@@ -120,7 +121,7 @@ impl Validator<'_> {
 
     pub(super) fn config(&mut self, f: FileConfig) -> Config {
         let timeouts = self.timeouts(f.timeouts.as_ref(), Timeouts::default());
-        let servers = self.servers(&f.servers);
+        let servers = self.servers(f.servers.as_ref(), &f.backends);
         let backends = self.backends(&f.backends, &servers, &timeouts);
         let routes = self.routes(&f.routes, &backends);
         let acme_backend = f.acme.as_ref().and_then(|a| self.backend_ref(&a.backend, &backends));

@@ -6,9 +6,20 @@ use super::*;
 impl Validator<'_> {
     pub(super) fn servers(
         &mut self,
-        s: &Spanned<indexmap::IndexMap<String, Spanned<file::ServerFile>>>,
+        s: Option<&Spanned<indexmap::IndexMap<String, Spanned<file::ServerFile>>>>,
+        backends: &Spanned<indexmap::IndexMap<String, Spanned<file::BackendFile>>>,
     ) -> Vec<Server> {
-        if s.value.is_empty() {
+        let all_discover = backends.value.values().all(|b| b.value.discover.is_some());
+        let Some(s) = s else {
+            if !all_discover {
+                self.err(
+                    backends.referenced,
+                    "`servers` is missing: define the servers the backends list (only backends that all use `discover` need none)",
+                );
+            }
+            return Vec::new();
+        };
+        if s.value.is_empty() && !all_discover {
             self.err(s.referenced, "`servers` is empty: define at least one server");
         }
         let mut out = Vec::new();
@@ -27,6 +38,7 @@ impl Validator<'_> {
                 address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
                 weight,
                 max_connections,
+                discovered: false,
             });
         }
         out
@@ -73,7 +85,24 @@ impl Validator<'_> {
                     })
                     .unwrap_or(Balance::RoundRobin),
             };
-            let members = self.backend_servers(name, &bf.servers, servers);
+            let (members, discover) = match (&bf.servers, &bf.discover) {
+                (Some(list), None) => (self.backend_servers(name, list, servers), None),
+                (None, Some(d)) => (Vec::new(), self.discover(d)),
+                (Some(_), Some(d)) => {
+                    self.err(
+                        d.referenced,
+                        format!("backend {name:?} has both `servers` and `discover`: keep one"),
+                    );
+                    (Vec::new(), None)
+                }
+                (None, None) => {
+                    self.err(
+                        backend.referenced,
+                        format!("backend {name:?} needs `servers: [NAME, …]` or `discover: {{ dns: NAME:PORT }}`"),
+                    );
+                    (Vec::new(), None)
+                }
+            };
             let cookie = match (&bf.cookie, balance) {
                 (Some(c), Balance::Sticky) => self.check(c, |c| check_cookie_name(c)),
                 (Some(c), _) => {
@@ -119,6 +148,7 @@ impl Validator<'_> {
                 hash_balance_factor,
                 retries,
                 max_queue,
+                discover,
             });
         }
         out
