@@ -19,7 +19,7 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
-use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
+use crate::proxy::{Frontend, Https, PingoraProxy, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
@@ -150,9 +150,10 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     }
     // Places for connections, and for HTTP/2 streams beyond their connection's own.
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
+    // pingora's HTTP proxy serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        H2Proxy {
+        PingoraProxy {
             shared: Arc::clone(&shared),
             places: Arc::clone(&places),
         },

@@ -14,8 +14,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
-use http::Request;
 use http::request::Parts;
+use http::{Request, Response};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -33,7 +33,7 @@ use super::super::account::{Account, Totals};
 use super::super::h1::REPLAY_BODY;
 use super::super::h1::framing::Framing;
 use super::super::select;
-use super::super::upstream::head::{Asked, RespBody};
+use super::super::upstream::head::{Asked, Header, Parsed, RespBody};
 use super::super::upstream::{self, AnswerBuf, Trace};
 use super::answer::{self, Added};
 use super::flow::{self, RecvStop, SendStop};
@@ -394,22 +394,7 @@ impl Stream {
         // An answer that came before the whole body was sent: neither connection can
         // carry another request (the rest of the body never goes).
         let reusable = parsed.keep_alive && answer.request_complete;
-        self.rec.ttfb = Some(self.acct.started.elapsed());
-        self.rec.connect = self.rec.connect.map(|_| self.rec.ttfb.unwrap_or_default());
-        self.sticky.on_response(parsed.status, &self.conn.shared.sids);
-        self.acct.passive(false);
-        let added = Added {
-            set_cookie: self
-                .sticky
-                .set_cookie()
-                .then_some(b.cfg.cookie.as_deref())
-                .flatten()
-                .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
-            hsts: crate::tls::hsts_value(cfg),
-        };
-        let Some(resp) = answer::response(&buf[..parsed.len], &parsed, &fields, added) else {
-            self.acct.upstream_error(failure::Counted::Response);
-            self.rec.error = Some("answer fields HTTP/2 cannot carry");
+        let Some(resp) = self.response_head(b, m, &buf[..parsed.len], &parsed, &fields) else {
             return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
         };
         buf.drain(..parsed.len);
@@ -590,6 +575,39 @@ impl Stream {
     }
 
     /// An upstream failure that is not retried: the status `classify` chose.
+    /// The server's answer head as this stream's response head: the timings, the sticky
+    /// exchange and the passive check learn of it, and edgepin's fields join it. `None`
+    /// when HTTP/2 cannot carry its fields (counted, and logged as the server's fault).
+    pub(super) fn response_head(
+        &mut self,
+        b: &BackendRt,
+        m: &Member,
+        head: &[u8],
+        parsed: &Parsed,
+        fields: &[Header],
+    ) -> Option<Response<()>> {
+        let cfg = &Arc::clone(&self.snap).config;
+        self.rec.ttfb = Some(self.acct.started.elapsed());
+        self.rec.connect = self.rec.connect.map(|_| self.rec.ttfb.unwrap_or_default());
+        self.sticky.on_response(parsed.status, &self.conn.shared.sids);
+        self.acct.passive(false);
+        let added = Added {
+            set_cookie: self
+                .sticky
+                .set_cookie()
+                .then_some(b.cfg.cookie.as_deref())
+                .flatten()
+                .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
+            hsts: crate::tls::hsts_value(cfg),
+        };
+        let resp = answer::response(head, parsed, fields, added);
+        if resp.is_none() {
+            self.acct.upstream_error(failure::Counted::Response);
+            self.rec.error = Some("answer fields HTTP/2 cannot carry");
+        }
+        resp
+    }
+
     pub(super) fn answer_failure(&mut self, respond: &mut SendResponse<Bytes>, v: Verdict) -> u16 {
         if v.status == 0 {
             return self.gone();

@@ -19,10 +19,8 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 
 use crate::runtime::{BackendRt, Member};
-use crate::sticky::cookie;
 
 use super::super::relay;
-use super::answer::{self, Added};
 use super::flow::StreamIo;
 use super::places::ServerPlace;
 use super::stream::{Answer, Stream};
@@ -63,23 +61,7 @@ impl Stream {
         let (up, parsed) = (answer.stream, answer.parsed);
         let (buf, fields) = (buf.bytes, buf.headers);
         let shared = Arc::clone(&self.conn.shared);
-        let cfg = &Arc::clone(&self.snap).config;
-        self.rec.ttfb = Some(self.acct.started.elapsed());
-        self.rec.connect = self.rec.connect.map(|_| self.rec.ttfb.unwrap_or_default());
-        self.sticky.on_response(parsed.status, &shared.sids);
-        self.acct.passive(false);
-        let added = Added {
-            set_cookie: self
-                .sticky
-                .set_cookie()
-                .then_some(b.cfg.cookie.as_deref())
-                .flatten()
-                .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
-            hsts: crate::tls::hsts_value(cfg),
-        };
-        let Some(resp) = answer::response(&buf[..parsed.len], &parsed, &fields, added) else {
-            self.acct.upstream_error(failure::Counted::Response);
-            self.rec.error = Some("answer fields HTTP/2 cannot carry");
+        let Some(resp) = self.response_head(b, m, &buf[..parsed.len], &parsed, &fields) else {
             return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
         };
         let Ok(send) = respond.send_response(resp, false) else {
