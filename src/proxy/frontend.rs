@@ -236,16 +236,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
         // The config of this moment, not held for the connection's life (reloads retire it).
         let snapshot = self.shared.snapshot();
         let deadline = snapshot.config.timeouts.handshake;
-        let ready = tokio::time::timeout(deadline, self.handshake(stream, https, &snapshot.config)).await;
+        let ready = {
+            let handshake = self.handshake(stream, https, &snapshot.config);
+            tokio::pin!(handshake);
+            match tokio::time::timeout(deadline, &mut handshake).await {
+                Ok(ready) => ready,
+                Err(_) => {
+                    // Counted while the unfinished handshake still holds the socket, so a
+                    // client that sees it closed finds it counted.
+                    counters.handshake_timeouts.inc();
+                    return None;
+                }
+            }
+        };
         drop(snapshot);
         let accepted = match ready {
-            Ok(Some(accepted)) => accepted,
-            Ok(None) => {
+            Some(accepted) => accepted,
+            None => {
                 counters.request_errors.inc();
-                return None;
-            }
-            Err(_) => {
-                counters.handshake_timeouts.inc();
                 return None;
             }
         };
