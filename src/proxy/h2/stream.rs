@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::config::{Balance, Network};
-use crate::failure::{self, Failure, Progress, Refusal, Retry, Verdict};
+use crate::failure::{self, Failure, NEW_SESSIONS_CAPPED, Progress, Refusal, Retry, Verdict};
 use crate::route::{self, Routed};
 use crate::runtime::{BackendRt, Member, Snapshot};
 use crate::state::{ActiveGuard, StickyDecision};
@@ -193,7 +193,7 @@ impl Stream {
             return self.refuse(respond, Refusal::Status(413, "request body too large"));
         }
         self.sticky = Exchange::on_request(self.parts.uri.query(), b.cfg.balance == Balance::Sticky);
-        if let Err(why) = select::admit_handshake(&self.conn.shared, cfg, self.sticky.handshake, self.client) {
+        if let Err(why) = select::admit_handshake(&self.conn.shared, cfg, b, &self.sticky, self.client) {
             return self.refuse(respond, why);
         }
         let cookie_name = b.cfg.cookie.as_deref();
@@ -529,6 +529,10 @@ impl Stream {
                 retry_after = after.to_string();
                 (429, "too many requests", Some(retry_after.as_str()))
             }
+            Refusal::NewSessionsCapped { retry_after: after } => {
+                retry_after = after.to_string();
+                (503, NEW_SESSIONS_CAPPED, Some(retry_after.as_str()))
+            }
             Refusal::Status(503, detail) => (503, *detail, Some(RETRY_AFTER)),
             Refusal::Status(s, detail) => (*s, *detail, None),
         };
@@ -537,6 +541,7 @@ impl Stream {
             Refusal::NoServer => "no server available",
             Refusal::SessionGone => "session lost with its server",
             Refusal::TooMany { .. } => "too many requests",
+            Refusal::NewSessionsCapped { .. } => NEW_SESSIONS_CAPPED,
         });
         let (code, detail, after) = resp;
         let body = text_body(code, detail);
