@@ -22,7 +22,18 @@ use super::client;
 pub async fn tls(addr: SocketAddr) -> TlsStream<tokio::net::TcpStream> {
     let mut config = (*client::tls_config()).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The harness waits for the http listener; pingora binds each listener in a task of
+    // its own, so the https one may come a moment later (refused until then: bounded).
+    let mut tries = 0;
+    let tcp = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
