@@ -13,12 +13,18 @@
 //! - `keepalive-idle-tls ADDR PATH N PIDS`: the same over TLS.
 //! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a small Engine.IO
 //!   message every INTERVAL_MS and wait for its echo; prints round-trip p50/p99.
+//! - `h2-idle ADDR PATH N PIDS`: open N HTTP/2 connections over TLS (ALPN h2), send one
+//!   GET of PATH on each, let them idle, and print the memory growth per connection.
+//! - `ws-h2-idle ADDR PATH N PIDS`: N HTTP/2 connections, each with one WebSocket over it
+//!   (RFC 8441 extended CONNECT to PATH) that read its first message, then idle.
 //! - `tls-handshake ADDR PATH N SECONDS`: N clients each open a TLS connection, send one
 //!   request with `Connection: close`, read the answer, and start over: every connection
 //!   a full handshake (resumption off, unlike wrk, which resumes its previous session).
 //!   The certificate is not verified: the load generator should cost little.
 //!
 //! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
+
+mod h2client;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +60,8 @@ fn usage() -> ! {
          bench-client wss-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client keepalive-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client keepalive-idle-tls ADDR PATH CONNECTIONS PID[,PID...]\n       \
+         bench-client h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
+         bench-client ws-h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
          bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
     );
@@ -82,6 +90,8 @@ fn main() {
             Some("keepalive-idle-tls") => {
                 keepalive_idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), true).await
             }
+            Some("h2-idle") => h2client::idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), false).await,
+            Some("ws-h2-idle") => h2client::idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), true).await,
             Some("ws-echo") => {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
                 ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
@@ -187,7 +197,7 @@ async fn ws_idle(addr: &str, path: &str, n: usize, pids: &str, tls: bool) -> Res
     let before = rss_kib(pids)?;
     let started = Instant::now();
     let (plain, secure) = if tls {
-        let connector = insecure_connector(true)?;
+        let connector = insecure_connector(true, &[])?;
         let opening = futures_util::stream::iter(0..n)
             .map(|_| open_tls(&connector, addr, path))
             .buffer_unordered(OPEN_CONCURRENCY);
@@ -243,7 +253,7 @@ async fn one_keepalive_request<S: AsyncReadExt + AsyncWriteExt + Unpin>(
 /// `n` keep-alive connections, one request each, then idle: RSS growth per connection.
 async fn keepalive_idle(addr: &str, path: &str, n: usize, pids: &str, tls: bool) -> Result<(), Failure> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let connector = insecure_connector(true)?;
+    let connector = insecure_connector(true, &[])?;
     let before = rss_kib(pids)?;
     let started = Instant::now();
     let open_one = |_| {
@@ -381,8 +391,9 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// A TLS client that accepts any certificate; with or without session resumption.
-fn insecure_connector(resume: bool) -> Result<TlsConnector, Failure> {
+/// A TLS client that accepts any certificate; with or without session resumption,
+/// offering `alpn`.
+fn insecure_connector(resume: bool, alpn: &[&[u8]]) -> Result<TlsConnector, Failure> {
     let provider = Arc::new(ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
@@ -392,11 +403,12 @@ fn insecure_connector(resume: bool) -> Result<TlsConnector, Failure> {
     if !resume {
         config.resumption = Resumption::disabled();
     }
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
 async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) -> Result<(), Failure> {
-    let connector = insecure_connector(false)?;
+    let connector = insecure_connector(false, &[])?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();

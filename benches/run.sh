@@ -11,7 +11,8 @@
 # Knobs (environment): QUICK=1 (one repetition of 5 s), REPS, DURATION (seconds),
 # THREADS (proxy threads/workers), PROXY_CPUS, LOAD_CPUS, TARGETS, SCENARIOS,
 # CONNECTIONS (wrk -c), H2_CONNECTIONS and H2_STREAMS (h2load -c and -m),
-# WS_IDLE (idle WebSockets), KEEPALIVE_IDLE (idle keep-alive connections), WS_ECHO (echo connections),
+# WS_IDLE (idle WebSockets, and idle HTTP/2 connections), KEEPALIVE_IDLE (idle keep-alive
+# connections), WS_ECHO (echo connections),
 # WS_ECHO_INTERVAL_MS, BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
 # the whole run: the proxy then shares its core, as on a busy host).
 set -euo pipefail
@@ -26,7 +27,7 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle reload"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle h2_idle ws_h2_idle reload"}
 CONNECTIONS=${CONNECTIONS:-64}
 H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 H2_STREAMS=${H2_STREAMS:-16}
@@ -42,7 +43,7 @@ HTTP_PORT=$BASE_PORT
 HTTPS_PORT=$((BASE_PORT + 1))
 STATS_PORT=$((BASE_PORT + 2))
 BACKEND_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)) $((BASE_PORT + 14)))
-EXAMPLES=$ROOT/target/bench-tools/examples
+EXAMPLES=${EXAMPLES:-$ROOT/target/bench-tools/examples}
 EDGEPIN=${EDGEPIN:-$ROOT/target/release/edgepin}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=$ROOT/target/bench
@@ -416,6 +417,23 @@ scenario_keepalive_idle() {
   record_output "$1" keepalive_idle "$out" kib_per_conn:kib_per_conn_tls open_seconds:open_seconds_tls
 }
 
+# Idle HTTP/2 connections, each after one request (h2load's GET), and idle WebSockets over
+# HTTP/2 (RFC 8441), one per connection as wss_idle has one per TLS connection. edgepin
+# and HAProxy (nginx has no WebSockets over HTTP/2, and no h2 in this config).
+scenario_h2_idle() {
+  local out
+  out=$(client h2-idle "127.0.0.1:$HTTPS_PORT" /api/items "$WS_IDLE" "$PROXY_PIDS") ||
+    { log "$1 h2_idle failed"; return 0; }
+  record_output "$1" h2_idle "$out" kib_per_conn open_seconds
+}
+
+scenario_ws_h2_idle() {
+  local out
+  out=$(client ws-h2-idle "127.0.0.1:$HTTPS_PORT" "/socket.io/?EIO=4&transport=websocket" "$WS_IDLE" "$PROXY_PIDS") ||
+    { log "$1 ws_h2_idle failed"; return 0; }
+  record_output "$1" ws_h2_idle "$out" kib_per_conn open_seconds
+}
+
 http_body() ( # PORT PATH: the body of one GET (bash's /dev/tcp)
   exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
   printf 'GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3
@@ -505,7 +523,7 @@ scenario_reload() {
 }
 
 supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo; h2 is edgepin vs HAProxy
-  [ "$2" != rest_h2 ] || [[ $1 == edgepin || $1 == haproxy ]] || return 1
+  [[ $2 != rest_h2 && $2 != h2_idle && $2 != ws_h2_idle ]] || [[ $1 == edgepin || $1 == haproxy ]] || return 1
   [ "$1" != direct ] || [[ $2 == rest_plain || $2 == ws_echo ]]
 }
 

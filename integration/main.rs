@@ -16,6 +16,7 @@ mod foundation;
 mod fuzz;
 mod hardening;
 mod health;
+mod http2;
 mod multi_edge;
 mod package;
 mod prometheus;

@@ -23,7 +23,7 @@ use pingora::services::background::background_service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
-use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
+use crate::proxy::{Frontend, Https, PingoraProxy, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
@@ -158,8 +158,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
     server.bootstrap();
 
     let fd_limit = crate::fdlimit::raise();
-    let h2 = config.tls.as_ref().is_some_and(|t| t.h2);
-    let cap = connection_cap(config.limits.max_connections, fd_limit, config.server_capacity(), h2);
+    let cap = connection_cap(config.limits.max_connections, fd_limit, config.server_capacity());
     if cap.connections < config.limits.max_connections {
         tracing::warn!(
             max_connections = config.limits.max_connections,
@@ -169,21 +168,16 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
         );
     }
     shared.registry.set_connections_limit(cap.connections);
-    // Places for connections, and for HTTP/2 streams in flight (each holds a server's).
+    // Places for connections, and for HTTP/2 streams beyond their connection's own.
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
-    let mut proxy = pingora::proxy::http_proxy(
+    // pingora's HTTP proxy serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
+    let proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        H2Proxy {
+        PingoraProxy {
             shared: Arc::clone(&shared),
             places: Arc::clone(&places),
         },
     );
-    proxy.h2_options = Some(crate::tls::h2_options(config.limits.max_header_bytes));
-    // An HTTP/2 connection with no stream in flight is closed after `timeouts.keepalive`, as
-    // an idle HTTP/1.1 one is (pingora holds it until the client leaves otherwise).
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2_idle_timeout = Some(config.timeouts.keepalive);
-    proxy.server_options = Some(options);
     let https = match (config.listen.https, cert, &config.tls) {
         (Some(addr), Some(cert), Some(t)) => {
             let alpn = crate::tls::alpn_protocols(t);
@@ -387,8 +381,7 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         // One attempt plus the backend's retries; the budget decides below that.
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
-        // pingora's pool serves HTTP/2 only; sized as the HTTP/1 engine's (and reserved
-        // in the connection cap when h2 is on).
+        // pingora's pool serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
         upstream_keepalive_pool_size: crate::proxy::pool_size(config.server_capacity()),
         ..ServerConf::default()
     }

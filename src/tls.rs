@@ -6,13 +6,11 @@
 //! it picks a certificate by SNI and answers ACME TLS-ALPN-01 handshakes. A reload,
 //! a file change or an ACME renewal builds the new certificates first (any error keeps
 //! the old ones) and swaps them in; new handshakes use them, open connections keep
-//! theirs. HTTP/2 server limits live in `h2`. This module does not accept connections.
+//! theirs. HTTP/2 server limits live in `proxy::h2`. This module does not accept connections.
 
-mod h2;
 mod store;
 mod tickets;
 
-pub use h2::{H2_LIMITS, H2Limits, h2_options};
 pub use store::{CertSet, CertStore, Certificate, wildcard_of};
 pub use tickets::{KEY_LIFETIME as TICKET_KEY_LIFETIME, TicketKey, TicketKeys};
 

@@ -163,6 +163,10 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    // `/big/N`: an answer of N bytes.
+    if let Some(n) = path.strip_prefix("/big/").and_then(|n| n.parse::<usize>().ok()) {
+        return ([("x-server", s.name.clone())], vec![b'x'; n]).into_response();
+    }
     let headers = req.headers().clone();
     let method = req.method().to_string();
     let body = axum::body::to_bytes(req.into_body(), 64 << 20)

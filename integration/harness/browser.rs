@@ -86,8 +86,14 @@ pub struct Browser {
 impl Browser {
     /// Start Chromium on `url` and wait for its DevTools endpoint.
     pub fn open(url: &str) -> Browser {
+        Browser::open_with(url, &[])
+    }
+
+    /// The same, with more Chromium flags.
+    pub fn open_with(url: &str, flags: &[&str]) -> Browser {
         let dir = profile();
         let mut cmd = command(dir.path());
+        cmd.args(flags);
         cmd.arg("--remote-debugging-address=127.0.0.1")
             .arg("--remote-debugging-port=0")
             .arg("--window-size=1400,1000")

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod browser;
 pub mod client;
 pub mod dns;
+pub mod h2c;
 pub mod l4;
 pub mod load;
 pub mod node;

@@ -182,6 +182,10 @@ pub struct LimitsFile {
     pub max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub h2_streams_per_connection: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub h2_streams_per_client: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -323,6 +323,11 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Downstream connections open at once, all listeners.
     pub max_connections: usize,
+    /// HTTP/2 streams of one connection at the servers at once; more wait their turn.
+    pub h2_streams_per_connection: usize,
+    /// HTTP/2 streams of one client address at the servers at once, over all its
+    /// connections, beyond the one each connection's own place covers; more get 503.
+    pub h2_streams_per_client: usize,
 }
 
 impl Default for Limits {
@@ -331,6 +336,8 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
+            h2_streams_per_connection: 32,
+            h2_streams_per_client: 256,
         }
     }
 }

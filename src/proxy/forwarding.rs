@@ -135,7 +135,7 @@ pub fn write_fields<S: Sent, F: Fields>(fwd: &Forwarding<'_>, host: Option<&[u8]
 }
 
 /// `for=…;proto=…;host=…` for this hop (RFC 7239 §4; IPv6 and hosts with a port quoted).
-fn forwarded_element(out: &mut Vec<u8>, peer: Option<IpAddr>, peer_text: &[u8], proto: &[u8], host: Option<&[u8]>) {
+pub fn forwarded_element(out: &mut Vec<u8>, peer: Option<IpAddr>, peer_text: &[u8], proto: &[u8], host: Option<&[u8]>) {
     match peer {
         Some(IpAddr::V6(_)) => {
             out.extend_from_slice(b"for=\"[");

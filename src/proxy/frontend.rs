@@ -1,9 +1,10 @@
 //! Where every client connection starts, before any HTTP: it is counted from the moment
 //! it is accepted, held to `limits.max_connections`, reads a trusted balancer's PROXY
 //! header, and on the https listener does its TLS handshake, all within
-//! `timeouts.handshake` (counted apart when it fails or times out). Places are given by
-//! `places`, where idle keep-alive connections make room for new ones. Then HTTP/2 (chosen by ALPN) goes to pingora's server and
-//! everything else to edgepin's HTTP/1 engine (`proxy::h1`).
+//! `timeouts.handshake` (for HTTP/2 the client preface too; counted apart when it fails
+//! or times out). Places are given by `places`, where idle keep-alive connections make
+//! room for new ones. Then HTTP/2 (chosen by ALPN) goes to edgepin's HTTP/2 engine
+//! (`proxy::h2`) and everything else to its HTTP/1 engine (`proxy::h1`).
 //!
 //! pingora's listener would run the TLS handshake itself, for up to 60 s and before the
 //! application sees the connection: a client that never finishes its handshake was held
@@ -28,9 +29,8 @@ use crate::config::Config;
 use crate::runtime::Shared;
 use crate::state::FrontendCounters;
 
-use super::h1;
 use super::places::Places;
-use super::tls_conn::TlsConn;
+use super::{h1, h2};
 
 /// ALPN of an ACME TLS-ALPN-01 validation: the handshake is all it needs.
 const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -51,6 +51,8 @@ pub struct Frontend<A> {
     /// One per connection served: `limits.max_connections`, or fewer if the file
     /// descriptor limit cannot hold that many; idle connections give theirs up.
     places: Arc<Places>,
+    /// What HTTP/2 streams hold of the servers beyond their connections' places.
+    h2_places: Arc<h2::Places>,
     /// Serve HTTP/1 with pingora's proxy instead of edgepin's engine: only for the
     /// differential test, which compares what servers receive from each
     /// (`EDGEPIN_H1_ENGINE=pingora`).
@@ -72,6 +74,7 @@ impl<A> Frontend<A> {
             shared,
             pool,
             https,
+            h2_places: h2::Places::new(Arc::clone(&permits)),
             places: Arc::new(Places::new(permits, max_waiting, wait)),
             h1_through_pingora: false,
         }
@@ -117,10 +120,13 @@ impl<A> Frontend<A> {
             // A TLS-ALPN-01 validation has seen the certificate it asked for.
             Some(ACME_TLS_ALPN) => Err(Unaccepted::AcmeValidation),
             Some(b"h2") => {
-                let mut conn = TlsConn::new(tls);
-                match conn.read_h2_preface().await {
-                    Ok(true) => Ok(Accepted::H2(Box::new(conn))),
-                    Ok(false) | Err(_) => Err(Unaccepted::NoH2Preface),
+                let peer = peer_of(tls.get_ref().0);
+                match h2::handshake(tls, cfg).await {
+                    Ok(conn) => Ok(Accepted::H2(Box::new(conn), peer)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP/2 preface or settings refused");
+                        Err(Unaccepted::NoH2Preface)
+                    }
                 }
             }
             _ => Ok(Accepted::Tls(Box::new(tls))),
@@ -159,19 +165,24 @@ impl<A> Frontend<A> {
 enum Accepted {
     Plain(Box<L4Stream>),
     Tls(Box<TlsStream<L4Stream>>),
-    /// HTTP/2 (by ALPN), for pingora's server.
-    H2(Stream),
+    /// HTTP/2 (by ALPN), its preface read, and the client's address.
+    H2(Box<h2::Connection<TlsStream<L4Stream>>>, Option<SocketAddr>),
+}
+
+/// The client's address (a trusted balancer's PROXY header has replaced the peer's).
+fn peer_of(l4: &L4Stream) -> Option<SocketAddr> {
+    l4.get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
 }
 
 impl Accepted {
     /// The client's address (a trusted balancer's PROXY header has replaced the peer's).
     fn peer(&self) -> Option<SocketAddr> {
-        let digest = match self {
-            Accepted::Plain(l4) => l4.get_socket_digest(),
-            Accepted::Tls(tls) => tls.get_ref().0.get_socket_digest(),
-            Accepted::H2(s) => s.get_socket_digest(),
-        };
-        digest.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+        match self {
+            Accepted::Plain(l4) => peer_of(l4),
+            Accepted::Tls(tls) => peer_of(tls.get_ref().0),
+            Accepted::H2(_, peer) => *peer,
+        }
     }
 }
 
@@ -226,20 +237,28 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
         // The config of this moment, not held for the connection's life (reloads retire it).
         let snapshot = self.shared.snapshot();
         let deadline = snapshot.config.timeouts.handshake;
-        let ready = tokio::time::timeout(deadline, self.handshake(stream, https, &snapshot.config)).await;
+        let ready = {
+            let handshake = self.handshake(stream, https, &snapshot.config);
+            tokio::pin!(handshake);
+            match tokio::time::timeout(deadline, &mut handshake).await {
+                Ok(ready) => ready,
+                Err(_) => {
+                    // Counted while the unfinished handshake still holds the socket, so a
+                    // client that sees it closed finds it counted.
+                    counters.handshake_timeouts.inc();
+                    return None;
+                }
+            }
+        };
         drop(snapshot);
         let accepted = match ready {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(why)) => {
+            Ok(accepted) => accepted,
+            Err(why) => {
                 match why {
                     Unaccepted::Failed => counters.handshake_failures.inc(),
                     Unaccepted::NoH2Preface => counters.request_errors.inc(),
                     Unaccepted::AcmeValidation | Unaccepted::NotTcp => {}
                 }
-                return None;
-            }
-            Err(_) => {
-                counters.handshake_timeouts.inc();
                 return None;
             }
         };
@@ -252,9 +271,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 let _open = open;
                 self.http.process_new(l4, shutdown).await
             }
-            Accepted::H2(stream) => {
-                let _open = open;
-                self.http.process_new(stream, shutdown).await
+            Accepted::H2(conn, _) => {
+                // A task of its own, the size of the HTTP/2 connection's state: this one
+                // (sized for the TLS handshake) ends here, as it does for a tunnel.
+                let (shared, pool, places) = (
+                    Arc::clone(&self.shared),
+                    Arc::clone(&self.pool),
+                    Arc::clone(&self.h2_places),
+                );
+                tokio::spawn(h2::serve(shared, pool, places, conn, peer, open));
+                None
             }
             // HTTP/1 runs in a task of its own, so that pingora's per-connection task
             // (about 7 KiB, sized for its own TLS handshake) and this method's boxed
@@ -295,13 +321,12 @@ pub fn pool_size(servers: usize) -> usize {
     super::h1::POOL_PER_SERVER * servers.max(1)
 }
 
-/// The connections (and HTTP/2 streams in flight) that fit in `fd_limit` descriptors
-/// next to the upstream keep-alive pools of `servers` servers (pingora's too, for HTTP/2,
-/// when `h2`), capped by `configured`. Waiters hold one descriptor each while they wait:
-/// a tenth of the connections, at least 16, at most 256.
-pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize, h2: bool) -> ConnectionCap {
-    let pools = if h2 { 2 } else { 1 };
-    let pool = (pools * pool_size(servers)) as u64;
+/// The places (connections, and HTTP/2 streams beyond their connection's own) that fit
+/// in `fd_limit` descriptors next to the upstream keep-alive pool of `servers` servers,
+/// capped by `configured`. Waiters hold one descriptor each while they wait: a tenth of
+/// the connections, at least 16, at most 256.
+pub fn connection_cap(configured: usize, fd_limit: u64, servers: usize) -> ConnectionCap {
+    let pool = pool_size(servers) as u64;
     let reserve = FD_RESERVE + 2 * servers as u64 + pool;
     let usable = fd_limit.saturating_sub(reserve);
     // c connections + c/10 waiters <= usable / FDS_PER_CONNECTION (a waiter holds only
@@ -320,14 +345,14 @@ mod tests {
 
     #[test]
     fn the_configured_cap_stands_when_descriptors_allow_it() {
-        let cap = connection_cap(10_000, 1_048_576, 4, false);
+        let cap = connection_cap(10_000, 1_048_576, 4);
         assert_eq!(cap.connections, 10_000);
         assert_eq!(cap.waiting, 256);
     }
 
     #[test]
     fn a_low_descriptor_limit_lowers_the_cap() {
-        let cap = connection_cap(10_000, 1024, 4, false);
+        let cap = connection_cap(10_000, 1024, 4);
         let reserve = FD_RESERVE + 8 + 4 * super::super::h1::POOL_PER_SERVER as u64;
         let used = cap.connections as u64 * FDS_PER_CONNECTION + cap.waiting as u64 + reserve;
         assert!(used <= 1024, "{cap:?} uses {used} descriptors");
@@ -336,7 +361,7 @@ mod tests {
 
     #[test]
     fn the_cap_is_never_zero() {
-        assert_eq!(connection_cap(10, 10, 4, true).connections, 1);
-        assert_eq!(connection_cap(0, 1 << 20, 4, false).connections, 1);
+        assert_eq!(connection_cap(10, 10, 4).connections, 1);
+        assert_eq!(connection_cap(0, 1 << 20, 4).connections, 1);
     }
 }

@@ -1,7 +1,7 @@
 //! The engines that move bytes, and what they share. Every client connection enters
 //! through the [`frontend`](Frontend) (connection limit, PROXY header, TLS); HTTP/1 is
-//! served by edgepin's own engine (`h1`), HTTP/2 by pingora's proxy with edgepin's
-//! callbacks (`h2`), and an upgraded connection by the tunnel relay (`relay`). The
+//! served by edgepin's own engine (`h1`), HTTP/2 by its own HTTP/2 engine (`h2`), and an
+//! upgraded connection (or an HTTP/2 WebSocket stream) by the tunnel relay (`relay`). The
 //! decisions they call live outside: `route`, `select` (here, shared by both),
 //! `sticky::exchange`, `failure`; the counters of a request go through `account`.
 
@@ -14,17 +14,18 @@ mod h2;
 pub mod headers;
 mod limits;
 mod local_answer;
+mod pingora_h1;
 mod places;
 mod proxy_protocol;
 mod relay;
 mod respond;
 mod select;
-mod tls_conn;
 mod tunnel;
 mod upstream;
 
 pub use crate::route::ACME_PREFIX;
 pub use frontend::{ConnectionCap, Frontend, Https, connection_cap, pool_size};
 pub use h1::Pool;
-pub use h2::H2Proxy;
+pub use h2::{H2_LIMITS, H2Limits};
+pub use pingora_h1::PingoraProxy;
 pub use select::Pick;

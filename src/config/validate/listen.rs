@@ -114,6 +114,18 @@ impl Validator<'_> {
                 (1, 1_000_000),
                 d.max_connections as u64,
             ) as usize,
+            h2_streams_per_connection: self.count(
+                &l.h2_streams_per_connection,
+                "limits.h2_streams_per_connection",
+                (1, u64::from(crate::proxy::H2_LIMITS.max_concurrent_streams)),
+                d.h2_streams_per_connection as u64,
+            ) as usize,
+            h2_streams_per_client: self.count(
+                &l.h2_streams_per_client,
+                "limits.h2_streams_per_client",
+                (1, 1_000_000),
+                d.h2_streams_per_client as u64,
+            ) as usize,
         }
     }
 }

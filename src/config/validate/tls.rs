@@ -68,7 +68,7 @@ impl Validator<'_> {
             certificates,
             default,
             acme,
-            h2: tf.h2.as_ref().map(|h| h.value).unwrap_or(false),
+            h2: tf.h2.as_ref().map(|h| h.value).unwrap_or(true),
             watch,
             hsts,
             pos: pos(t.referenced),

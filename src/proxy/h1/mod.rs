@@ -23,7 +23,7 @@ mod answer;
 mod ctx;
 pub mod fields;
 mod flow;
-mod framing;
+pub(in crate::proxy) mod framing;
 mod head;
 mod idle;
 mod local;

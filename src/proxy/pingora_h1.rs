@@ -1,8 +1,11 @@
-//! HTTP/2 requests (`tls.h2`): pingora's `HttpProxy` drives them (framing, streams, flow
-//! control, its upstream pool) and these callbacks only call edgepin's decisions, as the
-//! HTTP/1 engine does: `route::resolve`, `select::acquire`, `sticky::exchange`,
-//! `failure::classify`, with the counters through `account`. HTTP/2 has no upgrades
-//! (pingora 0.9 does not offer RFC 8441 WebSockets), so there are no tunnels here.
+//! HTTP/1 through pingora's `HttpProxy`, for one purpose: the differential test
+//! (integration/differential.rs) sets `EDGEPIN_H1_ENGINE=pingora` and compares what the
+//! servers receive through edgepin's own HTTP/1 engine with what they receive here. No
+//! client is served by it otherwise (HTTP/2 has its own engine in `proxy::h2`); it goes,
+//! with the switch, once that test compares against HAProxy and nginx instead. These
+//! callbacks only call edgepin's decisions, as the engines do: `route::resolve`,
+//! `select::acquire`, `sticky::exchange`, `failure::classify`, with the counters through
+//! `account`. No upgrades are proxied here, so there are no tunnels.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,15 +36,15 @@ use super::{headers, limits, respond, select};
 /// How long an idle pooled upstream connection is kept.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 
-/// The callbacks of pingora's proxy for HTTP/2 streams.
-pub struct H2Proxy {
+/// The callbacks of pingora's proxy (the differential test's HTTP/1 reference).
+pub struct PingoraProxy {
     pub shared: Arc<Shared>,
-    /// The frontend's places (`limits.max_connections`): a stream in flight takes one, as
-    /// it holds a server connection, so HTTP/2 cannot open more than the descriptors hold.
+    /// The frontend's places (`limits.max_connections`): a request in flight takes one, as
+    /// it holds a server connection.
     pub places: Arc<Semaphore>,
 }
 
-/// One HTTP/2 request.
+/// One request.
 #[derive(Default)]
 pub struct Ctx {
     account: Option<Account>,
@@ -68,7 +71,7 @@ pub struct Ctx {
     place: Option<OwnedSemaphorePermit>,
 }
 
-impl H2Proxy {
+impl PingoraProxy {
     /// Answer the request here.
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, why: Refusal) -> Result<bool> {
         ctx.local = true;
@@ -163,7 +166,7 @@ fn failure_of(e: &Error, answered: bool) -> Failure {
 }
 
 #[async_trait]
-impl ProxyHttp for H2Proxy {
+impl ProxyHttp for PingoraProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
@@ -179,8 +182,8 @@ impl ProxyHttp for H2Proxy {
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.account = Some(Account::start(&self.shared, &snapshot, ctx.tls));
         session.set_read_timeout(Some(cfg.timeouts.client));
-        // A client that grants no flow-control window holds its stream (and the server's
-        // slot) until this passes; pingora sets no write deadline on HTTP/2 by itself.
+        // A client that reads nothing holds the server's slot until this passes; pingora
+        // sets no write deadline by itself.
         session.set_write_timeout(Some(cfg.timeouts.client));
         let req = session.req_header();
         if limits::head_size(req) > cfg.limits.max_header_bytes {
