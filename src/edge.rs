@@ -14,7 +14,6 @@ use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -23,7 +22,7 @@ use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
-use crate::upkeep::{ActiveChecks, Housekeeping};
+use crate::upkeep::{ActiveChecks, Housekeeping, background};
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -194,13 +193,13 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     let mut service = Service::with_listeners("edgepin proxy".to_string(), listeners, frontend);
     service.threads = Some(config.threads);
     server.add_service(service);
-    server.add_service(background_service(
+    server.add_service(background(
         "health checks",
         ActiveChecks {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
+    server.add_service(background(
         "housekeeping",
         Housekeeping {
             shared: Arc::clone(&shared),
@@ -208,19 +207,19 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         },
     ));
     // Always there: a reload may add a discovered backend.
-    server.add_service(background_service(
+    server.add_service(background(
         "dns discovery",
         crate::upkeep::Discovery {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
+    server.add_service(background(
         "shared sid table",
         crate::sticky::SharedLink {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
+    server.add_service(background(
         "reload",
         Reloader {
             shared: Arc::clone(&shared),
@@ -231,7 +230,7 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         let acme = crate::acme::Manager {
             shared: Arc::clone(&shared),
         };
-        server.add_service(background_service("acme", acme));
+        server.add_service(background("acme", acme));
     }
     if let Some(run_as) = &config.run_as {
         let dropper = crate::privilege::Dropper {
@@ -242,14 +241,14 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
                 .collect(),
             run_as: run_as.clone(),
         };
-        server.add_service(background_service("privileges", dropper));
+        server.add_service(background("privileges", dropper));
     }
     if let Some(listener) = stats_listener {
         let stats = StatsService {
             shared: Arc::clone(&shared),
             listener: std::sync::Mutex::new(Some(listener)),
         };
-        server.add_service(background_service("stats", stats));
+        server.add_service(background("stats", stats));
     }
     tracing::info!(
         https = ?config.listen.https,
