@@ -50,7 +50,18 @@ fn bench_selection(c: &mut Criterion) {
     let rr = RoundRobin::default();
     let weights = [1u32; 4];
     g.bench_function("round_robin_4", |b| {
-        b.iter(|| rr.pick(|i| weights[i], black_box(4), |_| true))
+        b.iter(|| rr.pick(|i| weights[i], black_box(4), |_| true, |_| edgepin::state::FULL_SHARE))
+    });
+    // One of four in slow start at a quarter of its weight.
+    g.bench_function("round_robin_4_one_ramping", |b| {
+        b.iter(|| {
+            rr.pick(
+                |i| weights[i],
+                black_box(4),
+                |_| true,
+                |i| if i == 3 { 250 } else { edgepin::state::FULL_SHARE },
+            )
+        })
     });
     let candidates: Vec<HashCandidate> = ["w1", "w2", "w3", "w4"]
         .iter()

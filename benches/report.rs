@@ -17,7 +17,8 @@ const TARGETS: [&str; 4] = ["direct", "edgepin", "haproxy", "nginx"];
 /// Which way is better for a metric, from its name.
 fn better(metric: &str) -> &'static str {
     let lower = ["_ms", "_kib", "_seconds"].iter().any(|s| metric.ends_with(s));
-    if lower || metric.starts_with("kib_") || metric == "errors" {
+    let wakes = metric.starts_with("nvcsw_") || metric.starts_with("wakeups_");
+    if lower || wakes || metric.starts_with("kib_") || metric == "errors" {
         "lower"
     } else if metric.contains("cpu_pct") || metric == "messages" || metric == "reloads" {
         ""

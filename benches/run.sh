@@ -12,7 +12,8 @@
 # THREADS (proxy threads/workers), PROXY_CPUS, LOAD_CPUS, TARGETS, SCENARIOS,
 # CONNECTIONS (wrk -c), H2_CONNECTIONS and H2_STREAMS (h2load -c and -m),
 # WS_IDLE (idle WebSockets), WS_ECHO (echo connections),
-# WS_ECHO_INTERVAL_MS, BASE_PORT.
+# WS_ECHO_INTERVAL_MS, BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
+# the whole run: the proxy then shares its core, as on a busy host).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,6 +34,7 @@ WS_IDLE=${WS_IDLE:-5000}
 WS_ECHO=${WS_ECHO:-100}
 WS_ECHO_INTERVAL_MS=${WS_ECHO_INTERVAL_MS:-10}
 BASE_PORT=${BASE_PORT:-18100}
+NEIGHBOUR=${NEIGHBOUR:-0}
 WARMUP=1 # seconds of load before each measured wrk run
 
 HTTP_PORT=$BASE_PORT
@@ -101,6 +103,17 @@ cpu_ticks() { # PIDS (comma-separated): user + system clock ticks of these proce
     stat=${stat##*) }
     set -- $stat
     total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+
+ctx_switches() { # PIDS (comma-separated) FIELD: FIELD (voluntary_ctxt_switches or
+  # nonvoluntary_ctxt_switches) summed over every thread of these processes
+  local pid total=0 n
+  for pid in ${1//,/ }; do
+    for n in $(sed -n "s/^$2:[[:space:]]*//p" /proc/"$pid"/task/*/status 2>/dev/null); do
+      total=$((total + n))
+    done
   done
   echo "$total"
 }
@@ -230,8 +243,16 @@ record_output() { # TARGET SCENARIO OUTPUT KEY[:METRIC]…: record bench-client'
 # Each takes TARGET REP and records its figures. The proxy is running.
 
 # The proxy's CPU time over a measured run: start before it, stop right after it, record.
-proxy_cpu_start() { CPU_TICKS=$(cpu_ticks "$PROXY_PIDS"); }
-proxy_cpu_stop() { CPU_TICKS=$(($(cpu_ticks "$PROXY_PIDS") - CPU_TICKS)); }
+# Also the involuntary context switches of its threads (preempted while runnable: by
+# the neighbour, by its own other threads, by wrk when cores are shared).
+proxy_cpu_start() {
+  CPU_TICKS=$(cpu_ticks "$PROXY_PIDS")
+  NVCSW=$(ctx_switches "$PROXY_PIDS" nonvoluntary_ctxt_switches)
+}
+proxy_cpu_stop() {
+  CPU_TICKS=$(($(cpu_ticks "$PROXY_PIDS") - CPU_TICKS))
+  NVCSW=$(($(ctx_switches "$PROXY_PIDS" nonvoluntary_ctxt_switches) - NVCSW))
+}
 
 proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
   [ -n "$PROXY_PIDS" ] || return 0
@@ -239,6 +260,34 @@ proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per 
   cpu_s=$(awk -v t="$CPU_TICKS" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
   record "$1" "$2" proxy_cpu_pct "$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
   record "$1" "$2" per_proxy_cpu_s "$(awk -v r="$3" -v c="$cpu_s" 'BEGIN { printf "%.0f", (c > 0 ? r / c : 0) }')"
+  record "$1" "$2" nvcsw_per_10k "$(awk -v n="$NVCSW" -v r="$3" 'BEGIN { if (r > 0) printf "%.1f", 10000 * n / r }')"
+}
+
+# No traffic at all for DURATION seconds: how often each proxy thread wakes up
+# (voluntary context switches: it slept, something woke it). Timers and background
+# services show here; an idle proxy should wake rarely. Per-thread counts go to
+# $RUN/idle-TARGET-REP.threads ("switches thread-name"), the total is recorded.
+scenario_idle() {
+  local target=$1 file="$RUN/idle-$1-$REP.threads" pid task before after total=0
+  [ "$target" = direct ] && return 0
+  sleep 1
+  declare -A start=()
+  for pid in ${PROXY_PIDS//,/ }; do
+    for task in /proc/"$pid"/task/*; do
+      start[$task]=$(sed -n 's/^voluntary_ctxt_switches:[[:space:]]*//p' "$task/status" 2>/dev/null || echo 0)
+    done
+  done
+  sleep "$DURATION"
+  : >"$file"
+  for task in "${!start[@]}"; do
+    before=${start[$task]:-0}
+    after=$(sed -n 's/^voluntary_ctxt_switches:[[:space:]]*//p' "$task/status" 2>/dev/null) || continue
+    [ -n "$after" ] || continue
+    printf '%s %s\n' "$((after - before))" "$(cat "$task/comm" 2>/dev/null)" >>"$file"
+    total=$((total + after - before))
+  done
+  sort -rn -o "$file" "$file"
+  record "$target" idle wakeups_per_s "$(awk -v n="$total" -v d="$DURATION" 'BEGIN { printf "%.1f", n / d }')"
 }
 
 # wrk with proxy CPU accounting: TARGET SCENARIO URL [wrk args]
@@ -487,7 +536,15 @@ main() {
     printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
       "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"
+    if [ "$NEIGHBOUR" = 1 ]; then
+      printf 'meta\tneighbour\ta CPU-bound loop pinned to CPU %s\n' "$PROXY_CPUS"
+    fi
   } >>"$RESULTS"
+
+  if [ "$NEIGHBOUR" = 1 ]; then
+    taskset -c "$PROXY_CPUS" bash -c 'while :; do :; done' &
+    STARTED+=("$!")
+  fi
 
   local servers=() i
   for i in 0 1 2 3; do servers+=("w$((i + 1))=127.0.0.1:${BACKEND_PORTS[$i]}"); done

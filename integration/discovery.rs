@@ -185,6 +185,18 @@ async fn a_fleet_grows_and_shrinks_by_dns_without_moving_a_session() {
     // One interval (1s) plus the first check (within a tenth of 500ms) and the DNS
     // server's reload; generous for a loaded machine.
     assert!(took < Duration::from_secs(6), "{took:?}");
+    // Like any server coming into service, they ramp (slow start, 10 s by default) from
+    // their first UP.
+    let b = proxy.backend_stats("sockets").await;
+    for n in names(&all[3..]) {
+        let s = b["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == n.as_str());
+        let percent = s.and_then(|s| s["slow_start"]["percent"].as_u64());
+        assert!(percent.is_some_and(|p| p < 100), "{n} in slow start: {s:?}");
+    }
 
     // Sessions that will be on the two removed workers later: the least loaded now.
     let mut sio = SioClients::start();

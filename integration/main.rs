@@ -19,6 +19,7 @@ mod multi_edge;
 mod package;
 mod prometheus;
 mod reload;
+mod slow_start;
 mod stats;
 mod sticky;
 mod tunnels;

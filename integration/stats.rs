@@ -467,9 +467,10 @@ async fn counters_survive_reloads_and_the_page_shows_the_last_outcome() {
     let before = stats_json(&proxy, None).await;
     assert_eq!(server_json(&before, "api", "a")["counters"]["sessions_total"], 10);
 
-    // An applied reload: a third server joins; a and b keep their counters.
+    // An applied reload: a third server joins (without slow start, so that the next 30
+    // requests split exactly); a and b keep their counters.
     let c = Backend::start("c");
-    proxy.write_config(&body(&[&a, &b, &c], ""));
+    proxy.write_config(&body(&[&a, &b, &c], "").replace("api: { servers:", "api: { slow_start: 0s, servers:"));
     proxy.sighup();
     assert!(
         eventually(Duration::from_secs(10), async || proxy.status().await["generation"]

@@ -3,8 +3,11 @@
 //!
 //! The algorithms see servers only as indexes with a weight, an eligibility predicate and
 //! (for hashing) a stable id and a load; `proxy` decides what is eligible (UP, not full,
-//! not already tried) and `sticky` decides when hashing applies. Nothing here allocates
-//! on the round-robin path or takes a lock.
+//! not already tried) and `sticky` decides when hashing applies. A server in slow start
+//! (`state::Ramp`) has its weight scaled by its share: least connections and hashing
+//! take the scaled weight; round robin keeps its sequence of configured weights and
+//! takes a ramping server's slot only that share of the time. Nothing here allocates on
+//! the round-robin path or takes a lock.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,11 +15,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use arc_swap::ArcSwap;
 
-use crate::state::weight_epoch;
+use crate::state::{FULL_SHARE, weight_epoch};
 
 /// Weighted round robin over a precomputed smooth sequence (nginx's interleaving), so
 /// weights 3:1 give `a a b a`, not `a a a b`. Ineligible slots are skipped by drawing a
-/// new ticket, so a DOWN server's share spreads evenly over the others.
+/// new ticket, so a DOWN server's share spreads evenly over the others. A server in slow
+/// start keeps its slots but takes each only with its share (relative to the largest
+/// share among eligible servers), so what it leaves spreads over the others the same way:
+/// its part of the picks is its weight × share over the sum of weights × shares.
 #[derive(Debug)]
 pub struct RoundRobin {
     seq: ArcSwap<Sequence>,
@@ -43,23 +49,33 @@ impl Default for RoundRobin {
 }
 
 impl RoundRobin {
-    /// Pick among `weights.len()` servers; `eligible(i)` filters them.
-    pub fn pick(&self, weight: impl Fn(usize) -> u32, n: usize, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    /// Pick among `n` servers; `eligible(i)` filters them, `share(i)` is each one's
+    /// slow-start share of its weight ([`FULL_SHARE`] when not ramping).
+    pub fn pick(
+        &self,
+        weight: impl Fn(usize) -> u32,
+        n: usize,
+        eligible: impl Fn(usize) -> bool,
+        share: impl Fn(usize) -> u32,
+    ) -> Option<usize> {
         let seq = self.sequence(&weight, n);
         let len = seq.order.len();
         if len == 0 {
             return None;
         }
-        // Each ticket is one slot of the sequence; an ineligible slot costs another ticket.
+        // Each ticket is one slot of the sequence; an ineligible slot, or the slot of a
+        // ramping server that passes it up, costs another ticket.
         for _ in 0..len {
             let ticket = self.next.fetch_add(1, Relaxed);
             let i = usize::from(seq.order[ticket % len]);
-            if eligible(i) {
+            if eligible(i) && takes_slot(share(i), ticket, || top_share(n, &weight, &eligible, &share)) {
                 return Some(i);
             }
         }
-        // Every slot we drew was ineligible: look for any eligible server at all.
-        (0..n).find(|&i| weight(i) > 0 && eligible(i))
+        // Every slot we drew was passed up: any eligible server, the largest share first.
+        (0..n)
+            .filter(|&i| weight(i) > 0 && eligible(i))
+            .max_by_key(|&i| (share(i), std::cmp::Reverse(i)))
     }
 
     fn sequence(&self, weight: &impl Fn(usize) -> u32, n: usize) -> Arc<Sequence> {
@@ -80,6 +96,32 @@ impl RoundRobin {
         self.seq.store(Arc::clone(&fresh));
         fresh
     }
+}
+
+/// Whether a server with slow-start `share` takes the slot of `ticket`: always at full
+/// share, else `share / top` of its slots, chosen by a hash of the ticket (`top`: the
+/// largest share among the eligible servers, asked for only when needed, so servers all
+/// ramping together still share evenly).
+fn takes_slot(share: u32, ticket: usize, top: impl FnOnce() -> u32) -> bool {
+    if share >= FULL_SHARE {
+        return true;
+    }
+    let top = top().max(share).max(1);
+    mix64(ticket as u64) % u64::from(top) < u64::from(share)
+}
+
+/// The largest slow-start share among the eligible servers with a weight.
+fn top_share(
+    n: usize,
+    weight: impl Fn(usize) -> u32,
+    eligible: impl Fn(usize) -> bool,
+    share: impl Fn(usize) -> u32,
+) -> u32 {
+    (0..n)
+        .filter(|&i| weight(i) > 0 && eligible(i))
+        .map(share)
+        .max()
+        .unwrap_or(FULL_SHARE)
 }
 
 /// nginx's smooth weighted round robin, unrolled over one full cycle.
@@ -271,6 +313,10 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    fn full(_: usize) -> u32 {
+        FULL_SHARE
+    }
+
     fn counts(picks: impl Iterator<Item = usize>, n: usize) -> Vec<usize> {
         let mut c = vec![0; n];
         for p in picks {
@@ -283,14 +329,14 @@ mod tests {
     fn round_robin_is_exact_and_smooth() {
         let rr = RoundRobin::default();
         let w = [1u32, 1, 1, 1];
-        let c = counts((0..400).map(|_| rr.pick(|i| w[i], 4, |_| true).unwrap()), 4);
+        let c = counts((0..400).map(|_| rr.pick(|i| w[i], 4, |_| true, full).unwrap()), 4);
         assert_eq!(c, vec![100; 4]);
 
         let rr = RoundRobin::default();
         let w = [3u32, 1];
-        let first: Vec<usize> = (0..4).map(|_| rr.pick(|i| w[i], 2, |_| true).unwrap()).collect();
+        let first: Vec<usize> = (0..4).map(|_| rr.pick(|i| w[i], 2, |_| true, full).unwrap()).collect();
         assert_eq!(first, vec![0, 0, 1, 0], "interleaved, not 3 in a row then 1");
-        let c = counts((0..396).map(|_| rr.pick(|i| w[i], 2, |_| true).unwrap()), 2);
+        let c = counts((0..396).map(|_| rr.pick(|i| w[i], 2, |_| true, full).unwrap()), 2);
         assert_eq!(c, vec![297, 99]);
     }
 
@@ -298,19 +344,19 @@ mod tests {
     fn round_robin_spreads_a_down_servers_share_evenly() {
         let rr = RoundRobin::default();
         let w = [1u32; 4];
-        let c = counts((0..3000).map(|_| rr.pick(|i| w[i], 4, |i| i != 1).unwrap()), 4);
+        let c = counts((0..3000).map(|_| rr.pick(|i| w[i], 4, |i| i != 1, full).unwrap()), 4);
         assert_eq!(c[1], 0);
         for i in [0, 2, 3] {
             assert!((900..=1100).contains(&c[i]), "{c:?}");
         }
-        assert_eq!(rr.pick(|i| w[i], 4, |_| false), None);
+        assert_eq!(rr.pick(|i| w[i], 4, |_| false, full), None);
     }
 
     #[test]
     fn weight_zero_takes_nothing() {
         let rr = RoundRobin::default();
         let w = [0u32, 2];
-        assert!((0..10).all(|_| rr.pick(|i| w[i], 2, |_| true) == Some(1)));
+        assert!((0..10).all(|_| rr.pick(|i| w[i], 2, |_| true, full) == Some(1)));
     }
 
     #[test]
@@ -383,6 +429,90 @@ mod tests {
             let s = pick_bounded(k, &c, 1.25).unwrap();
             assert_eq!(*seen.entry(i).or_insert(s), pick_bounded(k, &c, 1.25).unwrap());
         }
+    }
+
+    #[test]
+    fn round_robin_gives_a_ramping_server_its_share_and_spreads_the_rest() {
+        let rr = RoundRobin::default();
+        let w = [1u32; 4];
+        // Server 3 at a quarter of its weight: 0.25 / 3.25 of the picks.
+        let share = |i: usize| if i == 3 { 250 } else { FULL_SHARE };
+        let c = counts((0..13_000).map(|_| rr.pick(|i| w[i], 4, |_| true, share).unwrap()), 4);
+        assert!((800..=1200).contains(&c[3]), "{c:?}");
+        for i in 0..3 {
+            assert!((3700..=4300).contains(&c[i]), "{c:?}");
+        }
+        // Alone (the others DOWN), it takes everything: a ramp never refuses work.
+        assert!((0..100).all(|_| rr.pick(|i| w[i], 4, |i| i == 3, share) == Some(3)));
+    }
+
+    #[test]
+    fn round_robin_stays_even_when_every_server_ramps_together() {
+        let rr = RoundRobin::default();
+        let w = [1u32, 1, 2];
+        let c = counts((0..4000).map(|_| rr.pick(|i| w[i], 3, |_| true, |_| 50).unwrap()), 3);
+        assert!((900..=1100).contains(&c[0]) && (900..=1100).contains(&c[1]), "{c:?}");
+        assert!((1800..=2200).contains(&c[2]), "{c:?}");
+    }
+
+    #[test]
+    fn least_conn_fills_a_ramping_server_to_its_share_of_the_load() {
+        let lc = LeastConn::default();
+        // Three loaded servers and one back at 5 % of its weight.
+        let mut load = [100u64, 100, 100, 0];
+        let weight = [1000u32, 1000, 1000, 50];
+        let mut to_new = 0;
+        for _ in 0..300 {
+            let i = lc.pick(4, |i| weight[i], |i| load[i], |_| true).unwrap();
+            load[i] += 1;
+            to_new += usize::from(i == 3);
+        }
+        // Its load follows its weight: 5 % of a loaded server's, not a stampede.
+        assert!((5..=12).contains(&to_new), "{load:?}");
+    }
+
+    #[test]
+    fn hashing_gives_a_ramping_server_its_share_and_only_more_as_it_grows() {
+        let names = ["w1", "w2", "w3", "w4"];
+        let at = |share: u32| -> Vec<usize> {
+            let mut c = cands(&names, &[0; 4]);
+            for x in &mut c {
+                x.weight = if x.index == 3 { share } else { FULL_SHARE };
+            }
+            (0..4000)
+                .map(|i| pick_bounded(addr_key(ip(i)), &c, f64::INFINITY).unwrap())
+                .collect()
+        };
+        let (early, half, full) = (at(50), at(500), at(FULL_SHARE));
+        let on_new = |picks: &[usize]| picks.iter().filter(|&&s| s == 3).count();
+        // Its share of new clients is its weight's: 0.05 / 3.05, 0.5 / 3.5, 1 / 4.
+        assert!((30..=110).contains(&on_new(&early)), "{}", on_new(&early));
+        assert!((470..=680).contains(&on_new(&half)), "{}", on_new(&half));
+        assert!((880..=1120).contains(&on_new(&full)), "{}", on_new(&full));
+        // As it grows, clients only move to it, never between the others.
+        for (a, b) in [(&early, &half), (&half, &full)] {
+            assert!(a.iter().zip(b).all(|(x, y)| x == y || *y == 3));
+        }
+    }
+
+    #[test]
+    fn bounded_hashing_fills_a_ramping_server_only_to_its_share_of_the_load() {
+        let names = ["w1", "w2", "w3", "w4"];
+        let mut loads = [100u64, 100, 100, 0];
+        let mut to_new = 0;
+        for k in 0..300u32 {
+            let mut c = cands(&names, &loads);
+            c[3].weight = 50;
+            for x in &mut c[..3] {
+                x.weight = FULL_SHARE;
+            }
+            let s = pick_bounded(addr_key(ip(k)), &c, 1.05).unwrap();
+            loads[s] += 1;
+            to_new += usize::from(s == 3);
+        }
+        // Without the ramp the empty server would take all 300 (the others are over
+        // their bound); at 5 % it holds about 5 % of a loaded server's sessions.
+        assert!((3..=15).contains(&to_new), "{loads:?}");
     }
 
     #[test]

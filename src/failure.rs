@@ -25,7 +25,15 @@ pub enum Refusal {
     TooMany {
         retry_after: u64,
     },
+    /// A new Engine.IO session over its backend's `new_sessions` cap: 503 with
+    /// Retry-After (seconds); socket.io-client backs off and tries again.
+    NewSessionsCapped {
+        retry_after: u64,
+    },
 }
+
+/// The detail line of a [`Refusal::NewSessionsCapped`] answer.
+pub const NEW_SESSIONS_CAPPED: &str = "too many new sessions: try again later";
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,7 @@
-//! Per-client rate limits in bounded memory: may this client address open one more
-//! Engine.IO session now, or how long must it wait (the `Retry-After` of a 429)?
+//! Rate limits on new Engine.IO sessions: per client address in bounded memory (may this
+//! client open one more session now, or how long must it wait: the `Retry-After` of a
+//! 429), and per backend ([`RateGate`]: one bucket every client shares, a backend's
+//! `new_sessions` cap, refused with 503).
 //!
 //! Each client has a GCRA bucket (the "generic cell rate algorithm": one timestamp per
 //! client, the time its bucket would be empty again): `burst` requests at once, then
@@ -16,6 +18,7 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::config::Rate;
@@ -60,8 +63,6 @@ impl ClientLimiter {
     /// Count one request of `client` at `now` against `rate`: `Ok`, or `Err(wait)` with
     /// how long until it would be allowed (the request is then not counted).
     pub fn check(&self, client: IpAddr, rate: Rate, now: Instant) -> Result<(), Duration> {
-        let interval = 1_000_000_000 / u64::from(rate.per_second.max(1));
-        let window = interval.saturating_mul(u64::from(rate.burst.max(1)));
         let now = u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
         let hash = self.hasher.hash_one(client_key(client));
         let shard_index = (hash % SHARDS as u64) as usize;
@@ -72,15 +73,11 @@ impl ClientLimiter {
         }
         let ways = &mut shard[set..set + WAYS];
         let (way, tat) = match ways.iter().position(|s| s.tag == hash) {
-            Some(w) => (w, ways[w].tat.max(now)),
+            Some(w) => (w, ways[w].tat),
             // A fresh bucket in the way with the least debt (ties: the first).
             None => ((0..WAYS).min_by_key(|&w| ways[w].tat).unwrap_or(0), now),
         };
-        let next = tat.saturating_add(interval);
-        let debt = next - now;
-        if debt > window {
-            return Err(Duration::from_nanos(debt - window));
-        }
+        let next = gcra(tat, now, rate).map_err(Duration::from_nanos)?;
         ways[way] = Slot { tag: hash, tat: next };
         Ok(())
     }
@@ -97,6 +94,59 @@ impl ClientLimiter {
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
     }
+}
+
+/// One step of GCRA for a bucket whose theoretical arrival time is `tat` (ns, like
+/// `now`): the new `tat` if one more request fits `rate`, else how many ns until it would.
+fn gcra(tat: u64, now: u64, rate: Rate) -> Result<u64, u64> {
+    let interval = 1_000_000_000 / u64::from(rate.per_second.max(1));
+    let window = interval.saturating_mul(u64::from(rate.burst.max(1)));
+    let next = tat.max(now).saturating_add(interval);
+    let debt = next - now;
+    if debt > window { Err(debt - window) } else { Ok(next) }
+}
+
+/// One bucket shared by every client: a backend's `new_sessions` cap. Lock-free; it
+/// outlives reloads with its backend, and a changed rate applies from the next request.
+#[derive(Debug)]
+pub struct RateGate {
+    /// GCRA's theoretical arrival time, ns since `origin` (0: a full bucket).
+    tat: AtomicU64,
+    origin: Instant,
+}
+
+impl Default for RateGate {
+    fn default() -> Self {
+        RateGate {
+            tat: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl RateGate {
+    /// Count one new session at `now` against `rate`: `Ok`, or `Err(wait)` until one
+    /// would fit (the session is then not counted).
+    pub fn check(&self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        let now = u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
+        let mut tat = self.tat.load(Relaxed);
+        loop {
+            let next = gcra(tat, now, rate).map_err(Duration::from_nanos)?;
+            match self.tat.compare_exchange_weak(tat, next, Relaxed, Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+}
+
+/// `Retry-After` seconds for a session refused by a [`RateGate`]: the wait rounded up,
+/// plus `entropy` spread over the time a full burst takes to come back, so clients that
+/// honour it return over several seconds instead of together in the next one (and meet
+/// the same refusal). socket.io-client ignores it and backs off by itself.
+pub fn spread_retry_after(wait: Duration, rate: Rate, entropy: u64) -> u64 {
+    let refill = u64::from(rate.burst).div_ceil(u64::from(rate.per_second.max(1))).max(1);
+    retry_after_secs(wait) + entropy % (refill + 1)
 }
 
 /// Whom a limit counts: the IPv4 address, or the /64 of an IPv6 one.
@@ -181,6 +231,66 @@ mod tests {
         assert_eq!(l.allocated(), 0);
         l.check(ip("127.0.0.1"), RATE, Instant::now()).unwrap();
         assert_eq!(l.allocated(), PER_SHARD);
+    }
+
+    #[test]
+    fn a_gate_admits_a_burst_then_the_rate_for_everyone_together() {
+        let g = RateGate::default();
+        let t0 = Instant::now();
+        let admitted = (0..50).filter(|_| g.check(RATE, t0).is_ok()).count();
+        assert_eq!(admitted, 5, "the burst");
+        assert_eq!(g.check(RATE, t0), Err(Duration::from_millis(500)));
+        // Over the next 10 s: the rate (2/s), however many ask, and nothing saved up.
+        let mut admitted = 0;
+        for ms in (10..=10_000).step_by(10) {
+            admitted += (0..10)
+                .filter(|_| g.check(RATE, t0 + Duration::from_millis(ms)).is_ok())
+                .count();
+        }
+        assert_eq!(admitted, 20);
+        // A changed rate applies at once.
+        let fast = Rate {
+            per_second: 100,
+            burst: 10,
+        };
+        let t1 = t0 + Duration::from_secs(20);
+        assert_eq!((0..50).filter(|_| g.check(fast, t1).is_ok()).count(), 10);
+    }
+
+    #[test]
+    fn a_gate_counts_each_admission_once_across_threads() {
+        let g = std::sync::Arc::new(RateGate::default());
+        let now = Instant::now();
+        let rate = Rate {
+            per_second: 1,
+            burst: 1000,
+        };
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let g = std::sync::Arc::clone(&g);
+                std::thread::spawn(move || (0..1000).filter(|_| g.check(rate, now).is_ok()).count())
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(admitted, 1000);
+    }
+
+    #[test]
+    fn a_refused_session_is_told_to_come_back_spread_over_a_bursts_refill() {
+        let rate = Rate {
+            per_second: 100,
+            burst: 400,
+        };
+        let waits: Vec<u64> = (0..100)
+            .map(|e| spread_retry_after(Duration::from_millis(10), rate, e))
+            .collect();
+        assert_eq!(*waits.iter().min().unwrap(), 1);
+        assert_eq!(*waits.iter().max().unwrap(), 5, "1 s plus up to the 4 s a burst takes");
+        let one = Rate {
+            per_second: 50,
+            burst: 1,
+        };
+        assert!((0..10).all(|e| (1..=2).contains(&spread_retry_after(Duration::from_millis(20), one, e))));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Real socket.io-client sessions in bulk (integration/node/clients.js): a run to its
-//! report, or a run held between rounds while the test changes something.
+//! Real socket.io-client sessions in bulk (integration/node/clients.js, arrivals.js): a
+//! run to its report, or a run held between rounds while the test changes something.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,12 +10,18 @@ use super::worker::node_dir;
 
 /// Run integration/node/clients.js with `args` and return its JSON report.
 pub fn run_clients<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> serde_json::Value {
+    run_script("clients.js", args, timeout)
+}
+
+/// Run another script of integration/node that takes `--timeout` and prints a JSON
+/// report as its last line; the report.
+pub fn run_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S], timeout: Duration) -> serde_json::Value {
     let dir = tempfile::Builder::new()
         .prefix("edgepin-clients-")
         .tempdir()
         .expect("temp dir");
     let mut cmd = Command::new("node");
-    cmd.arg(node_dir().join("clients.js"))
+    cmd.arg(node_dir().join(script))
         .args(args)
         .args(["--timeout", &timeout.as_millis().to_string()]);
     let mut proc = Proc::spawn("clients", cmd, dir.path());
@@ -39,13 +45,19 @@ pub struct HeldClients {
 
 impl HeldClients {
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], timeout: Duration) -> HeldClients {
+        HeldClients::start_script("clients.js", args, timeout)
+    }
+
+    /// Another script of integration/node that takes `--timeout` and `--hold FILE` and
+    /// prints a `{"held"…}` line, then a JSON report as its last line.
+    pub fn start_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S], timeout: Duration) -> HeldClients {
         let dir = tempfile::Builder::new()
             .prefix("edgepin-clients-")
             .tempdir()
             .expect("temp dir");
         let hold = dir.path().join("release");
         let mut cmd = Command::new("node");
-        cmd.arg(node_dir().join("clients.js"))
+        cmd.arg(node_dir().join(script))
             .args(args)
             .args(["--timeout", &timeout.as_millis().to_string()])
             .arg("--hold")
@@ -82,7 +94,7 @@ impl HeldClients {
         let line = log
             .lines()
             .rev()
-            .find(|l| l.starts_with("{\"clients\""))
+            .find(|l| l.starts_with('{') && !l.starts_with("{\"held\""))
             .expect("final report");
         serde_json::from_str(line).expect("report")
     }

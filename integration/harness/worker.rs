@@ -56,16 +56,24 @@ impl Worker {
 
     /// The Node.js worker (socket.io 4.8 + @socket.io/redis-adapter) on a free port.
     pub fn start_node(id: &str, redis_url: &str) -> Worker {
-        Worker::node(id, &["--redis", redis_url])
+        Worker::start_node_at(id, redis_url, SocketAddr::from(([127, 0, 0, 1], free_port())))
+    }
+
+    /// The same on `addr` (e.g. a worker coming back where a killed one was).
+    pub fn start_node_at(id: &str, redis_url: &str, addr: SocketAddr) -> Worker {
+        Worker::node(id, addr, &["--redis", redis_url])
     }
 
     /// The Node.js worker with the sharded adapter on a Redis Cluster (`SEEDS` as above).
     pub fn start_node_cluster(id: &str, seeds: &str) -> Worker {
-        Worker::node(id, &["--redis-cluster", seeds])
+        Worker::node(
+            id,
+            SocketAddr::from(([127, 0, 0, 1], free_port())),
+            &["--redis-cluster", seeds],
+        )
     }
 
-    fn node(id: &str, redis: &[&str]) -> Worker {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    fn node(id: &str, addr: SocketAddr, redis: &[&str]) -> Worker {
         let mut cmd = Command::new("node");
         cmd.arg(node_dir().join("worker.js"))
             .args(["--port", &addr.port().to_string(), "--id", id])

@@ -224,6 +224,12 @@ pub struct BackendFile {
     /// Requests that may wait for a slot when every server is at max_connections.
     #[serde(default)]
     pub max_queue: Option<Spanned<u64>>,
+    /// Window over which a server back in service ramps to its full weight (`0s`: off).
+    #[serde(default)]
+    pub slow_start: Option<Str>,
+    /// New Engine.IO sessions the backend admits: `burst` at once, then `per_second`.
+    #[serde(default)]
+    pub new_sessions: Option<Spanned<RateFile>>,
 }
 
 /// `backends.NAME.discover`.
@@ -263,6 +269,9 @@ pub struct ServerFile {
     pub weight: Option<Spanned<u64>>,
     #[serde(default)]
     pub max_connections: Option<Spanned<u64>>,
+    /// This server's slow-start window (default: the longest of its backends').
+    #[serde(default)]
+    pub slow_start: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -366,7 +375,7 @@ pub struct SharedFile {
     pub key_prefix: Option<Str>,
 }
 
-/// A rate per client; `per_second: 0` turns the limit off.
+/// A rate (per client, or per backend); `per_second: 0` turns the limit off.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateFile {

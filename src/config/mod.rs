@@ -99,6 +99,19 @@ impl Config {
         self.servers.iter().find(|s| s.name == name)
     }
 
+    /// How long server `i` ramps in backend `b`: its own `slow_start`, else the backend's.
+    pub fn slow_start_in(&self, b: &Backend, i: usize) -> Duration {
+        self.servers[i].slow_start.unwrap_or(b.slow_start)
+    }
+
+    /// How long a slow start of server `i` lasts at most: the longest of its windows in
+    /// the backends that list it.
+    pub fn slow_start_of(&self, i: usize) -> Duration {
+        let listed = self.backends.iter().filter(|b| b.servers.contains(&i));
+        let longest = listed.map(|b| self.slow_start_in(b, i)).max();
+        longest.unwrap_or_else(|| self.servers[i].slow_start.unwrap_or_default())
+    }
+
     /// The most servers this config can hold: the listed ones and every discovered
     /// backend's `max_servers` (for sizes fixed at start, such as the upstream pool).
     pub fn server_capacity(&self) -> usize {
@@ -330,6 +343,10 @@ pub struct Backend {
     pub retries: u32,
     /// Requests waiting for a slot at most (more get 503 at once).
     pub max_queue: u32,
+    /// Slow-start window of its servers (zero: off); a server's own key overrides it.
+    pub slow_start: Duration,
+    /// New Engine.IO sessions admitted (`None`: no cap); more get 503 with Retry-After.
+    pub new_sessions: Option<Rate>,
     /// The servers come from DNS (`servers` then holds those of the last good answer,
     /// merged in by `discovery::merge`; none in a config just read from its file).
     pub discover: Option<Discover>,
@@ -400,6 +417,8 @@ pub struct Server {
     pub weight: u32,
     /// Concurrent requests/tunnels sent to it; more wait in a queue.
     pub max_connections: Option<u32>,
+    /// Its own slow-start window (zero: off), over its backends' `slow_start`.
+    pub slow_start: Option<Duration>,
     /// Found by DNS (`backends.NAME.discover`), not listed in the file. Its name is what
     /// it is (`address:port`, or `target:port` for SRV), so it is the same on every edge.
     pub discovered: bool,
@@ -590,7 +609,8 @@ impl fmt::Debug for SharedSids {
     }
 }
 
-/// A rate per client: `burst` at once, then `per_second` (both ≥ 1).
+/// A rate (per client, or a backend's new sessions): `burst` at once, then `per_second`
+/// (both ≥ 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
     pub per_second: u32,

@@ -128,6 +128,7 @@ pub fn merge(config: &Config, book: &HashMap<String, Entry>) -> Config {
                         address: f.addr,
                         weight: f.weight,
                         max_connections: d.max_connections,
+                        slow_start: None,
                         discovered: true,
                     });
                     merged.servers.len() - 1

@@ -185,6 +185,12 @@ impl Account {
                 }
                 503
             }
+            Refusal::NewSessionsCapped { .. } => {
+                if let Some(b) = self.backend() {
+                    b.counters.new_sessions_refused.inc();
+                }
+                503
+            }
             Refusal::SessionGone => {
                 if let Some(b) = self.backend() {
                     b.counters.traffic.sid_unknown.inc();

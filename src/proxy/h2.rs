@@ -243,7 +243,7 @@ impl ProxyHttp for H2Proxy {
         }
         let req = session.req_header();
         ctx.sticky = Exchange::on_request(req.uri.query(), b.cfg.balance == Balance::Sticky);
-        if let Err(why) = select::admit_handshake(&self.shared, cfg, ctx.sticky.handshake, ctx.client) {
+        if let Err(why) = select::admit_handshake(&self.shared, cfg, b, &ctx.sticky, ctx.client) {
             return self.refuse(session, ctx, why).await;
         }
         ctx.cookie = b

@@ -8,7 +8,7 @@ use pingora::proxy::Session;
 
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
 
-use crate::failure::Refusal;
+use crate::failure::{NEW_SESSIONS_CAPPED, Refusal};
 
 /// Retry-After sent with 503s and 429s, seconds.
 const RETRY_AFTER: &str = "5";
@@ -75,6 +75,10 @@ pub async fn refusal(session: &mut Session, why: &Refusal) -> Result<()> {
                 &[("retry-after", &retry_after.to_string())],
             )
             .await
+        }
+        Refusal::NewSessionsCapped { retry_after } => {
+            let after = retry_after.to_string();
+            text(session, 503, NEW_SESSIONS_CAPPED, &[("retry-after", &after)]).await
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Choosing the server for a request: the balance algorithm of the backend, and for
 //! sticky backends the whole rule — Engine.IO sid first (the server that issued it),
 //! then the cookie (if its server can take it), else a bounded consistent hash of the
-//! client address.
+//! client address. New work sees a server in slow start at its ramped weight; pinned
+//! sessions (sid, cookie) go to their server whatever its ramp.
 
 use std::net::IpAddr;
 
@@ -9,6 +10,7 @@ use crate::balance::{HashCandidate, addr_key, pick_bounded};
 use crate::config::Balance;
 use crate::runtime::{BackendRt, Member};
 use crate::state::StickyDecision;
+use crate::sticky::exchange::Exchange;
 use crate::sticky::sid::SidTable;
 
 /// The server chosen for the request (an index into the backend's members).
@@ -47,23 +49,38 @@ pub struct Request<'a> {
     pub tried: &'a [usize],
 }
 
-/// A new Engine.IO session (`handshake`) from `client` is within the client's
-/// `sticky.handshake_rate`, or is refused with 429 and how long to wait.
+/// A new Engine.IO session is within its client's `sticky.handshake_rate` (sticky
+/// backends; else 429 and how long to wait), then within its backend's `new_sessions` cap
+/// (any backend; else 503 and when to come back). The client's limit is asked first, so
+/// one client over its own limit spends none of the backend's. Existing sessions are
+/// never refused here.
 pub fn admit_handshake(
     shared: &crate::runtime::Shared,
     cfg: &crate::config::Config,
-    handshake: bool,
+    b: &BackendRt,
+    sticky: &Exchange,
     client: Option<IpAddr>,
 ) -> Result<(), crate::failure::Refusal> {
-    let (true, Some(rate), Some(client)) = (handshake, cfg.sticky.handshake_rate, client) else {
-        return Ok(());
-    };
-    shared
-        .handshakes
-        .check(client, rate, std::time::Instant::now())
-        .map_err(|wait| crate::failure::Refusal::TooMany {
-            retry_after: crate::rate_limit::retry_after_secs(wait),
-        })
+    use crate::failure::Refusal;
+    use crate::rate_limit::{retry_after_secs, spread_retry_after};
+    let now = std::time::Instant::now();
+    if let (true, Some(rate), Some(client)) = (sticky.handshake, cfg.sticky.handshake_rate, client) {
+        shared
+            .handshakes
+            .check(client, rate, now)
+            .map_err(|wait| Refusal::TooMany {
+                retry_after: retry_after_secs(wait),
+            })?;
+    }
+    if let (true, Some(rate)) = (sticky.new_session, b.cfg.new_sessions) {
+        b.new_sessions.check(rate, now).map_err(|wait| {
+            let entropy = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), now);
+            Refusal::NewSessionsCapped {
+                retry_after: spread_retry_after(wait, rate, entropy),
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// Wait until [`select`] finds a server with a free slot (the backend's queue when every
@@ -132,14 +149,18 @@ pub fn select(b: &BackendRt, sids: &SidTable, req: &Request<'_>) -> Selection {
         Balance::Sticky => sticky(b, sids, req),
         Balance::Source => hashed(b, req, None, |m| m.state.active()),
         Balance::RoundRobin => {
-            let pick =
-                b.rr.pick(|i| weight(&b.members[i]), b.members.len(), |i| fresh(b, req, i));
+            let pick = b.rr.pick(
+                |i| weight(&b.members[i]),
+                b.members.len(),
+                |i| fresh(b, req, i),
+                |i| b.members[i].ramp_share(),
+            );
             found(b, req, pick, None)
         }
         Balance::LeastConn => {
             let pick = b.least.pick(
                 b.members.len(),
-                |i| weight(&b.members[i]),
+                |i| b.members[i].effective_weight(),
                 |i| b.members[i].state.active(),
                 |i| fresh(b, req, i),
             );
@@ -239,7 +260,7 @@ fn hashed(
         .map(|(i, m)| HashCandidate {
             index: i,
             id: m.hash_id,
-            weight: weight(m),
+            weight: m.effective_weight(),
             load: load(m),
         })
         .collect();
@@ -350,6 +371,49 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(picked(select(b, &shared.sids, &req)).1, Some(StickyDecision::Hash));
+    }
+
+    #[test]
+    fn a_returning_server_takes_few_new_sessions_but_keeps_its_pinned_ones() {
+        let (shared, snap) = backend("sticky", 4);
+        let b = &snap.backends[0];
+        let back = &b.members[3].state;
+        let on_back = |sids: &SidTable| {
+            (0..400u32)
+                .filter(|i| {
+                    let client = Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919)));
+                    let req = Request {
+                        client,
+                        handshake: true,
+                        ..Default::default()
+                    };
+                    picked(select(b, sids, &req)).0 == 3
+                })
+                .count()
+        };
+        let before = on_back(&shared.sids);
+        assert!((60..=140).contains(&before), "a quarter of new clients: {before}");
+        back.set_admin(Admin::Maint, "test");
+        back.set_admin(Admin::Ready, "test");
+        assert!(back.ramp.active(), "the default window applies");
+        let ramping = on_back(&shared.sids);
+        assert!(ramping <= 20, "5 % of its weight: {ramping} of 400");
+        shared.sids.learn("S3", back);
+        let pinned = Request {
+            sid: Some("S3"),
+            ..Default::default()
+        };
+        assert_eq!(picked(select(b, &shared.sids, &pinned)), (3, Some(StickyDecision::Sid)));
+
+        // Round robin: the same ramp, the same small share.
+        let (shared, snap) = backend("round_robin", 4);
+        let b = &snap.backends[0];
+        b.members[3].state.set_health(Health::Down, "test");
+        b.members[3].state.set_health(Health::Up, "test");
+        let hits = (0..1000)
+            .filter(|_| picked(select(b, &shared.sids, &Request::default())).0 == 3)
+            .count();
+        assert!(hits <= 40, "{hits} of 1000");
     }
 
     #[test]

@@ -13,13 +13,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::balance::{LeastConn, RetryBudget, RoundRobin, name_id};
 use crate::config::{self, Config};
-use crate::rate_limit::ClientLimiter;
+use crate::rate_limit::{ClientLimiter, RateGate};
 use crate::state::{BackendCounters, FrontendCounters, Health, Registry, ServerState, Traffic};
 use crate::sticky::{cookie, sid::SidTable};
 use crate::tls::{CertSet, CertStore};
@@ -42,6 +42,8 @@ pub struct Member {
     /// Opaque id in the sticky cookie.
     pub cookie_id: String,
     pub max_connections: Option<u32>,
+    /// How long it ramps in this backend after coming back into service.
+    pub slow_start: Duration,
     /// Set when a reload removed this server from the backend: it keeps its existing
     /// sessions until then and takes no new ones.
     pub retired_until: Option<Instant>,
@@ -67,6 +69,20 @@ impl Member {
     pub fn serves_existing(&self) -> bool {
         self.retired_until.is_none_or(|t| Instant::now() < t) && self.state.serves_existing()
     }
+
+    /// Its slow-start share of its weight in this backend now (`state::FULL_SHARE`: none).
+    pub fn ramp_share(&self) -> u32 {
+        self.state.ramp.share_within(self.slow_start)
+    }
+
+    /// The weight new work sees here now, in thousandths (0 once retired).
+    pub fn effective_weight(&self) -> u32 {
+        if self.retired_until.is_some() {
+            0
+        } else {
+            self.state.effective_weight(self.slow_start)
+        }
+    }
 }
 
 /// A backend of one snapshot: its config, members and balancing state.
@@ -80,6 +96,8 @@ pub struct BackendRt {
     pub retry_budget: RetryBudget,
     /// Requests waiting for a slot now.
     pub queued: crate::state::Gauge,
+    /// The bucket of `cfg.new_sessions`, carried over reloads by backend name.
+    pub new_sessions: Arc<RateGate>,
 }
 
 impl BackendRt {
@@ -239,10 +257,12 @@ impl Shared {
     }
 
     /// A server now at another address is another process: its health is checked anew
-    /// (the first check decides), and the sessions and tunnels of the old address end
-    /// (clients reconnect; the new address does not know their sessions).
+    /// (the first check decides), it starts in slow start, and the sessions and tunnels of
+    /// the old address end (clients reconnect; the new address does not know their
+    /// sessions).
     fn moved(&self, state: &Arc<ServerState>, from: SocketAddr, to: SocketAddr) {
         state.set_health(Health::Checking, &format!("address changed from {from} to {to}"));
+        state.ramp.start();
         let sessions = self.sids.sweep(|s| std::ptr::eq(s, Arc::as_ptr(state)));
         let tunnels = state.tunnels.close_all();
         tracing::info!(server = %state.name, %from, %to, sessions, tunnels, "server moved by reload: checking the new address");
@@ -287,13 +307,15 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                         hash_id: name_id(&s.name),
                         cookie_id: cookie::server_id(&s.name, secret),
                         max_connections: s.max_connections,
+                        slow_start: config.slow_start_in(b, i),
                         retired_until: None,
                         discovered: s.discovered,
                     }
                 })
                 .collect();
+            let old = previous.and_then(|p| p.backend(&b.name));
             // Members the reload removed from this backend keep their sessions a while.
-            if let Some(old) = previous.and_then(|p| p.backend(&b.name)) {
+            if let Some(old) = old {
                 for m in &old.members {
                     if members.iter().any(|n| n.name == m.name) {
                         continue;
@@ -308,6 +330,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                             hash_id: m.hash_id,
                             cookie_id: m.cookie_id.clone(),
                             max_connections: m.max_connections,
+                            slow_start: m.slow_start,
                             retired_until: Some(until),
                             discovered: m.discovered,
                         });
@@ -322,6 +345,7 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
                 least: LeastConn::default(),
                 retry_budget: RetryBudget::new(10),
                 queued: Default::default(),
+                new_sessions: old.map_or_else(Arc::default, |o| Arc::clone(&o.new_sessions)),
             }
         })
         .collect();

@@ -226,6 +226,8 @@ pub struct BackendCounters {
     pub queue_full: Counter,
     /// Retries refused because the retry budget was spent.
     pub retry_budget_exhausted: Counter,
+    /// New Engine.IO sessions refused (503) over the backend's `new_sessions` cap.
+    pub new_sessions_refused: Counter,
 }
 
 /// Listener (frontend) counters.

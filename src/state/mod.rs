@@ -7,10 +7,12 @@
 //! decides nothing about routing; `balance` and `health` read and write it.
 
 mod counters;
+mod ramp;
 mod server;
 mod verdict;
 
 pub use counters::*;
+pub use ramp::{FULL_SHARE, MIN_SHARE, Ramp};
 pub use server::*;
 pub use verdict::*;
 

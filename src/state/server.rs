@@ -1,6 +1,6 @@
-//! One server's state: health, admin state, weight, load, open tunnels, and the slots
-//! requests hold on it. Shared by every backend that lists the server, kept across
-//! reloads by the registry.
+//! One server's state: health, admin state, weight (and its slow start), load, open
+//! tunnels, and the slots requests hold on it. Shared by every backend that lists the
+//! server, kept across reloads by the registry.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, O
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{CheckResult, Counter, Gauge, lock};
+use super::{CheckResult, Counter, Gauge, Ramp, lock};
 
 /// What the health checks say about a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,8 @@ pub struct ServerState {
     admin: AtomicU8,
     /// Current weight (config value, or set by an admin action until the next reload).
     weight: AtomicU32,
+    /// Slow start: the share of its weight it gets while it comes back into service.
+    pub ramp: Ramp,
     /// Requests in flight plus open tunnels, over all backends.
     active: AtomicU64,
     /// Open sticky sessions (sids in the table, and handshakes in flight).
@@ -137,6 +139,7 @@ impl ServerState {
             health: AtomicU8::new(Health::Checking as u8),
             admin: AtomicU8::new(Admin::Ready as u8),
             weight: AtomicU32::new(weight),
+            ramp: Ramp::default(),
             active: AtomicU64::new(0),
             sessions: AtomicI64::new(0),
             passive_failures: AtomicU32::new(0),
@@ -192,6 +195,20 @@ impl ServerState {
 
     pub fn weight(&self) -> u32 {
         self.weight.load(Relaxed)
+    }
+
+    /// The weight new work sees now in a backend with slow-start `window`: the weight
+    /// scaled by the share, in thousandths of a weight unit (weight 2 at full share: 2000).
+    pub fn effective_weight(&self, window: Duration) -> u32 {
+        self.weight().saturating_mul(self.ramp.share_within(window))
+    }
+
+    /// After a change of health, admin state or retirement: a server that could not take
+    /// new sessions before (`was`) and can now starts its slow start.
+    fn returned(&self, was: bool) {
+        if !was && self.accepts_new() {
+            self.ramp.start();
+        }
     }
 
     /// Change the weight; round-robin sequences notice through [`weight_epoch`].
@@ -250,11 +267,15 @@ impl ServerState {
 
     /// Record a health verdict. Returns the previous health if it changed.
     pub fn set_health(&self, h: Health, reason: &str) -> Option<Health> {
+        let was = self.accepts_new();
         let mut d = self.detail();
         let old = self.health();
         if old == h {
             return None;
         }
+        // A ramp waiting for the first check: UP starts it; DOWN drops it (the way back
+        // up from DOWN starts one anyway).
+        let armed = h != Health::Checking && self.ramp.take_armed();
         if old == Health::Down {
             let down_for = d.since.elapsed();
             d.downtime += down_for;
@@ -269,11 +290,18 @@ impl ServerState {
         }
         d.since = Instant::now();
         d.reason = reason.to_string();
+        drop(d);
+        if armed && h == Health::Up && self.accepts_new() {
+            self.ramp.start();
+        } else {
+            self.returned(was);
+        }
         Some(old)
     }
 
     /// Record an admin state change. Returns the previous admin state if it changed.
     pub fn set_admin(&self, a: Admin, reason: &str) -> Option<Admin> {
+        let was = self.accepts_new();
         let mut d = self.detail();
         let old = self.admin();
         if old == a {
@@ -282,6 +310,8 @@ impl ServerState {
         self.admin.store(a as u8, Relaxed);
         d.since = Instant::now();
         d.reason = reason.to_string();
+        drop(d);
+        self.returned(was);
         Some(old)
     }
 
@@ -308,7 +338,9 @@ impl ServerState {
     }
 
     pub fn unretire(&self) {
+        let was = self.accepts_new();
         self.detail().retired = None;
+        self.returned(was);
     }
 
     pub fn retired(&self) -> Option<Retired> {
@@ -460,6 +492,75 @@ mod tests {
         s.set_admin(Admin::Maint, "admin");
         assert!(!s.serves_existing());
         assert_eq!(s.up_down_total.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn coming_back_into_service_starts_a_slow_start_and_nothing_else_does() {
+        let s = ServerState::new("a", 2);
+        s.ramp.set_window(Duration::from_secs(60));
+        let ramps = |s: &ServerState| {
+            let on = s.ramp.active();
+            s.ramp.end();
+            on
+        };
+        s.set_health(Health::Up, "first check");
+        assert!(
+            !ramps(&s),
+            "a server present from the start is in service while checked"
+        );
+        s.set_health(Health::Down, "checks");
+        assert!(!ramps(&s));
+        s.set_health(Health::Up, "checks");
+        assert!(ramps(&s), "back from DOWN");
+        assert_eq!(s.effective_weight(s.ramp.window()), 2 * crate::state::FULL_SHARE);
+        s.set_admin(Admin::Maint, "admin");
+        s.set_admin(Admin::Ready, "admin");
+        assert!(ramps(&s), "back from MAINT");
+        s.set_admin(Admin::Drain, "admin");
+        s.set_admin(Admin::Ready, "admin");
+        assert!(ramps(&s), "back from DRAIN");
+        s.set_admin(Admin::Maint, "admin");
+        s.set_health(Health::Down, "checks");
+        s.set_health(Health::Up, "checks");
+        assert!(!ramps(&s), "UP again under MAINT: still out of service");
+        s.set_admin(Admin::Ready, "admin");
+        assert!(ramps(&s));
+        s.retire("127.0.0.1:1".parse().unwrap(), Instant::now());
+        s.unretire();
+        assert!(ramps(&s), "listed again after a reload removed it");
+        s.set_weight(5);
+        s.set_health(Health::Checking, "moved");
+        assert!(!ramps(&s), "weight changes and re-checks alone do not ramp");
+        s.set_health(Health::Up, "checks");
+        s.ramp.start();
+        let w = s.effective_weight(s.ramp.window());
+        assert!(
+            (5 * crate::state::MIN_SHARE..5 * crate::state::FULL_SHARE).contains(&w),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn a_ramp_armed_for_the_first_up_starts_there_and_not_before() {
+        let s = ServerState::new("10.0.0.7:3000", 1);
+        s.ramp.set_window(Duration::from_secs(60));
+        s.ramp.start_when_up();
+        assert!(!s.ramp.active(), "waiting for its first check");
+        s.set_health(Health::Up, "first check");
+        assert!(s.ramp.active(), "in service from its first UP: ramps from there");
+        assert!(s.ramp.elapsed().is_some_and(|e| e < Duration::from_secs(5)));
+        s.ramp.end();
+        s.set_health(Health::Checking, "moved");
+        s.set_health(Health::Up, "checks");
+        assert!(!s.ramp.active(), "armed once only");
+
+        let failing = ServerState::new("10.0.0.8:3000", 1);
+        failing.ramp.set_window(Duration::from_secs(60));
+        failing.ramp.start_when_up();
+        failing.set_health(Health::Down, "first check");
+        assert!(!failing.ramp.take_armed(), "DOWN drops it");
+        failing.set_health(Health::Up, "checks");
+        assert!(failing.ramp.active(), "back from DOWN ramps as always");
     }
 
     #[test]

@@ -94,6 +94,13 @@ const COLUMNS: &[Column] = &[
     ("sticky_hash", |l| opt(l.counters.sticky.map(|s| s.hash))),
     ("sticky_redispatch", |l| opt(l.counters.sticky.map(|s| s.redispatch))),
     ("sid_unknown", |l| opt(l.counters.sid_unknown)),
+    ("eweight", |l| l.server.map(|s| format!("{:.2}", s.effective_weight))),
+    ("slow_start_pct", |l| {
+        l.server.and_then(|s| s.slow_start).map(|ss| ss.percent.to_string())
+    }),
+    ("new_sessions_refused", |l| {
+        opt(l.backend.map(|b| b.new_sessions_refused))
+    }),
     ("dns", |l| discovery(l).map(|d| d.dns.clone())),
     ("dns_last", |l| {
         discovery(l).and_then(|d| d.last_ago_seconds).map(|a| a.to_string())
@@ -145,7 +152,7 @@ pub fn render(view: &StatsView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::gather::tests::shared;
+    use crate::stats::gather::tests::{shared, shared_ramping};
     use crate::stats::rates::Rates;
 
     #[test]
@@ -177,6 +184,20 @@ mod tests {
         assert_eq!(rows[2][stot], "42");
         let econ = header.iter().position(|h| *h == "econ").unwrap();
         assert_eq!(rows[0][econ], "", "a listener has no connection errors");
+    }
+
+    #[test]
+    fn slow_start_and_refused_sessions_have_columns() {
+        let text = render(&StatsView::gather(&shared_ramping(), &Rates::default()));
+        let lines: Vec<&str> = text.lines().collect();
+        let header: Vec<&str> = lines[0].trim_start_matches("# ").split(',').collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let rows: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split(',').collect()).collect();
+        let (a, b, api) = (&rows[1], &rows[2], &rows[3]);
+        let pct: u32 = a[col("slow_start_pct")].parse().unwrap();
+        assert!((5..50).contains(&pct), "{pct}");
+        assert_eq!((b[col("slow_start_pct")], b[col("eweight")]), ("", "1.00"));
+        assert_eq!((a[col("weight")], api[col("new_sessions_refused")]), ("1", "4"));
     }
 
     #[test]

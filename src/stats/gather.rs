@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::runtime::{BackendRt, Member, Shared};
-use crate::state::{FrontendCounters, StatusClasses, Traffic};
+use crate::state::{FULL_SHARE, FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
     AcmeView, BackendView, CertificateView, CheckView, Counters, DiscoveryView, DurationsView, FrontendView,
-    LastReload, ProcessView, ReloadView, Responses, ServerView, SharedSidView, SidView, StatsView, StickyView,
-    WebSocketView,
+    LastReload, NewSessionsView, ProcessView, ReloadView, Responses, ServerView, SharedSidView, SidView, SlowStartView,
+    StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -261,6 +261,11 @@ fn backend(b: &BackendRt, config: &Config, rates: &Rates) -> BackendView {
         queue_timeouts: c.queue_timeouts.get(),
         queue_full: c.queue_full.get(),
         retry_budget_exhausted: c.retry_budget_exhausted.get(),
+        new_sessions: b.cfg.new_sessions.map(|r| NewSessionsView {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
+        new_sessions_refused: c.new_sessions_refused.get(),
         counters,
         servers,
         discovery: None,
@@ -305,6 +310,16 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         status = "DRAIN";
     }
     let downtime = state.downtime();
+    let share = m.ramp_share();
+    let slow_start = state
+        .ramp
+        .elapsed()
+        .filter(|_| share < FULL_SHARE)
+        .map(|elapsed| SlowStartView {
+            percent: share / 10,
+            elapsed_seconds: elapsed.as_secs_f64(),
+            window_seconds: m.slow_start.as_secs_f64(),
+        });
     let detail = state.detail();
     let last_check = detail.last_check.as_ref().map(|c| CheckView {
         ok: c.ok(),
@@ -339,6 +354,8 @@ fn server(b: &BackendRt, m: &Member, sticky: bool, config: &Config, rates: &Rate
         up_down_total: state.up_down_total.load(std::sync::atomic::Ordering::Relaxed),
         downtime_seconds: downtime.as_secs_f64(),
         weight: u64::from(state.weight()),
+        effective_weight: f64::from(state.weight()) * f64::from(share) / f64::from(FULL_SHARE),
+        slow_start,
         active: state.active(),
         sticky_sessions: state.sessions() as u64,
         counters,
@@ -448,6 +465,40 @@ pub(crate) mod tests {
         );
         assert_eq!(a.checks_failed, 1);
         assert_eq!(view.backends[0].servers_up, 1);
+    }
+
+    /// [`shared`] with server a of backend api back from DOWN (in slow start, 10 s by
+    /// default) and 4 new sessions refused on api.
+    pub fn shared_ramping() -> Arc<Shared> {
+        let shared = shared();
+        let snapshot = shared.snapshot();
+        let api = snapshot.backend("api").unwrap();
+        api.members[0].state.set_health(Health::Down, "checks");
+        api.members[0].state.set_health(Health::Up, "checks");
+        api.counters.new_sessions_refused.add(4);
+        shared
+    }
+
+    #[test]
+    fn a_server_in_slow_start_shows_its_share_and_a_backend_its_refused_sessions() {
+        let view = StatsView::gather(&shared_ramping(), &Rates::default());
+        let api = &view.backends[0];
+        let (a, b) = (&api.servers[0], &api.servers[1]);
+        assert_eq!(a.status, "UP", "slow start is a part of UP");
+        let ramp = a.slow_start.expect("in slow start");
+        assert!((5..50).contains(&ramp.percent), "{ramp:?}");
+        assert_eq!(ramp.window_seconds, 10.0);
+        assert!(
+            a.effective_weight >= 0.05 && a.effective_weight < 0.5,
+            "{}",
+            a.effective_weight
+        );
+        assert!(b.slow_start.is_none());
+        assert_eq!(b.effective_weight, 1.0);
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["slow_start"]["percent"], ramp.percent);
+        assert_eq!(serde_json::to_value(b).unwrap()["slow_start"], serde_json::Value::Null);
+        assert_eq!((api.new_sessions_refused, api.new_sessions.is_none()), (4, true));
     }
 
     #[test]

@@ -321,11 +321,14 @@ impl Page<'_> {
                     }
                 }
             }
-            @if b.no_server + b.sid_refused + b.queue_timeouts + b.queue_full + b.retry_budget_exhausted > 0 {
+            @if b.no_server + b.sid_refused + b.queue_timeouts + b.queue_full + b.retry_budget_exhausted + b.new_sessions_refused > 0 {
                 p.refusals {
                     "Answered by edgepin: " span.bad { (b.no_server) } " × 503 no server · "
                     (b.sid_refused) " × Engine.IO 400 (pinned server gone) · "
                     (b.queue_timeouts) " queue timeouts · " (b.queue_full) " refused, queue full · " (b.retry_budget_exhausted) " retries over budget"
+                    @if let Some(cap) = b.new_sessions {
+                        " · " (b.new_sessions_refused) " new sessions over " (cap.per_second) "/s (burst " (cap.burst) ") × 503"
+                    }
                 }
             }
         }
@@ -340,6 +343,7 @@ impl Page<'_> {
                     td.text.status title=(s.status_reason) {
                         b { (s.status) } " " (human_duration(s.status_seconds))
                         @if s.retired { " (removed)" }
+                        (slow_start(s))
                         @if s.discovered { " (DNS)" }
                     }
                     (check_cell(s))
@@ -379,7 +383,7 @@ impl Page<'_> {
                         tr class=(status_class(s.status)) id=(format!("admin-{}", s.name)) data-status=(s.status) {
                             td.name { (s.name) }
                             td.text { (s.address) }
-                            td.text.status { b { (s.status) } " " (human_duration(s.status_seconds)) }
+                            td.text.status { b { (s.status) } " " (human_duration(s.status_seconds)) (slow_start(s)) }
                             td.reason title=(s.status_reason) { (s.status_reason) }
                             (check_cell(s))
                             (count("weight", s.weight))
@@ -409,6 +413,23 @@ impl Page<'_> {
             }
             @if self.csrf.is_none() {
                 p { "Admin actions (DRAIN, MAINT, weight) are available when " code { "stats.auth" } " is configured." }
+            }
+        }
+    }
+}
+
+/// A server in slow start: its share now, with the effective weight and time left.
+fn slow_start(s: &ServerView) -> Markup {
+    html! {
+        @if let Some(r) = s.slow_start {
+            " "
+            span.slowstart title=(format!(
+                "effective weight {:.2} of {}; full in {}",
+                s.effective_weight,
+                s.weight,
+                human_duration((r.window_seconds - r.elapsed_seconds).max(0.0).ceil() as u64)
+            )) {
+                "slow start " (r.percent) " %"
             }
         }
     }
@@ -507,7 +528,7 @@ fn traffic_cells(c: &Counters, cols: Columns, status: Markup) -> Markup {
 mod tests {
     use super::*;
     use crate::state::Health;
-    use crate::stats::gather::tests::shared;
+    use crate::stats::gather::tests::{shared, shared_ramping};
     use crate::stats::rates::Rates;
 
     #[test]
@@ -547,6 +568,26 @@ mod tests {
         );
         assert!(!page.contains("<form"), "no admin forms without auth");
         assert!(!page.contains("src="), "nothing loaded from elsewhere");
+    }
+
+    #[test]
+    fn a_server_in_slow_start_says_so_beside_its_status() {
+        let view = StatsView::gather(&shared_ramping(), &Rates::default());
+        let page = Page {
+            view: &view,
+            refresh: 0,
+            csrf: None,
+        }
+        .render()
+        .into_string();
+        let row = |id: &str| {
+            let tail = page.split(&format!(r#"id="server-api-{id}""#)).nth(1).unwrap();
+            tail.split("</tr>").next().unwrap().to_string()
+        };
+        let a = row("a");
+        assert!(a.contains(r#"class="slowstart" title="effective weight 0."#), "{a}");
+        assert!(a.contains("slow start "), "{a}");
+        assert!(!row("b").contains("slow start"));
     }
 
     #[test]

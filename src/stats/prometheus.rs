@@ -509,7 +509,7 @@ pub fn render(view: &StatsView) -> prometheus::Result<String> {
 mod tests {
     use super::*;
     use crate::state::Health;
-    use crate::stats::gather::tests::shared;
+    use crate::stats::gather::tests::{shared, shared_ramping};
     use crate::stats::rates::Rates;
 
     #[test]
@@ -558,5 +558,25 @@ mod tests {
             !text.contains("edgepin_server_sticky_decisions_total{decision=\"sid\",proxy=\"api\""),
             "round robin makes no sticky decisions"
         );
+    }
+
+    #[test]
+    fn slow_start_and_refused_sessions_are_metrics() {
+        let text = render(&StatsView::gather(&shared_ramping(), &Rates::default())).unwrap();
+        let value = |prefix: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{prefix}\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let ratio = value("edgepin_server_slow_start_ratio{proxy=\"api\",server=\"a\"}");
+        assert!((0.05..0.5).contains(&ratio), "{ratio}");
+        assert_eq!(
+            value("edgepin_server_slow_start_ratio{proxy=\"api\",server=\"b\"}"),
+            1.0
+        );
+        assert!(value("edgepin_server_effective_weight{proxy=\"api\",server=\"a\"}") < 0.5);
+        assert_eq!(value("edgepin_backend_new_sessions_refused_total{proxy=\"api\"}"), 4.0);
     }
 }

@@ -208,6 +208,12 @@ pub const ROW_METRICS: &[RowMetric] = &[
         Kind::Counter,
         |r| fo(r.backend.map(|b| b.retry_budget_exhausted)),
     ),
+    (
+        "new_sessions_refused_total",
+        "New Engine.IO sessions refused with 503 over the backend's new_sessions cap.",
+        Kind::Counter,
+        |r| fo(r.backend.map(|b| b.new_sessions_refused)),
+    ),
     // Backend and server.
     (
         "weight",
@@ -216,6 +222,21 @@ pub const ROW_METRICS: &[RowMetric] = &[
         |r| fo(r.server.map(|s| s.weight).or(r.backend.map(|b| b.weight))),
     ),
     // Server only.
+    (
+        "effective_weight",
+        "Weight new work sees now: the weight scaled by the slow-start share.",
+        Kind::Gauge,
+        |r| r.server.map(|s| s.effective_weight),
+    ),
+    (
+        "slow_start_ratio",
+        "Share of its weight the server gets now: below 1 while in slow start.",
+        Kind::Gauge,
+        |r| {
+            r.server
+                .map(|s| s.slow_start.map_or(1.0, |ss| f64::from(ss.percent) / 100.0))
+        },
+    ),
     (
         "loadbalanced_total",
         "Times the server was chosen.",

@@ -260,6 +260,10 @@ pub struct BackendView {
     pub queue_timeouts: u64,
     pub queue_full: u64,
     pub retry_budget_exhausted: u64,
+    /// The `new_sessions` cap (`None`: no cap).
+    pub new_sessions: Option<NewSessionsView>,
+    /// New Engine.IO sessions refused with 503 over the cap.
+    pub new_sessions_refused: u64,
     pub counters: Counters,
     pub servers: Vec<ServerView>,
     /// Set when the backend's servers come from DNS (`discover`).
@@ -301,6 +305,22 @@ impl DiscoveryView {
     }
 }
 
+/// A backend's cap on new Engine.IO sessions.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NewSessionsView {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// A server in slow start: how far its ramp has come.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SlowStartView {
+    /// The share of its weight it gets now, in percent (5 to 99).
+    pub percent: u32,
+    pub elapsed_seconds: f64,
+    pub window_seconds: f64,
+}
+
 /// A server as one backend lists it: its shared state and this pair's counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerView {
@@ -322,6 +342,10 @@ pub struct ServerView {
     pub up_down_total: u64,
     pub downtime_seconds: f64,
     pub weight: u64,
+    /// The weight new work sees now: `weight` scaled by the slow-start share.
+    pub effective_weight: f64,
+    /// Set while the server is in slow start (its status stays UP).
+    pub slow_start: Option<SlowStartView>,
     /// Requests in flight and tunnels on this server over all backends.
     pub active: u64,
     /// Sticky sessions pinned to it (sids known, handshakes in flight).

@@ -42,8 +42,12 @@ pub struct Exchange {
     /// The request's Engine.IO sid (sticky backends only), or the one learned from a
     /// WebSocket-first handshake.
     pub sid: Option<String>,
-    /// An Engine.IO request without sid: its answer opens a session.
+    /// An Engine.IO request without sid: its answer opens a session (sticky backends
+    /// only: they count and learn it).
     pub handshake: bool,
+    /// An Engine.IO request without sid on any backend: what a backend's `new_sessions`
+    /// cap counts.
+    pub new_session: bool,
     /// An Engine.IO request at all (`EIO=` in the query), on any backend: a `Session ID
     /// unknown` from a non-sticky backend tells an operator stickiness is missing.
     pub engine_io: bool,
@@ -63,6 +67,7 @@ impl Exchange {
         if let Some(query) = query.filter(|q| q.contains("EIO=")) {
             let q = engineio::EngineQuery::parse(Some(query));
             x.engine_io = q.eio;
+            x.new_session = q.is_handshake();
             if sticky {
                 x.handshake = q.is_handshake();
                 x.sid = q.sid.map(str::to_string);
@@ -224,7 +229,14 @@ mod tests {
     fn a_polling_handshake_learns_its_sid_from_a_split_open_packet() {
         let (sids, s) = (table(), server("a"));
         let mut x = Exchange::on_request(Some("EIO=4&transport=polling"), true);
-        assert!(x.handshake && x.engine_io && x.sid.is_none());
+        assert!(x.handshake && x.new_session && x.engine_io && x.sid.is_none());
+        let other = Exchange::on_request(Some("EIO=4&transport=websocket"), false);
+        assert!(
+            other.new_session && !other.handshake,
+            "counted for a cap on any backend"
+        );
+        let existing = Exchange::on_request(Some("EIO=4&transport=polling&sid=abc"), false);
+        assert!(!existing.new_session);
         x.on_pick(&s, Some(StickyDecision::Hash), None, Some("id-a"));
         assert!(x.set_cookie());
         assert_eq!(s.sessions(), 1, "counted while the handshake is in flight");

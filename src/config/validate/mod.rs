@@ -182,6 +182,19 @@ impl Validator<'_> {
 /// 4.9 with 1.25.
 pub const DEFAULT_HASH_BALANCE_FACTOR: f64 = 1.05;
 
+/// Default slow-start window. On by default, unlike HAProxy's `slowstart`: with sticky
+/// balancing's bounded loads, a server back from DOWN or MAINT is the least loaded one,
+/// so without a ramp it takes *every* new session until it catches up — in a rolling
+/// restart, the whole reconnect wave of the next worker lands on the one that just came
+/// back, cold. socket.io-client reconnects after 0.5–1.5 s, then backs off to at most 5 s
+/// (±50 %): 10 s covers a wave and its stragglers while costing a returning server little
+/// (its first second at 5–15 % of its weight, half of it at 5 s). Servers present when
+/// edgepin starts never ramp, and a ramp never refuses work: a server alone takes it all.
+pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
+
+/// Longest slow-start window accepted.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(3600);
+
 fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -398,6 +411,80 @@ servers:
             "{ balance: source, servers: [a, b], hash_balance_factor: 1.5 }",
         );
         assert_eq!(check(&set).unwrap().backends[0].hash_balance_factor, 1.5);
+    }
+
+    #[test]
+    fn slow_start_is_on_by_default_per_backend_and_a_server_may_set_its_own() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.backends[0].slow_start, DEFAULT_SLOW_START);
+        assert!(c.servers.iter().all(|s| s.slow_start.is_none()));
+        assert_eq!(c.slow_start_in(&c.backends[0], 0), DEFAULT_SLOW_START);
+        // Two backends: a server has its own window, else each backend's; its ramp lasts
+        // the longest of them.
+        let text = MINIMAL
+            .replace(
+                "  api: { servers: [a, b] }\n",
+                "  api: { servers: [a, b], slow_start: 1m }\n  ws: { servers: [b, c], slow_start: off }\n",
+            )
+            .replace(
+                "  b: { address: 127.0.0.1:3002, weight: 3 }\n",
+                "  b: { address: 127.0.0.1:3002, weight: 3 }\n  c: { address: 127.0.0.1:3003, slow_start: 5s }\n",
+            );
+        let c = check(&text).unwrap();
+        let (api, ws) = (&c.backends[0], &c.backends[1]);
+        assert_eq!(ws.slow_start, Duration::ZERO);
+        let b_in = (c.slow_start_in(api, 1).as_secs(), c.slow_start_in(ws, 1).as_secs());
+        assert_eq!(b_in, (60, 0), "b ramps in api, not in ws");
+        assert_eq!(c.slow_start_in(ws, 2).as_secs(), 5, "c's own");
+        let longest: Vec<u64> = (0..3).map(|i| c.slow_start_of(i).as_secs()).collect();
+        assert_eq!(longest, [60, 60, 5]);
+        let zero = MINIMAL.replace(
+            "  a: { address: 127.0.0.1:3001 }",
+            "  a: { address: 127.0.0.1:3001, slow_start: 0s }",
+        );
+        assert_eq!(check(&zero).unwrap().servers[0].slow_start, Some(Duration::ZERO));
+        let bad = MINIMAL.replace("{ servers: [a, b] }", "{ servers: [a, b], slow_start: 2h }");
+        assert_eq!(
+            check(&bad).unwrap_err(),
+            vec!["t.yaml:5:39: slow_start \"2h\" is longer than 1h"]
+        );
+        let bad = MINIMAL.replace("{ servers: [a, b] }", "{ servers: [a, b], slow_start: soon }");
+        assert!(check(&bad).unwrap_err()[0].starts_with("t.yaml:5:39: invalid duration \"soon\""));
+    }
+
+    #[test]
+    fn new_sessions_is_off_by_default_and_needs_a_rate() {
+        assert_eq!(check(MINIMAL).unwrap().backends[0].new_sessions, None);
+        let set = MINIMAL.replace(
+            "{ servers: [a, b] }",
+            "{ servers: [a, b], new_sessions: { per_second: 50 } }",
+        );
+        assert_eq!(
+            check(&set).unwrap().backends[0].new_sessions,
+            Some(Rate {
+                per_second: 50,
+                burst: 50
+            }),
+            "a second's worth at once unless said"
+        );
+        let set = MINIMAL.replace(
+            "{ servers: [a, b] }",
+            "{ servers: [a, b], new_sessions: { per_second: 50, burst: 500 } }",
+        );
+        assert_eq!(
+            check(&set).unwrap().backends[0].new_sessions.map(|r| r.burst),
+            Some(500)
+        );
+        let off = MINIMAL.replace(
+            "{ servers: [a, b] }",
+            "{ servers: [a, b], new_sessions: { per_second: 0 } }",
+        );
+        assert_eq!(check(&off).unwrap().backends[0].new_sessions, None);
+        let bad = MINIMAL.replace("{ servers: [a, b] }", "{ servers: [a, b], new_sessions: { burst: 5 } }");
+        assert_eq!(
+            check(&bad).unwrap_err(),
+            vec!["t.yaml:5:41: new_sessions needs per_second (and optionally burst)"]
+        );
     }
 
     #[test]

@@ -25,9 +25,10 @@ routes:
 acme: { backend: api }
 backends:
   api: { balance: round_robin, servers: [w1, w2], retries: 3, max_queue: 100, timeouts: { server: 10s } }
-  sockets: { balance: sticky, cookie: EDGEPIN, servers: [w1, w2], hash_balance_factor: 1.1 }
+  sockets: { balance: sticky, cookie: EDGEPIN, servers: [w1, w2], hash_balance_factor: 1.1, slow_start: 30s,
+             new_sessions: { per_second: 500, burst: 1000 } }
 servers:
-  w1: { address: 127.0.0.1:3001, weight: 2, max_connections: 100 }
+  w1: { address: 127.0.0.1:3001, weight: 2, max_connections: 100, slow_start: 0s }
   w2: { address: 127.0.0.1:3002 }
 health: { path: /health, mode: http, interval: 2s, timeout: 1s, rise: 2, fall: 3, expect: 200-399, passive_fall: 3 }
 stats: { refresh: 5 }

@@ -214,7 +214,7 @@ impl Validator<'_> {
     }
 
     /// A per-client rate: the default when absent, `None` when `per_second` is 0.
-    fn rate(&mut self, r: Option<&Spanned<file::RateFile>>, what: &str, default: Rate) -> Option<Rate> {
+    pub(super) fn rate(&mut self, r: Option<&Spanned<file::RateFile>>, what: &str, default: Rate) -> Option<Rate> {
         let Some(r) = r else { return Some(default) };
         let per_second = self.count(
             &r.value.per_second,

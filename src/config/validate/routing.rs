@@ -32,16 +32,36 @@ impl Validator<'_> {
                 .max_connections
                 .as_ref()
                 .map(|m| self.count(&Some(m.clone()), "max_connections", (1, 1_000_000), 1) as u32);
+            let slow_start = server.value.slow_start.as_ref().map(|w| self.window(w));
             out.push(Server {
                 name: name.clone(),
                 address_text: server.value.address.value.clone(),
                 address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
                 weight,
                 max_connections,
+                slow_start,
                 discovered: false,
             });
         }
         out
+    }
+
+    /// A slow-start window: a duration up to an hour, or `0s` / `off` for none.
+    fn window(&mut self, value: &Str) -> Duration {
+        self.check(value, |v| {
+            if matches!(v.trim(), "0" | "0s" | "off") {
+                return Ok(Duration::ZERO);
+            }
+            let d = parse_duration(v)?;
+            if d > MAX_SLOW_START {
+                return Err(format!(
+                    "slow_start {v:?} is longer than {}",
+                    humantime::format_duration(MAX_SLOW_START)
+                ));
+            }
+            Ok(d)
+        })
+        .unwrap_or(DEFAULT_SLOW_START)
     }
 
     pub(super) fn name(&mut self, name: &str, loc: Location, what: &str) {
@@ -139,6 +159,20 @@ impl Validator<'_> {
             };
             let max_queue = self.count(&bf.max_queue, "max_queue", (0, 1_000_000), 1024) as u32;
             let retries = self.count(&bf.retries, "retries", (0, 10), 3) as u32;
+            let slow_start = bf.slow_start.as_ref().map_or(DEFAULT_SLOW_START, |w| self.window(w));
+            let new_sessions = bf.new_sessions.as_ref().and_then(|r| {
+                let Some(per_second) = &r.value.per_second else {
+                    self.err(r.referenced, "new_sessions needs per_second (and optionally burst)");
+                    return None;
+                };
+                // One second's worth at once unless said otherwise.
+                let per_second = u32::try_from(per_second.value).unwrap_or(u32::MAX);
+                let one_second = Rate {
+                    per_second: per_second.max(1),
+                    burst: per_second.max(1),
+                };
+                self.rate(Some(r), "new_sessions", one_second)
+            });
             out.push(Backend {
                 name: name.clone(),
                 balance,
@@ -148,6 +182,8 @@ impl Validator<'_> {
                 hash_balance_factor,
                 retries,
                 max_queue,
+                slow_start,
+                new_sessions,
                 discover,
             });
         }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::{Balance, Network};
-use crate::failure::{self, Failure, Progress, Refusal, Retry, Verdict};
+use crate::failure::{self, Failure, NEW_SESSIONS_CAPPED, Progress, Refusal, Retry, Verdict};
 use crate::route::{self, Routed};
 use crate::runtime::{BackendRt, Member, Shared, Snapshot};
 use crate::state::{ActiveGuard, ServerState, StickyDecision, TunnelTicket};
@@ -136,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 .await;
         }
         let mut sticky = Exchange::on_request(head.query(), b.cfg.balance == Balance::Sticky);
-        if let Err(why) = super::super::select::admit_handshake(&self.shared, cfg, sticky.handshake, client) {
+        if let Err(why) = super::super::select::admit_handshake(&self.shared, cfg, b, &sticky, client) {
             return self.refuse(head, acct, rec, why, client, None).await;
         }
         let cookie_name = b.cfg.cookie.as_deref();
@@ -549,6 +549,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     close,
                 );
             }
+            Refusal::NewSessionsCapped { retry_after } => {
+                let after = retry_after.to_string();
+                write_local(
+                    &mut self.wbuf,
+                    503,
+                    NEW_SESSIONS_CAPPED,
+                    &[("retry-after", &after)],
+                    close,
+                );
+            }
             Refusal::Status(503, detail) => {
                 write_local(&mut self.wbuf, 503, detail, &[("retry-after", RETRY_AFTER)], close);
             }
@@ -559,6 +569,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Refusal::NoServer => Some("no server available"),
             Refusal::SessionGone => Some("session lost with its server"),
             Refusal::TooMany { .. } => Some("too many requests"),
+            Refusal::NewSessionsCapped { .. } => Some(NEW_SESSIONS_CAPPED),
         };
         self.finish_local(head, acct, rec, status, client, close, sticky).await
     }
