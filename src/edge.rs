@@ -213,7 +213,9 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background(
+    // Not `background`: requests wait on this link's Redis connection (its driver task
+    // runs on this service's thread), so it keeps the proxy threads' policy.
+    server.add_service(pingora::services::background::background_service(
         "shared sid table",
         crate::sticky::SharedLink {
             shared: Arc::clone(&shared),
