@@ -20,7 +20,7 @@ use crate::harness::{Backend, Conn, Proxy, SioClients, Target, free_port};
 use crate::multi_edge::{exchange, whoami as whoami_polling};
 
 /// Workers `w1`… on 127.0.0.11, 127.0.0.12, … sharing one port, with their rooms on `redis`.
-fn workers(n: u8, redis: &Redis) -> Vec<Worker> {
+pub fn workers(n: u8, redis: &Redis) -> Vec<Worker> {
     let port = free_port();
     (1..=n)
         .map(|i| {

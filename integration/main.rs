@@ -23,6 +23,7 @@ mod slow_start;
 mod stats;
 mod sticky;
 mod tunnels;
+mod upgrade;
 mod worker;
 mod worker_cluster;
 mod worker_guard;

@@ -4,17 +4,21 @@
 //!
 //! Signals: SIGHUP reloads (see `reload`). SIGTERM stops gracefully: new connections are
 //! refused, requests in flight finish (up to `STOP_TIMEOUT`), open tunnels get a
-//! WebSocket close frame, then the process exits. SIGINT stops at once.
+//! WebSocket close frame, then the process exits. SIGINT stops at once. After
+//! `edgepin upgrade` handed the listeners to a new process, this one drains
+//! (`upgrade::drain`) and exits when it is empty; SIGTERM then closes what is left.
+//!
+//! The listening sockets are bound here (or taken over from the process being upgraded:
+//! `run --takeover`) and accepted on by `upgrade::AcceptService`, not by pingora's
+//! listening service, which cannot stop accepting without stopping the server.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::listening::Service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
@@ -22,6 +26,7 @@ use crate::proxy::{Frontend, H2Proxy, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
+use crate::upgrade::{AcceptService, ControlService, Inherited, Sockets, Takeover};
 use crate::upkeep::{ActiveChecks, Housekeeping, background};
 
 /// Longest wait for requests in flight on SIGTERM.
@@ -38,12 +43,10 @@ pub enum RunError {
         col: u32,
         source: crate::tls::TlsError,
     },
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        what: &'static str,
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Listen(#[from] crate::upgrade::SocketError),
+    #[error("{0}")]
+    Takeover(#[from] crate::upgrade::TakeoverError),
     #[error("{0}")]
     Privilege(#[from] crate::privilege::PrivilegeError),
     #[error("writing pidfile {path}: {source}")]
@@ -78,14 +81,42 @@ impl Edge {
     }
 }
 
-/// Load the config at `path` and serve it until stopped.
-pub fn run(path: &Path) -> Result<(), RunError> {
-    start(path)?.serve();
-    Ok(())
+/// Load the config at `path` and serve it until stopped. With `takeover` (the upgrade
+/// socket of the process being upgraded, `run --takeover`), take its listeners and state
+/// first; a failure to start is then also told to it (it keeps serving).
+pub fn run(path: &Path, takeover: Option<&Path>) -> Result<(), RunError> {
+    let Some(socket) = takeover else {
+        start_upgradable(path, None)?.serve();
+        return Ok(());
+    };
+    let mut takeover = Some(Takeover::connect(socket)?);
+    match start_upgradable(path, Some(&mut takeover)) {
+        Ok(edge) => {
+            edge.serve();
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(t) = takeover {
+                t.fail(&e.to_string());
+            }
+            Err(e)
+        }
+    }
 }
 
-/// Load the config at `path` and assemble the proxy; a taken port or a bad file fails here.
+/// Load the config at `path` and assemble the proxy; a taken port or a bad file fails
+/// here. No upgrade socket: the process runs inside `edgepin up`.
 pub fn start(path: &Path) -> Result<Edge, RunError> {
+    assemble(path, None, false)
+}
+
+fn start_upgradable(path: &Path, takeover: Option<&mut Option<Takeover>>) -> Result<Edge, RunError> {
+    assemble(path, takeover, true)
+}
+
+/// Build the whole process. `takeover` is taken (left `None`) only once nothing can
+/// fail any more; until then the caller can still tell the old process why it failed.
+fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bool) -> Result<Edge, RunError> {
     let (text, config) = config::read(path)?;
     let cert = crate::tls::listener_certs(&config).map_err(|source| {
         let pos = config.tls.as_ref().map(|t| t.pos).unwrap_or_default();
@@ -96,40 +127,28 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
             source,
         }
     })?;
-    // Bind the listeners pingora does not own first, and check the others are free, so a
-    // taken port is a clear error before anything starts.
-    for (what, addr) in [("https", config.listen.https), ("http", config.listen.http)] {
-        if let Some(addr) = addr {
-            std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind { what, addr, source })?;
-        }
-    }
-    let stats_listener = match config.listen.stats {
-        Some(addr) => {
-            let l = std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind {
-                what: "stats",
-                addr,
-                source,
-            })?;
-            l.set_nonblocking(true).map_err(|source| RunError::Bind {
-                what: "stats",
-                addr,
-                source,
-            })?;
-            Some(l)
-        }
-        None => None,
+    let upgrade_socket = upgradable
+        .then(|| crate::upgrade::upgrade_socket_path(&config))
+        .flatten();
+    let mut no_inheritance = Inherited::default();
+    let (sockets, takeover) = match takeover {
+        Some(slot) => match slot.as_mut() {
+            Some(t) => (
+                Sockets::open(&config, &mut t.inherited, upgrade_socket.as_deref())?,
+                Some(slot),
+            ),
+            None => (
+                Sockets::open(&config, &mut no_inheritance, upgrade_socket.as_deref())?,
+                None,
+            ),
+        },
+        None => (
+            Sockets::open(&config, &mut no_inheritance, upgrade_socket.as_deref())?,
+            None,
+        ),
     };
-    if let Some(pidfile) = &config.reload.pidfile {
-        if let Some(dir) = pidfile.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        std::fs::write(pidfile, format!("{}\n", std::process::id())).map_err(|source| RunError::Pidfile {
-            path: pidfile.display().to_string(),
-            source,
-        })?;
-        if let Err(e) = crate::loaded::save_loaded(pidfile, path, &text) {
-            tracing::warn!(error = %e, "cannot save the loaded config for `check --diff`");
-        }
+    if takeover.is_none() {
+        write_pidfile(&config, path, &text)?;
     }
 
     crate::privilege::prepare(&config)?;
@@ -186,13 +205,8 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     );
     // Only the differential test (integration/differential.rs) sets this.
     frontend.h1_through_pingora = std::env::var("EDGEPIN_H1_ENGINE").is_ok_and(|e| e == "pingora");
-    let mut listeners = Listeners::new();
-    for addr in [config.listen.http, config.listen.https].into_iter().flatten() {
-        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(downstream_buffers()));
-    }
-    let mut service = Service::with_listeners("edgepin proxy".to_string(), listeners, frontend);
-    service.threads = Some(config.threads);
-    server.add_service(service);
+    let takeover = takeover.and_then(Option::take);
+    add_listeners(&mut server, &shared, frontend, sockets, takeover, path, &text)?;
     server.add_service(background(
         "health checks",
         ActiveChecks {
@@ -245,13 +259,6 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
         };
         server.add_service(background("privileges", dropper));
     }
-    if let Some(listener) = stats_listener {
-        let stats = StatsService {
-            shared: Arc::clone(&shared),
-            listener: std::sync::Mutex::new(Some(listener)),
-        };
-        server.add_service(background("stats", stats));
-    }
     tracing::info!(
         https = ?config.listen.https,
         http = ?config.listen.http,
@@ -266,13 +273,110 @@ pub fn start(path: &Path) -> Result<Edge, RunError> {
     })
 }
 
-/// Client connections read and write straight from and to the socket. pingora's default
-/// puts a 64 KiB read buffer (allocated zeroed, so resident) and a one-MSS write buffer in
-/// front of every accepted connection for its whole life. Nothing needs them: the HTTP/1
-/// engine reads into its own buffer and writes whole heads at once, rustls and HTTP/2
-/// keep their own buffers, and a tunnel must not hold bytes back.
-fn downstream_buffers() -> L4BufferSettings {
-    L4BufferSettings::default().read(0).write(0)
+/// The services on the listening sockets: the proxy's accept loops, the stats listener,
+/// the upgrade socket, and after a takeover the service that finishes it. Every
+/// service gets a duplicate of its socket; the originals stay with `lifecycle` to be
+/// handed to a successor.
+#[allow(clippy::too_many_arguments)]
+fn add_listeners<A>(
+    server: &mut Server,
+    shared: &Arc<Shared>,
+    frontend: A,
+    sockets: Sockets,
+    takeover: Option<Takeover>,
+    path: &Path,
+    text: &str,
+) -> Result<(), RunError>
+where
+    A: pingora::apps::ServerApp + Send + Sync + 'static,
+{
+    let config = shared.snapshot().config.clone();
+    let dup = |l: &std::net::TcpListener, what: &'static str| {
+        l.try_clone().map_err(|source| {
+            RunError::Listen(crate::upgrade::SocketError::Bind {
+                what,
+                addr: l.local_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into()),
+                source,
+            })
+        })
+    };
+    let mut proxy_listeners = Vec::new();
+    for (l, what) in [(&sockets.http, "http"), (&sockets.https, "https")] {
+        if let Some(l) = l {
+            proxy_listeners.push(dup(l, what)?);
+        }
+    }
+    server.add_service(AcceptService::new(
+        frontend,
+        proxy_listeners,
+        config.threads,
+        Arc::clone(shared),
+    ));
+    if let Some(l) = &sockets.stats {
+        let stats = StatsService {
+            shared: Arc::clone(shared),
+            listener: std::sync::Mutex::new(Some(dup(l, "stats")?)),
+        };
+        server.add_service(background("stats", stats));
+    }
+    if let (Some(l), Some(socket_path)) = (&sockets.upgrade, crate::upgrade::upgrade_socket_path(&config)) {
+        let copy = l.try_clone().map_err(|source| {
+            RunError::Listen(crate::upgrade::SocketError::Control {
+                path: socket_path.display().to_string(),
+                source,
+            })
+        })?;
+        let control = ControlService {
+            shared: Arc::clone(shared),
+            listener: std::sync::Mutex::new(Some(copy)),
+            config_path: path.to_path_buf(),
+            socket_path,
+        };
+        server.add_service(background("upgrade socket", control));
+    }
+    shared.lifecycle.keep_sockets(sockets);
+    if let Some(t) = takeover {
+        shared.lifecycle.hold();
+        let applied = crate::upgrade::carried::apply(shared, &t.carried);
+        tracing::info!(
+            from = t.old_pid(),
+            verdicts = applied.verdicts.len(),
+            admin_states = applied.admin_states,
+            weights = applied.weights,
+            sids = applied.sids,
+            ticket_keys = applied.tickets,
+            discovered_servers = applied.discovered,
+            unclaimed_listeners = ?t.inherited.unclaimed(),
+            "taking over: sockets and state received"
+        );
+        let (path, text) = (path.to_path_buf(), text.to_string());
+        let on_commit = Box::new(move || {
+            if let Err(e) = write_pidfile(&config, &path, &text) {
+                tracing::error!(error = %e, "after the takeover: `edgepin reload` and `upgrade` will not find this process");
+            }
+        });
+        let verdicts = applied.verdicts;
+        server.add_service(background(
+            "takeover",
+            t.into_service(Arc::clone(shared), verdicts, on_commit),
+        ));
+    }
+    Ok(())
+}
+
+/// Write `reload.pidfile` (this process's pid) and the loaded config beside it.
+fn write_pidfile(config: &Config, path: &Path, text: &str) -> Result<(), RunError> {
+    let Some(pidfile) = &config.reload.pidfile else {
+        return Ok(());
+    };
+    crate::upgrade::write_pid(pidfile, std::process::id()).map_err(|source| RunError::Pidfile {
+        path: pidfile.display().to_string(),
+        source,
+    })?;
+    if let Err(e) = crate::loaded::save_loaded(pidfile, path, text) {
+        tracing::warn!(error = %e, "cannot save the loaded config for `check --diff`");
+    }
+    Ok(())
 }
 
 fn server_conf(config: &Config) -> ServerConf {
@@ -291,7 +395,8 @@ fn server_conf(config: &Config) -> ServerConf {
 }
 
 /// SIGTERM: drain then stop; SIGINT: stop now. SIGQUIT (pingora's socket handover) is
-/// treated as SIGTERM: edgepin reloads in place instead.
+/// treated as SIGTERM: edgepin upgrades through its own upgrade socket instead. After a
+/// hand-over to a new process: drain until empty (`upgrade::drain`).
 struct Signals {
     shared: Arc<Shared>,
 }
@@ -314,6 +419,18 @@ impl ShutdownSignalWatch for Signals {
             }
             _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
             _ = quit.recv() => tracing::info!("SIGQUIT: stopping gracefully"),
+            () = self.shared.lifecycle.until_handed_over() => {
+                tokio::select! {
+                    () = crate::upgrade::drain(&self.shared) => {
+                        self.shared.lifecycle.finish();
+                        // The reporter's last word to the serving process.
+                        tokio::time::sleep(Duration::from_millis(60)).await;
+                        return ShutdownSignal::GracefulTerminate;
+                    }
+                    _ = int.recv() => return ShutdownSignal::FastShutdown,
+                    _ = term.recv() => tracing::info!("SIGTERM while draining: closing what is left"),
+                }
+            }
         }
         self.shared.begin_stop();
         let deadline = Instant::now() + STOP_TIMEOUT;

@@ -3,8 +3,10 @@
 //! `config` parses and validates proxy.yaml; `runtime` builds the running snapshot;
 //! `proxy` serves requests with `balance` and `sticky`; `health` turns check verdicts into
 //! UP/DOWN; `upkeep` runs the checks, housekeeping and DNS discovery (`discovery` decides
-//! what an answer means); `stats` shows it all; `reload` swaps snapshots; `edge` assembles the process. `worker` is the reference Socket.IO
-//! worker (rooms over Redis); `up` runs Redis, the workers and the proxy together.
+//! what an answer means); `stats` shows it all; `reload` swaps snapshots; `upgrade` hands
+//! the listeners and state to a new binary; `edge` assembles the process. `worker` is the
+//! reference Socket.IO worker (rooms over Redis); `up` runs Redis, the workers and the
+//! proxy together.
 #![forbid(unsafe_code)]
 
 pub mod acme;
@@ -33,5 +35,6 @@ pub mod sticky;
 pub mod telemetry;
 pub mod tls;
 pub mod up;
+pub mod upgrade;
 pub mod upkeep;
 pub mod worker;

@@ -22,6 +22,10 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
+        /// Take the listeners and state of the process being upgraded from this upgrade
+        /// socket (how `edgepin upgrade` starts the new binary).
+        #[arg(long, hide = true)]
+        takeover: Option<PathBuf>,
     },
     /// Validate a config and print a summary (or, with --diff, what a reload would change).
     Check {
@@ -44,6 +48,18 @@ enum Command {
     Reload {
         #[arg(short, long, default_value = "proxy.yaml")]
         config: PathBuf,
+    },
+    /// Replace the running proxy with a new binary without dropping a connection: the new
+    /// process takes every listener and the state, the old one drains and exits.
+    Upgrade {
+        #[arg(short, long, default_value = "proxy.yaml")]
+        config: PathBuf,
+        /// The new binary (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// How long the new process may take to be ready before the upgrade is given up.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Run the local stack: redis-server, one worker per server, and the proxy
     /// (SIGHUP: rolling worker restart + proxy reload; Ctrl-C or SIGTERM: stop everything).
@@ -100,7 +116,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Run { config } => match edgepin::edge::run(&config) {
+        Command::Run { config, takeover } => match edgepin::edge::run(&config, takeover.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),
         },
@@ -158,6 +174,23 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.to_string()),
         },
         Command::Reload { config } => reload(&config),
+        Command::Upgrade {
+            config,
+            binary,
+            timeout,
+        } => {
+            match edgepin::upgrade::upgrade(&edgepin::upgrade::UpgradeArgs {
+                config,
+                binary,
+                timeout,
+            }) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Up { config } => match edgepin::up::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e.to_string()),

@@ -10,9 +10,11 @@
 
 mod h2;
 mod store;
+mod tickets;
 
 pub use h2::{H2_LIMITS, H2Limits, h2_options};
 pub use store::{CertSet, CertStore, Certificate, wildcard_of};
+pub use tickets::{KEY_LIFETIME as TICKET_KEY_LIFETIME, TicketKey, TicketKeys};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -194,24 +196,21 @@ pub fn listener_certs(config: &Config) -> Result<Option<Arc<CertStore>>, TlsErro
     Ok(Some(store))
 }
 
-/// The rustls config of the https listener: certificates from `resolver` (the
+/// The rustls config of the https listener: certificates from `store` (the
 /// [`CertStore`] in `Shared::cert`, read at each handshake, so swaps apply to new
 /// connections), ALPN protocols in preference order ([`alpn_protocols`]). Session
-/// resumption by tickets and a session cache, as pingora's listener had.
-pub fn server_config(
-    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
-    alpn: Vec<Vec<u8>>,
-) -> Arc<rustls::ServerConfig> {
+/// resumption by tickets sealed with the store's [`TicketKeys`] (carried across an
+/// upgrade) and by a session cache (not carried).
+pub fn server_config(store: Arc<CertStore>, alpn: Vec<Vec<u8>>) -> Arc<rustls::ServerConfig> {
+    let tickets = Arc::clone(&store.tickets);
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .with_cert_resolver(store);
     config.alpn_protocols = alpn;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
-        config.ticketer = ticketer;
-    }
+    config.ticketer = tickets;
     Arc::new(config)
 }
 

@@ -109,3 +109,78 @@ pub fn tls_target(proxy: &super::Proxy) -> [String; 4] {
         super::certs().ca_cert.display().to_string(),
     ]
 }
+
+/// integration/node/upgrade-clients.js: many socket.io-client sockets answering one
+/// command at a time (connect, a `whoami` round, the events so far, close).
+pub struct BulkClients {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl BulkClients {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> BulkClients {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new("node")
+            .arg(node_dir().join("upgrade-clients.js"))
+            .args(args)
+            .current_dir(node_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node upgrade-clients.js (run `make node-deps`)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("upgrade-clients.js: {line}"),
+                }
+            }
+        });
+        BulkClients { child, stdin, lines }
+    }
+
+    /// Send `command` and wait (up to `timeout`) for its answer.
+    pub fn ask(&mut self, command: serde_json::Value, timeout: Duration) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").expect("write to upgrade-clients.js");
+        self.stdin.flush().expect("flush");
+        let answer = self
+            .lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no answer to {command} within {timeout:?}: {e}"));
+        assert_eq!(answer["op"], command["op"], "answer to {command}: {answer}");
+        answer
+    }
+}
+
+impl Drop for BulkClients {
+    fn drop(&mut self) {
+        ask_to_exit(&mut self.stdin, &mut self.child, Duration::from_secs(5));
+    }
+}
+
+/// Ask a Node driver on `stdin` to exit (`{"op":"exit"}`); kill it if it has not
+/// within `grace`.
+pub fn ask_to_exit(stdin: &mut std::process::ChildStdin, child: &mut std::process::Child, grace: Duration) {
+    use std::io::Write;
+    let _ = writeln!(stdin, "{}", serde_json::json!({ "op": "exit" }));
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

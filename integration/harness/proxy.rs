@@ -21,6 +21,8 @@ pub struct ProxyBuilder {
     extra_listen: String,
     env: Vec<(String, String)>,
     drain_timeout: String,
+    /// More keys under `reload:` (e.g. `hard_stop_after: 10s`).
+    reload_extra: String,
     tls_files: Option<(PathBuf, PathBuf)>,
     h2: bool,
     stats_auth: Option<(String, String)>,
@@ -33,6 +35,8 @@ pub struct ProxyBuilder {
 
 pub struct Proxy {
     pub proc: Proc,
+    /// Processes `edgepin upgrade` started for this proxy (stopped at drop).
+    pub successors: std::sync::Mutex<Vec<u32>>,
     pub dir: tempfile::TempDir,
     pub https: SocketAddr,
     pub http: SocketAddr,
@@ -60,6 +64,12 @@ impl ProxyBuilder {
     /// `reload.drain_timeout` (default 5s).
     pub fn drain_timeout(mut self, d: &str) -> Self {
         self.drain_timeout = d.to_string();
+        self
+    }
+    /// More keys under `reload:`, as a flow mapping's entries (`hard_stop_after: 10s`).
+    pub fn reload(mut self, entries: &str) -> Self {
+        self.reload_extra.push_str(", ");
+        self.reload_extra.push_str(entries);
         self
     }
     /// Serve this certificate and key instead of the shared test ones.
@@ -134,6 +144,7 @@ impl ProxyBuilder {
             .map(|(user, password)| super::basic_auth(user, password));
         let mut proxy = Proxy {
             proc,
+            successors: std::sync::Mutex::default(),
             dir,
             https,
             http,
@@ -167,9 +178,10 @@ impl ProxyBuilder {
             ));
         }
         y.push_str(&format!(
-            "threads: 2\nreload: {{ pidfile: {}, drain_timeout: {} }}\n",
+            "threads: 2\nreload: {{ pidfile: {}, drain_timeout: {}{} }}\n",
             dir.join("edgepin.pid").display(),
-            self.drain_timeout
+            self.drain_timeout,
+            self.reload_extra
         ));
         if let Some((user, _)) = &self.stats_auth {
             y.push_str(&format!(
@@ -178,6 +190,42 @@ impl ProxyBuilder {
         }
         y.push_str(&self.body);
         y
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let config = self.config.display().to_string();
+        let successors = std::mem::take(&mut *self.successors.lock().unwrap_or_else(|p| p.into_inner()));
+        for pid in successors {
+            // Only a process of this proxy's config (a pid may be reused by then).
+            let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&config));
+            if !ours || exited(pid) {
+                continue;
+            }
+            let target = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(target, Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !exited(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !exited(pid) {
+                let _ = nix::sys::signal::kill(target, Signal::SIGKILL);
+            }
+        }
     }
 }
 
@@ -194,6 +242,7 @@ impl Proxy {
             extra_listen: String::new(),
             env: Vec::new(),
             drain_timeout: "5s".into(),
+            reload_extra: String::new(),
             tls_files: None,
             h2: false,
             stats_auth: None,
@@ -351,6 +400,36 @@ impl Proxy {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Run `edgepin upgrade -c <config> ARGS`: whether it succeeded, and what it printed.
+    /// The new process (the pidfile's pid after a success) is stopped when the proxy is
+    /// dropped.
+    pub fn upgrade(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgepin"))
+            .arg("upgrade")
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run edgepin upgrade");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            let pid = self.serving_pid();
+            self.successors.lock().unwrap().push(pid);
+        }
+        (out.status.success(), text)
+    }
+
+    /// The pid in the pidfile: the process serving now.
+    pub fn serving_pid(&self) -> u32 {
+        let pidfile = self.dir.path().join("edgepin.pid");
+        let text = std::fs::read_to_string(&pidfile).expect("pidfile");
+        text.trim().parse().expect("a pid in the pidfile")
     }
 
     /// The proxy's own status (`/health` on the stats listener).

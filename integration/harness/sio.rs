@@ -158,15 +158,6 @@ impl SioClients {
 
 impl Drop for SioClients {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "{}", json!({ "op": "exit" }));
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::node::ask_to_exit(&mut self.stdin, &mut self.child, Duration::from_secs(3));
     }
 }

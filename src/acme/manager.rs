@@ -4,6 +4,11 @@
 //! serving. One issuance: account (stored, or created), order, one challenge per
 //! authorization answered by our listeners, finalize with a fresh key, download, store,
 //! swap into the listener's `CertStore`.
+//!
+//! Across `edgepin upgrade` two processes share the storage: an issuance needs the
+//! storage's renewal lock (`Storage::lock_renewal`), and with it the process first looks
+//! whether the other one stored a newer certificate meanwhile (then serves that instead
+//! of ordering). The old process stops renewing once it handed its listeners over.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +34,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// Background service renewing the ACME certificate of `shared.cert`.
 pub struct Manager {
     pub shared: Arc<Shared>,
+}
+
+/// The pause before looking again while another process holds the renewal lock.
+const LOCKED_RETRY: Duration = Duration::from_secs(5);
+
+/// A certificate in storage that covers the domains and outlives `current`: another
+/// process (the other side of an upgrade) renewed it.
+fn stored_newer(acme: &Acme, storage: &Storage, current: Option<&Arc<Certificate>>) -> Option<Arc<Certificate>> {
+    let (chain, key) = storage.certificate()?;
+    let path = storage.cert_path().display().to_string();
+    let ck = certified_key_from_pem(&chain, &key, &path, "ACME key").ok()?;
+    let stored = Certificate::new(ck, acme.domains.clone(), path).ok()?;
+    let newer = current.is_none_or(|c| stored.info.not_after > c.info.not_after);
+    (newer && super::covers(&stored, &acme.domains)).then(|| Arc::new(stored))
 }
 
 /// When a certificate valid over `info` is renewed: two-thirds into its lifetime.
@@ -76,6 +95,34 @@ impl BackgroundService for Manager {
                 _ = tokio::time::sleep(wait) => {}
                 _ = state.wake.notified() => continue,
                 _ = shutdown.changed() => return,
+                () = self.shared.lifecycle.until_handed_over() => return,
+            }
+            let storage = Storage::new(&acme.storage, &acme.domains[0]);
+            let _renewer = match storage.lock_renewal() {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => {
+                    tracing::info!(domains = ?acme.domains, "another edgepin renews this certificate now; looking again in 5 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(LOCKED_RETRY) => continue,
+                        _ = shutdown.changed() => return,
+                        () = self.shared.lifecycle.until_handed_over() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: cannot take the renewal lock; renewing without it");
+                    None
+                }
+            };
+            if let Some(newer) = stored_newer(&acme, &storage, current.acme()) {
+                tracing::info!(not_after = ?newer.info.not_after, "ACME: serving the certificate another edgepin stored");
+                store.store_acme(newer);
+                state.update(|s| {
+                    s.issued = true;
+                    s.last_ok = Some(true);
+                    s.failures = 0;
+                    s.next_attempt = None;
+                });
+                continue;
             }
             let started = Instant::now();
             let outcome = match tokio::time::timeout(ISSUE_TIMEOUT, issue(&acme, &state)).await {
@@ -83,7 +130,6 @@ impl BackgroundService for Manager {
                 Err(_) => Err(AcmeError::Timeout(ISSUE_TIMEOUT)),
             };
             let installed = outcome.and_then(|(chain, key)| {
-                let storage = Storage::new(&acme.storage, &acme.domains[0]);
                 let path = storage.cert_path().display().to_string();
                 let ck = certified_key_from_pem(chain.as_bytes(), key.as_bytes(), &path, "ACME key")?;
                 let cert = Certificate::new(ck, acme.domains.clone(), path)?;

@@ -4,7 +4,8 @@
 //! replaced atomically (written beside, then renamed), key first, so a crash never
 //! leaves a certificate with another certificate's key. The directory's owner is set
 //! before privileges are dropped (`privilege`); from then on the files are the running
-//! user's.
+//! user's. `renew.lock` is held (flock) by the one process renewing: during an upgrade
+//! two edgepins share the storage, and only one of them orders at a time.
 
 use std::path::{Path, PathBuf};
 
@@ -90,6 +91,27 @@ impl Storage {
         self.replace(&self.cert_path(), chain_pem.as_bytes(), 0o644)
     }
 
+    /// The right to renew, held until dropped; `None` while another process holds it.
+    pub fn lock_renewal(&self) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, AcmeError> {
+        let path = self.dir.join("renew.lock");
+        let err = |source| AcmeError::Storage {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(err)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(err(errno.into())),
+        }
+    }
+
     fn replace(&self, path: &Path, bytes: &[u8], mode: u32) -> Result<(), AcmeError> {
         let err = |source| AcmeError::Storage {
             path: path.to_path_buf(),
@@ -126,5 +148,15 @@ mod tests {
         assert_eq!(mode(s.key_path()), 0o600);
         assert_eq!(mode(s.cert_path()), 0o644);
         assert!(s.account("https://x").unwrap().is_none());
+    }
+
+    #[test]
+    fn one_renewer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::new(&dir.path().join("acme"), "a.test");
+        let first = s.lock_renewal().unwrap().expect("free");
+        assert!(s.lock_renewal().unwrap().is_none(), "held by the first");
+        drop(first);
+        assert!(s.lock_renewal().unwrap().is_some(), "free again");
     }
 }

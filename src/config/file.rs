@@ -391,9 +391,16 @@ pub struct ReloadFile {
     /// How long a removed server keeps its open sessions after a reload.
     #[serde(default)]
     pub drain_timeout: Option<Str>,
-    /// Pidfile written by `run` and read by `edgepin reload`.
+    /// Pidfile written by `run` and read by `edgepin reload` and `edgepin upgrade`.
     #[serde(default)]
     pub pidfile: Option<Str>,
+    /// After `edgepin upgrade`, how long the old process may drain before its remaining
+    /// tunnels are closed.
+    #[serde(default)]
+    pub hard_stop_after: Option<Str>,
+    /// The window over which those remaining tunnels are closed.
+    #[serde(default)]
+    pub close_spread: Option<Str>,
 }
 
 /// `workers.redis`: one Redis by name or URL, or a Redis Cluster by its seed nodes.

@@ -687,6 +687,17 @@ impl Network {
 pub struct Reload {
     pub drain_timeout: Duration,
     pub pidfile: Option<PathBuf>,
+    /// After an upgrade handed the listeners over, the old process drains at most this
+    /// long; then its remaining tunnels are closed over `close_spread`.
+    pub hard_stop_after: Duration,
+    pub close_spread: Duration,
+}
+
+impl Reload {
+    /// The default `reload.hard_stop_after` (see README "Upgrading edgepin").
+    pub const HARD_STOP_AFTER: Duration = Duration::from_secs(600);
+    /// The default `reload.close_spread`.
+    pub const CLOSE_SPREAD: Duration = Duration::from_secs(60);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -722,6 +733,16 @@ pub fn read(path: &Path) -> Result<(String, Config), LoadError> {
     })?;
     let config = parse(path, &text)?;
     Ok((text, config))
+}
+
+/// Only `reload.pidfile` of the config at `path` (resolved against the file's directory),
+/// checking nothing but the YAML syntax: see `edgepin upgrade`.
+pub fn pidfile_of(path: &Path) -> Result<Option<PathBuf>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    validate::pidfile_only(path, &text).map_err(LoadError::Invalid)
 }
 
 /// Parse and validate config text; `path` names the file in errors and resolves

@@ -218,7 +218,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
         self.shared.privileges.ready().await;
         let https = self.on_https(&stream);
         let counters = if https { &self.shared.https } else { &self.shared.http };
-        if self.shared.stopping() {
+        // Stopping (SIGTERM) refuses; an old process draining after an upgrade serves
+        // what it accepted before handing its listeners over (the client is connected).
+        if self.shared.stopping() && !self.shared.lifecycle.is_handed_over() {
             counters.connections_refused.inc();
             return None;
         }

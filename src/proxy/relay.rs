@@ -9,9 +9,10 @@
 //! - Half-close: an end that stops sending is passed on (`shutdown` of the other side's
 //!   write half), and the other direction goes on until it ends too.
 //! - Idle timeout (`timeouts.tunnel`): no byte either way for that long ends it.
-//! - Closed from outside (MAINT, drain expiry, a moved server, SIGTERM) through its
-//!   [`TunnelCtl`]: the client gets a WebSocket close frame (1001 going away), sent at a
-//!   frame boundary of the server's stream so that it is never spliced into a frame.
+//! - Closed from outside (MAINT, drain expiry, a moved server, SIGTERM, the end of an
+//!   upgrade's drain) through its [`TunnelCtl`]: the client gets a WebSocket close frame
+//!   (1001 going away, or 1012 service restart after an upgrade), sent at a frame
+//!   boundary of the server's stream so that it is never spliced into a frame.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -25,8 +26,11 @@ use tokio::time::Sleep;
 
 use crate::state::TunnelCtl;
 
-/// WebSocket close frame, server to client: code 1001 "going away".
-pub const CLOSE_GOING_AWAY: &[u8] = &[0x88, 0x02, 0x03, 0xE9];
+/// A WebSocket close frame, server to client (unmasked), with status `code`.
+pub fn close_frame(code: u16) -> [u8; 4] {
+    let [hi, lo] = code.to_be_bytes();
+    [0x88, 0x02, hi, lo]
+}
 
 /// Bytes read at a time; also the most a stalled direction holds.
 const SCRATCH_SIZE: usize = 16 * 1024;
@@ -319,8 +323,9 @@ where
                 // Mid-frame: a close frame now would corrupt the stream; just close.
                 return self.result(Ended::ByEdge);
             }
-            if written < CLOSE_GOING_AWAY.len() {
-                match Pin::new(&mut self.client).poll_write(cx, &CLOSE_GOING_AWAY[written..]) {
+            let frame = close_frame(self.ctl.code());
+            if written < frame.len() {
+                match Pin::new(&mut self.client).poll_write(cx, &frame[written..]) {
                     Poll::Ready(Ok(n)) if n > 0 => self.closing = Some(written + n),
                     Poll::Pending => return Poll::Pending,
                     _ => return self.result(Ended::ByEdge),
@@ -531,7 +536,21 @@ mod tests {
         ctl.close();
         let mut rest = Vec::new();
         client_end.read_to_end(&mut rest).await.unwrap();
-        assert_eq!(rest, CLOSE_GOING_AWAY);
+        assert_eq!(rest, close_frame(1001));
+        assert_eq!(task.await.unwrap().ended, Ended::ByEdge);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_closes_with_service_restart() {
+        let (client, mut client_end) = duplex(1 << 20);
+        let (server, _server_end) = duplex(1 << 20);
+        let ctl = Arc::new(TunnelCtl::default());
+        let task = spawn_relay(client, server, b"", &ctl);
+        ctl.close_with(crate::state::CLOSE_SERVICE_RESTART);
+        ctl.close();
+        let mut rest = Vec::new();
+        client_end.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, [0x88, 0x02, 0x03, 0xF4], "1012, the first code asked for");
         assert_eq!(task.await.unwrap().ended, Ended::ByEdge);
     }
 

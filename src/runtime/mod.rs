@@ -155,8 +155,11 @@ pub struct Shared {
     installed: tokio::sync::watch::Sender<u64>,
     /// Requests in progress (tunnels included), for graceful stop.
     pub in_flight: crate::state::Gauge,
-    /// Set by SIGTERM: refuse new connections, close kept-alive ones after their request.
+    /// Set by SIGTERM and by an upgrade's hand-over: refuse new connections, close
+    /// kept-alive ones after their request.
     stopping: AtomicBool,
+    /// Upgrades: accepting or not, handed over, processes draining before this one.
+    pub lifecycle: crate::upgrade::Lifecycle,
 }
 
 impl Shared {
@@ -181,6 +184,7 @@ impl Shared {
             installed: tokio::sync::watch::Sender::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
+            lifecycle: Default::default(),
         })
     }
 

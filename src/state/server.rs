@@ -94,6 +94,17 @@ pub struct StateDetail {
     pub retired: Option<Retired>,
 }
 
+/// What a predecessor process hands over about one server (see [`ServerState::restore`]).
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub health: Option<Health>,
+    pub admin: Option<Admin>,
+    pub weight: Option<u32>,
+    /// Why the server is in its status, and since when.
+    pub reason: String,
+    pub since: Instant,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Retired {
     pub address: SocketAddr,
@@ -315,6 +326,27 @@ impl ServerState {
         Some(old)
     }
 
+    /// Take over what a predecessor process knew (an upgrade): its health verdict and the
+    /// operator's admin state and weight, stored as they were — not a change of state
+    /// (no UP/DOWN transition counted or logged, no slow start for a server already UP).
+    /// `None` leaves that part as it is.
+    pub fn restore(&self, carried: Restored) {
+        let mut d = self.detail();
+        if let Some(h) = carried.health {
+            self.health.store(h as u8, Relaxed);
+        }
+        if let Some(a) = carried.admin {
+            self.admin.store(a as u8, Relaxed);
+        }
+        if let Some(w) = carried.weight {
+            self.set_weight(w);
+        }
+        if carried.health.is_some() || carried.admin.is_some() {
+            d.since = carried.since;
+            d.reason = carried.reason;
+        }
+    }
+
     pub fn set_last_check(&self, r: CheckResult) {
         if !r.ok() {
             self.checks_failed.inc();
@@ -386,22 +418,49 @@ impl Drop for ActiveGuard {
 }
 
 /// A handle to end an open tunnel from outside it: the relay watches it and, once
-/// closed, sends the client a WebSocket close frame and ends.
+/// closed, sends the client a WebSocket close frame with the code given and ends.
 #[derive(Debug, Default)]
 pub struct TunnelCtl {
     closed: AtomicBool,
+    /// The close frame's status code (0 until closed: 1001).
+    code: std::sync::atomic::AtomicU16,
     waker: futures_util::task::AtomicWaker,
 }
 
+/// WebSocket close code 1001 "going away" (MAINT, drain expiry, a moved server, stop).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code 1012 "service restart" (the end of an upgrade's drain): clients
+/// may reconnect at once.
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+
 impl TunnelCtl {
-    /// Ask the tunnel to end with a close frame to the client.
+    /// Ask the tunnel to end with a close frame to the client (1001 going away).
     pub fn close(&self) {
+        self.close_with(CLOSE_GOING_AWAY);
+    }
+
+    /// Ask the tunnel to end with a close frame carrying `code`.
+    pub fn close_with(&self, code: u16) {
+        let _ = self.code.compare_exchange(
+            0,
+            code,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
         self.closed.store(true, std::sync::atomic::Ordering::Release);
         self.waker.wake();
     }
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The close frame's status code (the first one asked for).
+    pub fn code(&self) -> u16 {
+        match self.code.load(std::sync::atomic::Ordering::Acquire) {
+            0 => CLOSE_GOING_AWAY,
+            c => c,
+        }
     }
 
     /// The relay's task, to be woken by [`close`](Self::close).
@@ -437,6 +496,11 @@ impl TunnelSet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The open tunnels now (to close them one by one).
+    pub fn open(&self) -> Vec<Arc<TunnelCtl>> {
+        lock(&self.open).values().cloned().collect()
     }
 
     /// End every open tunnel; returns how many.
@@ -492,6 +556,31 @@ mod tests {
         s.set_admin(Admin::Maint, "admin");
         assert!(!s.serves_existing());
         assert_eq!(s.up_down_total.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_restored_state_is_not_a_transition() {
+        let s = ServerState::new("a", 1);
+        let since = Instant::now() - Duration::from_secs(30);
+        s.restore(Restored {
+            health: Some(Health::Down),
+            admin: Some(Admin::Maint),
+            weight: Some(7),
+            reason: "3 failed checks".into(),
+            since,
+        });
+        assert_eq!((s.health(), s.admin(), s.weight()), (Health::Down, Admin::Maint, 7));
+        assert_eq!(s.up_down_total.load(Relaxed), 0, "not counted as a transition");
+        assert_eq!(s.detail().since, since);
+        assert_eq!(s.detail().reason, "3 failed checks");
+        s.restore(Restored {
+            health: None,
+            admin: None,
+            weight: None,
+            reason: String::new(),
+            since: Instant::now(),
+        });
+        assert_eq!(s.detail().reason, "3 failed checks", "nothing carried: nothing changes");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use crate::state::{FULL_SHARE, FrontendCounters, StatusClasses, Traffic};
 
 use super::rates::{self, Rate, Rates};
 use super::view::{
-    AcmeView, BackendView, CertificateView, CheckView, Counters, DiscoveryView, DurationsView, FrontendView,
-    LastReload, NewSessionsView, ProcessView, ReloadView, Responses, ServerView, SharedSidView, SidView, SlowStartView,
-    StatsView, StickyView, WebSocketView,
+    AcmeView, BackendView, CertificateView, CheckView, Counters, DiscoveryView, DrainingView, DurationsView,
+    FrontendView, LastReload, NewSessionsView, ProcessView, ReloadView, Responses, ServerView, SharedSidView, SidView,
+    SlowStartView, StatsView, StickyView, WebSocketView,
 };
 
 fn responses(c: &StatusClasses) -> Responses {
@@ -101,9 +101,29 @@ impl StatsView {
             frontends,
             backends,
             certificates: certificates(shared),
+            draining: draining(shared),
             history: None,
         }
     }
+}
+
+/// The processes draining before this one, as they last reported.
+fn draining(shared: &Shared) -> Vec<DrainingView> {
+    let now = unix_seconds(SystemTime::now());
+    shared
+        .lifecycle
+        .draining()
+        .into_iter()
+        .map(|d| DrainingView {
+            pid: d.pid,
+            tunnels: d.tunnels,
+            requests: d.requests,
+            hard_stop_unix: d.hard_stop_unix,
+            hard_stop_in_seconds: d.hard_stop_unix.saturating_sub(now),
+            close_spread_seconds: d.close_spread_secs,
+            closing: d.closing,
+        })
+        .collect()
 }
 
 /// The shared sid table, when one is configured.

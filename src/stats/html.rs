@@ -129,6 +129,10 @@ impl Page<'_> {
                     main {
                         (self.cards())
                         @if let Some(h) = &v.history { (super::charts::section(h)) }
+                        @if !v.draining.is_empty() {
+                            h2 { "Draining after an upgrade" }
+                            (draining(&v.draining))
+                        }
                         h2 { "Listeners" }
                         (self.listeners(&v.frontends))
                         @if !v.certificates.is_empty() {
@@ -413,6 +417,32 @@ impl Page<'_> {
             }
             @if self.csrf.is_none() {
                 p { "Admin actions (DRAIN, MAINT, weight) are available when " code { "stats.auth" } " is configured." }
+            }
+        }
+    }
+}
+
+/// One row per earlier process still draining: what it holds and when it stops waiting.
+fn draining(processes: &[super::view::DrainingView]) -> Markup {
+    html! {
+        table.draining {
+            thead { tr { th { "pid" } th { "tunnels left" } th { "requests" } th { "hard stop" } } }
+            tbody {
+                @for d in processes {
+                    tr id=(format!("draining-{}", d.pid)) {
+                        td.pid { (d.pid) }
+                        td.tunnels { (d.tunnels) }
+                        td.requests { (d.requests) }
+                        td.deadline {
+                            @if d.closing {
+                                span.bad { "closing over " (human_duration(d.close_spread_seconds)) }
+                            } @else {
+                                "in " (human_duration(d.hard_stop_in_seconds)) ", then closing over "
+                                (human_duration(d.close_spread_seconds))
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -138,6 +138,7 @@ async fn health(State(app): State<StatsApp>) -> impl IntoResponse {
     let shared = &app.shared;
     Json(serde_json::json!({
         "status": if shared.stopping() { "stopping" } else { "ok" },
+        "pid": std::process::id(),
         "generation": shared.snapshot().generation,
         "uptime_seconds": shared.registry.started.elapsed().as_secs(),
         "version": crate::build_info::VERSION,
@@ -214,8 +215,13 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
             let _ = history_stop.changed().await;
         },
     ));
+    // This process stops answering here once an upgrade handed the listener over.
+    let lifecycle_of = Arc::clone(&app.shared);
     listener::run(listener, app.router(), listener::Limits::default(), async move {
-        let _ = shutdown.changed().await;
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            () = lifecycle_of.lifecycle.until_handed_over() => {}
+        }
     })
     .await;
     sampler.abort();
@@ -225,16 +231,21 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut s
 /// The stats listener as a pingora background service.
 pub struct StatsService {
     pub shared: Arc<Shared>,
-    /// Bound before the server starts, so a taken port fails `run` at once.
+    /// Bound (or taken over) before the server starts, so a taken port fails `run` at once.
     pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
 }
 
 #[async_trait]
 impl BackgroundService for StatsService {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
+        // After a takeover: not before this process accepts (the old one answers until then).
+        tokio::select! {
+            () = self.shared.lifecycle.until_accepting() => {}
+            _ = shutdown.changed() => return,
+        }
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => serve(listener, Arc::clone(&self.shared), shutdown).await,
             Err(e) => tracing::error!(error = %e, "stats listener failed"),

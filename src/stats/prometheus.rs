@@ -489,9 +489,56 @@ fn discovery(families: &mut Families, view: &StatsView) -> prometheus::Result<()
 }
 
 /// The Prometheus text for `view`.
+/// Earlier processes draining after an upgrade: how many, and each one's tunnels,
+/// requests and hard stop, by pid.
+fn draining(families: &mut Families, view: &StatsView) -> prometheus::Result<()> {
+    let g = Kind::Gauge;
+    families.put(
+        "edgepin_draining_processes",
+        "Earlier edgepin processes still draining after an upgrade.",
+        g,
+        &[],
+        view.draining.len() as f64,
+    )?;
+    for d in &view.draining {
+        let pid = d.pid.to_string();
+        let labels = [("pid", pid.as_str())];
+        families.put(
+            "edgepin_draining_process_tunnels",
+            "WebSocket tunnels a draining process still relays.",
+            g,
+            &labels,
+            d.tunnels as f64,
+        )?;
+        families.put(
+            "edgepin_draining_process_requests",
+            "Other requests a draining process still serves.",
+            g,
+            &labels,
+            d.requests as f64,
+        )?;
+        families.put(
+            "edgepin_draining_process_hard_stop_timestamp_seconds",
+            "When a draining process starts closing what is left (reload.hard_stop_after), Unix seconds.",
+            g,
+            &labels,
+            d.hard_stop_unix as f64,
+        )?;
+        families.put(
+            "edgepin_draining_process_closing",
+            "1 while a draining process closes its remaining tunnels.",
+            g,
+            &labels,
+            f64::from(u8::from(d.closing)),
+        )?;
+    }
+    Ok(())
+}
+
 pub fn render(view: &StatsView) -> prometheus::Result<String> {
     let mut families = Families::default();
     process(&mut families, view)?;
+    draining(&mut families, view)?;
     certificates(&mut families, view)?;
     discovery(&mut families, view)?;
     for r in view.rows() {
@@ -511,6 +558,42 @@ mod tests {
     use crate::state::Health;
     use crate::stats::gather::tests::{shared, shared_ramping};
     use crate::stats::rates::Rates;
+
+    #[test]
+    fn a_process_draining_after_an_upgrade_is_listed_by_pid() {
+        let shared = shared();
+        let text = render(&StatsView::gather(&shared, &Rates::default())).unwrap();
+        assert!(text.lines().any(|l| l == "edgepin_draining_processes 0"), "{text}");
+        shared.lifecycle.report(crate::upgrade::wire::DrainStatus {
+            pid: 4242,
+            tunnels: 17,
+            requests: 2,
+            hard_stop_unix: 1_900_000_000,
+            close_spread_secs: 60,
+            closing: false,
+        });
+        let view = StatsView::gather(&shared, &Rates::default());
+        let text = render(&view).unwrap();
+        for line in [
+            "edgepin_draining_processes 1",
+            "edgepin_draining_process_tunnels{pid=\"4242\"} 17",
+            "edgepin_draining_process_requests{pid=\"4242\"} 2",
+            "edgepin_draining_process_hard_stop_timestamp_seconds{pid=\"4242\"} 1900000000",
+            "edgepin_draining_process_closing{pid=\"4242\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["draining"][0]["tunnels"], 17);
+        let page = crate::stats::html::Page {
+            view: &view,
+            refresh: 0,
+            csrf: None,
+        }
+        .render()
+        .into_string();
+        assert!(page.contains(r#"id="draining-4242""#), "the page lists it");
+    }
 
     #[test]
     fn names_and_labels_follow_haproxy_exporter() {

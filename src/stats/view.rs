@@ -22,9 +22,29 @@ pub struct StatsView {
     pub backends: Vec<BackendView>,
     /// The https listener's certificates (files, then the ACME one).
     pub certificates: Vec<CertificateView>,
+    /// Earlier edgepin processes still draining after `edgepin upgrade`, as they report.
+    pub draining: Vec<DrainingView>,
     /// Recent points of the dashboard's charts (filled by the stats app; `None` where
     /// no history is kept).
     pub history: Option<super::history::HistoryView>,
+}
+
+/// An earlier process draining after an upgrade handed its listeners to this one.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainingView {
+    pub pid: u32,
+    /// WebSocket tunnels it still relays.
+    pub tunnels: u64,
+    /// Other requests it still serves.
+    pub requests: u64,
+    /// When it starts closing what is left (`reload.hard_stop_after`), Unix seconds.
+    pub hard_stop_unix: u64,
+    /// Seconds until then (0 once reached).
+    pub hard_stop_in_seconds: u64,
+    /// The window over which it closes the remaining tunnels (`reload.close_spread`).
+    pub close_spread_seconds: u64,
+    /// Closing its remaining tunnels now.
+    pub closing: bool,
 }
 
 /// One certificate the https listener serves.

@@ -34,6 +34,8 @@ const OUTBOX_CAPACITY: usize = 8192;
 /// twice as long, and so on within the timeout: the edge that saw the handshake may
 /// still be writing the sid (it never delays the answer for that).
 const MISS_RETRY_AFTER: Duration = Duration::from_millis(5);
+/// Longest wait for a sid an upgrade's draining process is still telling this one about.
+const PREDECESSOR_WAIT: Duration = Duration::from_millis(50);
 /// Longest sid looked up (Engine.IO's are 20 characters); longer ones are not asked about.
 const MAX_SID_LEN: usize = 128;
 
@@ -184,6 +186,18 @@ fn plausible(sid: &str) -> bool {
     !sid.is_empty() && sid.len() <= MAX_SID_LEN && sid.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// While an earlier process drains after an upgrade, a sid it learned an instant ago (a
+/// handshake answered there) reaches this process within milliseconds (`upgrade`): an
+/// unknown sid waits for it up to [`PREDECESSOR_WAIT`].
+async fn await_predecessor(table: &super::sid::SidTable, sid: &str) {
+    let deadline = tokio::time::Instant::now() + PREDECESSOR_WAIT;
+    let mut pause = Duration::from_millis(2);
+    while !table.knows(sid) && tokio::time::Instant::now() + pause < deadline {
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+}
+
 /// Before a server is chosen for a request of a sticky backend `b` with `sid`: if the
 /// local table does not know the sid, ask the shared table (within its timeout) and
 /// remember its answer locally. Returns at once when there is nothing to ask; never fails
@@ -191,6 +205,9 @@ fn plausible(sid: &str) -> bool {
 pub async fn resolve(shared: &Shared, b: &BackendRt, sid: Option<&str>) {
     let Some(sid) = sid else { return };
     let table = &shared.sids;
+    if shared.lifecycle.has_draining() && b.cfg.balance == Balance::Sticky && plausible(sid) {
+        await_predecessor(table, sid).await;
+    }
     let link = &table.shared;
     let Some(settings) = link.settings() else { return };
     if b.cfg.balance != Balance::Sticky || !plausible(sid) || table.knows(sid) {

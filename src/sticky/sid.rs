@@ -15,8 +15,14 @@
 //! refreshes that while a session is in use) and what it forgets, for the other edges;
 //! entries the other edges learned come in through [`SidTable::adopt`]. Expiry and
 //! eviction are local matters and are not told (Redis expires its copy by itself).
+//!
+//! During an upgrade the table goes to the new process whole ([`SidTable::export`],
+//! [`SidTable::import`]), and while the old one drains, what it still learns and forgets
+//! is told to the new one too ([`SidTable::set_successor`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use arc_swap::ArcSwapOption;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -70,6 +76,18 @@ pub struct SidTable {
     pub counters: SidCounters,
     /// The copy other edges see (`sticky.shared`); inert when not configured.
     pub shared: SharedTable,
+    /// A successor process (an upgrade in progress): told every sid learned or forgotten.
+    successor: ArcSwapOption<std::sync::mpsc::Sender<Change>>,
+}
+
+/// One sid as handed to a successor process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SidEntry {
+    pub sid: String,
+    /// The server's name.
+    pub server: String,
+    /// Seconds since the session was last seen.
+    pub idle: u32,
 }
 
 impl SidTable {
@@ -89,6 +107,7 @@ impl SidTable {
             origin: Instant::now(),
             counters: SidCounters::default(),
             shared: SharedTable::default(),
+            successor: ArcSwapOption::empty(),
         }
     }
 
@@ -116,17 +135,67 @@ impl SidTable {
 
     /// Remember that `server` issued `sid` (and tell the other edges).
     pub fn learn(&self, sid: &str, server: &Arc<ServerState>) {
-        self.insert(sid, server);
+        self.insert(sid, server, 0);
         self.counters.learned.inc();
         self.tell_learned(sid, server);
+        self.tell_successor(|| Change::Learned {
+            sid: sid.into(),
+            server: Arc::from(server.name.as_str()),
+        });
+    }
+
+    /// Tell every sid learned or forgotten from now on to `to` (a successor process);
+    /// `None` stops it.
+    pub fn set_successor(&self, to: Option<std::sync::mpsc::Sender<Change>>) {
+        self.successor.store(to.map(Arc::new));
+    }
+
+    fn tell_successor(&self, change: impl FnOnce() -> Change) {
+        if let Some(to) = self.successor.load().as_ref() {
+            let _ = to.send(change());
+        }
+    }
+
+    /// Every sid and its server's name, for a successor process (see the module docs).
+    pub fn export(&self) -> Vec<SidEntry> {
+        let now = self.now();
+        let mut out = Vec::with_capacity(self.len());
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(
+                shard
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| !self.expired(e, now))
+                    .map(|(sid, e)| SidEntry {
+                        sid: sid.to_string(),
+                        server: e.server.name.clone(),
+                        idle: now.saturating_sub(e.seen),
+                    }),
+            );
+        }
+        out
+    }
+
+    /// Remember a sid a predecessor process knew, idle for `idle` seconds (not counted
+    /// as learned, not told to the other edges: the predecessor did that).
+    pub fn import(&self, sid: &str, server: &Arc<ServerState>, idle: u32) {
+        self.insert(sid, server, idle);
+    }
+
+    /// Forget `sid` without counting or telling anyone (a predecessor's session ended).
+    pub fn discard(&self, sid: &str) {
+        if let Some(e) = self.shard(sid).entries.remove(sid) {
+            e.server.add_sessions(-1);
+        }
     }
 
     /// Remember what another edge learned: `server` issued `sid` (not told back).
     pub fn adopt(&self, sid: &str, server: &Arc<ServerState>) {
-        self.insert(sid, server);
+        self.insert(sid, server, 0);
     }
 
-    fn insert(&self, sid: &str, server: &Arc<ServerState>) {
+    fn insert(&self, sid: &str, server: &Arc<ServerState>, idle: u32) {
         let now = self.now();
         let mut shard = self.shard(sid);
         if shard.entries.len() >= self.per_shard && !shard.entries.contains(sid) {
@@ -134,7 +203,7 @@ impl SidTable {
         }
         let entry = Entry {
             server: Arc::clone(server),
-            seen: now,
+            seen: now.saturating_sub(idle),
             tunnels: 0,
             shared_at: now,
         };
@@ -230,6 +299,7 @@ impl SidTable {
             e.server.add_sessions(-1);
             self.counters.forgotten.inc();
             self.shared.tell(Change::Forgotten { sid: sid.into() });
+            self.tell_successor(|| Change::Forgotten { sid: sid.into() });
         }
     }
 
@@ -288,6 +358,39 @@ mod tests {
         t.forget("s1");
         assert!(t.lookup("s1").is_none());
         assert_eq!(a.sessions(), 0);
+    }
+
+    #[test]
+    fn the_table_crosses_to_a_successor_and_later_changes_follow() {
+        let old = SidTable::new(1000, Duration::from_secs(60));
+        let a = server("a");
+        old.learn("before", &a);
+        let (tx, rx) = std::sync::mpsc::channel();
+        old.set_successor(Some(tx));
+        let entries = old.export();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].sid.as_str(), entries[0].server.as_str()), ("before", "a"));
+        old.learn("during", &a);
+        old.forget("before");
+        let told: Vec<Change> = rx.try_iter().collect();
+        assert_eq!(
+            told,
+            vec![
+                Change::Learned {
+                    sid: "during".into(),
+                    server: Arc::from("a")
+                },
+                Change::Forgotten { sid: "before".into() },
+            ]
+        );
+        let new = SidTable::new(1000, Duration::from_secs(60));
+        let a2 = server("a");
+        new.import("before", &a2, entries[0].idle);
+        assert!(new.knows("before"));
+        assert_eq!(new.counters.learned.get(), 0, "carried, not learned");
+        new.discard("before");
+        assert!(!new.knows("before"));
+        assert_eq!((a2.sessions(), new.counters.forgotten.get()), (0, 0));
     }
 
     #[test]

@@ -189,6 +189,11 @@ impl<V> Slru<V> {
         Some(self.take(i))
     }
 
+    /// Every key and its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.slots.iter().map(|s| (&*s.key, &s.value))
+    }
+
     /// Remove the key to evict: probation's least recently used, else protected's.
     /// Pinned keys are never chosen; `None` when every key is pinned.
     pub fn evict(&mut self) -> Option<V> {

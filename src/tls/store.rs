@@ -137,11 +137,13 @@ fn lowercase(name: &str) -> Cow<'_, str> {
 }
 
 /// The resolver of the https listener: the current [`CertSet`], swapped whole, and the
-/// ACME challenge certificates when ACME is configured.
+/// ACME challenge certificates when ACME is configured; beside them the session ticket
+/// keys (the listener's other secret, carried across an upgrade).
 #[derive(Debug)]
 pub struct CertStore {
     set: ArcSwap<CertSet>,
     acme: Option<Arc<AcmeState>>,
+    pub tickets: Arc<super::TicketKeys>,
 }
 
 impl CertStore {
@@ -149,6 +151,7 @@ impl CertStore {
         Arc::new(CertStore {
             set: ArcSwap::from_pointee(set),
             acme: acme.then(|| Arc::new(AcmeState::default())),
+            tickets: Arc::default(),
         })
     }
 

@@ -55,6 +55,32 @@ pub(super) fn parse_and_validate(path: &Path, text: &str, env: EnvLookup<'_>) ->
     }
 }
 
+/// Only `reload.pidfile`, without validating the rest nor reading the env vars the file
+/// names: how `edgepin upgrade` finds the running process, whose own environment (a
+/// systemd unit's) holds secrets this shell may not have; the new process validates the
+/// whole file in that environment. A YAML syntax error is still an error here.
+pub(super) fn pidfile_only(path: &Path, text: &str) -> Result<Option<PathBuf>, Vec<ConfigError>> {
+    #[derive(serde::Deserialize)]
+    struct PidfileOnly {
+        #[serde(default)]
+        reload: Option<ReloadOnly>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ReloadOnly {
+        #[serde(default)]
+        pidfile: Option<String>,
+    }
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    match serde_saphyr::from_str::<PidfileOnly>(text) {
+        Ok(p) => Ok(p.reload.and_then(|r| r.pidfile).map(|f| base.join(f))),
+        Err(e) => Err(vec![ConfigError {
+            file: path.display().to_string(),
+            pos: pos(e.location().unwrap_or(Location::UNKNOWN)),
+            message: syntax_message(&e),
+        }]),
+    }
+}
+
 /// The parser's message without its own position suffix (we print `file:line:col:` first).
 fn syntax_message(e: &serde_saphyr::Error) -> String {
     let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };

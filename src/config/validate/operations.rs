@@ -248,6 +248,8 @@ impl Validator<'_> {
         Reload {
             drain_timeout: self.duration(&r.drain_timeout, Duration::from_secs(300)),
             pidfile: r.pidfile.as_ref().map(|p| self.base.join(&p.value)),
+            hard_stop_after: self.duration(&r.hard_stop_after, Reload::HARD_STOP_AFTER),
+            close_spread: self.duration(&r.close_spread, Reload::CLOSE_SPREAD),
         }
     }
 

@@ -206,7 +206,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None if self.requests == 0 => cfg.timeouts.header,
-                None if self.shared.stopping() => return Ok(None),
+                // SIGTERM: close idle keep-alive at once. An upgrade's drain lets it send
+                // its next request (answered with `Connection: close`): closing now would
+                // race a request already on its way.
+                None if self.shared.stopping() && !self.shared.lifecycle.is_handed_over() => return Ok(None),
                 None => cfg.timeouts.keepalive,
             };
             match self.read_client(wait, cap).await {
