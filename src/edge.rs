@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
@@ -28,7 +27,7 @@ use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
 use crate::upgrade::{AcceptService, ControlService, Inherited, Sockets, Takeover};
-use crate::upkeep::{ActiveChecks, Housekeeping};
+use crate::upkeep::{ActiveChecks, Housekeeping, background};
 
 /// Longest wait for requests in flight on SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,13 +202,13 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
     frontend.h1_through_pingora = std::env::var("EDGEPIN_H1_ENGINE").is_ok_and(|e| e == "pingora");
     let takeover = takeover.and_then(Option::take);
     add_listeners(&mut server, &shared, frontend, sockets, takeover, path, &text)?;
-    server.add_service(background_service(
+    server.add_service(background(
         "health checks",
         ActiveChecks {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
+    server.add_service(background(
         "housekeeping",
         Housekeeping {
             shared: Arc::clone(&shared),
@@ -217,19 +216,21 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
         },
     ));
     // Always there: a reload may add a discovered backend.
-    server.add_service(background_service(
+    server.add_service(background(
         "dns discovery",
         crate::upkeep::Discovery {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
+    // Not `background`: requests wait on this link's Redis connection (its driver task
+    // runs on this service's thread), so it keeps the proxy threads' policy.
+    server.add_service(pingora::services::background::background_service(
         "shared sid table",
         crate::sticky::SharedLink {
             shared: Arc::clone(&shared),
         },
     ));
-    server.add_service(background_service(
+    server.add_service(background(
         "reload",
         Reloader {
             shared: Arc::clone(&shared),
@@ -240,7 +241,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
         let acme = crate::acme::Manager {
             shared: Arc::clone(&shared),
         };
-        server.add_service(background_service("acme", acme));
+        server.add_service(background("acme", acme));
     }
     if let Some(run_as) = &config.run_as {
         let dropper = crate::privilege::Dropper {
@@ -251,7 +252,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
                 .collect(),
             run_as: run_as.clone(),
         };
-        server.add_service(background_service("privileges", dropper));
+        server.add_service(background("privileges", dropper));
     }
     tracing::info!(
         https = ?config.listen.https,
@@ -311,7 +312,7 @@ where
             shared: Arc::clone(shared),
             listener: std::sync::Mutex::new(Some(dup(l, "stats")?)),
         };
-        server.add_service(background_service("stats", stats));
+        server.add_service(background("stats", stats));
     }
     if let (Some(l), Some(socket_path)) = (&sockets.upgrade, crate::upgrade::upgrade_socket_path(&config)) {
         let copy = l.try_clone().map_err(|source| {
@@ -326,7 +327,7 @@ where
             config_path: path.to_path_buf(),
             socket_path,
         };
-        server.add_service(background_service("upgrade socket", control));
+        server.add_service(background("upgrade socket", control));
     }
     shared.lifecycle.keep_sockets(sockets);
     if let Some(t) = takeover {
@@ -350,7 +351,7 @@ where
             }
         });
         let verdicts = applied.verdicts;
-        server.add_service(background_service(
+        server.add_service(background(
             "takeover",
             t.into_service(Arc::clone(shared), verdicts, on_commit),
         ));

@@ -124,6 +124,12 @@ pub struct Reloader {
     pub path: PathBuf,
 }
 
+/// Whether the current config asks for certificate files to be polled (`tls.watch`);
+/// without it the reloader sleeps until SIGHUP.
+fn polls_certificates(shared: &Shared) -> bool {
+    shared.snapshot().config.tls.as_ref().is_some_and(|t| t.watch.is_some())
+}
+
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -146,7 +152,7 @@ impl BackgroundService for Reloader {
                     let _ = tokio::task::spawn_blocking(move || reload(&shared, &path)).await;
                     stamps = cert_stamps(&self.shared.snapshot().config);
                 }
-                _ = poll.tick() => {
+                _ = poll.tick(), if polls_certificates(&self.shared) => {
                     let config = self.shared.snapshot().config.clone();
                     let Some(every) = config.tls.as_ref().and_then(|t| t.watch) else { continue };
                     if last_poll.elapsed() < every {

@@ -150,6 +150,9 @@ pub struct Shared {
     /// Open once privileges are settled (`run_as`); accepted connections wait for it.
     pub privileges: Arc<crate::privilege::Gate>,
     generation: AtomicU64,
+    /// The generation of the snapshot last installed, for services that act on a new
+    /// config (check and discovery supervisors) instead of polling for one.
+    installed: tokio::sync::watch::Sender<u64>,
     /// Requests in progress (tunnels included), for graceful stop.
     pub in_flight: crate::state::Gauge,
     /// Set by SIGTERM and by an upgrade's hand-over: refuse new connections, close
@@ -178,6 +181,7 @@ impl Shared {
             cert,
             privileges: Arc::new(crate::privilege::Gate::new(config.run_as.is_none())),
             generation: AtomicU64::new(1),
+            installed: tokio::sync::watch::Sender::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
             lifecycle: Default::default(),
@@ -200,6 +204,11 @@ impl Shared {
     /// The snapshot to serve a request with.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Changes each time a snapshot is installed (reload, DNS answer).
+    pub fn installs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installed.subscribe()
     }
 
     /// Build a snapshot for `config` and plan what installing it changes; neither the
@@ -247,6 +256,7 @@ impl Shared {
         for m in transition.moves {
             self.moved(&m.state, m.from, m.to);
         }
+        self.installed.send_replace(next.generation);
         old
     }
 

@@ -26,6 +26,8 @@ use crate::runtime::Shared;
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the link checks the connection and the config.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Without `sticky.shared` the link waits for a config install; this is its fallback.
+const UNCONFIGURED_RECHECK: Duration = Duration::from_secs(60);
 /// Most changes written at once.
 const BATCH: usize = 256;
 /// Reconnect backoff: from this, doubling, up to `BACKOFF_MAX`.
@@ -53,12 +55,16 @@ impl BackgroundService for SharedLink {
         let mut delay = BACKOFF_FIRST;
         // When the current outage began (`None`: connected, or never tried).
         let mut down_since: Option<Instant> = None;
+        let mut installs = self.shared.installs();
         loop {
+            installs.mark_unchanged();
             let wanted = self.shared.snapshot().config.sticky.shared.clone();
             table.configure(wanted.clone());
             let Some(settings) = wanted else {
-                if pause(&mut shutdown, CHECK_EVERY, &mut inbox, table).await {
-                    return;
+                // Not configured: sleep until a reload installs a config (no ticking).
+                tokio::select! {
+                    _ = installs.changed() => continue,
+                    stop = pause(&mut shutdown, UNCONFIGURED_RECHECK, &mut inbox, table) => if stop { return },
                 }
                 continue;
             };

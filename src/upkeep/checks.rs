@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -15,9 +14,6 @@ use tokio::task::JoinHandle;
 use crate::health::check::{self, Target, Targets};
 use crate::runtime::Shared;
 use crate::state::ServerState;
-
-/// How often the supervisor looks for added or removed servers.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 /// The check targets the current snapshot names.
 pub struct SnapshotTargets(pub Arc<Shared>);
@@ -76,14 +72,7 @@ impl BackgroundService for ActiveChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let targets: Arc<dyn Targets> = Arc::new(SnapshotTargets(Arc::clone(&self.shared)));
         let mut running = HashMap::new();
-        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
-            }
-            self.supervise(&mut running, &targets);
-        }
+        super::supervise::on_installs(&self.shared, &mut shutdown, || self.supervise(&mut running, &targets)).await;
         for r in running.values() {
             r.task.abort();
         }
@@ -94,6 +83,7 @@ impl BackgroundService for ActiveChecks {
 mod tests {
     use super::*;
     use std::path::Path;
+    use std::time::Duration;
 
     fn config(servers: &str) -> crate::config::Config {
         let text = format!(

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -21,9 +21,6 @@ use crate::config::Discover;
 use crate::discovery::answer::decide;
 use crate::discovery::{Decision, DnsResolver, Failure, Found, Outcome, merge};
 use crate::runtime::Shared;
-
-/// How often the supervisor looks for added, changed or removed discovered backends.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs one resolution loop per discovered backend.
 pub struct Discovery {
@@ -68,14 +65,7 @@ impl Discovery {
 impl BackgroundService for Discovery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut running = HashMap::new();
-        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
-            }
-            self.supervise(&mut running);
-        }
+        super::supervise::on_installs(&self.shared, &mut shutdown, || self.supervise(&mut running)).await;
         for r in running.values() {
             r.task.abort();
         }

@@ -14,8 +14,10 @@ use pingora::services::background::BackgroundService;
 
 use crate::runtime::Shared;
 
-/// How often drain deadlines and idle upstream connections are looked at.
-const EVERY: Duration = Duration::from_millis(250);
+/// How often drain deadlines and idle upstream connections are looked at: a drain ends
+/// at most this late, and the pool's `take` refuses an expired connection itself, so a
+/// second is fine grained enough (every wakeup is one a proxy thread may feel).
+const EVERY: Duration = Duration::from_secs(1);
 /// How often idle sids are swept out.
 const SWEEP_SIDS_EVERY: Duration = Duration::from_secs(5);
 
