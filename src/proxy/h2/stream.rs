@@ -145,6 +145,23 @@ impl Stream {
         if request::head_size(&self.parts) > cfg.limits.max_header_bytes {
             return self.refuse(respond, Refusal::Status(431, "request header too large"));
         }
+        // `:authority` and any `host` field, each a host with an optional port (as HTTP/1).
+        let hosts = self
+            .parts
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .map(|v| v.as_bytes());
+        let mut authorities = self
+            .parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .into_iter()
+            .chain(hosts);
+        if authorities.any(|a| crate::authority::parse(a).is_err()) {
+            return self.refuse(respond, Refusal::Status(400, "invalid Host"));
+        }
         let peer = self.conn.peer;
         let trusted = peer.is_some_and(|p| Network::any_contains(&cfg.trusted_proxies, p));
         self.client = if trusted {
