@@ -636,8 +636,18 @@ async fn discovered_servers_and_their_maint_are_served_by_the_new_process_before
     let (w1, w2) = (workers[0].addr.to_string(), workers[1].addr.to_string());
     let deadline = Instant::now() + Duration::from_secs(15);
     for name in [&w1, &w2] {
-        while proxy.server_stats("api", name).await["status"] != "UP" {
-            assert!(Instant::now() < deadline, "{name} not discovered and UP");
+        // Absent until the first DNS answer, then CHECKING, then UP.
+        loop {
+            let servers = proxy.backend_stats("api").await["servers"].clone();
+            let status = servers.as_array().and_then(|s| {
+                s.iter()
+                    .find(|s| s["name"] == *name.as_str())
+                    .map(|s| s["status"].clone())
+            });
+            if status.is_some_and(|s| s == "UP") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} not discovered and UP: {servers}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
