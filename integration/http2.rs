@@ -268,6 +268,18 @@ async fn cookies_split_over_h2_fields_reach_the_server_as_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_authority_gets_400_and_the_connection_serves_on() {
+    let backend = Backend::start("b0");
+    let proxy = Proxy::builder(&api_body(&[&backend], &[])).h2().start();
+    let mut send = h2c::connect(proxy.https).await;
+    // Userinfo is no part of a Host (RFC 9110 §4.2.4); the http crate builds such a URI.
+    let req = http::Request::get("https://a@evil.example/").body(()).unwrap();
+    let (status, _) = h2c::request(&mut send, req).await.expect("an answer");
+    assert_eq!(status, 400);
+    assert_eq!(h2c::get(&mut send, "/").await.map(|r| r.0), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_over_h2_reaches_its_server_and_maint_closes_it_with_a_frame() {
     let backend = Backend::start("b0");
     let body = format!(

@@ -636,8 +636,18 @@ async fn discovered_servers_and_their_maint_are_served_by_the_new_process_before
     let (w1, w2) = (workers[0].addr.to_string(), workers[1].addr.to_string());
     let deadline = Instant::now() + Duration::from_secs(15);
     for name in [&w1, &w2] {
-        while proxy.server_stats("api", name).await["status"] != "UP" {
-            assert!(Instant::now() < deadline, "{name} not discovered and UP");
+        // Absent until the first DNS answer, then CHECKING, then UP.
+        loop {
+            let servers = proxy.backend_stats("api").await["servers"].clone();
+            let status = servers.as_array().and_then(|s| {
+                s.iter()
+                    .find(|s| s["name"] == *name.as_str())
+                    .map(|s| s["status"].clone())
+            });
+            if status.is_some_and(|s| s == "UP") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} not discovered and UP: {servers}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -662,4 +672,33 @@ async fn discovered_servers_and_their_maint_are_served_by_the_new_process_before
     }
     assert!(served > 10, "{served}");
     assert_eq!(proxy.server_stats("api", &w1).await["status"], "MAINT");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_of_the_old_process_is_sent_away_at_once() {
+    let backend = Backend::start("a");
+    let proxy = Proxy::builder(&api_body(&[&backend], &[1])).h2().start();
+    // A tunnel keeps the old process draining after the upgrade.
+    let mut ws = client::websocket(&proxy.plain(), "/ws").await.expect("websocket");
+    ws.next().await.expect("hello").expect("hello");
+    let mut old_conn = crate::harness::h2c::connect(proxy.https).await;
+    assert_eq!(
+        crate::harness::h2c::get(&mut old_conn, "/").await.map(|r| r.0),
+        Some(200)
+    );
+    let old = proxy.serving_pid();
+    let (ok, out) = proxy.upgrade(&[]);
+    assert!(ok, "{out}");
+    // The idle connection got GOAWAY when the drain began (not at its keep-alive deadline,
+    // 60 s): a new stream on it is refused by the client's own h2 library.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!exited(old), "the tunnel keeps the old process");
+    let on_old = crate::harness::h2c::get(&mut old_conn, "/").await.map(|r| r.0);
+    assert_eq!(on_old, None, "GOAWAY seen");
+    let mut new_conn = crate::harness::h2c::connect(proxy.https).await;
+    assert_eq!(
+        crate::harness::h2c::get(&mut new_conn, "/").await.map(|r| r.0),
+        Some(200)
+    );
+    drop(ws);
 }

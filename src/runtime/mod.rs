@@ -158,6 +158,8 @@ pub struct Shared {
     /// Set by SIGTERM and by an upgrade's hand-over: refuse new connections, close
     /// kept-alive ones after their request.
     stopping: AtomicBool,
+    /// Turns true with `stopping`, for connections that sleep until something happens.
+    stop: tokio::sync::watch::Sender<bool>,
     /// Upgrades: accepting or not, handed over, processes draining before this one.
     pub lifecycle: crate::upgrade::Lifecycle,
 }
@@ -184,12 +186,22 @@ impl Shared {
             installed: tokio::sync::watch::Sender::new(1),
             in_flight: Default::default(),
             stopping: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
             lifecycle: Default::default(),
         })
     }
 
     pub fn begin_stop(&self) {
         self.stopping.store(true, Relaxed);
+        self.stop.send_replace(true);
+    }
+
+    /// Completes once [`begin_stop`](Self::begin_stop) has been called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
     }
 
     pub fn stopping(&self) -> bool {

@@ -123,6 +123,9 @@ pub async fn serve<T, O>(
     // Armed while no stream is open: until when the connection may idle (or close).
     let mut armed = false;
     let mut closing = false;
+    // An idle connection sleeps: this wakes it when the process begins to stop (SIGTERM,
+    // or the old process of an upgrade), so its client gets GOAWAY at once.
+    let mut stopped = pin!(ctx.shared.stopped());
     poll_fn(|cx| {
         loop {
             if let Some(set) = streams.as_mut() {
@@ -131,7 +134,7 @@ pub async fn serve<T, O>(
                     streams = None;
                 }
             }
-            if !closing && ctx.shared.stopping() {
+            if !closing && (ctx.shared.stopping() || stopped.as_mut().poll(cx).is_ready()) {
                 conn.graceful_shutdown();
                 closing = true;
                 armed = false;

@@ -23,7 +23,7 @@ use crate::config::{Balance, Network};
 use crate::failure::{self, Failure, NEW_SESSIONS_CAPPED, Progress, Refusal, Retry, Verdict};
 use crate::route::{self, Routed};
 use crate::runtime::{BackendRt, Member, Snapshot};
-use crate::state::{ActiveGuard, StickyDecision};
+use crate::state::ActiveGuard;
 use crate::sticky::cookie;
 use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
 use crate::sticky::exchange::{Exchange, Learned};
@@ -40,6 +40,7 @@ use super::places::ServerPlace;
 use super::request::{self, Body, Forwarding, Upstream};
 use super::upload::Upload;
 use super::{Conn, tunnel};
+use std::borrow::Cow;
 
 /// Read size from a server.
 const READ_CHUNK: usize = 16 * 1024;
@@ -49,26 +50,6 @@ const READ_CHUNK: usize = 16 * 1024;
 const REPLAY_BODY: usize = 16 * 1024;
 /// Retry-After sent with 503s, seconds.
 const RETRY_AFTER: &str = "5";
-
-/// What the access log needs besides the account.
-#[derive(Debug, Default)]
-pub(super) struct Record {
-    pub route: Option<usize>,
-    pub sticky: Option<StickyDecision>,
-    pub attempts: u32,
-    pub connect: Option<Duration>,
-    pub ttfb: Option<Duration>,
-    pub local: bool,
-    pub error: Option<&'static str>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// An extended CONNECT (RFC 8441).
-    pub websocket: bool,
-    pub ws_bytes_in: u64,
-    pub ws_bytes_out: u64,
-    /// A tunnel the server ended.
-    pub upstream_ended: bool,
-}
 
 /// A server's answer head, read and checked; `buf` holds the head and what followed it.
 pub(super) struct Answer {
@@ -93,7 +74,8 @@ pub(super) async fn serve(conn: Arc<Conn>, req: Request<RecvStream>, mut respond
         snap,
         parts,
         acct,
-        rec: Record::default(),
+        rec: access::Record::default(),
+        websocket: false,
         client: None,
         sticky: Exchange::default(),
     };
@@ -107,7 +89,9 @@ pub(super) struct Stream {
     pub snap: Arc<Snapshot>,
     pub parts: Parts,
     pub acct: Account,
-    pub rec: Record,
+    pub rec: access::Record,
+    /// An extended CONNECT (RFC 8441).
+    pub websocket: bool,
     pub client: Option<IpAddr>,
     pub sticky: Exchange,
 }
@@ -141,9 +125,26 @@ impl Stream {
             }
             _ => false,
         };
-        self.rec.websocket = websocket;
+        self.websocket = websocket;
         if request::head_size(&self.parts) > cfg.limits.max_header_bytes {
             return self.refuse(respond, Refusal::Status(431, "request header too large"));
+        }
+        // `:authority` and any `host` field, each a host with an optional port (as HTTP/1).
+        let hosts = self
+            .parts
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .map(|v| v.as_bytes());
+        let mut authorities = self
+            .parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .into_iter()
+            .chain(hosts);
+        if authorities.any(|a| crate::authority::parse(a).is_err()) {
+            return self.refuse(respond, Refusal::Status(400, "invalid Host"));
         }
         let peer = self.conn.peer;
         let trusted = peer.is_some_and(|p| Network::any_contains(&cfg.trusted_proxies, p));
@@ -209,7 +210,7 @@ impl Stream {
             Body::Length(n) if n as usize <= REPLAY_BODY => match self.read_whole(&mut recv, n as usize).await {
                 Ok(bytes) => Some(bytes),
                 Err(RecvStop::Stalled) => {
-                    self.rec.error = Some("request body not received in time");
+                    self.rec.error = Some(Cow::Borrowed("request body not received in time"));
                     return self.refuse(respond, Refusal::Status(408, "request body not received in time"));
                 }
                 Err(RecvStop::Gone) => return self.gone(),
@@ -359,7 +360,10 @@ impl Stream {
         match result {
             Ok(up) => Ok(Answer { up, buf }),
             Err(f) => {
-                self.rec.error = body_note(f).or(trace.error).or(self.rec.error);
+                self.rec.error = body_note(f)
+                    .or(trace.error)
+                    .map(Cow::Borrowed)
+                    .or(self.rec.error.take());
                 Err((f, progress))
             }
         }
@@ -436,7 +440,7 @@ impl Stream {
             let data = &buf[..];
             ranges.clear();
             let Ok(adv) = framing.advance(data, |r| ranges.push(r)) else {
-                self.rec.error = Some("malformed response body");
+                self.rec.error = Some(Cow::Borrowed("malformed response body"));
                 return self.broken(&mut send, status);
             };
             if adv.done {
@@ -465,7 +469,7 @@ impl Stream {
                     Ok(()) => {}
                     Err(SendStop::Gone) => return self.gone(),
                     Err(SendStop::Stalled) => {
-                        self.rec.error = Some("the client granted no window in time");
+                        self.rec.error = Some(Cow::Borrowed("the client granted no window in time"));
                         send.send_reset(Reason::CANCEL);
                         return self.gone();
                     }
@@ -495,11 +499,11 @@ impl Stream {
                     return status;
                 }
                 Err(_) => {
-                    self.rec.error = Some("server timed out while answering");
+                    self.rec.error = Some(Cow::Borrowed("server timed out while answering"));
                     return self.broken(&mut send, status);
                 }
                 _ => {
-                    self.rec.error = Some("server closed while answering");
+                    self.rec.error = Some(Cow::Borrowed("server closed while answering"));
                     return self.broken(&mut send, status);
                 }
             }
@@ -539,13 +543,13 @@ impl Stream {
             Refusal::Status(503, detail) => (503, *detail, Some(RETRY_AFTER)),
             Refusal::Status(s, detail) => (*s, *detail, None),
         };
-        self.rec.error = Some(match why {
+        self.rec.error = Some(Cow::Borrowed(match why {
             Refusal::Status(_, detail) => detail,
             Refusal::NoServer => "no server available",
             Refusal::SessionGone => "session lost with its server",
             Refusal::TooMany { .. } => "too many requests",
             Refusal::NewSessionsCapped { .. } => NEW_SESSIONS_CAPPED,
-        });
+        }));
         let (code, detail, after) = resp;
         let body = text_body(code, detail);
         let fields: &[(&'static str, &str)] = match after {
@@ -611,7 +615,7 @@ impl Stream {
         let resp = answer::response(head, parsed, fields, added);
         if resp.is_none() {
             self.acct.upstream_error(failure::Counted::Response);
-            self.rec.error = Some("answer fields HTTP/2 cannot carry");
+            self.rec.error = Some(Cow::Borrowed("answer fields HTTP/2 cannot carry"));
         }
         resp
     }
@@ -623,7 +627,7 @@ impl Stream {
         if v.session_lost {
             self.acct.session_refused();
             self.sticky.session_lost(&self.conn.shared.sids);
-            self.rec.error.get_or_insert("session lost with its server");
+            self.rec.error_once("session lost with its server");
             let resp = answer::local(400, "application/json", &[], SESSION_UNKNOWN_BODY);
             return self.send_local(respond, resp, SESSION_UNKNOWN_BODY.into(), 400);
         }
@@ -632,7 +636,7 @@ impl Stream {
             504 => "the server did not answer in time",
             _ => "",
         };
-        self.rec.error.get_or_insert(detail);
+        self.rec.error_once(detail);
         if (400..500).contains(&v.status) {
             self.acct.frontend().request_errors.inc();
         }
@@ -643,7 +647,7 @@ impl Stream {
 
     /// The client left (or reset the stream): nothing to answer.
     pub(super) fn gone(&mut self) -> u16 {
-        self.rec.error.get_or_insert("client went away");
+        self.rec.error_once("client went away");
         0
     }
 
@@ -664,28 +668,15 @@ impl Stream {
 
     fn log(&self, status: u16, duration: Duration) {
         let host = request::authority(&self.parts).and_then(|h| std::str::from_utf8(h).ok());
-        let rec = access::Record {
-            route: self.rec.route,
-            sticky: self.rec.sticky,
-            attempts: self.rec.attempts,
-            connect: self.rec.connect,
-            ttfb: self.rec.ttfb,
-            local: self.rec.local,
-            error: self.rec.error.map(std::borrow::Cow::Borrowed),
-            bytes_in: self.rec.bytes_in,
-            bytes_out: self.rec.bytes_out,
-            ws_bytes_in: self.rec.ws_bytes_in,
-            ws_bytes_out: self.rec.ws_bytes_out,
-            upstream_ended: self.rec.upstream_ended,
-        };
         let req = access::Requested {
             client: self.client,
             method: self.parts.method.as_str(),
             host,
             path: self.parts.uri.path(),
-            upgrade: self.rec.websocket,
+            upgrade: self.websocket,
         };
-        rec.log(&self.acct, &req, self.sticky.sid.as_deref(), status, duration);
+        self.rec
+            .log(&self.acct, &req, self.sticky.sid.as_deref(), status, duration);
     }
 }
 

@@ -92,7 +92,7 @@ impl Stream {
         self.rec.ws_bytes_out = relayed.bytes_out;
         self.rec.upstream_ended = relayed.ended == relay::Ended::ServerClosed;
         if relayed.ended == relay::Ended::Idle {
-            self.rec.error = Some("tunnel idle timeout");
+            self.rec.error = Some(std::borrow::Cow::Borrowed("tunnel idle timeout"));
         }
         200
     }
