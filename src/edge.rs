@@ -169,7 +169,8 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
     shared.registry.set_connections_limit(cap.connections);
     // Places for connections, and for HTTP/2 streams beyond their connection's own.
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
-    // pingora's HTTP proxy serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
+    // pingora's HTTP proxy serves only `EDGEPIN_H1_ENGINE=pingora` (no test uses it since the
+    // differential test compares against HAProxy and nginx; to be removed).
     let proxy = pingora::proxy::http_proxy(
         &server.configuration,
         PingoraProxy {
@@ -198,7 +199,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
         cap.waiting,
         config.timeouts.client,
     );
-    // Only the differential test (integration/differential.rs) sets this.
+    // No test sets this any more (integration/differential.rs uses HAProxy and nginx).
     frontend.h1_through_pingora = std::env::var("EDGEPIN_H1_ENGINE").is_ok_and(|e| e == "pingora");
     let takeover = takeover.and_then(Option::take);
     add_listeners(&mut server, &shared, frontend, sockets, takeover, path, &text)?;
@@ -382,7 +383,7 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         // One attempt plus the backend's retries; the budget decides below that.
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
-        // pingora's pool serves only the differential test's `EDGEPIN_H1_ENGINE=pingora`.
+        // pingora's pool serves only `EDGEPIN_H1_ENGINE=pingora`.
         upstream_keepalive_pool_size: crate::proxy::pool_size(config.server_capacity()),
         ..ServerConf::default()
     }

@@ -36,7 +36,8 @@ use super::{headers, limits, respond, select};
 /// How long an idle pooled upstream connection is kept.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 
-/// The callbacks of pingora's proxy (the differential test's HTTP/1 reference).
+/// The callbacks of pingora's proxy, behind `EDGEPIN_H1_ENGINE=pingora` only (the earlier
+/// differential reference; the differential test now uses HAProxy and nginx).
 pub struct PingoraProxy {
     pub shared: Arc<Shared>,
     /// The frontend's places (`limits.max_connections`): a request in flight takes one, as
