@@ -22,7 +22,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{self, Config};
-use crate::proxy::{Frontend, Https, PingoraProxy, connection_cap};
+use crate::proxy::{Frontend, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
@@ -169,15 +169,6 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
     shared.registry.set_connections_limit(cap.connections);
     // Places for connections, and for HTTP/2 streams beyond their connection's own.
     let places = Arc::new(tokio::sync::Semaphore::new(cap.connections));
-    // pingora's HTTP proxy serves only `EDGEPIN_H1_ENGINE=pingora` (no test uses it since the
-    // differential test compares against HAProxy and nginx; to be removed).
-    let proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        PingoraProxy {
-            shared: Arc::clone(&shared),
-            places: Arc::clone(&places),
-        },
-    );
     let https = match (config.listen.https, cert, &config.tls) {
         (Some(addr), Some(cert), Some(t)) => {
             let alpn = crate::tls::alpn_protocols(t);
@@ -190,8 +181,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
     };
     // Idle keep-alive connections to servers: the HTTP/1 engine's, swept by housekeeping.
     let pool = Arc::new(crate::proxy::Pool::default());
-    let mut frontend = Frontend::new(
-        proxy,
+    let frontend = Frontend::new(
         Arc::clone(&shared),
         Arc::clone(&pool),
         https,
@@ -199,8 +189,6 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
         cap.waiting,
         config.timeouts.client,
     );
-    // No test sets this any more (integration/differential.rs uses HAProxy and nginx).
-    frontend.h1_through_pingora = std::env::var("EDGEPIN_H1_ENGINE").is_ok_and(|e| e == "pingora");
     let takeover = takeover.and_then(Option::take);
     add_listeners(&mut server, &shared, frontend, sockets, takeover, path, &text)?;
     server.add_service(background(
@@ -383,8 +371,6 @@ fn server_conf(config: &Config) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(1),
         // One attempt plus the backend's retries; the budget decides below that.
         max_retries: 1 + config.backends.iter().map(|b| b.retries as usize).max().unwrap_or(0),
-        // pingora's pool serves only `EDGEPIN_H1_ENGINE=pingora`.
-        upstream_keepalive_pool_size: crate::proxy::pool_size(config.server_capacity()),
         ..ServerConf::default()
     }
 }

@@ -42,8 +42,7 @@ pub struct Https {
 }
 
 /// The application behind every listener (see the module docs).
-pub struct Frontend<A> {
-    http: Arc<A>,
+pub struct Frontend {
     shared: Arc<Shared>,
     /// Idle server connections of the HTTP/1 engine.
     pool: Arc<h1::Pool>,
@@ -53,15 +52,10 @@ pub struct Frontend<A> {
     places: Arc<Places>,
     /// What HTTP/2 streams hold of the servers beyond their connections' places.
     h2_places: Arc<h2::Places>,
-    /// Serve HTTP/1 with pingora's proxy instead of edgepin's engine: only for the
-    /// differential test, which compares what servers receive from each
-    /// (`EDGEPIN_H1_ENGINE=pingora`).
-    pub h1_through_pingora: bool,
 }
 
-impl<A> Frontend<A> {
+impl Frontend {
     pub fn new(
-        http: A,
         shared: Arc<Shared>,
         pool: Arc<h1::Pool>,
         https: Option<Https>,
@@ -70,13 +64,11 @@ impl<A> Frontend<A> {
         wait: Duration,
     ) -> Self {
         Frontend {
-            http: Arc::new(http),
             shared,
             pool,
             https,
             h2_places: h2::Places::new(Arc::clone(&permits)),
             places: Arc::new(Places::new(permits, max_waiting, wait)),
-            h1_through_pingora: false,
         }
     }
 
@@ -147,7 +139,7 @@ enum Unaccepted {
     NotTcp,
 }
 
-impl<A> Frontend<A> {
+impl Frontend {
     fn serve_h1<S>(&self, io: S, peer: h1::Peer, open: Open) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -221,8 +213,8 @@ impl Drop for Open {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+impl ServerApp for Frontend {
+    async fn process_new(self: &Arc<Self>, stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
         // Nothing is served before privileges are dropped (`run_as`).
         self.shared.privileges.ready().await;
         let https = self.on_https(&stream);
@@ -267,10 +259,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
             tls: https,
         };
         match accepted {
-            Accepted::Plain(l4) if self.h1_through_pingora => {
-                let _open = open;
-                self.http.process_new(l4, shutdown).await
-            }
             Accepted::H2(conn, _) => {
                 // A task of its own, the size of the HTTP/2 connection's state: this one
                 // (sized for the TLS handshake) ends here, as it does for a tunnel.
@@ -294,10 +282,6 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Frontend<A> {
                 None
             }
         }
-    }
-
-    async fn cleanup(&self) {
-        self.http.cleanup().await;
     }
 }
 
