@@ -26,7 +26,7 @@ use crate::proxy::{Frontend, Https, connection_cap};
 use crate::reload::Reloader;
 use crate::runtime::Shared;
 use crate::stats::StatsService;
-use crate::upgrade::{AcceptService, ControlService, Inherited, Sockets, Takeover};
+use crate::upgrade::{AcceptService, ControlService, Inherited, Listener, Sockets, Takeover};
 use crate::upkeep::{ActiveChecks, Housekeeping, background};
 
 /// Longest wait for requests in flight on SIGTERM.
@@ -272,7 +272,7 @@ fn add_listeners<A>(
     text: &str,
 ) -> Result<(), RunError>
 where
-    A: pingora::apps::ServerApp + Send + Sync + 'static,
+    A: crate::upgrade::Serve,
 {
     let config = shared.snapshot().config.clone();
     let dup = |l: &std::net::TcpListener, what: &'static str| {
@@ -285,9 +285,12 @@ where
         })
     };
     let mut proxy_listeners = Vec::new();
-    for (l, what) in [(&sockets.http, "http"), (&sockets.https, "https")] {
+    for (l, what, https) in [(&sockets.http, "http", false), (&sockets.https, "https", true)] {
         if let Some(l) = l {
-            proxy_listeners.push(dup(l, what)?);
+            proxy_listeners.push(Listener {
+                socket: dup(l, what)?,
+                https,
+            });
         }
     }
     server.add_service(AcceptService::new(

@@ -9,18 +9,15 @@
 //! pingora's listener would run the TLS handshake itself, for up to 60 s and before the
 //! application sees the connection: a client that never finishes its handshake was held
 //! a minute and counted nowhere, and a thousand of them exhausted the file descriptors.
-//! So pingora's listeners are plain TCP here and edgepin accepts TLS itself, with
-//! tokio-rustls and the certificate resolver of `crate::tls`.
+//! So edgepin's own accept loops (`upgrade::AcceptService`) hand over tokio's plain
+//! `TcpStream`, and edgepin accepts TLS itself, with tokio-rustls and the certificate
+//! resolver of `crate::tls`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::apps::ServerApp;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, Stream};
-use pingora::server::ShutdownWatch;
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -28,6 +25,7 @@ use tokio_rustls::server::TlsStream;
 use crate::config::Config;
 use crate::runtime::Shared;
 use crate::state::FrontendCounters;
+use crate::upgrade::{Arrival, Serve};
 
 use super::places::Places;
 use super::{h1, h2};
@@ -72,36 +70,29 @@ impl Frontend {
         }
     }
 
-    /// Whether the connection came in on the https listener.
-    fn on_https(&self, stream: &Stream) -> bool {
-        let Some(https) = &self.https else { return false };
-        let local = stream
-            .get_socket_digest()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        local.is_some_and(|l| {
-            l.port() == https.addr.port() && (https.addr.ip().is_unspecified() || l.ip() == https.addr.ip())
-        })
-    }
-
     /// PROXY header, TLS handshake and, for HTTP/2, the client preface.
-    async fn handshake(&self, stream: Stream, https: bool, cfg: &Config) -> Result<Accepted, Unaccepted> {
-        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
-            Ok(l4) => l4,
-            Err(_) => {
-                tracing::error!("listener gave a stream that is not TCP");
-                return Err(Unaccepted::NotTcp);
+    /// Returns the connection and its client's address (a trusted balancer's PROXY header
+    /// replaces the peer's).
+    async fn handshake(
+        &self,
+        mut tcp: TcpStream,
+        arrival: Arrival,
+        cfg: &Config,
+    ) -> Result<(Accepted, SocketAddr), Unaccepted> {
+        let mut peer = arrival.peer;
+        if cfg.listen.proxy_protocol {
+            match super::proxy_protocol::accept(&mut tcp, peer, &cfg.trusted_proxies, cfg.timeouts.handshake).await {
+                Ok(declared) => peer = declared,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dropping connection: bad PROXY header");
+                    return Err(Unaccepted::Failed);
+                }
             }
-        };
-        if cfg.listen.proxy_protocol
-            && let Err(e) = super::proxy_protocol::accept(&mut l4, &cfg.trusted_proxies, cfg.timeouts.handshake).await
-        {
-            tracing::debug!(error = %e, "dropping connection: bad PROXY header");
-            return Err(Unaccepted::Failed);
         }
-        let Some(tls) = self.https.as_ref().filter(|_| https) else {
-            return Ok(Accepted::Plain(l4));
+        let Some(tls) = self.https.as_ref().filter(|_| arrival.https) else {
+            return Ok((Accepted::Plain(tcp), peer));
         };
-        let tls = match tls.acceptor.accept(*l4).await {
+        let tls = match tls.acceptor.accept(tcp).await {
             Ok(tls) => tls,
             Err(e) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -111,17 +102,14 @@ impl Frontend {
         match tls.get_ref().1.alpn_protocol() {
             // A TLS-ALPN-01 validation has seen the certificate it asked for.
             Some(ACME_TLS_ALPN) => Err(Unaccepted::AcmeValidation),
-            Some(b"h2") => {
-                let peer = peer_of(tls.get_ref().0);
-                match h2::handshake(tls, cfg).await {
-                    Ok(conn) => Ok(Accepted::H2(Box::new(conn), peer)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "HTTP/2 preface or settings refused");
-                        Err(Unaccepted::NoH2Preface)
-                    }
+            Some(b"h2") => match h2::handshake(tls, cfg).await {
+                Ok(conn) => Ok((Accepted::H2(Box::new(conn)), peer)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP/2 preface or settings refused");
+                    Err(Unaccepted::NoH2Preface)
                 }
-            }
-            _ => Ok(Accepted::Tls(Box::new(tls))),
+            },
+            _ => Ok((Accepted::Tls(Box::new(tls)), peer)),
         }
     }
 }
@@ -135,8 +123,6 @@ enum Unaccepted {
     NoH2Preface,
     /// An ACME TLS-ALPN-01 validation: the handshake was all it wanted.
     AcmeValidation,
-    /// Not a TCP stream (a bug, logged).
-    NotTcp,
 }
 
 impl Frontend {
@@ -155,27 +141,10 @@ impl Frontend {
 
 /// A connection after its handshake.
 enum Accepted {
-    Plain(Box<L4Stream>),
-    Tls(Box<TlsStream<L4Stream>>),
-    /// HTTP/2 (by ALPN), its preface read, and the client's address.
-    H2(Box<h2::Connection<TlsStream<L4Stream>>>, Option<SocketAddr>),
-}
-
-/// The client's address (a trusted balancer's PROXY header has replaced the peer's).
-fn peer_of(l4: &L4Stream) -> Option<SocketAddr> {
-    l4.get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
-}
-
-impl Accepted {
-    /// The client's address (a trusted balancer's PROXY header has replaced the peer's).
-    fn peer(&self) -> Option<SocketAddr> {
-        match self {
-            Accepted::Plain(l4) => peer_of(l4),
-            Accepted::Tls(tls) => peer_of(tls.get_ref().0),
-            Accepted::H2(_, peer) => *peer,
-        }
-    }
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// HTTP/2 (by ALPN), its preface read.
+    H2(Box<h2::Connection<TlsStream<TcpStream>>>),
 }
 
 /// One open client connection: counted while it lives (a tunnel takes it along).
@@ -212,25 +181,27 @@ impl Drop for Open {
     }
 }
 
-#[async_trait]
-impl ServerApp for Frontend {
-    async fn process_new(self: &Arc<Self>, stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+impl Serve for Frontend {
+    async fn serve(self: Arc<Self>, tcp: TcpStream, arrival: Arrival) {
         // Nothing is served before privileges are dropped (`run_as`).
         self.shared.privileges.ready().await;
-        let https = self.on_https(&stream);
+        let https = arrival.https;
         let counters = if https { &self.shared.https } else { &self.shared.http };
         // Stopping (SIGTERM) refuses; an old process draining after an upgrade serves
         // what it accepted before handing its listeners over (the client is connected).
         if self.shared.stopping() && !self.shared.lifecycle.is_handed_over() {
             counters.connections_refused.inc();
-            return None;
+            return;
         }
-        let open = Open::new(&self.shared, https, self.places.admit(counters).await?);
+        let Some(permit) = self.places.admit(counters).await else {
+            return;
+        };
+        let open = Open::new(&self.shared, https, permit);
         // The config of this moment, not held for the connection's life (reloads retire it).
         let snapshot = self.shared.snapshot();
         let deadline = snapshot.config.timeouts.handshake;
         let ready = {
-            let handshake = self.handshake(stream, https, &snapshot.config);
+            let handshake = self.handshake(tcp, arrival, &snapshot.config);
             tokio::pin!(handshake);
             match tokio::time::timeout(deadline, &mut handshake).await {
                 Ok(ready) => ready,
@@ -238,28 +209,28 @@ impl ServerApp for Frontend {
                     // Counted while the unfinished handshake still holds the socket, so a
                     // client that sees it closed finds it counted.
                     counters.handshake_timeouts.inc();
-                    return None;
+                    return;
                 }
             }
         };
         drop(snapshot);
-        let accepted = match ready {
+        let (accepted, client) = match ready {
             Ok(accepted) => accepted,
             Err(why) => {
                 match why {
                     Unaccepted::Failed => counters.handshake_failures.inc(),
                     Unaccepted::NoH2Preface => counters.request_errors.inc(),
-                    Unaccepted::AcmeValidation | Unaccepted::NotTcp => {}
+                    Unaccepted::AcmeValidation => {}
                 }
-                return None;
+                return;
             }
         };
         let peer = h1::Peer {
-            addr: accepted.peer(),
+            addr: Some(client),
             tls: https,
         };
         match accepted {
-            Accepted::H2(conn, _) => {
+            Accepted::H2(conn) => {
                 // A task of its own, the size of the HTTP/2 connection's state: this one
                 // (sized for the TLS handshake) ends here, as it does for a tunnel.
                 let (shared, pool, places) = (
@@ -268,18 +239,14 @@ impl ServerApp for Frontend {
                     Arc::clone(&self.h2_places),
                 );
                 tokio::spawn(h2::serve(shared, pool, places, conn, peer, open));
-                None
             }
-            // HTTP/1 runs in a task of its own, so that pingora's per-connection task
-            // (about 7 KiB, sized for its own TLS handshake) and this method's boxed
-            // future end here instead of being held by every keep-alive connection.
-            Accepted::Plain(l4) => {
-                tokio::spawn(self.serve_h1(l4, peer, open));
-                None
+            // HTTP/1 runs in a task of its own, so that this task (sized for the TLS
+            // handshake) ends here instead of being held by every keep-alive connection.
+            Accepted::Plain(tcp) => {
+                tokio::spawn(self.serve_h1(tcp, peer, open));
             }
             Accepted::Tls(tls) => {
                 tokio::spawn(self.serve_h1(tls, peer, open));
-                None
             }
         }
     }

@@ -14,10 +14,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::{Error, ErrorType, OrErr, Result};
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 use crate::config::Network;
 
@@ -145,57 +144,60 @@ fn parse_v2(buf: &[u8]) -> Header {
     Header::Complete { len, source }
 }
 
-/// If the peer of `stream` is trusted, read its PROXY header (within `timeout`) and make
-/// the declared client the connection's peer address. Bytes after the header are kept.
-pub async fn accept(stream: &mut L4Stream, trusted: &[Network], timeout: Duration) -> Result<()> {
-    let Some(digest) = stream.get_socket_digest() else {
-        return Ok(());
-    };
-    let Some(peer) = digest.peer_addr().and_then(|a| a.as_inet()).copied() else {
-        return Ok(());
-    };
+/// If `peer` is trusted, read its PROXY header from `stream` (within `timeout`) and
+/// return the declared client as the connection's peer; anyone else's `peer` as it is.
+/// The header is taken by peeking and then reading exactly its bytes, so the bytes after
+/// it stay in the socket for TLS or HTTP.
+pub async fn accept(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: &[Network],
+    timeout: Duration,
+) -> Result<SocketAddr> {
     if !Network::any_contains(trusted, peer.ip()) {
-        return Ok(());
+        return Ok(peer);
     }
     let read = async {
+        // The header's bytes seen so far (taken from the socket, but for the last peek's).
         let mut buf = Vec::with_capacity(128);
         let mut chunk = [0u8; 256];
         loop {
-            match parse(&buf) {
-                Header::Complete { len, source } => return Ok((buf, len, source)),
-                Header::Invalid(why) => return Error::e_explain(ErrorType::InvalidHTTPHeader, why),
-                Header::Incomplete if buf.len() >= MAX_HEADER => {
-                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "PROXY header too long");
-                }
-                Header::Incomplete => {}
-            }
             let n = stream
-                .read(&mut chunk)
+                .peek(&mut chunk)
                 .await
                 .or_err(ErrorType::ReadError, "reading the PROXY header")?;
             if n == 0 {
                 return Error::e_explain(ErrorType::ConnectionClosed, "closed before the PROXY header");
             }
+            let taken = buf.len();
             buf.extend_from_slice(&chunk[..n]);
+            // Until the header is complete, every byte seen belongs to it (or it is refused).
+            let (source, header_bytes) = match parse(&buf) {
+                Header::Complete { len, source } => (Some(source), len - taken),
+                Header::Invalid(why) => return Error::e_explain(ErrorType::InvalidHTTPHeader, why),
+                Header::Incomplete if buf.len() >= MAX_HEADER => {
+                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "PROXY header too long");
+                }
+                Header::Incomplete => (None, n),
+            };
+            stream
+                .read_exact(&mut chunk[..header_bytes])
+                .await
+                .or_err(ErrorType::ReadError, "reading the PROXY header")?;
+            if let Some(source) = source {
+                return Ok(source);
+            }
         }
     };
-    let (buf, len, source) = tokio::time::timeout(timeout, read)
+    let source = tokio::time::timeout(timeout, read)
         .await
         .or_err(ErrorType::ReadTimedout, "waiting for the PROXY header")??;
-    stream.rewind(&buf[len..]);
-    let declared = match source {
-        Source::Client(client) => Some(client),
-        Source::Unknown if peer.is_ipv6() => Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
-        Source::Unknown => Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
-        Source::Local => None,
-    };
-    if let Some(source) = declared {
-        let replaced = SocketDigest::from_raw_fd(std::os::unix::io::AsRawFd::as_raw_fd(stream));
-        let _ = replaced.peer_addr.set(Some(source.into()));
-        let _ = replaced.local_addr.set(digest.local_addr().cloned());
-        stream.set_socket_digest(replaced);
-    }
-    Ok(())
+    Ok(match source {
+        Source::Client(client) => client,
+        Source::Unknown if peer.is_ipv6() => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        Source::Unknown => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        Source::Local => peer,
+    })
 }
 
 #[cfg(test)]

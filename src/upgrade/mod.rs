@@ -49,7 +49,7 @@ pub mod sockets;
 mod takeover;
 pub mod wire;
 
-pub use accept::AcceptService;
+pub use accept::{AcceptService, Arrival, Listener, Serve};
 pub use command::{UpgradeArgs, upgrade};
 pub use control::ControlService;
 pub use drain::{close_spread_step, drain};
