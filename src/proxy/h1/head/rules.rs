@@ -6,8 +6,8 @@
 
 use std::ops::Range;
 
-use super::super::fields::{self, content_length, tokens};
 use super::{Body, Head, Kind, Method, Refused, refused};
+use crate::proxy::fields::{self, content_length, tokens};
 
 impl Head {
     /// RFC 9112 rules for what was parsed; fills in the derived facts.
