@@ -284,4 +284,50 @@ mod tests {
         short.extend_from_slice(&[0x21, 0x11, 0, 4, 192, 0, 2, 9]);
         assert!(matches!(parse(&short), Header::Invalid(_)), "an INET block of 4 bytes");
     }
+
+    /// A header in one segment with the request, then one dripped in pieces (v2): the
+    /// declared client is returned and exactly the bytes after the header stay unread.
+    #[tokio::test]
+    async fn takes_exactly_the_header_from_the_socket() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trusted = [Network {
+            addr: "127.0.0.1".parse().unwrap(),
+            prefix: 32,
+        }];
+        let mut v2 = V2_SIGNATURE.to_vec();
+        v2.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 9, 10, 0, 0, 1, 0x1f, 0x90, 1, 187]);
+        let cases: [(Vec<Vec<u8>>, &str); 2] = [
+            (
+                vec![b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 443\r\nGET / HTTP/1.1\r\n".to_vec()],
+                "203.0.113.7:5555",
+            ),
+            (
+                vec![
+                    v2[..7].to_vec(),
+                    v2[7..20].to_vec(),
+                    [&v2[20..], &b"GET / HTTP/1.1\r\n"[..]].concat(),
+                ],
+                "192.0.2.9:8080",
+            ),
+        ];
+        for (pieces, declared) in cases {
+            let client = tokio::spawn(async move {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                for piece in pieces {
+                    c.write_all(&piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                c
+            });
+            let (mut tcp, peer) = listener.accept().await.unwrap();
+            let got = accept(&mut tcp, peer, &trusted, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(got, declared.parse::<SocketAddr>().unwrap());
+            let _client = client.await.unwrap();
+            let mut rest = [0u8; 16];
+            tcp.read_exact(&mut rest).await.unwrap();
+            assert_eq!(&rest, b"GET / HTTP/1.1\r\n");
+        }
+    }
 }
