@@ -119,6 +119,6 @@ mod tests {
         let parked = wait(idle, open, Instant::now(), places.park());
         let size = std::mem::size_of_val(&parked);
         eprintln!("parked future: {size} bytes");
-        assert!(size <= 512, "a parked connection's future is {size} bytes");
+        assert!(size <= 384, "a parked connection's future is {size} bytes");
     }
 }
