@@ -428,3 +428,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 use super::access::{Record, Requested};
 use super::account::{Account, Totals};
 use super::local_answer::LocalAnswer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy connection's serving future is held by every connection between its first
+    /// byte and its parking (and by every one served at once): no buffer of its own in it.
+    #[tokio::test]
+    async fn a_serving_connection_holds_no_buffer_in_its_future() {
+        let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
+                    backends: { b: { servers: [a] } }\nservers:\n  a: { address: 127.0.0.1:3001 }\n";
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+        let places = Arc::new(Places::new(
+            Arc::new(tokio::sync::Semaphore::new(4)),
+            4,
+            Duration::from_secs(1),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = Peer { addr: None, tls: false };
+        let serving = serve(Shared::new(cfg, None), Arc::new(Pool::default()), places, io, peer, ());
+        let size = std::mem::size_of_val(&*serving);
+        eprintln!("serving future: {size} bytes");
+        assert!(size <= 4096, "a serving connection's future is {size} bytes");
+    }
+}
