@@ -23,6 +23,8 @@
 
 mod answer;
 mod flow;
+mod forward;
+mod local;
 mod places;
 mod request;
 mod settings;
