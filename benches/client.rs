@@ -21,10 +21,16 @@
 //!   request with `Connection: close`, read the answer, and start over: every connection
 //!   a full handshake (resumption off, unlike wrk, which resumes its previous session).
 //!   The certificate is not verified: the load generator should cost little.
+//! - `ws-hold ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets held open (`opened=N` once
+//!   they are), each echoing a numbered message every INTERVAL_MS for SECONDS; prints
+//!   how many were dropped (closed or silent) before the end. For the `upgrade` scenario.
+//! - `first-new ADDR PATH OLD_PIDS SECONDS`: new connections until one is answered by a
+//!   process not in OLD_PIDS (`X-Proxy-Pid` header or `"pid"` in the body); prints when.
 //!
 //! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
 
 mod h2client;
+mod upgrade_watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +69,9 @@ fn usage() -> ! {
          bench-client h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
-         bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
+         bench-client tls-handshake ADDR PATH CLIENTS SECONDS\n       \
+         bench-client ws-hold ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
+         bench-client first-new ADDR PATH OLD_PID[,OLD_PID...] SECONDS"
     );
     std::process::exit(2);
 }
@@ -96,6 +104,11 @@ fn main() {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
                 ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
             }
+            Some("ws-hold") => {
+                let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
+                upgrade_watch::hold(&addr, &path, arg(&args, 3), seconds, interval).await
+            }
+            Some("first-new") => upgrade_watch::first_new(&addr, &path, &arg::<String>(&args, 3), arg(&args, 4)).await,
             Some("tls-handshake") => tls_handshakes(&addr, &path, arg(&args, 3), arg(&args, 4)).await,
             _ => usage(),
         }
