@@ -181,6 +181,7 @@ start_proxy() { # TARGET: start it pinned on PROXY_CPUS, wait until it proxies
       taskset -c "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy$VARIANT.cfg" >>"$RUN/haproxy.log" 2>&1 &
       pid=$! ;;
     nginx)
+      rm -f "$RUN/nginx$VARIANT.pid" "$RUN/nginx$VARIANT.pid.oldbin"
       taskset -c "$PROXY_CPUS" "$NGINX" -p "$RUN" -e "$RUN/nginx-error.log" -c "$RUN/nginx$VARIANT.conf" >>"$RUN/nginx.log" 2>&1 &
       pid=$! ;;
     *) die "unknown target $target" ;;
@@ -589,7 +590,8 @@ upgrade_edgepin() { # `edgepin upgrade`: the running process starts the new bina
   local t0 cmd
   UPGRADE_MS=""
   t0=$(now_ms)
-  taskset -c "$LOAD_CPUS" "$EDGEPIN" upgrade -c "$RUN/edgepin-upgrade.yaml" >>"$RUN/edgepin-upgrade.out" 2>&1 &
+  timeout 90 taskset -c "$LOAD_CPUS" "$EDGEPIN" upgrade -c "$RUN/edgepin-upgrade.yaml" --timeout 60s \
+    >>"$RUN/edgepin-upgrade.out" 2>&1 &
   cmd=$!
   first_new "$t0" "$STATS_PORT" /health || log "edgepin: no new process answered"
   if wait "$cmd" && [ -n "$UPGRADE_MS" ]; then
@@ -627,16 +629,18 @@ upgrade_nginx() { # USR2 (a new master and workers on the inherited sockets), WI
   kill -USR2 "$master"
   # A new master writes the pidfile at once; a refused USR2 is logged at once.
   for _ in $(seq 200); do
-    [ "$(cat "$RUN/nginx-upgrade.pid" 2>/dev/null)" != "$master" ] && break
+    new=$(cat "$RUN/nginx-upgrade.pid" 2>/dev/null || true)
+    [[ $new =~ ^[0-9]+$ && $new != "$master" ]] && break
     if [ "$(grep -c 'changing binary signal is ignored' "$RUN/nginx-error.log" || true)" != "$ignored" ]; then
       log "nginx ignored USR2: an old master is still draining (\"the changing binary signal is ignored\")"
       return
     fi
     sleep 0.005
   done
-  new=$(cat "$RUN/nginx-upgrade.pid")
-  [ "$new" != "$master" ] && STARTED+=("$new")
+  [[ $new =~ ^[0-9]+$ && $new != "$master" ]] && STARTED+=("$new")
   first_new "$t0" "$HTTP_PORT" /api/items || { log "nginx: no new worker answered after USR2"; return; }
+  new=$(cat "$RUN/nginx-upgrade.pid" 2>/dev/null || true)
+  [[ $new =~ ^[0-9]+$ && $new != "$master" ]] || { log "nginx: no new master in the pidfile"; UPGRADE_MS=""; return; }
   kill -WINCH "$master"
   kill -QUIT "$master"
   retire
@@ -677,10 +681,11 @@ hold_totals() { # FILE…: the figures of every ws-hold: dropped and messages su
 # process drains tunnels of its own), and wrk keep-alive, while the proxy is upgraded
 # UPGRADES times, UPGRADE_GAP s apart, with the same binary. Records the WebSockets
 # dropped, wrk's errors, the median time from the command to the new process serving, the
-# old processes still draining at the end of the window and still alive 5 s after the
-# WebSockets closed; then stops them all by pid.
+# old processes still draining at the end of the window, how long after the WebSockets
+# closed they were all gone, and how many were still alive 5 s after; then stops them all
+# by pid.
 scenario_upgrade() {
-  local target=$1 name="upgrade-$1-$REP" times=() rps p50 p99 err req load window out i later=0
+  local target=$1 name="upgrade-$1-$REP" times=() rps p50 p99 err req load window out i later=0 t0 gone
   [ "$target" = direct ] && return 0
   window=$((2 + UPGRADES * UPGRADE_GAP + 2))
   [ "$window" -ge "$DURATION" ] || window=$DURATION
@@ -695,16 +700,23 @@ scenario_upgrade() {
     [ "$i" -gt 1 ] && hold_batch "$name-$((i - 1))" "$later"
     "upgrade_$target"
     [ -n "$UPGRADE_MS" ] && times+=("$UPGRADE_MS")
-    log "$target upgrade $i: ${UPGRADE_MS:-no} new process serving${UPGRADE_MS:+ after $UPGRADE_MS ms}; serving: $PROXY_PIDS"
+    if [ -n "$UPGRADE_MS" ]; then
+      log "$target upgrade $i: a new process served after $UPGRADE_MS ms; serving: $PROXY_PIDS"
+    else
+      log "$target upgrade $i: no new process; serving: $PROXY_PIDS"
+    fi
     [ "$i" = "$UPGRADES" ] || sleep "$UPGRADE_GAP"
   done
   wait "$load" || true
   record "$target" upgrade old_at_end "$(alive_count "${RETIRED_MAIN[@]}")"
   for i in "${HOLDS[@]}"; do wait "$i" || log "$target: a ws-hold exited with $? (see $RUN/$name-*.hold.err)"; done
-  for _ in $(seq 50); do
-    [ "$(alive_count "${RETIRED[@]}")" = 0 ] && break
-    sleep 0.1
+  # The WebSockets are closed: how long until every old process is gone (5 s at most).
+  t0=$(now_ms) gone=""
+  for _ in $(seq 250); do
+    [ "$(alive_count "${RETIRED[@]}")" = 0 ] && { gone=$(($(now_ms) - t0)); break; }
+    sleep 0.02
   done
+  record "$target" upgrade old_gone_ms "$gone"
   record "$target" upgrade old_after_close "$(alive_count "${RETIRED_MAIN[@]}")"
   for i in "${RETIRED[@]}"; do stop_pid "$i"; done
   out=$(hold_totals "${HOLD_FILES[@]}")
