@@ -7,6 +7,7 @@
 
 mod access;
 mod account;
+mod fields;
 pub mod forwarding;
 mod frontend;
 mod h1;
@@ -17,6 +18,7 @@ mod places;
 mod proxy_protocol;
 mod relay;
 mod select;
+mod sid_lookup;
 mod tunnel;
 mod upstream;
 

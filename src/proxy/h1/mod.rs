@@ -21,7 +21,6 @@
 
 mod answer;
 mod ctx;
-pub mod fields;
 mod flow;
 pub(in crate::proxy) mod framing;
 mod head;
