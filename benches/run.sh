@@ -571,10 +571,13 @@ render_upgrade_configs() {
 # the command until a new connection is answered by a new process (bench-client
 # first-new), or "" if none was. The processes it replaced go to RETIRED (the main one
 # also to RETIRED_MAIN), the new ones to PROXY_PIDS and STARTED, so the cleanup finds
-# them all by pid. PROBE_FAILURES adds the probes that got no answer (refused, reset).
+# them all by pid. PROBE_FAILURES adds the probes that got no answer (refused, reset),
+# from the command until 1 s after the new process answered (the old one stops accepting
+# in that second).
 first_new() { # T0 PORT PATH: wait for the first answer from a process not in PROXY_PIDS
+  # (PORT PATH: where the proxy names itself); the http listener is probed too
   local out
-  out=$(client first-new "127.0.0.1:$2" "$3" "$PROXY_PIDS" 20) || return 1
+  out=$(client first-new "127.0.0.1:$2" "$3" "$PROXY_PIDS" 20 1000 "127.0.0.1:$HTTP_PORT" /api/items) || return 1
   NEW_PID=$(value new_pid <<<"$out")
   UPGRADE_MS=$(($(value ready_unix_ms <<<"$out") - $1))
   PROBE_FAILURES=$((PROBE_FAILURES + $(value probe_failures <<<"$out")))

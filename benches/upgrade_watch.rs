@@ -129,26 +129,54 @@ async fn echo(ws: &mut Ws, message: &str) -> Result<(), String> {
     }
 }
 
-/// `first-new ADDR PATH OLD_PIDS SECONDS`: GET `path` on a new connection every
-/// `PROBE_PAUSE` until an answer 200 names a process (an `X-Proxy-Pid` header, or
-/// `"pid":N` in the body) not among `old_pids`; prints when (`ready_unix_ms`), which
-/// process, and how many probes failed (a refused or reset connect is a failure too).
-pub async fn first_new(addr: &str, path: &str, old_pids: &str, seconds: u64) -> Result<(), Failure> {
+/// Where `first-new` probes: the address and path that name the process answering, and
+/// the proxy address and path whose new connections must all be answered (the same, when
+/// the proxy names itself in its proxied answers).
+pub struct Probes<'a> {
+    pub named: (&'a str, &'a str),
+    pub proxied: (&'a str, &'a str),
+}
+
+/// `first-new ADDR PATH OLD_PIDS SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]`: GET `path` on
+/// a new connection every `PROBE_PAUSE` until an answer 200 names a process (an
+/// `X-Proxy-Pid` header, or `"pid":N` in the body) not among `old_pids`; prints when
+/// (`ready_unix_ms`) and which process. Probing goes on for `after_ms` more (while the old
+/// process stops accepting); `probe_failures` counts every probe that got no 200 (a
+/// refused or reset connect too), of the proxy's listener as well when it is another.
+pub async fn first_new(probes_at: &Probes<'_>, old_pids: &str, seconds: u64, after_ms: u64) -> Result<(), Failure> {
     let old: Vec<u32> = old_pids.split(',').filter_map(|p| p.trim().parse().ok()).collect();
     let until = Instant::now() + Duration::from_secs(seconds);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let get = |(addr, path): (&str, &str)| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (addr, request) = (probes_at.named.0, get(probes_at.named));
+    let proxied = (probes_at.proxied != probes_at.named).then(|| (probes_at.proxied.0, get(probes_at.proxied)));
     let (mut probes, mut failed) = (0u64, 0u64);
     let mut last_failure = String::new();
-    while Instant::now() < until {
+    let mut found: Option<(u128, u32, Instant)> = None;
+    loop {
+        let now = Instant::now();
+        match found {
+            Some((_, _, at)) if now >= at + Duration::from_millis(after_ms) => break,
+            None if now >= until => {
+                return Err(format!(
+                    "no new process answered in {seconds} s ({probes} probes, {failed} failed; last: {last_failure})"
+                )
+                .into());
+            }
+            _ => {}
+        }
+        if let Some((proxy, request)) = &proxied {
+            probes += 1;
+            match tokio::time::timeout(PROBE_TIMEOUT, answer_200(proxy, request.as_bytes())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => (failed, last_failure) = (failed + 1, e.to_string()),
+                Err(_) => (failed, last_failure) = (failed + 1, format!("no answer within {PROBE_TIMEOUT:?}")),
+            }
+        }
         probes += 1;
         match tokio::time::timeout(PROBE_TIMEOUT, probe(addr, request.as_bytes())).await {
-            Ok(Ok(pid)) if !old.contains(&pid) => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
-                println!("ready_unix_ms={}", now.as_millis());
-                println!("new_pid={pid}");
-                println!("probes={probes}");
-                println!("probe_failures={failed}");
-                return Ok(());
+            Ok(Ok(pid)) if found.is_none() && !old.contains(&pid) => {
+                let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+                found = Some((unix_ms, pid, Instant::now()));
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -162,23 +190,34 @@ pub async fn first_new(addr: &str, path: &str, old_pids: &str, seconds: u64) -> 
         }
         tokio::time::sleep(PROBE_PAUSE).await;
     }
-    Err(
-        format!("no new process answered in {seconds} s ({probes} probes, {failed} failed; last: {last_failure})")
-            .into(),
-    )
+    if failed > 0 {
+        eprintln!("bench-client: {failed} of {probes} probes failed; last: {last_failure}");
+    }
+    let (unix_ms, pid, _) = found.ok_or("no new process")?;
+    println!("ready_unix_ms={unix_ms}");
+    println!("new_pid={pid}");
+    println!("probes={probes}");
+    println!("probe_failures={failed}");
+    Ok(())
 }
 
 /// One GET on a new connection: the pid of the process that answered 200.
 async fn probe(addr: &str, request: &[u8]) -> Result<u32, Failure> {
+    let text = answer_200(addr, request).await?;
+    answering_pid(&text).ok_or_else(|| "the answer names no pid".into())
+}
+
+/// One GET on a new connection, answered 200: the whole answer.
+async fn answer_200(addr: &str, request: &[u8]) -> Result<String, Failure> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.write_all(request).await?;
     let mut answer = Vec::with_capacity(1024);
     stream.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
     if !text.starts_with("HTTP/1.1 200") {
         return Err(format!("answer: {}", text.lines().next().unwrap_or("(empty)")).into());
     }
-    answering_pid(&text).ok_or_else(|| "the answer names no pid".into())
+    Ok(text)
 }
 
 /// The pid in an answer: an `X-Proxy-Pid` header, else the first `"pid":N` of the body.
