@@ -762,6 +762,8 @@ preflight() {
     die "open-file limit $files too low for WS_IDLE=$WS_IDLE"
   [ "$files" = unlimited ] || [ "$files" -gt $((2 * KEEPALIVE_IDLE + 500)) ] ||
     die "open-file limit $files too low for KEEPALIVE_IDLE=$KEEPALIVE_IDLE"
+  [ "$files" = unlimited ] || [ "$files" -gt $((2 * UPGRADE_WS + 500)) ] ||
+    die "open-file limit $files too low for UPGRADE_WS=$UPGRADE_WS"
 }
 
 main() {
@@ -780,8 +782,8 @@ main() {
     printf 'meta\trepetitions\t%s x %s s (medians)\n' "$REPS" "$DURATION"
     printf 'meta\tpinning\tproxy on CPU %s (%s threads/workers); wrk, bench-client and backends on CPU %s\n' \
       "$PROXY_CPUS" "$THREADS" "$LOAD_CPUS"
-    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; %s idle keep-alive connections; echo: %s WebSockets, one message each every %s ms\n' \
-      "$CONNECTIONS" "$WS_IDLE" "$KEEPALIVE_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS"
+    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; %s idle keep-alive connections; echo: %s WebSockets, one message each every %s ms; upgrade: %s WebSockets, %s upgrades %s s apart\n' \
+      "$CONNECTIONS" "$WS_IDLE" "$KEEPALIVE_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS" "$UPGRADE_WS" "$UPGRADES" "$UPGRADE_GAP"
     printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
       "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"
