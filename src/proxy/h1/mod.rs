@@ -23,10 +23,10 @@ mod answer;
 mod ctx;
 mod flow;
 pub(in crate::proxy) mod framing;
-mod head;
+pub(super) mod head;
 mod idle;
 mod local;
-mod request;
+pub(super) mod request;
 mod response;
 mod spare;
 
