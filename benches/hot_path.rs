@@ -139,7 +139,11 @@ fn bench_headers(c: &mut Criterion) {
     });
     let mut head = RequestHead::default();
     g.bench_function("parse_head", |b| {
-        b.iter(|| head.parse(black_box(&raw), 16 * 1024).expect("valid").expect("complete"))
+        b.iter(|| {
+            head.parse(black_box(&raw), 16 * 1024)
+                .expect("valid")
+                .expect("complete")
+        })
     });
     let strip = edgepin::config::HeaderSet::new(
         edgepin::config::STRIP_FROM_UNTRUSTED
