@@ -261,6 +261,11 @@ client() { # bench-client args…, on LOAD_CPUS, bounded
 
 value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
 
+median() { # NUMBER…: the middle one (the lower middle of an even count); nothing for none
+  [ "$#" -gt 0 ] || return 0
+  printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
+
 record_output() { # TARGET SCENARIO OUTPUT KEY[:METRIC]…: record bench-client's KEY=value lines
   local target=$1 scenario=$2 out=$3 key
   shift 3
@@ -544,7 +549,7 @@ scenario_reload() {
   for t in "${RETIRED[@]}"; do stop_pid "$t"; done
   read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
   record "$target" reload reloads "${#times[@]}"
-  record "$target" reload reload_ms "$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')"
+  record "$target" reload reload_ms "$(median "${times[@]}")"
   record "$target" reload rps "$rps"
   record "$target" reload p99_ms "$p99"
   record "$target" reload errors "$err"
@@ -725,7 +730,7 @@ scenario_upgrade() {
   out=$(hold_totals "${HOLD_FILES[@]}")
   read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
   record "$target" upgrade upgrades "${#times[@]}"
-  record "$target" upgrade ready_ms "$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')"
+  record "$target" upgrade ready_ms "$(median "${times[@]}")"
   record_output "$target" upgrade "$out" ws_dropped
   record "$target" upgrade rest_errors "$err"
   record "$target" upgrade probe_errors "$PROBE_FAILURES"
