@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use pingora::http::RequestHeader;
+use criterion::{Criterion, criterion_group, criterion_main};
 
 use edgepin::balance::{HashCandidate, RoundRobin, addr_key, name_id, pick_bounded};
-use edgepin::proxy::{forwarding, headers};
+use edgepin::proxy::forwarding;
+use edgepin::proxy::hot_path::{RequestHead, Upstream, write_head};
 use edgepin::state::ServerState;
 use edgepin::sticky::engineio::{EngineQuery, open_packet_sid};
 use edgepin::sticky::{cookie, sid::SidTable};
@@ -104,35 +104,42 @@ fn bench_sid_table(c: &mut Criterion) {
     g.finish();
 }
 
-/// A browser's long-poll request as the proxy sees it.
-fn request() -> RequestHeader {
-    let mut req = RequestHeader::build("GET", format!("/socket.io/?{QUERY}").as_bytes(), None).expect("request");
+/// A browser's long-poll request as it arrives.
+fn request() -> Vec<u8> {
+    let mut head = format!("GET /socket.io/?{QUERY} HTTP/1.1\r\n").into_bytes();
     for (k, v) in [
-        ("host", "app.example.com"),
+        ("Host", "app.example.com"),
         (
-            "user-agent",
+            "User-Agent",
             "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
         ),
-        ("accept", "*/*"),
-        ("accept-language", "en-US,en;q=0.5"),
-        ("accept-encoding", "gzip, deflate, br"),
-        ("referer", "https://app.example.com/"),
+        ("Accept", "*/*"),
+        ("Accept-Language", "en-US,en;q=0.5"),
+        ("Accept-Encoding", "gzip, deflate, br"),
+        ("Referer", "https://app.example.com/"),
+        ("Connection", "keep-alive"),
     ] {
-        req.insert_header(k, v).expect("header");
+        head.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
     }
-    req.insert_header("cookie", COOKIE).expect("cookie");
-    req
+    head.extend_from_slice(b"Cookie: ");
+    head.extend_from_slice(COOKIE);
+    head.extend_from_slice(b"\r\n\r\n");
+    head
 }
 
+/// The HTTP/1 engine's own per-request head work: parse and check the client's head,
+/// then write the head the server receives (hop-by-hop fields out, the sticky cookie
+/// stripped, the forwarding fields added).
 fn bench_headers(c: &mut Criterion) {
     let mut g = c.benchmark_group("headers");
-    let req = request();
+    let raw = request();
     let peer = Some(client());
     g.bench_function("client_ip", |b| {
         b.iter(|| forwarding::client_ip(black_box(peer), None, &[]))
     });
-    g.bench_function("sticky_cookie", |b| {
-        b.iter(|| headers::sticky_cookie(black_box(&req), "EDGEPIN").is_some())
+    let mut head = RequestHead::default();
+    g.bench_function("parse_head", |b| {
+        b.iter(|| head.parse(black_box(&raw), 16 * 1024).expect("valid").expect("complete"))
     });
     let strip = edgepin::config::HeaderSet::new(
         edgepin::config::STRIP_FROM_UNTRUSTED
@@ -147,28 +154,18 @@ fn bench_headers(c: &mut Criterion) {
         peer_trusted: false,
         tls: true,
     };
-    g.bench_function("set_forwarded", |b| {
-        b.iter_batched(
-            || req.clone(),
-            |mut r| {
-                headers::set_forwarded(&mut r, &fwd, Some("app.example.com"), &strip).expect("headers");
-                r
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("strip_sticky_cookie", |b| {
-        b.iter_batched(
-            || req.clone(),
-            |mut r| {
-                headers::strip_sticky_cookie(&mut r, "EDGEPIN").expect("strip");
-                r
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    g.bench_function("clone_request_baseline", |b| {
-        b.iter_batched(|| (), |()| req.clone(), BatchSize::SmallInput)
+    let up = Upstream {
+        strip_cookie: Some("EDGEPIN"),
+        server: None,
+        strip: &strip,
+    };
+    let mut out = Vec::with_capacity(4096);
+    g.bench_function("write_upstream_head", |b| {
+        b.iter(|| {
+            out.clear();
+            write_head(&mut out, black_box(&head), &fwd, up);
+            out.len()
+        })
     });
     g.finish();
 }

@@ -118,7 +118,7 @@ fn start_upgradable(path: &Path, takeover: Option<&mut Option<Takeover>>) -> Res
 /// fail any more; until then the caller can still tell the old process why it failed.
 fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bool) -> Result<Edge, RunError> {
     let (text, config) = config::read(path)?;
-    let cert = crate::tls::listener_certs(&config).map_err(|source| {
+    let cert = crate::acme::listener_certs(&config).map_err(|source| {
         let pos = config.tls.as_ref().map(|t| t.pos).unwrap_or_default();
         RunError::Tls {
             file: path.display().to_string(),
@@ -215,7 +215,7 @@ fn assemble(path: &Path, takeover: Option<&mut Option<Takeover>>, upgradable: bo
     // runs on this service's thread), so it keeps the proxy threads' policy.
     server.add_service(pingora::services::background::background_service(
         "shared sid table",
-        crate::sticky::SharedLink {
+        crate::upkeep::SharedLink {
             shared: Arc::clone(&shared),
         },
     ));

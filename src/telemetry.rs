@@ -15,7 +15,7 @@ pub enum LogFormat {
 /// (`info`, with pingora's own logs at `warn`).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=error"));
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora=warn,pingora_core=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -8,9 +8,11 @@
 //! the old ones) and swaps them in; new handshakes use them, open connections keep
 //! theirs. HTTP/2 server limits live in `proxy::h2`. This module does not accept connections.
 
+mod challenges;
 mod store;
 mod tickets;
 
+pub use challenges::{AcmeState, Challenges, RenewalStatus};
 pub use store::{CertSet, CertStore, Certificate, wildcard_of};
 pub use tickets::{KEY_LIFETIME as TICKET_KEY_LIFETIME, TicketKey, TicketKeys};
 
@@ -178,20 +180,6 @@ pub fn alpn_protocols(tls: &Tls) -> Vec<Vec<u8>> {
 /// The `Strict-Transport-Security` value for https responses, when `tls.hsts` is set.
 pub fn hsts_value(config: &Config) -> Option<http::HeaderValue> {
     config.tls.as_ref()?.hsts.as_ref().map(|h| h.header.clone())
-}
-
-/// The certificate store of the https listener, loaded from the config's files and the
-/// ACME storage; `None` without an https listener.
-pub fn listener_certs(config: &Config) -> Result<Option<Arc<CertStore>>, TlsError> {
-    let (Some(t), Some(_)) = (&config.tls, config.listen.https) else {
-        return Ok(None);
-    };
-    let store = CertStore::new(CertSet::load(t)?, t.acme.is_some());
-    if let (Some(acme), Some(state)) = (&t.acme, store.acme()) {
-        let cert = crate::acme::initial_certificate(acme, state).map_err(|e| TlsError::Acme(e.to_string()))?;
-        store.store_acme(cert);
-    }
-    Ok(Some(store))
 }
 
 /// The rustls config of the https listener: certificates from `store` (the

@@ -75,7 +75,7 @@ impl BackgroundService for Manager {
             let Some(acme) = config.tls.as_ref().and_then(|t| t.acme.clone()) else {
                 // A reload removed tls.acme: nothing to renew until one adds it back.
                 tokio::select! {
-                    _ = state.wake.notified() => continue,
+                    _ = state.woken() => continue,
                     _ = shutdown.changed() => return,
                 }
             };
@@ -93,7 +93,7 @@ impl BackgroundService for Manager {
             }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = state.wake.notified() => continue,
+                _ = state.woken() => continue,
                 _ = shutdown.changed() => return,
                 () = self.shared.lifecycle.until_handed_over() => return,
             }
@@ -254,9 +254,8 @@ async fn issue(acme: &Acme, state: &AcmeState) -> Result<(String, String), AcmeE
             }
             AcmeChallenge::TlsAlpn01 => {
                 let name = challenge.identifier().to_string();
-                state
-                    .challenges
-                    .add_tls_alpn01(&name, key_authorization.digest().as_ref())?;
+                let cert = super::tls_alpn01_certificate(&name, key_authorization.digest().as_ref())?;
+                state.challenges.add_tls_alpn01(&name, Arc::new(cert));
                 opened.tls.push(name);
             }
         }

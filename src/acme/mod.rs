@@ -13,16 +13,19 @@ mod challenges;
 mod manager;
 mod storage;
 
-pub use challenges::Challenges;
+pub use challenges::tls_alpn01_certificate;
 pub use manager::{Manager, renewal_due};
 pub use storage::Storage;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+/// The state shared with the listeners lives in `tls` (which must not import `acme`).
+pub use crate::tls::{AcmeState, Challenges, RenewalStatus};
 
-use crate::config::Acme;
-use crate::tls::{CertStore, Certificate, TlsError, certified_key_from_pem};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Acme, Config};
+use crate::tls::{CertSet, CertStore, Certificate, TlsError, certified_key_from_pem};
 
 /// Path prefix of HTTP-01 challenge requests: routing owns it.
 pub use crate::route::ACME_PREFIX as HTTP01_PATH;
@@ -48,52 +51,27 @@ pub enum AcmeError {
     Timeout(Duration),
 }
 
-/// The last renewal attempt and what comes next, for the stats page.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RenewalStatus {
-    /// A certificate from the ACME server is in use (not the self-signed stand-in).
-    pub issued: bool,
-    pub last_attempt: Option<SystemTime>,
-    /// Whether the last attempt succeeded; `None` before the first.
-    pub last_ok: Option<bool>,
-    /// The last attempt's error (empty after a success).
-    pub last_error: String,
-    pub last_success: Option<SystemTime>,
-    pub next_attempt: Option<SystemTime>,
-    /// Failed attempts since the last success.
-    pub failures: u32,
-}
-
-/// What the ACME task shares with the listeners and the stats page.
-#[derive(Debug, Default)]
-pub struct AcmeState {
-    pub challenges: Challenges,
-    status: Mutex<RenewalStatus>,
-    /// Wakes the task early (a reload changed `tls.acme`).
-    wake: tokio::sync::Notify,
-}
-
-impl AcmeState {
-    pub fn status(&self) -> RenewalStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn update(&self, f: impl FnOnce(&mut RenewalStatus)) {
-        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-
-    /// Look at the certificate again now (after a reload).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-}
-
 /// The answer to an HTTP-01 request for `path` (`/.well-known/acme-challenge/TOKEN`):
 /// the key authorization while that challenge is open, else `None` (answer 404).
 pub fn http01_answer(certs: Option<&CertStore>, path: &str) -> Option<String> {
     let token = path.strip_prefix(HTTP01_PATH)?;
     let token = token.split(['?', '#']).next()?;
     certs?.acme()?.challenges.http01(token)
+}
+
+/// The certificate store of the https listener, loaded from the config's files and the
+/// ACME storage (`initial_certificate`) when `tls.acme` is set; `None` without an https
+/// listener. Here, not in `tls`, so that `tls` never imports `acme`.
+pub fn listener_certs(config: &Config) -> Result<Option<Arc<CertStore>>, TlsError> {
+    let (Some(t), Some(_)) = (&config.tls, config.listen.https) else {
+        return Ok(None);
+    };
+    let store = CertStore::new(CertSet::load(t)?, t.acme.is_some());
+    if let (Some(acme), Some(state)) = (&t.acme, store.acme()) {
+        let cert = initial_certificate(acme, state).map_err(|e| TlsError::Acme(e.to_string()))?;
+        store.store_acme(cert);
+    }
+    Ok(Some(store))
 }
 
 /// The ACME certificate to serve at start: the stored one when it covers the configured

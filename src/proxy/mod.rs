@@ -7,20 +7,28 @@
 
 mod access;
 mod account;
+mod fields;
 pub mod forwarding;
 mod frontend;
 mod h1;
 mod h2;
-pub mod headers;
 mod local_answer;
 mod places;
 mod proxy_protocol;
 mod relay;
 mod select;
+mod sid_lookup;
 mod tunnel;
 mod upstream;
 
 pub use crate::route::ACME_PREFIX;
+
+/// The HTTP/1 engine's per-request head work, public for the criterion benchmarks
+/// (benches/hot_path.rs): they measure the code requests run, not a copy of it.
+pub mod hot_path {
+    pub use super::h1::head::Head as RequestHead;
+    pub use super::h1::request::{Upstream, write_head};
+}
 pub use frontend::{ConnectionCap, Frontend, Https, connection_cap, pool_size};
 pub use h1::Pool;
 pub use h2::{H2_LIMITS, H2Limits};

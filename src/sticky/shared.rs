@@ -17,25 +17,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::mpsc;
 
-use crate::config::{Balance, SharedSids};
-use crate::runtime::{BackendRt, Shared};
+use crate::config::SharedSids;
 use crate::state::Counter;
 
 /// Changes waiting to be written; more are dropped (and counted as fallbacks).
 const OUTBOX_CAPACITY: usize = 8192;
-/// A lookup Redis answers with nothing is asked again after this pause, then after
-/// twice as long, and so on within the timeout: the edge that saw the handshake may
-/// still be writing the sid (it never delays the answer for that).
-const MISS_RETRY_AFTER: Duration = Duration::from_millis(5);
-/// Longest wait for a sid an upgrade's draining process is still telling this one about.
-const PREDECESSOR_WAIT: Duration = Duration::from_millis(50);
 /// Longest sid looked up (Engine.IO's are 20 characters); longer ones are not asked about.
 const MAX_SID_LEN: usize = 128;
 
@@ -50,13 +42,13 @@ pub enum Change {
 
 /// The connection to the shared table's Redis (cheap to clone: a handle).
 #[derive(Clone)]
-pub(super) enum Conn {
+pub(crate) enum Conn {
     One(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
 impl Conn {
-    pub(super) async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    pub(crate) async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
         match self {
             Conn::One(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => cmd.query_async(c).await,
@@ -149,112 +141,47 @@ impl SharedTable {
         }
     }
 
-    pub(super) fn configure(&self, settings: Option<SharedSids>) {
+    pub(crate) fn configure(&self, settings: Option<SharedSids>) {
         if self.settings.load().as_deref() != settings.as_ref() {
             self.settings.store(settings.map(Arc::new));
         }
     }
 
-    pub(super) fn set_conn(&self, conn: Option<Conn>) {
+    pub(crate) fn set_conn(&self, conn: Option<Conn>) {
         self.up.store(conn.is_some(), Relaxed);
         *self.conn.write().unwrap_or_else(PoisonError::into_inner) = conn;
     }
 
-    fn connection(&self) -> Option<Conn> {
+    pub(crate) fn connection(&self) -> Option<Conn> {
         self.conn.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    pub(super) fn take_inbox(&self) -> Option<mpsc::Receiver<Change>> {
+    pub(crate) fn take_inbox(&self) -> Option<mpsc::Receiver<Change>> {
         self.inbox.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
     /// Connected, as far as `tell` is concerned (tests without Redis).
     #[cfg(test)]
-    pub(super) fn pretend_up(&self, settings: SharedSids) {
+    pub(crate) fn pretend_up(&self, settings: SharedSids) {
         self.configure(Some(settings));
         self.up.store(true, Relaxed);
     }
 }
 
 /// The Redis key of `sid`.
-pub(super) fn key(settings: &SharedSids, sid: &str) -> String {
+pub(crate) fn key(settings: &SharedSids, sid: &str) -> String {
     format!("{}{sid}", settings.key_prefix)
 }
 
 /// A sid worth asking about: short and printable (a forged one costs at most a lookup).
-fn plausible(sid: &str) -> bool {
+pub fn plausible(sid: &str) -> bool {
     !sid.is_empty() && sid.len() <= MAX_SID_LEN && sid.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// While an earlier process drains after an upgrade, a sid it learned an instant ago (a
-/// handshake answered there) reaches this process within milliseconds (`upgrade`): an
-/// unknown sid waits for it up to [`PREDECESSOR_WAIT`].
-async fn await_predecessor(table: &super::sid::SidTable, sid: &str) {
-    let deadline = tokio::time::Instant::now() + PREDECESSOR_WAIT;
-    let mut pause = Duration::from_millis(2);
-    while !table.knows(sid) && tokio::time::Instant::now() + pause < deadline {
-        tokio::time::sleep(pause).await;
-        pause *= 2;
-    }
-}
-
-/// Before a server is chosen for a request of a sticky backend `b` with `sid`: if the
-/// local table does not know the sid, ask the shared table (within its timeout) and
-/// remember its answer locally. Returns at once when there is nothing to ask; never fails
-/// (the request then goes by cookie or hash).
-pub async fn resolve(shared: &Shared, b: &BackendRt, sid: Option<&str>) {
-    let Some(sid) = sid else { return };
-    let table = &shared.sids;
-    if shared.lifecycle.has_draining() && b.cfg.balance == Balance::Sticky && plausible(sid) {
-        await_predecessor(table, sid).await;
-    }
-    let link = &table.shared;
-    let Some(settings) = link.settings() else { return };
-    if b.cfg.balance != Balance::Sticky || !plausible(sid) || table.knows(sid) {
-        return;
-    }
-    let counters = &link.counters;
-    let Some(mut conn) = link.connection() else {
-        counters.fallbacks.inc();
-        return;
-    };
-    let deadline = tokio::time::Instant::now() + settings.timeout;
-    let get = redis::cmd("GET").arg(key(&settings, sid)).to_owned();
-    let mut answer = tokio::time::timeout_at(deadline, conn.query::<Option<String>>(&get)).await;
-    let mut pause = MISS_RETRY_AFTER;
-    while matches!(answer, Ok(Ok(None))) && tokio::time::Instant::now() + pause < deadline {
-        tokio::time::sleep(pause).await;
-        pause *= 2;
-        match tokio::time::timeout_at(deadline, conn.query::<Option<String>>(&get)).await {
-            // Past the deadline, or failing now: it stays a miss.
-            Ok(Ok(Some(name))) => answer = Ok(Ok(Some(name))),
-            Ok(Ok(None)) => {}
-            _ => break,
-        }
-    }
-    match answer {
-        Ok(Ok(Some(name))) => match b.members.iter().find(|m| *m.name == *name) {
-            Some(m) => {
-                counters.hits.inc();
-                table.adopt(sid, &m.state);
-            }
-            None => counters.misses.inc(),
-        },
-        Ok(Ok(None)) => counters.misses.inc(),
-        Ok(Err(e)) => {
-            counters.errors.inc();
-            counters.fallbacks.inc();
-            tracing::debug!(error = %e, "shared sid table: lookup failed");
-        }
-        Err(_) => {
-            counters.timeouts.inc();
-            counters.fallbacks.inc();
-        }
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::config::SharedRedis;
 

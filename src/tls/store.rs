@@ -16,8 +16,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::{ACME_TLS_ALPN, CertInfo, TlsError, load_certified_key};
-use crate::acme::AcmeState;
+use super::{ACME_TLS_ALPN, AcmeState, CertInfo, TlsError, load_certified_key};
 use crate::config::Tls;
 
 /// One certificate served, with what the stats page shows about it.

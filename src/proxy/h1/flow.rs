@@ -142,7 +142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         };
         // A sid another edge learned: ask the shared table first (sticky.shared).
-        crate::sticky::shared::resolve(&self.shared, b, ctx.sticky.sid.as_deref()).await;
+        crate::proxy::sid_lookup::resolve(&self.shared, b, ctx.sticky.sid.as_deref()).await;
         match self.pick_and_try(&mut ctx, b, replay).await {
             Ok((answer, member, slot)) => {
                 if let Some(n) = replay {

@@ -21,13 +21,12 @@
 
 mod answer;
 mod ctx;
-pub mod fields;
 mod flow;
 pub(in crate::proxy) mod framing;
-mod head;
+pub(super) mod head;
 mod idle;
 mod local;
-mod request;
+pub(super) mod request;
 mod response;
 mod spare;
 

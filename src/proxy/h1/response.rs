@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use super::fields;
+use crate::proxy::fields;
 use crate::proxy::upstream::head::{Header, Parsed, RespKind};
 
 /// How the head goes on to the client.

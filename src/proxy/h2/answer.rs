@@ -9,8 +9,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
-use super::super::h1::fields;
 use super::super::upstream::head::{Header, Parsed, RespKind};
+use crate::proxy::fields;
 
 const SEC_WEBSOCKET_ACCEPT: &[u8] = b"sec-websocket-accept";
 

@@ -218,7 +218,7 @@ impl Stream {
             _ => None,
         };
         // A sid another edge learned: ask the shared table first (sticky.shared).
-        crate::sticky::shared::resolve(&self.conn.shared, b, self.sticky.sid.as_deref()).await;
+        crate::proxy::sid_lookup::resolve(&self.conn.shared, b, self.sticky.sid.as_deref()).await;
         let place = match unless_reset(respond, self.conn.places.take(b.cfg.timeouts.queue)).await {
             Some(Ok(place)) => place,
             Some(Err(why)) => return self.refuse(respond, Refusal::Status(503, why)),

@@ -3,7 +3,7 @@
 //! checked against the WebSocket handshake it answers. How the head then goes on to a
 //! client is the engine's (`h1::response` writes it for HTTP/1). No I/O here.
 
-use crate::proxy::h1::fields::{self, tokens};
+use crate::proxy::fields::{self, tokens};
 
 /// Most headers a response may have.
 const MAX_HEADERS: usize = 100;

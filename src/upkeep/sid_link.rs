@@ -3,7 +3,7 @@
 //!
 //! The task follows the config in force (`sticky.shared`, so a reload may turn the table
 //! on, off, or point it elsewhere), connects, publishes the connection for lookups
-//! (`shared::resolve`), writes the queued changes (`SET key server PX sid_ttl`, `DEL key`)
+//! (`proxy::sid_lookup::resolve`), writes the queued changes (`SET key server PX sid_ttl`, `DEL key`)
 //! in batches, checks the connection with PING every second, and when Redis fails
 //! withdraws the connection (lookups then fall back at once, without waiting) and
 //! reconnects with backoff. It never blocks a request: everything it does happens here.
@@ -18,9 +18,9 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::mpsc;
 
-use super::shared::{Change, Conn, SharedTable, key};
 use crate::config::{SharedRedis, SharedSids};
 use crate::runtime::Shared;
+use crate::sticky::shared::{Change, Conn, SharedTable, key};
 
 /// Connect, write and PING timeout of the link (lookups have their own, shorter one).
 const IO_TIMEOUT: Duration = Duration::from_secs(1);

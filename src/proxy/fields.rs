@@ -1,8 +1,8 @@
 //! The HTTP/1 field rules both directions share, in one place: the tokens of a list value,
 //! what `Connection` says and which fields it makes this hop's only, and `Content-Length`
 //! (strict from clients; from servers, identical duplicates are one length, RFC 9110 §8.6).
-//! Used by the request head (`head`), the server's answer head (`upstream::head`) and the
-//! rewrite of that answer for the client (`response`); nothing here allocates.
+//! Used by the request head (`h1::head`), the server's answer head (`upstream::head`) and the
+//! rewrite of that answer for the client (`h1::response`, `h2::answer`); nothing here allocates.
 
 /// The comma-separated tokens of a header value.
 pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
