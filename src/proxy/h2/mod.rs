@@ -6,7 +6,7 @@
 //!
 //! One task per connection drives the connection and all its streams: the connection
 //! future accepts streams and moves frames, each stream is a future in a set polled by
-//! the same task ([`serve`]), so a stream costs one allocation and no task, and the
+//! the same task ([`serve`]), so a stream costs its boxed future and no task, and the
 //! frames its future queues go out in the connection's next write. The h2 crate holds
 //! the protocol limits (`settings`); the engine adds the time limits: the preface within
 //! `timeouts.handshake` (read by the frontend, as part of the handshake), a connection
