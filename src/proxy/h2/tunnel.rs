@@ -75,11 +75,15 @@ impl Stream {
             }
             !sticky.scanning()
         };
+        // The answer's read buffer (16 KiB reserved) must not idle with the tunnel: only
+        // the bytes the server sent after its head go on.
+        let from_server = buf[parsed.len..].to_vec();
+        drop((buf, fields));
         let relayed = relay::relay(
             StreamIo::new(send, recv),
             up,
             Vec::new(),
-            buf[parsed.len..].to_vec(),
+            from_server,
             b.cfg.timeouts.tunnel,
             Arc::clone(ticket.ctl()),
             watch,
