@@ -21,10 +21,18 @@
 //!   request with `Connection: close`, read the answer, and start over: every connection
 //!   a full handshake (resumption off, unlike wrk, which resumes its previous session).
 //!   The certificate is not verified: the load generator should cost little.
+//! - `ws-hold ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets held open (`opened=N` once
+//!   they are), each echoing a numbered message every INTERVAL_MS for SECONDS; prints
+//!   how many were dropped (closed or silent) before the end. For the `upgrade` scenario.
+//! - `first-new ADDR PATH OLD_PIDS SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]`: new
+//!   connections until one is answered by a process not in OLD_PIDS (`X-Proxy-Pid` header
+//!   or `"pid"` in the body), then AFTER_MS more; prints when, and how many probes (of
+//!   PROXY_ADDR too, when the pid comes from elsewhere) got no answer.
 //!
 //! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
 
 mod h2client;
+mod upgrade_watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +71,9 @@ fn usage() -> ! {
          bench-client h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
-         bench-client tls-handshake ADDR PATH CLIENTS SECONDS"
+         bench-client tls-handshake ADDR PATH CLIENTS SECONDS\n       \
+         bench-client ws-hold ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
+         bench-client first-new ADDR PATH OLD_PID[,OLD_PID...] SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]"
     );
     std::process::exit(2);
 }
@@ -95,6 +105,22 @@ fn main() {
             Some("ws-echo") => {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
                 ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
+            }
+            Some("ws-hold") => {
+                let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
+                upgrade_watch::hold(&addr, &path, arg(&args, 3), seconds, interval).await
+            }
+            Some("first-new") => {
+                let after_ms = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(0);
+                let proxied = match (args.get(6), args.get(7)) {
+                    (Some(a), Some(p)) => (a.as_str(), p.as_str()),
+                    _ => (addr.as_str(), path.as_str()),
+                };
+                let probes = upgrade_watch::Probes {
+                    named: (&addr, &path),
+                    proxied,
+                };
+                upgrade_watch::first_new(&probes, &arg::<String>(&args, 3), arg(&args, 4), after_ms).await
             }
             Some("tls-handshake") => tls_handshakes(&addr, &path, arg(&args, 3), arg(&args, 4)).await,
             _ => usage(),

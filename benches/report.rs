@@ -19,9 +19,11 @@ fn better(metric: &str) -> &'static str {
     let metric = metric.strip_suffix("_tls").unwrap_or(metric);
     let lower = ["_ms", "_kib", "_seconds"].iter().any(|s| metric.ends_with(s));
     let wakes = metric.starts_with("nvcsw_") || metric.starts_with("wakeups_");
-    if lower || wakes || metric.starts_with("kib_") || metric == "errors" {
+    // Failures: errors of any kind, WebSockets dropped, old processes left behind.
+    let failures = metric.ends_with("errors") || metric.ends_with("_dropped") || metric == "old_after_close";
+    if lower || wakes || failures || metric.starts_with("kib_") {
         "lower"
-    } else if metric.contains("cpu_pct") || metric == "messages" || metric == "reloads" {
+    } else if metric.contains("cpu_pct") || ["messages", "reloads", "upgrades", "old_at_end"].contains(&metric) {
         ""
     } else {
         "higher"

@@ -13,7 +13,8 @@
 # CONNECTIONS (wrk -c), H2_CONNECTIONS and H2_STREAMS (h2load -c and -m),
 # WS_IDLE (idle WebSockets, and idle HTTP/2 connections), KEEPALIVE_IDLE (idle keep-alive
 # connections), WS_ECHO (echo connections),
-# WS_ECHO_INTERVAL_MS, BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
+# WS_ECHO_INTERVAL_MS, UPGRADE_WS (WebSockets held across the upgrades), UPGRADES (upgrades
+# in a row), UPGRADE_GAP (seconds between two), BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
 # the whole run: the proxy then shares its core, as on a busy host).
 set -euo pipefail
 
@@ -27,7 +28,7 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle h2_idle ws_h2_idle reload"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle h2_idle ws_h2_idle reload upgrade"}
 CONNECTIONS=${CONNECTIONS:-64}
 H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 H2_STREAMS=${H2_STREAMS:-16}
@@ -35,6 +36,9 @@ WS_IDLE=${WS_IDLE:-5000}
 KEEPALIVE_IDLE=${KEEPALIVE_IDLE:-5000}
 WS_ECHO=${WS_ECHO:-100}
 WS_ECHO_INTERVAL_MS=${WS_ECHO_INTERVAL_MS:-10}
+UPGRADE_WS=${UPGRADE_WS:-1000}
+UPGRADES=${UPGRADES:-3}
+UPGRADE_GAP=${UPGRADE_GAP:-3}
 BASE_PORT=${BASE_PORT:-18100}
 NEIGHBOUR=${NEIGHBOUR:-0}
 WARMUP=1 # seconds of load before each measured wrk run
@@ -45,6 +49,8 @@ STATS_PORT=$((BASE_PORT + 2))
 BACKEND_PORTS=($((BASE_PORT + 11)) $((BASE_PORT + 12)) $((BASE_PORT + 13)) $((BASE_PORT + 14)))
 EXAMPLES=${EXAMPLES:-$ROOT/target/bench-tools/examples}
 EDGEPIN=${EDGEPIN:-$ROOT/target/release/edgepin}
+# By absolute path: nginx's binary upgrade re-executes the path it was started by.
+NGINX=$(command -v nginx || echo nginx)
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=$ROOT/target/bench
 RUN=$OUT/run-$STAMP
@@ -53,6 +59,7 @@ RESULTS=$RUN/results.tsv
 STARTED=()     # pids to stop on exit
 PROXY_PIDS=""  # the running proxy's processes, comma-separated
 PROXY_TARGET=""
+VARIANT=""     # "-upgrade": start the proxy from its upgrade config (render_upgrade_configs)
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -77,9 +84,21 @@ stop_pid() { # PID [SIGNAL]: stop one process, wait up to 5 s, then kill it
   wait "$pid" 2>/dev/null || true
 }
 
-cleanup() {
+descendants() { # PID…: these and all their descendants, parents first (found by pid, not name)
   local pid
-  for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+  for pid in "$@"; do
+    alive "$pid" || continue
+    echo "$pid"
+    # shellcheck disable=SC2046
+    descendants $(children_of "$pid")
+  done
+}
+
+cleanup() {
+  local pid all
+  # Children too: a proxy an upgrade started, nginx workers, the tools under `timeout`.
+  all=$(descendants "${STARTED[@]}")
+  for pid in "${STARTED[@]}" $all; do stop_pid "$pid"; done
   STARTED=()
 }
 trap cleanup EXIT
@@ -156,19 +175,28 @@ start_proxy() { # TARGET: start it pinned on PROXY_CPUS, wait until it proxies
   case $target in
     direct) PROXY_PIDS=""; return 0 ;;
     edgepin)
-      RUST_LOG=warn taskset -c "$PROXY_CPUS" "$EDGEPIN" run -c "$RUN/edgepin.yaml" >"$RUN/edgepin.log" 2>&1 &
+      RUST_LOG=warn,edgepin::upgrade=info taskset -c "$PROXY_CPUS" "$EDGEPIN" run -c "$RUN/edgepin$VARIANT.yaml" >>"$RUN/edgepin.log" 2>&1 &
       pid=$! ;;
     haproxy)
-      taskset -c "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
+      taskset -c "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy$VARIANT.cfg" >>"$RUN/haproxy.log" 2>&1 &
       pid=$! ;;
     nginx)
-      taskset -c "$PROXY_CPUS" nginx -p "$RUN" -e "$RUN/nginx-error.log" -c "$RUN/nginx.conf" >"$RUN/nginx.log" 2>&1 &
+      rm -f "$RUN/nginx$VARIANT.pid" "$RUN/nginx$VARIANT.pid.oldbin"
+      taskset -c "$PROXY_CPUS" "$NGINX" -p "$RUN" -e "$RUN/nginx-error.log" -c "$RUN/nginx$VARIANT.conf" >>"$RUN/nginx.log" 2>&1 &
       pid=$! ;;
     *) die "unknown target $target" ;;
   esac
   STARTED+=("$pid")
   PROXY_PIDS=$pid PROXY_TARGET=$target
   wait_port "$HTTP_PORT" && wait_port "$HTTPS_PORT" || die "$target did not open its ports (see $RUN/$target.log)"
+  if [ "$target" = nginx ] && [ -n "$VARIANT" ]; then
+    # Daemonised (a binary upgrade needs it): the master is the one in the pidfile.
+    wait "$pid" || die "nginx did not start (see $RUN/nginx-error.log)"
+    for _ in $(seq 50); do [ -s "$RUN/nginx$VARIANT.pid" ] && break; sleep 0.1; done
+    pid=$(cat "$RUN/nginx$VARIANT.pid") || die "nginx wrote no pidfile"
+    STARTED+=("$pid")
+    PROXY_PIDS=$pid
+  fi
   for _ in $(seq 50); do
     http_ok "$HTTP_PORT" / && break
     sleep 0.1
@@ -232,6 +260,11 @@ client() { # bench-client args…, on LOAD_CPUS, bounded
 }
 
 value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
+
+median() { # NUMBER…: the middle one (the lower middle of an even count); nothing for none
+  [ "$#" -gt 0 ] || return 0
+  printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
+}
 
 record_output() { # TARGET SCENARIO OUTPUT KEY[:METRIC]…: record bench-client's KEY=value lines
   local target=$1 scenario=$2 out=$3 key
@@ -516,10 +549,194 @@ scenario_reload() {
   for t in "${RETIRED[@]}"; do stop_pid "$t"; done
   read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
   record "$target" reload reloads "${#times[@]}"
-  record "$target" reload reload_ms "$(printf '%s\n' "${times[@]}" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')"
+  record "$target" reload reload_ms "$(median "${times[@]}")"
   record "$target" reload rps "$rps"
   record "$target" reload p99_ms "$p99"
   record "$target" reload errors "$err"
+}
+
+# ------------------------------------------------------------------------------ upgrade
+# Binary upgrades under load, each proxy its own documented way, with the same binary.
+# The upgrade configs add what that needs and a way to tell which process answered:
+# edgepin a pidfile (its upgrade socket is beside it; `/health` on the stats listener
+# gives the pid); HAProxy a stats socket with `expose-fd listeners` (the new process
+# takes the listeners with `-x`) and an `X-Proxy-Pid: %pid` header; nginx daemonised
+# (it ignores USR2 while its parent is the one that started it) and `X-Proxy-Pid: $pid`.
+render_upgrade_configs() {
+  { cat "$RUN/edgepin.yaml"; printf '\nreload: { pidfile: %s/edgepin.pid }\n' "$RUN"; } >"$RUN/edgepin-upgrade.yaml"
+  sed -e "/^global/a\\    stats socket $RUN/haproxy.sock mode 600 level admin expose-fd listeners" \
+    -e '/^frontend edge/a\    http-after-response set-header X-Proxy-Pid %pid' \
+    "$RUN/haproxy.cfg" >"$RUN/haproxy-upgrade.cfg"
+  sed -e 's/^daemon off;/daemon on;/' -e "s|^pid .*|pid $RUN/nginx-upgrade.pid;|" \
+    -e '/^    server {/a\        add_header X-Proxy-Pid $pid always;' \
+    "$RUN/nginx.conf" >"$RUN/nginx-upgrade.conf"
+}
+
+# Each upgrade_TARGET upgrades the running proxy and sets UPGRADE_MS: milliseconds from
+# the command until a new connection is answered by a new process (bench-client
+# first-new), or "" if none was. The processes it replaced go to RETIRED (the main one
+# also to RETIRED_MAIN), the new ones to PROXY_PIDS and STARTED, so the cleanup finds
+# them all by pid. PROBE_FAILURES adds the probes that got no answer (refused, reset),
+# from the command until 1 s after the new process answered (the old one stops accepting
+# in that second).
+first_new() { # T0 PORT PATH: wait for the first answer from a process not in PROXY_PIDS
+  # (PORT PATH: where the proxy names itself); the http listener is probed too
+  local out
+  out=$(client first-new "127.0.0.1:$2" "$3" "$PROXY_PIDS" 20 1000 "127.0.0.1:$HTTP_PORT" /api/items) || return 1
+  NEW_PID=$(value new_pid <<<"$out")
+  UPGRADE_MS=$(($(value ready_unix_ms <<<"$out") - $1))
+  PROBE_FAILURES=$((PROBE_FAILURES + $(value probe_failures <<<"$out")))
+}
+
+retire() { # the serving processes become old ones
+  local p
+  RETIRED_MAIN+=("${PROXY_PIDS%%,*}")
+  for p in ${PROXY_PIDS//,/ }; do RETIRED+=("$p"); done
+}
+
+upgrade_edgepin() { # `edgepin upgrade`: the running process starts the new binary itself
+  local t0 cmd
+  UPGRADE_MS=""
+  t0=$(now_ms)
+  timeout 90 taskset -c "$LOAD_CPUS" "$EDGEPIN" upgrade -c "$RUN/edgepin-upgrade.yaml" --timeout 60s \
+    >>"$RUN/edgepin-upgrade.out" 2>&1 &
+  cmd=$!
+  first_new "$t0" "$STATS_PORT" /health || log "edgepin: no new process answered"
+  if wait "$cmd" && [ -n "$UPGRADE_MS" ]; then
+    STARTED+=("$NEW_PID")
+    retire
+    PROXY_PIDS=$NEW_PID
+  else
+    log "edgepin upgrade failed (see $RUN/edgepin-upgrade.out)"
+    UPGRADE_MS=""
+  fi
+}
+
+upgrade_haproxy() { # a new process takes the listeners over the stats socket (-x), then tells the old one to finish (-sf)
+  local t0 new
+  UPGRADE_MS=""
+  t0=$(now_ms)
+  taskset -c "$PROXY_CPUS" haproxy -db -f "$RUN/haproxy-upgrade.cfg" -x "$RUN/haproxy.sock" -sf "${PROXY_PIDS%%,*}" \
+    >>"$RUN/haproxy.log" 2>&1 &
+  new=$!
+  STARTED+=("$new")
+  if first_new "$t0" "$HTTP_PORT" /api/items && [ "$NEW_PID" = "$new" ]; then
+    retire
+    PROXY_PIDS=$new
+  else
+    log "haproxy: the new process $new did not serve (see $RUN/haproxy.log)"
+    UPGRADE_MS=""
+  fi
+}
+
+upgrade_nginx() { # USR2 (a new master and workers on the inherited sockets), WINCH and QUIT to the old master
+  local master=${PROXY_PIDS%%,*} t0 new w ignored
+  UPGRADE_MS=""
+  ignored=$(grep -c 'changing binary signal is ignored' "$RUN/nginx-error.log" || true)
+  t0=$(now_ms)
+  kill -USR2 "$master"
+  # A new master writes the pidfile at once; a refused USR2 is logged at once.
+  for _ in $(seq 200); do
+    new=$(cat "$RUN/nginx-upgrade.pid" 2>/dev/null || true)
+    [[ $new =~ ^[0-9]+$ && $new != "$master" ]] && break
+    if [ "$(grep -c 'changing binary signal is ignored' "$RUN/nginx-error.log" || true)" != "$ignored" ]; then
+      log "nginx ignored USR2: an old master is still draining (\"the changing binary signal is ignored\")"
+      return
+    fi
+    sleep 0.005
+  done
+  [[ $new =~ ^[0-9]+$ && $new != "$master" ]] && STARTED+=("$new")
+  first_new "$t0" "$HTTP_PORT" /api/items || { log "nginx: no new worker answered after USR2"; return; }
+  new=$(cat "$RUN/nginx-upgrade.pid" 2>/dev/null || true)
+  [[ $new =~ ^[0-9]+$ && $new != "$master" ]] || { log "nginx: no new master in the pidfile"; UPGRADE_MS=""; return; }
+  kill -WINCH "$master"
+  kill -QUIT "$master"
+  retire
+  PROXY_PIDS=$new
+  for w in $(children_of "$new"); do STARTED+=("$w"); PROXY_PIDS+=",$w"; done
+}
+
+alive_count() { # PID…: how many are still running
+  local n=0 p
+  for p in "$@"; do alive "$p" && n=$((n + 1)); done
+  echo "$n"
+}
+
+hold_batch() { # NAME N: N more WebSockets held until HOLD_END (bench-client ws-hold); returns once they are open
+  local file="$RUN/$1.hold" pid
+  client ws-hold "127.0.0.1:$HTTP_PORT" "/socket.io/?EIO=4&transport=websocket" "$2" \
+    "$((HOLD_END > SECONDS + 1 ? HOLD_END - SECONDS : 1))" 1000 >"$file" 2>"$file.err" &
+  pid=$!
+  STARTED+=("$pid") HOLDS+=("$pid") HOLD_FILES+=("$file")
+  for _ in $(seq 600); do
+    grep -q '^opened=' "$file" 2>/dev/null && return 0
+    alive "$pid" || break
+    sleep 0.05
+  done
+  log "$PROXY_TARGET: the WebSockets of $1 did not open (see $file.err)"
+}
+
+hold_totals() { # FILE…: the figures of every ws-hold: dropped and messages summed, the
+  # slowest echo; no ws_dropped at all if a ws-hold gave no figures (it failed)
+  awk -F= '$1 == "ws_dropped" { reported++ } $1 == "ws_dropped" || $1 == "messages" { sum[$1] += $2 }
+    $1 == "echo_max_ms" && $2 > max { max = $2 }
+    END { if (reported == ARGC - 1) printf "ws_dropped=%d\n", sum["ws_dropped"]
+      printf "messages=%d\necho_max_ms=%.1f\n", sum["messages"], max }' "$@"
+}
+
+# UPGRADE_WS WebSockets held open, each echoing a numbered message every second (70 %
+# before the first upgrade, the rest in equal batches before the next ones, so every old
+# process drains tunnels of its own), and wrk keep-alive, while the proxy is upgraded
+# UPGRADES times, UPGRADE_GAP s apart, with the same binary. Records the WebSockets
+# dropped, wrk's errors, the median time from the command to the new process serving, the
+# old processes still draining at the end of the window, how long after the WebSockets
+# closed they were all gone, and how many were still alive 5 s after; then stops them all
+# by pid.
+scenario_upgrade() {
+  local target=$1 name="upgrade-$1-$REP" times=() rps p50 p99 err req load window out i later=0 t0 gone
+  [ "$target" = direct ] && return 0
+  window=$((2 + UPGRADES * UPGRADE_GAP + 2))
+  [ "$window" -ge "$DURATION" ] || window=$DURATION
+  [ "$UPGRADES" -gt 1 ] && later=$((UPGRADE_WS * 3 / (10 * (UPGRADES - 1))))
+  RETIRED=() RETIRED_MAIN=() PROBE_FAILURES=0 HOLDS=() HOLD_FILES=()
+  HOLD_END=$((SECONDS + window + 3)) # past wrk's end: old_at_end is counted while they are open
+  hold_batch "$name-0" $((UPGRADE_WS - later * (UPGRADES - 1)))
+  DURATION=$window wrk_run "$name" "http://127.0.0.1:$HTTP_PORT/api/items" &
+  load=$!
+  sleep 2
+  for i in $(seq "$UPGRADES"); do
+    [ "$i" -gt 1 ] && hold_batch "$name-$((i - 1))" "$later"
+    "upgrade_$target"
+    [ -n "$UPGRADE_MS" ] && times+=("$UPGRADE_MS")
+    if [ -n "$UPGRADE_MS" ]; then
+      log "$target upgrade $i: a new process served after $UPGRADE_MS ms; serving: $PROXY_PIDS"
+    else
+      log "$target upgrade $i: no new process; serving: $PROXY_PIDS"
+    fi
+    [ "$i" = "$UPGRADES" ] || sleep "$UPGRADE_GAP"
+  done
+  wait "$load" || true
+  record "$target" upgrade old_at_end "$(alive_count "${RETIRED_MAIN[@]}")"
+  for i in "${HOLDS[@]}"; do wait "$i" || log "$target: a ws-hold exited with $? (see $RUN/$name-*.hold.err)"; done
+  # The WebSockets are closed: how long until every old process is gone (5 s at most).
+  t0=$(now_ms) gone=""
+  for _ in $(seq 250); do
+    [ "$(alive_count "${RETIRED[@]}")" = 0 ] && { gone=$(($(now_ms) - t0)); break; }
+    sleep 0.02
+  done
+  record "$target" upgrade old_gone_ms "$gone"
+  record "$target" upgrade old_after_close "$(alive_count "${RETIRED_MAIN[@]}")"
+  for i in "${RETIRED[@]}"; do stop_pid "$i"; done
+  out=$(hold_totals "${HOLD_FILES[@]}")
+  read -r rps p50 p99 err req < <(wrk_numbers "$RUN/$name.wrk")
+  record "$target" upgrade upgrades "${#times[@]}"
+  record "$target" upgrade ready_ms "$(median "${times[@]}")"
+  record_output "$target" upgrade "$out" ws_dropped
+  record "$target" upgrade rest_errors "$err"
+  record "$target" upgrade probe_errors "$PROBE_FAILURES"
+  record "$target" upgrade rps "$rps"
+  record "$target" upgrade p99_ms "$p99"
+  record_output "$target" upgrade "$out" echo_max_ms
 }
 
 supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo; h2 is edgepin vs HAProxy
@@ -550,6 +767,8 @@ preflight() {
     die "open-file limit $files too low for WS_IDLE=$WS_IDLE"
   [ "$files" = unlimited ] || [ "$files" -gt $((2 * KEEPALIVE_IDLE + 500)) ] ||
     die "open-file limit $files too low for KEEPALIVE_IDLE=$KEEPALIVE_IDLE"
+  [ "$files" = unlimited ] || [ "$files" -gt $((2 * UPGRADE_WS + 500)) ] ||
+    die "open-file limit $files too low for UPGRADE_WS=$UPGRADE_WS"
 }
 
 main() {
@@ -561,14 +780,15 @@ main() {
   render "$ROOT/benches/configs/edgepin.yaml" "$RUN/edgepin.yaml"
   render "$ROOT/benches/configs/haproxy.cfg" "$RUN/haproxy.cfg"
   render "$ROOT/benches/configs/nginx.conf" "$RUN/nginx.conf"
+  render_upgrade_configs
 
   {
     printf 'meta\tdate\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
     printf 'meta\trepetitions\t%s x %s s (medians)\n' "$REPS" "$DURATION"
     printf 'meta\tpinning\tproxy on CPU %s (%s threads/workers); wrk, bench-client and backends on CPU %s\n' \
       "$PROXY_CPUS" "$THREADS" "$LOAD_CPUS"
-    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; %s idle keep-alive connections; echo: %s WebSockets, one message each every %s ms\n' \
-      "$CONNECTIONS" "$WS_IDLE" "$KEEPALIVE_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS"
+    printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; %s idle keep-alive connections; echo: %s WebSockets, one message each every %s ms; upgrade: %s WebSockets, %s upgrades %s s apart\n' \
+      "$CONNECTIONS" "$WS_IDLE" "$KEEPALIVE_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS" "$UPGRADE_WS" "$UPGRADES" "$UPGRADE_GAP"
     printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
       "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"
@@ -594,6 +814,8 @@ main() {
       for scenario in $SCENARIOS; do
         supports "$target" "$scenario" || continue
         log "rep $REP/$REPS: $target $scenario"
+        VARIANT=""
+        [ "$scenario" = upgrade ] && VARIANT=-upgrade
         start_proxy "$target"
         "scenario_$scenario" "$target"
         stop_proxy

@@ -49,6 +49,18 @@ pub trait Fields {
     fn field(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>));
 }
 
+/// The plan's fields, written as HTTP/1 field lines (both engines' upstream heads).
+pub struct Lines<'o>(pub &'o mut Vec<u8>);
+
+impl Fields for Lines<'_> {
+    fn field(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        value(self.0);
+        self.0.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The client address: the TCP peer, unless the peer is a trusted proxy, then the
 /// rightmost X-Forwarded-For entry that is not itself a trusted proxy.
 pub fn client_ip(peer: Option<IpAddr>, xff: Option<&[u8]>, trusted: &[Network]) -> Option<IpAddr> {

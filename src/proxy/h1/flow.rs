@@ -4,7 +4,7 @@
 //! `upstream::attempt`) until one answers or `failure::classify` says to stop, and pass
 //! the answer on (`answer`). Local answers are `local`'s. Decisions are the modules
 //! named; what is decided here is only the order of the steps and the retry loop
-//! ([`after_failure`]).
+//! (with `pick_loop`'s shared steps).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,9 +13,10 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::Balance;
-use crate::failure::{self, Failure, Progress, Refusal, Retry, Verdict};
+use crate::failure::{self, Failure, Progress, Refusal, Verdict};
 use crate::proxy::account::Account;
 use crate::proxy::local_answer::LocalAnswer;
+use crate::proxy::pick_loop::{self, Books, CookieSent, Then, after_failure};
 use crate::proxy::select;
 use crate::proxy::upstream::head::Asked;
 use crate::proxy::upstream::{self, Answer, Attempt, Trace};
@@ -37,27 +38,6 @@ use super::{ClientRead, Conn, Next};
 /// (nginx buffers bodies for the same reason). A longer body streams once a server is
 /// chosen, and must keep `answer::MIN_BODY_RATE`.
 pub const HOLD_BODY: usize = 64 * 1024;
-
-/// What follows an attempt that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Then {
-    /// The same server again, on a new connection (a pooled one had gone stale).
-    Fresh,
-    /// Another server.
-    Elsewhere,
-    /// No more tries: answer the failure.
-    Answer,
-}
-
-/// The retry loop's rule: a stale pooled connection is tried again fresh once, a failure
-/// `classify` sends elsewhere goes elsewhere while the backend's retries and budget allow.
-pub(super) fn after_failure(retry: Retry, pooled_allowed: bool, elsewhere_allowed: impl FnOnce() -> bool) -> Then {
-    match retry {
-        Retry::Fresh if pooled_allowed => Then::Fresh,
-        Retry::Elsewhere if elsewhere_allowed() => Then::Elsewhere,
-        _ => Then::Answer,
-    }
-}
 
 /// Why the pick loop ended without an answer.
 enum Unanswered {
@@ -203,21 +183,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let (pick, slot) = select::acquire(b, &self.shared.sids, &req)
                 .await
                 .map_err(Unanswered::Refused)?;
-            ctx.acct.picked(pick.member, pick.sticky);
-            ctx.rec.sticky = pick.sticky;
-            let m = &b.members[pick.member];
-            ctx.sticky.on_pick(
-                &m.state,
-                pick.sticky,
-                cookie_sent.as_deref(),
-                cookie_name.map(|_| m.cookie_id.as_str()),
-            );
-            let base = Progress {
-                replayable: head.method().idempotent() && (!ctx.has_body() || replay.is_some()),
-                pinned: Exchange::pinned(pick.sticky),
-                engine_io: ctx.sticky.engine_io,
-                ..Progress::default()
+            let replayable = head.method().idempotent() && (!ctx.has_body() || replay.is_some());
+            let books = Books {
+                acct: &mut ctx.acct,
+                rec: &mut ctx.rec,
+                sticky: &mut ctx.sticky,
             };
+            let cookie = CookieSent {
+                name: cookie_name,
+                value: cookie_sent.as_deref(),
+            };
+            let (_, base) = pick_loop::picked(b, pick, books, cookie, replayable);
             let mut pooled = true;
             loop {
                 ctx.rec.attempts += 1;
@@ -225,11 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Ok(answer) => return Ok((answer, pick.member, slot)),
                     Err(failed) => failed,
                 };
-                let v = failure::classify(f, progress);
-                ctx.acct.upstream_error(v.counted);
-                if v.passive {
-                    ctx.acct.passive(true);
-                }
+                let v = pick_loop::failed(&ctx.acct, f, progress);
                 match after_failure(v.retry, pooled, || ctx.acct.spend_retry(&tried)) {
                     Then::Fresh => pooled = false,
                     Then::Elsewhere => {
@@ -315,34 +287,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             (f, progress)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_retry_loop_tries_fresh_once_then_elsewhere_within_the_budget() {
-        // (retry, pooled allowed, elsewhere allowed) -> then
-        for (retry, pooled, elsewhere, then) in [
-            (Retry::Fresh, true, true, Then::Fresh),
-            (Retry::Fresh, false, true, Then::Answer),
-            (Retry::Elsewhere, true, true, Then::Elsewhere),
-            (Retry::Elsewhere, true, false, Then::Answer),
-            (Retry::No, true, true, Then::Answer),
-        ] {
-            assert_eq!(
-                after_failure(retry, pooled, || elsewhere),
-                then,
-                "{retry:?} {pooled} {elsewhere}"
-            );
-        }
-        let mut asked = false;
-        after_failure(Retry::No, true, || {
-            asked = true;
-            true
-        });
-        assert!(!asked, "the budget is spent only for a retry elsewhere");
     }
 }

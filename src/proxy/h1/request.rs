@@ -86,7 +86,7 @@ pub fn write_head(out: &mut Vec<u8>, head: &Head, fwd: &Forwarding<'_>, up: Upst
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    forwarding::write_fields(fwd, head.host_bytes(), &SentIn(head), &mut FieldsOut(out));
+    forwarding::write_fields(fwd, head.host_bytes(), &SentIn(head), &mut forwarding::Lines(out));
     if head.websocket {
         out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
     }
@@ -117,18 +117,6 @@ impl SentIn<'_> {
         h.fields
             .iter()
             .any(|f| f.kind == Kind::ForwardedInfo && h.bytes(&f.name).eq_ignore_ascii_case(name))
-    }
-}
-
-/// The plan's fields, written as HTTP/1 field lines.
-struct FieldsOut<'o>(&'o mut Vec<u8>);
-
-impl forwarding::Fields for FieldsOut<'_> {
-    fn field(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
-        self.0.extend_from_slice(name.as_bytes());
-        self.0.extend_from_slice(b": ");
-        value(self.0);
-        self.0.extend_from_slice(b"\r\n");
     }
 }
 

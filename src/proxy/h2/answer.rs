@@ -9,6 +9,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 
+use super::super::local_answer::LocalAnswer;
 use super::super::upstream::head::{Header, Parsed, RespKind};
 use crate::proxy::fields;
 
@@ -71,18 +72,18 @@ pub fn response(head: &[u8], parsed: &Parsed, fields: &[Header], added: Added) -
     Some(resp)
 }
 
-/// An answer edgepin makes itself: status, fields and a short body.
-pub fn local(status: u16, content_type: &'static str, fields: &[(&'static str, &str)], body: &str) -> Response<()> {
+/// The response head of an answer edgepin makes itself (`local_answer`).
+pub fn local(a: &LocalAnswer<'_>) -> Response<()> {
     let mut resp = Response::new(());
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = resp.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(a.content_type));
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(a.body.len()));
     headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for (name, value) in fields {
-        if let Ok(v) = HeaderValue::try_from(*value) {
-            headers.append(HeaderName::from_static(name), v);
-        }
+    if let Some((name, value)) = &a.field
+        && let Ok(v) = HeaderValue::try_from(value.as_ref())
+    {
+        headers.append(HeaderName::from_static(name), v);
     }
     resp
 }
@@ -142,10 +143,16 @@ mod tests {
     }
 
     #[test]
-    fn a_local_answer_has_its_length() {
-        let resp = local(503, "text/plain; charset=utf-8", &[("retry-after", "5")], "busy\n");
+    fn a_local_answer_has_the_head_the_http_1_engine_writes() {
+        let a = LocalAnswer::refusal(&crate::failure::Refusal::NoServer);
+        let resp = local(&a);
         assert_eq!(resp.status(), 503);
-        assert_eq!(resp.headers()["content-length"], "5");
+        assert_eq!(resp.headers()["content-length"], a.body.len().to_string());
+        assert_eq!(resp.headers()["content-type"], "text/plain; charset=utf-8");
         assert_eq!(resp.headers()["retry-after"], "5");
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let resp = local(&LocalAnswer::redirect("https://a.example/x"));
+        assert_eq!(resp.status(), 308);
+        assert_eq!(resp.headers()["location"], "https://a.example/x");
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! One task per connection drives the connection and all its streams: the connection
 //! future accepts streams and moves frames, each stream is a future in a set polled by
-//! the same task ([`serve`]), so a stream costs one allocation and no task, and the
+//! the same task ([`serve`]), so a stream costs its boxed future and no task, and the
 //! frames its future queues go out in the connection's next write. The h2 crate holds
 //! the protocol limits (`settings`); the engine adds the time limits: the preface within
 //! `timeouts.handshake` (read by the frontend, as part of the handshake), a connection
@@ -23,6 +23,8 @@
 
 mod answer;
 mod flow;
+mod forward;
+mod local;
 mod places;
 mod request;
 mod settings;
@@ -35,7 +37,7 @@ pub use settings::{H2_LIMITS, H2Limits};
 
 use std::future::poll_fn;
 use std::net::IpAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -71,9 +73,13 @@ where
 }
 
 /// No set of stream futures yet (typed after `serve`'s futures, which have no name).
+/// Each stream's future is boxed: a `FuturesUnordered` allocates a stub task the size of
+/// one of its futures for as long as it lives, so an unboxed set would cost a whole
+/// stream (~3 KiB) more for every connection with a stream open (an idle WebSocket over
+/// HTTP/2 holds one for hours); boxed, the stub is a pointer.
 fn no_streams<F>(
     _: &impl Fn(Arc<Conn>, http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> F,
-) -> Option<FuturesUnordered<F>> {
+) -> Option<FuturesUnordered<Pin<Box<F>>>> {
     None
 }
 
@@ -141,11 +147,9 @@ pub async fn serve<T, O>(
             }
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    streams.get_or_insert_with(FuturesUnordered::new).push(stream::serve(
-                        Arc::clone(&ctx),
-                        req,
-                        respond,
-                    ));
+                    streams
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(Box::pin(stream::serve(Arc::clone(&ctx), req, respond)));
                     armed = false;
                     continue;
                 }

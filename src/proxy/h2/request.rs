@@ -9,11 +9,12 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 
+use crate::config::HeaderSet;
+use crate::proxy::forwarding::{self, Forwarding, Lines};
 use crate::sticky::cookie;
 
 /// How the request's body reaches the server.
@@ -93,18 +94,6 @@ pub fn forwarded_for(headers: &HeaderMap) -> Vec<u8> {
     list
 }
 
-/// Who sent the request, as far as the forwarding headers go.
-#[derive(Debug, Clone, Copy)]
-pub struct Forwarding<'a> {
-    /// The TCP peer (after a PROXY header).
-    pub peer: Option<IpAddr>,
-    /// `peer` as text, formatted once per connection.
-    pub peer_text: &'a [u8],
-    /// The client address edgepin decided on.
-    pub client: Option<IpAddr>,
-    pub peer_trusted: bool,
-}
-
 /// What else shapes the upstream head.
 #[derive(Debug, Clone, Copy)]
 pub struct Upstream<'a> {
@@ -115,61 +104,52 @@ pub struct Upstream<'a> {
     pub server: std::net::SocketAddr,
     /// An extended CONNECT: the `Sec-WebSocket-Key` of the upgrade edgepin asks for.
     pub websocket_key: Option<&'a str>,
+    /// `strip_from_untrusted`.
+    pub strip: &'a HeaderSet,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const X_CLIENT_IP: HeaderName = HeaderName::from_static("x-client-ip");
-const TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
-const CF_CONNECTING_IP: HeaderName = HeaderName::from_static("cf-connecting-ip");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// What a client field is to the upstream head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Plain,
-    /// Written by edgepin (Host, Cookie, the body's framing, the upgrade).
-    Own,
-    /// Dropped: this hop's, or a name with `_`.
-    Dropped,
-    /// Kept from a trusted peer, replaced otherwise.
-    ForwardedInfo,
-    /// Kept from a trusted peer, dropped otherwise.
-    ClaimedIp,
-    /// Extended from a trusted peer, replaced otherwise.
-    Chain,
+/// A field the upstream head never copies from the client: edgepin writes it itself
+/// (Host, Cookie, the body's framing, the upgrade) or it is this hop's only.
+fn own_or_hop(name: &HeaderName) -> bool {
+    use header::*;
+    [
+        HOST,
+        COOKIE,
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        CONNECTION,
+        UPGRADE,
+        TE,
+        TRAILER,
+        EXPECT,
+        SEC_WEBSOCKET_KEY,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .contains(name)
 }
 
-fn field(name: &HeaderName) -> Field {
-    use header::*;
-    if name == HOST || name == COOKIE || name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-        Field::Own
-    } else if name == CONNECTION
-        || name == UPGRADE
-        || name == TE
-        || name == TRAILER
-        || name == EXPECT
-        || name == SEC_WEBSOCKET_KEY
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-    {
-        Field::Dropped
-    } else if name == X_FORWARDED_FOR || name == FORWARDED {
-        Field::Chain
-    } else if name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
-        Field::ForwardedInfo
-    } else if name == X_REAL_IP {
-        // Always edgepin's: the client address it decided on.
-        Field::Dropped
-    } else if name == X_CLIENT_IP || name == TRUE_CLIENT_IP || name == CF_CONNECTING_IP {
-        Field::ClaimedIp
-    } else if name.as_str().contains('_') {
-        Field::Dropped
-    } else {
-        Field::Plain
+/// The forwarding fields an HTTP/2 request carries, as `forwarding`'s plan reads them.
+struct SentFields<'h>(&'h HeaderMap);
+
+impl forwarding::Sent for SentFields<'_> {
+    fn forwarded_for(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.get_all(X_FORWARDED_FOR).iter().map(|v| v.as_bytes())
+    }
+    fn forwarded(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.get_all(header::FORWARDED).iter().map(|v| v.as_bytes())
+    }
+    fn has_proto(&self) -> bool {
+        self.0.contains_key(X_FORWARDED_PROTO)
+    }
+    fn has_host(&self) -> bool {
+        self.0.contains_key(X_FORWARDED_HOST)
     }
 }
 
@@ -198,20 +178,9 @@ pub fn write_head(out: &mut Vec<u8>, parts: &Parts, fwd: &Forwarding<'_>, up: &U
             let _ = write!(out, "host: {}\r\n", up.server);
         }
     }
-    let trusted = fwd.peer_trusted;
-    let (mut have_proto, mut have_host) = (false, false);
     for (name, value) in &parts.headers {
-        match field(name) {
-            Field::Plain => {}
-            Field::ForwardedInfo if trusted => {
-                if *name == X_FORWARDED_PROTO {
-                    have_proto = true;
-                } else {
-                    have_host = true;
-                }
-            }
-            Field::ClaimedIp if trusted => {}
-            Field::Own | Field::Dropped | Field::ForwardedInfo | Field::ClaimedIp | Field::Chain => continue,
+        if own_or_hop(name) || !forwarding::passes(name.as_str().as_bytes(), fwd.peer_trusted, up.strip) {
+            continue;
         }
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -225,47 +194,7 @@ pub fn write_head(out: &mut Vec<u8>, parts: &Parts, fwd: &Forwarding<'_>, up: &U
             None => line(out, b"cookie", &all),
         }
     }
-    // X-Forwarded-For: the trusted chain, then the peer.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    let mut chain = if trusted {
-        forwarded_for(&parts.headers)
-    } else {
-        Vec::new()
-    };
-    if fwd.peer.is_some() {
-        if !chain.is_empty() {
-            chain.extend_from_slice(b", ");
-        }
-        chain.extend_from_slice(fwd.peer_text);
-    }
-    out.extend_from_slice(&chain);
-    out.extend_from_slice(b"\r\n");
-    match fwd.client {
-        Some(client) if Some(client) == fwd.peer => line(out, b"x-real-ip", fwd.peer_text),
-        Some(client) => {
-            let _ = write!(out, "x-real-ip: {client}\r\n");
-        }
-        None => {}
-    }
-    if !have_proto {
-        line(out, b"x-forwarded-proto", b"https");
-    }
-    if !have_host && let Some(h) = host {
-        line(out, b"x-forwarded-host", h);
-    }
-    // Forwarded (RFC 7239): the trusted elements, then ours.
-    out.extend_from_slice(b"forwarded: ");
-    if trusted {
-        for v in parts.headers.get_all(header::FORWARDED) {
-            let v = v.as_bytes().trim_ascii();
-            if !v.is_empty() {
-                out.extend_from_slice(v);
-                out.extend_from_slice(b", ");
-            }
-        }
-    }
-    super::super::forwarding::forwarded_element(out, fwd.peer, fwd.peer_text, b"https", host);
-    out.extend_from_slice(b"\r\n");
+    forwarding::write_fields(fwd, host, &SentFields(&parts.headers), &mut Lines(out));
     match up.body {
         Body::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
@@ -292,12 +221,17 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    static STRIP: std::sync::LazyLock<HeaderSet> = std::sync::LazyLock::new(|| {
+        HeaderSet::new(crate::config::STRIP_FROM_UNTRUSTED.iter().map(|n| n.as_bytes().into()))
+    });
+
     fn untrusted() -> Forwarding<'static> {
         Forwarding {
             peer: "127.0.0.9".parse().ok(),
             peer_text: b"127.0.0.9",
             client: "127.0.0.9".parse().ok(),
             peer_trusted: false,
+            tls: true,
         }
     }
 
@@ -307,6 +241,7 @@ mod tests {
             strip_cookie: Some("EDGEPIN"),
             server: "127.0.0.1:3001".parse().unwrap(),
             websocket_key: None,
+            strip: &STRIP,
         }
     }
 
@@ -362,6 +297,37 @@ mod tests {
         assert!(out.ends_with("transfer-encoding: chunked\r\n\r\n"), "{out}");
         let out = write(&p, upstream(Body::Length(12)));
         assert!(out.ends_with("content-length: 12\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn fields_some_servers_trust_are_stripped_from_untrusted_clients_as_over_http_1() {
+        // `strip_from_untrusted` (README "Security and limits") applies to HTTP/2 too:
+        // before, only a fixed list of three client-address fields was dropped here.
+        let p = parts(
+            "https://app.example/a",
+            &[
+                ("x-original-url", "/admin"),
+                ("x-rewrite-url", "/admin"),
+                ("x-cluster-client-ip", "6.6.6.6"),
+                ("fastly-client-ip", "6.6.6.6"),
+                ("true-client-ip", "6.6.6.6"),
+                ("x-custom", "kept"),
+            ],
+        );
+        let out = write(&p, upstream(Body::None));
+        assert!(!out.contains("/admin") && !out.contains("6.6.6.6"), "{out}");
+        assert!(out.contains("x-custom: kept\r\n"), "{out}");
+        // The list is the config's: an operator can strip another field, or keep one.
+        let strip = HeaderSet::new([b"x-custom".as_slice().into()]);
+        let up = Upstream {
+            strip: &strip,
+            ..upstream(Body::None)
+        };
+        let out = write(&p, up);
+        assert!(
+            out.contains("x-original-url: /admin\r\n") && !out.contains("x-custom"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -4,64 +4,54 @@
 //! relay the stream to it (`tunnel`). The same decisions as HTTP/1 (`route`, `select`,
 //! `sticky::exchange`, `failure::classify`) with the counters through `account` and one
 //! access-log line. A client that resets the stream while the server is asked is
-//! noticed at once; the server connection is then dropped, not pooled.
+//! noticed at once; the server connection is then dropped, not pooled. The answer goes
+//! back in `forward`; edgepin's own answers are `local`'s.
 
+use std::borrow::Cow;
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use h2::RecvStream;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use http::Request;
 use http::request::Parts;
-use http::{Request, Response};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::config::{Balance, Network};
-use crate::failure::{self, Failure, NEW_SESSIONS_CAPPED, Progress, Refusal, Retry, Verdict};
+use crate::failure::{Failure, Progress, Refusal, Verdict};
 use crate::route::{self, Routed};
 use crate::runtime::{BackendRt, Member, Snapshot};
 use crate::state::ActiveGuard;
 use crate::sticky::cookie;
-use crate::sticky::engineio::SESSION_UNKNOWN_BODY;
-use crate::sticky::exchange::{Exchange, Learned};
+use crate::sticky::exchange::Exchange;
 
 use super::super::access;
 use super::super::account::{Account, Totals};
-use super::super::h1::framing::Framing;
+use super::super::forwarding::Forwarding;
+use super::super::local_answer::LocalAnswer;
+use super::super::pick_loop::{self, Books, CookieSent, Then, after_failure};
 use super::super::select;
-use super::super::upstream::head::{Asked, Header, Parsed, RespBody};
+use super::super::upstream::head::Asked;
 use super::super::upstream::{self, AnswerBuf, Trace};
-use super::answer::{self, Added};
-use super::flow::{self, RecvStop, SendStop};
+use super::flow::{self, RecvStop};
 use super::places::ServerPlace;
-use super::request::{self, Body, Forwarding, Upstream};
+use super::request::{self, Body, Upstream};
 use super::upload::Upload;
 use super::{Conn, tunnel};
-use std::borrow::Cow;
 
 /// Read size from a server.
-const READ_CHUNK: usize = 16 * 1024;
+pub(super) const READ_CHUNK: usize = 16 * 1024;
 /// Request bodies up to this size are read whole before they are sent, so that a
 /// request can be sent again (to another server, or on a new connection) if the first
 /// attempt fails; larger ones stream.
 const REPLAY_BODY: usize = 16 * 1024;
-/// Retry-After sent with 503s, seconds.
-const RETRY_AFTER: &str = "5";
 
 /// A server's answer head, read and checked; `buf` holds the head and what followed it.
 pub(super) struct Answer {
     pub up: upstream::Answer,
     pub buf: AnswerBuf,
-}
-
-/// What a stream holds of its server until the answer is read whole.
-struct Held {
-    up: TcpStream,
-    _slot: ActiveGuard,
-    _place: ServerPlace,
 }
 
 /// Serve one stream to its end.
@@ -81,6 +71,16 @@ pub(super) async fn serve(conn: Arc<Conn>, req: Request<RecvStream>, mut respond
     };
     let status = x.run(recv, &mut respond).await;
     x.finish(status);
+}
+
+/// A server's answer, with the server and what the stream holds of it (its connection
+/// slot and its place) until the answer has been passed on.
+pub(super) struct Answered<'a> {
+    pub b: &'a BackendRt,
+    pub m: &'a Member,
+    pub answer: Answer,
+    pub slot: ActiveGuard,
+    pub place: ServerPlace,
 }
 
 /// One stream's exchange: what it is and what happened to it so far.
@@ -170,16 +170,14 @@ impl Stream {
             }
             Routed::Redirect(location) => {
                 self.acct.redirected();
-                let resp = answer::local(308, "text/plain; charset=utf-8", &[("location", &location)], "");
-                return self.answer_local(respond, resp, "");
+                return self.send_answer(respond, &LocalAnswer::redirect(&location));
             }
             Routed::AcmeAnswer => {
                 let Some(key_authorization) = crate::acme::http01_answer(self.conn.shared.cert.as_deref(), &path)
                 else {
                     return self.refuse(respond, Refusal::Status(404, "no such ACME challenge"));
                 };
-                let resp = answer::local(200, "text/plain", &[], &key_authorization);
-                return self.answer_local(respond, resp, &key_authorization);
+                return self.send_answer(respond, &LocalAnswer::plain(200, "text/plain", &key_authorization));
             }
             Routed::Refuse(why) => return self.refuse(respond, why),
         };
@@ -231,6 +229,7 @@ impl Stream {
             peer_text: &conn.peer_text,
             client: self.client,
             peer_trusted: trusted,
+            tls: true,
         };
         let mut tried: Vec<usize> = Vec::new();
         let (answer, member, slot) = 'pick: loop {
@@ -252,26 +251,23 @@ impl Stream {
                 }
                 None => return self.gone(),
             };
-            self.acct.picked(pick.member, pick.sticky);
-            self.rec.sticky = pick.sticky;
-            let m = &b.members[pick.member];
-            self.sticky.on_pick(
-                &m.state,
-                pick.sticky,
-                cookie_sent.as_deref(),
-                cookie_name.map(|_| m.cookie_id.as_str()),
-            );
-            let base = Progress {
-                replayable: self.parts.method.is_idempotent() && (body == Body::None || replay.is_some()),
-                pinned: Exchange::pinned(pick.sticky),
-                engine_io: self.sticky.engine_io,
-                ..Progress::default()
+            let replayable = self.parts.method.is_idempotent() && (body == Body::None || replay.is_some());
+            let books = Books {
+                acct: &mut self.acct,
+                rec: &mut self.rec,
+                sticky: &mut self.sticky,
             };
+            let cookie = CookieSent {
+                name: cookie_name,
+                value: cookie_sent.as_deref(),
+            };
+            let (m, base) = pick_loop::picked(b, pick, books, cookie, replayable);
             let up = Upstream {
                 body,
                 strip_cookie: cookie_name,
                 server: m.addr,
                 websocket_key: key.as_deref(),
+                strip: &cfg.strip_from_untrusted,
             };
             let mut allow_pool = !websocket;
             let verdict: Verdict = loop {
@@ -288,20 +284,16 @@ impl Stream {
                 match self.attempt(respond, &mut recv, tried_once).await {
                     Ok(answer) => break 'pick (answer, pick.member, slot),
                     Err((f, progress)) => {
-                        let v = failure::classify(f, progress);
-                        self.acct.upstream_error(v.counted);
-                        if v.passive {
-                            self.acct.passive(true);
-                        }
-                        match v.retry {
-                            Retry::Fresh if allow_pool => allow_pool = false,
-                            Retry::Elsewhere if self.acct.spend_retry(&tried) => {
+                        let v = pick_loop::failed(&self.acct, f, progress);
+                        match after_failure(v.retry, allow_pool, || self.acct.spend_retry(&tried)) {
+                            Then::Fresh => allow_pool = false,
+                            Then::Elsewhere => {
                                 tried.push(pick.member);
                                 self.acct.redispatched();
                                 drop(slot);
                                 continue 'pick;
                             }
-                            _ => break v,
+                            Then::Answer => break v,
                         }
                     }
                 }
@@ -309,11 +301,17 @@ impl Stream {
             drop(slot);
             return self.answer_failure(respond, verdict);
         };
-        let m = &b.members[member];
+        let answered = Answered {
+            b,
+            m: &b.members[member],
+            answer,
+            slot,
+            place,
+        };
         if websocket {
-            return self.open_tunnel(respond, recv, b, m, answer, slot, place).await;
+            return self.open_tunnel(respond, recv, answered).await;
         }
-        self.forward(respond, b, m, answer, slot, place).await
+        self.forward(respond, answered).await
     }
 
     /// One try on one server (`upstream::attempt`), the stream's body as its client.
@@ -381,276 +379,6 @@ impl Stream {
         Ok(whole.freeze())
     }
 
-    /// Pass the server's answer on to the client.
-    pub(super) async fn forward(
-        &mut self,
-        respond: &mut SendResponse<Bytes>,
-        b: &BackendRt,
-        m: &Member,
-        answer: Answer,
-        slot: ActiveGuard,
-        place: ServerPlace,
-    ) -> u16 {
-        let cfg = &Arc::clone(&self.snap).config;
-        let Answer { up: answer, buf } = answer;
-        let (up, parsed) = (answer.stream, answer.parsed);
-        let AnswerBuf {
-            bytes: mut buf,
-            headers: fields,
-        } = buf;
-        // An answer that came before the whole body was sent: neither connection can
-        // carry another request (the rest of the body never goes).
-        let reusable = parsed.keep_alive && answer.request_complete;
-        let Some(resp) = self.response_head(b, m, &buf[..parsed.len], &parsed, &fields) else {
-            return self.answer_failure(respond, failure::classify(Failure::BadAnswer, Progress::default()));
-        };
-        buf.drain(..parsed.len);
-        let status = parsed.status;
-        let mut framing = match parsed.body {
-            RespBody::None => None,
-            RespBody::Length(n) => Some(Framing::length(n)),
-            RespBody::Chunked => Some(Framing::chunked()),
-            RespBody::Close => Some(Framing::Close),
-        };
-        let Some(framing) = framing.as_mut() else {
-            // No body: the server connection is done before the client is answered.
-            if reusable && buf.is_empty() {
-                self.conn.pool.put(m.addr, up);
-            }
-            drop((slot, place));
-            if respond.send_response(resp, true).is_err() {
-                return self.gone();
-            }
-            return status;
-        };
-        let Ok(mut send) = respond.send_response(resp, false) else {
-            return self.gone();
-        };
-        let stall = super::settings::stall_deadline(cfg.timeouts.client);
-        let server_wait = b.cfg.timeouts.server;
-        let mut held = Some(Held {
-            up,
-            _slot: slot,
-            _place: place,
-        });
-        let mut ranges = Vec::new();
-        loop {
-            // The bytes read so far are copied out in the pieces the client gets: the read
-            // buffer is reused, and nothing the connection keeps holds it.
-            let data = &buf[..];
-            ranges.clear();
-            let Ok(adv) = framing.advance(data, |r| ranges.push(r)) else {
-                self.rec.error = Some(Cow::Borrowed("malformed response body"));
-                return self.broken(&mut send, status);
-            };
-            if adv.done {
-                // The whole answer is here: the server connection goes back (unless the
-                // server sent more than its answer) before the client has taken it.
-                if let Some(h) = held.take()
-                    && reusable
-                    && adv.used == data.len()
-                {
-                    self.conn.pool.put(m.addr, h.up);
-                }
-            }
-            let mut learned = Learned::Nothing;
-            let last = ranges.len();
-            for (i, r) in ranges.drain(..).enumerate() {
-                let piece = Bytes::copy_from_slice(&data[r]);
-                if self.sticky.scanning() {
-                    let l = self.sticky.on_body(&piece, &self.conn.shared.sids, &m.state);
-                    if l != Learned::Nothing {
-                        learned = l;
-                    }
-                }
-                self.rec.bytes_out += piece.len() as u64;
-                let sent = flow::send_all(&mut send, piece, adv.done && i + 1 == last, stall).await;
-                match sent {
-                    Ok(()) => {}
-                    Err(SendStop::Gone) => return self.gone(),
-                    Err(SendStop::Stalled) => {
-                        self.rec.error = Some(Cow::Borrowed("the client granted no window in time"));
-                        send.send_reset(Reason::CANCEL);
-                        return self.gone();
-                    }
-                }
-            }
-            if learned == Learned::SessionUnknown {
-                self.acct.sid_unknown();
-            }
-            if adv.done {
-                if last == 0 && send.send_data(Bytes::new(), true).is_err() {
-                    return self.gone();
-                }
-                return status;
-            }
-            let Some(h) = held.as_mut() else {
-                return self.broken(&mut send, status);
-            };
-            buf.clear();
-            buf.reserve(READ_CHUNK);
-            match tokio::time::timeout(server_wait, h.up.read_buf(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) if matches!(framing, Framing::Close) => {
-                    drop(held);
-                    if send.send_data(Bytes::new(), true).is_err() {
-                        return self.gone();
-                    }
-                    return status;
-                }
-                Err(_) => {
-                    self.rec.error = Some(Cow::Borrowed("server timed out while answering"));
-                    return self.broken(&mut send, status);
-                }
-                _ => {
-                    self.rec.error = Some(Cow::Borrowed("server closed while answering"));
-                    return self.broken(&mut send, status);
-                }
-            }
-        }
-    }
-
-    /// The server's answer broke off after it began: the stream is reset (the client
-    /// must not take a cut answer for a whole one).
-    fn broken(&mut self, send: &mut h2::SendStream<Bytes>, status: u16) -> u16 {
-        self.acct.upstream_error(failure::Counted::Response);
-        send.send_reset(Reason::INTERNAL_ERROR);
-        status
-    }
-
-    /// Answer a request edgepin refuses (no route, limits, no server, lost session).
-    pub(super) fn refuse(&mut self, respond: &mut SendResponse<Bytes>, why: Refusal) -> u16 {
-        let status = self.acct.refused(&why);
-        let retry_after;
-        let resp = match &why {
-            Refusal::SessionGone => {
-                return self.send_local(
-                    respond,
-                    answer::local(400, "application/json", &[], SESSION_UNKNOWN_BODY),
-                    SESSION_UNKNOWN_BODY.into(),
-                    status,
-                );
-            }
-            Refusal::NoServer => (503, "no server available", Some(RETRY_AFTER)),
-            Refusal::TooMany { retry_after: after } => {
-                retry_after = after.to_string();
-                (429, "too many requests", Some(retry_after.as_str()))
-            }
-            Refusal::NewSessionsCapped { retry_after: after } => {
-                retry_after = after.to_string();
-                (503, NEW_SESSIONS_CAPPED, Some(retry_after.as_str()))
-            }
-            Refusal::Status(503, detail) => (503, *detail, Some(RETRY_AFTER)),
-            Refusal::Status(s, detail) => (*s, *detail, None),
-        };
-        self.rec.error = Some(Cow::Borrowed(match why {
-            Refusal::Status(_, detail) => detail,
-            Refusal::NoServer => "no server available",
-            Refusal::SessionGone => "session lost with its server",
-            Refusal::TooMany { .. } => "too many requests",
-            Refusal::NewSessionsCapped { .. } => NEW_SESSIONS_CAPPED,
-        }));
-        let (code, detail, after) = resp;
-        let body = text_body(code, detail);
-        let fields: &[(&'static str, &str)] = match after {
-            Some(a) => &[("retry-after", a)],
-            None => &[],
-        };
-        let resp = answer::local(code, "text/plain; charset=utf-8", fields, &body);
-        self.send_local(respond, resp, body.into(), status)
-    }
-
-    /// A redirect or an ACME answer.
-    fn answer_local(&mut self, respond: &mut SendResponse<Bytes>, resp: http::Response<()>, body: &str) -> u16 {
-        let status = resp.status().as_u16();
-        self.send_local(respond, resp, Bytes::copy_from_slice(body.as_bytes()), status)
-    }
-
-    fn send_local(
-        &mut self,
-        respond: &mut SendResponse<Bytes>,
-        resp: http::Response<()>,
-        body: Bytes,
-        status: u16,
-    ) -> u16 {
-        self.rec.local = true;
-        self.rec.bytes_out = body.len() as u64;
-        match respond.send_response(resp, body.is_empty()) {
-            Ok(mut send) if !body.is_empty() => {
-                // A short body: buffered by the connection, whatever the window.
-                let _ = send.send_data(body, true);
-            }
-            Ok(_) => {}
-            Err(_) => return self.gone(),
-        }
-        status
-    }
-
-    /// An upstream failure that is not retried: the status `classify` chose.
-    /// The server's answer head as this stream's response head: the timings, the sticky
-    /// exchange and the passive check learn of it, and edgepin's fields join it. `None`
-    /// when HTTP/2 cannot carry its fields (counted, and logged as the server's fault).
-    pub(super) fn response_head(
-        &mut self,
-        b: &BackendRt,
-        m: &Member,
-        head: &[u8],
-        parsed: &Parsed,
-        fields: &[Header],
-    ) -> Option<Response<()>> {
-        let cfg = &Arc::clone(&self.snap).config;
-        self.rec.ttfb = Some(self.acct.started.elapsed());
-        self.rec.connect = self.rec.connect.map(|_| self.rec.ttfb.unwrap_or_default());
-        self.sticky.on_response(parsed.status, &self.conn.shared.sids);
-        self.acct.passive(false);
-        let added = Added {
-            set_cookie: self
-                .sticky
-                .set_cookie()
-                .then_some(b.cfg.cookie.as_deref())
-                .flatten()
-                .map(|name| cookie::set_cookie(name, &m.cookie_id, true, cfg.sticky.same_site)),
-            hsts: crate::tls::hsts_value(cfg),
-        };
-        let resp = answer::response(head, parsed, fields, added);
-        if resp.is_none() {
-            self.acct.upstream_error(failure::Counted::Response);
-            self.rec.error = Some(Cow::Borrowed("answer fields HTTP/2 cannot carry"));
-        }
-        resp
-    }
-
-    pub(super) fn answer_failure(&mut self, respond: &mut SendResponse<Bytes>, v: Verdict) -> u16 {
-        if v.status == 0 {
-            return self.gone();
-        }
-        if v.session_lost {
-            self.acct.session_refused();
-            self.sticky.session_lost(&self.conn.shared.sids);
-            self.rec.error_once("session lost with its server");
-            let resp = answer::local(400, "application/json", &[], SESSION_UNKNOWN_BODY);
-            return self.send_local(respond, resp, SESSION_UNKNOWN_BODY.into(), 400);
-        }
-        let detail = match v.status {
-            502 => "the server could not be reached",
-            504 => "the server did not answer in time",
-            _ => "",
-        };
-        self.rec.error_once(detail);
-        if (400..500).contains(&v.status) {
-            self.acct.frontend().request_errors.inc();
-        }
-        let body = text_body(v.status, detail);
-        let resp = answer::local(v.status, "text/plain; charset=utf-8", &[], &body);
-        self.send_local(respond, resp, body.into(), v.status)
-    }
-
-    /// The client left (or reset the stream): nothing to answer.
-    pub(super) fn gone(&mut self) -> u16 {
-        self.rec.error_once("client went away");
-        0
-    }
-
     /// Account and log the stream.
     fn finish(mut self, status: u16) {
         self.sticky.on_end(&self.conn.shared.sids);
@@ -677,19 +405,6 @@ impl Stream {
         };
         self.rec
             .log(&self.acct, &req, self.sticky.sid.as_deref(), status, duration);
-    }
-}
-
-/// `<status> <reason>[: detail]` as a text body.
-fn text_body(status: u16, detail: &str) -> String {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    if detail.is_empty() {
-        format!("{status} {reason}\n")
-    } else {
-        format!("{status} {reason}: {detail}\n")
     }
 }
 

@@ -18,14 +18,10 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 
-use crate::runtime::{BackendRt, Member};
-
 use super::super::relay;
 use super::flow::StreamIo;
-use super::places::ServerPlace;
-use super::stream::{Answer, Stream};
+use super::stream::{Answer, Answered, Stream};
 use crate::failure::{self, Failure, Progress};
-use crate::state::ActiveGuard;
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
 pub fn new_key() -> String {
@@ -43,20 +39,22 @@ pub fn new_key() -> String {
 impl Stream {
     /// The server answered an extended CONNECT: relay the WebSocket until it ends, or pass
     /// a refusal on. The status the client got.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn open_tunnel(
         &mut self,
         respond: &mut SendResponse<Bytes>,
         recv: RecvStream,
-        b: &BackendRt,
-        m: &Member,
-        answer: Answer,
-        slot: ActiveGuard,
-        place: ServerPlace,
+        answered: Answered<'_>,
     ) -> u16 {
-        if answer.up.parsed.status != 101 {
-            return self.forward(respond, b, m, answer, slot, place).await;
+        if answered.answer.up.parsed.status != 101 {
+            return self.forward(respond, answered).await;
         }
+        let Answered {
+            b,
+            m,
+            answer,
+            slot,
+            place,
+        } = answered;
         let Answer { up: answer, buf } = answer;
         let (up, parsed) = (answer.stream, answer.parsed);
         let (buf, fields) = (buf.bytes, buf.headers);
@@ -77,11 +75,15 @@ impl Stream {
             }
             !sticky.scanning()
         };
+        // The answer's read buffer (16 KiB reserved) must not idle with the tunnel: only
+        // the bytes the server sent after its head go on.
+        let from_server = buf[parsed.len..].to_vec();
+        drop((buf, fields));
         let relayed = relay::relay(
             StreamIo::new(send, recv),
             up,
             Vec::new(),
-            buf[parsed.len..].to_vec(),
+            from_server,
             b.cfg.timeouts.tunnel,
             Arc::clone(ticket.ctl()),
             watch,
