@@ -98,20 +98,9 @@ mod tests {
     /// bytes of task header): the socket and a few words, no buffer and no wrapper.
     #[tokio::test]
     async fn a_parked_connection_holds_its_socket_and_a_few_words() {
-        let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
-                    backends: { b: { servers: [a] } }\nservers:\n  a: { address: 127.0.0.1:3001 }\n";
-        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
-        let places = Arc::new(Places::new(
-            Arc::new(tokio::sync::Semaphore::new(4)),
-            4,
-            Duration::from_secs(1),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (shared, places, io, _listener) = super::super::test_connection().await;
         let idle = Idle {
-            shared: Shared::new(cfg, None),
+            shared,
             pool: Arc::new(Pool::default()),
             places: Arc::clone(&places),
             io,

@@ -429,6 +429,25 @@ use super::access::{Record, Requested};
 use super::account::{Account, Totals};
 use super::local_answer::LocalAnswer;
 
+/// For the size tests: the proxy's shared state, its places, and a connected socket (with
+/// its listener, kept open).
+#[cfg(test)]
+async fn test_connection() -> (Arc<Shared>, Arc<Places>, tokio::net::TcpStream, tokio::net::TcpListener) {
+    let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
+                backends: { b: { servers: [a] } }\nservers:\n  a: { address: 127.0.0.1:3001 }\n";
+    let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+    let places = Arc::new(Places::new(
+        Arc::new(tokio::sync::Semaphore::new(4)),
+        4,
+        Duration::from_secs(1),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    (Shared::new(cfg, None), places, io, listener)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,20 +456,9 @@ mod tests {
     /// byte and its parking (and by every one served at once): no buffer of its own in it.
     #[tokio::test]
     async fn a_serving_connection_holds_no_buffer_in_its_future() {
-        let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
-                    backends: { b: { servers: [a] } }\nservers:\n  a: { address: 127.0.0.1:3001 }\n";
-        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
-        let places = Arc::new(Places::new(
-            Arc::new(tokio::sync::Semaphore::new(4)),
-            4,
-            Duration::from_secs(1),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
+        let (shared, places, io, _listener) = test_connection().await;
         let peer = Peer { addr: None, tls: false };
-        let serving = serve(Shared::new(cfg, None), Arc::new(Pool::default()), places, io, peer, ());
+        let serving = serve(shared, Arc::new(Pool::default()), places, io, peer, ());
         let size = std::mem::size_of_val(&*serving);
         eprintln!("serving future: {size} bytes");
         assert!(size <= 4096, "a serving connection's future is {size} bytes");
