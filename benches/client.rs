@@ -444,9 +444,15 @@ async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) ->
             let (mut times, mut errors) = (Vec::new(), 0u64);
             while Instant::now() < until {
                 let begun = Instant::now();
-                match tokio::time::timeout(STEP_TIMEOUT, one_tls_request(&connector, addr, request)).await {
-                    Ok(Ok(())) => times.push(micros(begun.elapsed())),
-                    _ => errors += 1,
+                match one_tls_request(&connector, addr, request).await {
+                    Ok(()) => times.push(micros(begun.elapsed())),
+                    Err(e) => {
+                        // The first few, with why, for the run's log (stderr).
+                        if errors < 3 {
+                            eprintln!("tls-handshake error after {:?}: {e}", begun.elapsed());
+                        }
+                        errors += 1;
+                    }
                 }
             }
             (times, errors)
@@ -463,15 +469,24 @@ async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) ->
     Ok(())
 }
 
-/// One new connection: full TLS handshake, one request, the whole answer (`200`).
+/// One new connection: full TLS handshake, one request, the whole answer (`200`). Each
+/// step has `STEP_TIMEOUT`; an error names the step that failed.
 async fn one_tls_request(connector: &TlsConnector, addr: &str, request: &[u8]) -> Result<(), Failure> {
-    let tcp = TcpStream::connect(addr).await?;
+    async fn step<T, E: std::fmt::Display>(name: &str, f: impl Future<Output = Result<T, E>>) -> Result<T, Failure> {
+        match tokio::time::timeout(STEP_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{name}: {e}").into()),
+            Err(_) => Err(format!("{name}: nothing within {STEP_TIMEOUT:?}").into()),
+        }
+    }
+    let tcp = step("connect", TcpStream::connect(addr)).await?;
     tcp.set_nodelay(true)?;
-    let mut tls = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
-    tls.write_all(request).await?;
+    let name = ServerName::try_from("localhost")?;
+    let mut tls = step("TLS handshake", connector.connect(name, tcp)).await?;
+    step("request", tls.write_all(request)).await?;
     let mut answer = Vec::with_capacity(512);
     // The proxy closes after the answer; a missing close_notify is not an error here.
-    let _ = tls.read_to_end(&mut answer).await;
+    let _ = step("answer", tls.read_to_end(&mut answer)).await;
     if answer.starts_with(b"HTTP/1.1 200") {
         Ok(())
     } else {
