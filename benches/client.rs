@@ -250,6 +250,8 @@ async fn one_keepalive_request<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     request: &[u8],
 ) -> Result<(), Failure> {
     s.write_all(request).await?;
+    // Over TLS the request may still sit in the session until flushed.
+    s.flush().await?;
     let mut answer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -484,6 +486,11 @@ async fn one_tls_request(connector: &TlsConnector, addr: &str, request: &[u8]) -
     let name = ServerName::try_from("localhost")?;
     let mut tls = step("TLS handshake", connector.connect(name, tcp)).await?;
     step("request", tls.write_all(request)).await?;
+    // tokio-rustls may keep the request in the session after `write_all` (its socket
+    // write was pending): without a flush the proxy never gets it. This was the
+    // `tls_handshake` errors of the full run of 2026-12-07 (1-5 per 10 s, edgepin only:
+    // its quicker answers made the race show; each hung a step for `STEP_TIMEOUT`).
+    step("flush", tls.flush()).await?;
     let mut answer = Vec::with_capacity(512);
     // The proxy closes after the answer; a missing close_notify is not an error here.
     let _ = step("answer", tls.read_to_end(&mut answer)).await;
