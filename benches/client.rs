@@ -28,10 +28,14 @@
 //!   connections until one is answered by a process not in OLD_PIDS (`X-Proxy-Pid` header
 //!   or `"pid"` in the body), then AFTER_MS more; prints when, and how many probes (of
 //!   PROXY_ADDR too, when the pid comes from elsewhere) got no answer.
+//! - `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls`: keep-alive GETs at a fixed
+//!   open-loop rate over CONNECTIONS connections, latency counted from each request's due
+//!   time (no coordinated omission); prints p50/p90/p99/p99.9, the achieved rate, errors.
 //!
 //! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
 
 mod h2client;
+mod rate;
 mod upgrade_watch;
 
 use std::sync::Arc;
@@ -73,7 +77,8 @@ fn usage() -> ! {
          bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
          bench-client tls-handshake ADDR PATH CLIENTS SECONDS\n       \
          bench-client ws-hold ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
-         bench-client first-new ADDR PATH OLD_PID[,OLD_PID...] SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]"
+         bench-client first-new ADDR PATH OLD_PID[,OLD_PID...] SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]\n       \
+         bench-client rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP_SECONDS plain|tls"
     );
     std::process::exit(2);
 }
@@ -121,6 +126,21 @@ fn main() {
                     proxied,
                 };
                 upgrade_watch::first_new(&probes, &arg::<String>(&args, 3), arg(&args, 4), after_ms).await
+            }
+            Some("rate") => {
+                let tls = match arg::<String>(&args, 7).as_str() {
+                    "plain" => false,
+                    "tls" => true,
+                    _ => usage(),
+                };
+                let plan = rate::Plan {
+                    rps: arg(&args, 3),
+                    seconds: arg(&args, 4),
+                    connections: arg(&args, 5),
+                    warmup: arg(&args, 6),
+                    tls,
+                };
+                rate::run(&addr, &path, &plan).await
             }
             Some("tls-handshake") => tls_handshakes(&addr, &path, arg(&args, 3), arg(&args, 4)).await,
             _ => usage(),
@@ -342,12 +362,14 @@ async fn ws_echo(addr: &str, path: &str, n: usize, seconds: u64, interval_ms: u6
 /// Print p50 and p99 of round trips given in microseconds, as milliseconds.
 fn print_percentiles(micros: &mut [u32]) {
     micros.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((micros.len() as f64 * p).ceil() as usize).clamp(1, micros.len().max(1)) - 1;
-        f64::from(micros.get(i).copied().unwrap_or(0)) / 1000.0
-    };
-    println!("p50_ms={:.3}", pct(0.50));
-    println!("p99_ms={:.3}", pct(0.99));
+    println!("p50_ms={:.3}", percentile_ms(micros, 0.50));
+    println!("p99_ms={:.3}", percentile_ms(micros, 0.99));
+}
+
+/// The `p` quantile (0 to 1, nearest rank) of sorted microseconds, in milliseconds; 0 for none.
+fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    f64::from(sorted.get(i).copied().unwrap_or(0)) / 1000.0
 }
 
 fn micros(d: Duration) -> u32 {
