@@ -81,12 +81,14 @@ struct Tally {
     /// Microseconds from due to the whole answer read, per answered request.
     latencies: Vec<u32>,
     errors: u64,
+    /// Answered requests, the warm-up's too (for per-request figures of the whole run).
+    answered_all: u64,
     last_answer: Option<Instant>,
 }
 
-/// `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls`: prints `requests`,
-/// `errors`, `achieved_rps`, `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms` and the
-/// client's own `client_cpu_pct` (of one core, over the whole schedule).
+/// `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls`: prints `requests`
+/// (measured), `requests_all` (with the warm-up), `errors`, `achieved_rps`, `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms`, how late the
+/// pacer was at worst (`pacer_late_max_ms`) and the client's own `client_cpu_pct` (of one core, over the whole schedule).
 pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
     if !(plan.rps > 0.0) || plan.connections == 0 || plan.seconds == 0 {
         return Err("RPS, SECONDS and CONNECTIONS must be positive".into());
@@ -131,12 +133,14 @@ pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
     let elapsed = start.elapsed().as_secs_f64();
 
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    let answered_all: u64 = tallies.iter().map(|t| t.answered_all).sum();
     let last = tallies.iter().filter_map(|t| t.last_answer).max();
     let mut latencies: Vec<u32> = tallies.into_iter().flat_map(|t| t.latencies).collect();
     latencies.sort_unstable();
     let span = last.map_or(0.0, |l| l.duration_since(measured_from).as_secs_f64());
     println!("target_rps={rps:.0}");
     println!("requests={}", latencies.len());
+    println!("requests_all={answered_all}");
     println!("errors={errors}");
     println!(
         "achieved_rps={:.1}",
@@ -205,6 +209,7 @@ async fn connection(
         let done = Instant::now();
         match outcome {
             Ok(keep) => {
+                tally.answered_all += 1;
                 if !keep {
                     stream = None;
                 }

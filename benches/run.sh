@@ -28,7 +28,7 @@ THREADS=${THREADS:-1}
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 TARGETS=${TARGETS:-"direct edgepin haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle h2_idle ws_h2_idle reload upgrade"}
+SCENARIOS=${SCENARIOS:-"rest_plain rest_tls rest_rate_plain rest_rate_tls rest_h2 tls_handshake tls_resume sticky ws_echo ws_idle wss_idle keepalive_idle h2_idle ws_h2_idle reload upgrade"}
 CONNECTIONS=${CONNECTIONS:-64}
 H2_CONNECTIONS=${H2_CONNECTIONS:-8}
 H2_STREAMS=${H2_STREAMS:-16}
@@ -41,6 +41,13 @@ UPGRADES=${UPGRADES:-3}
 UPGRADE_GAP=${UPGRADE_GAP:-3}
 BASE_PORT=${BASE_PORT:-18100}
 NEIGHBOUR=${NEIGHBOUR:-0}
+# ~50-60 % of the slowest proxy's closed-loop capacity on one core (HAProxy: ~65k plain,
+# ~45-50k TLS); a neighbour takes half the core, so half the rate.
+if [ "$NEIGHBOUR" = 1 ]; then
+  RATE_PLAIN=${RATE_PLAIN:-15000} RATE_TLS=${RATE_TLS:-10000}
+fi
+RATE_PLAIN=${RATE_PLAIN:-30000}
+RATE_TLS=${RATE_TLS:-20000}
 WARMUP=1 # seconds of load before each measured wrk run
 
 HTTP_PORT=$BASE_PORT
@@ -352,6 +359,33 @@ scenario_rest_plain() {
 
 scenario_rest_tls() {
   measure_wrk "$1" rest_tls "https://127.0.0.1:$HTTPS_PORT/api/items"
+}
+
+# Open loop at a fixed rate (bench-client rate): the same offered load for every proxy,
+# each latency from its request's due time, so a stall counts for every request it
+# delays (no coordinated omission). The WARMUP is inside the run, on the same
+# connections, not recorded; nvcsw_per_10k counts its requests too (its switches are in).
+measure_rate() { # TARGET SCENARIO RPS plain|tls PORT
+  local target=$1 scenario=$2 name="$2-$1-$REP" out all
+  proxy_cpu_start
+  client rate "127.0.0.1:$5" /api/items "$3" "$DURATION" "$CONNECTIONS" "$WARMUP" "$4" \
+    >"$RUN/$name.rate" 2>"$RUN/$name.err" || { log "$target $scenario failed (see $RUN/$name.err)"; return 0; }
+  proxy_cpu_stop
+  out=$(cat "$RUN/$name.rate")
+  record_output "$target" "$scenario" "$out" p50_ms p99_ms p999_ms errors achieved_rps client_cpu_pct \
+    pacer_late_max_ms:client_late_max_ms
+  all=$(value requests_all <<<"$out")
+  [ -n "$PROXY_PIDS" ] && [ "${all:-0}" -gt 0 ] &&
+    record "$target" "$scenario" nvcsw_per_10k "$(awk -v n="$NVCSW" -v r="$all" 'BEGIN { printf "%.1f", 10000 * n / r }')"
+  return 0
+}
+
+scenario_rest_rate_plain() {
+  measure_rate "$1" rest_rate_plain "$RATE_PLAIN" plain "$(port_of "$1")"
+}
+
+scenario_rest_rate_tls() {
+  measure_rate "$1" rest_rate_tls "$RATE_TLS" tls "$HTTPS_PORT"
 }
 
 h2load_numbers() { # FILE: "req/s mean_ms errors requests" from h2load output
@@ -741,7 +775,7 @@ scenario_upgrade() {
 
 supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo; h2 is edgepin vs HAProxy
   [[ $2 != rest_h2 && $2 != h2_idle && $2 != ws_h2_idle ]] || [[ $1 == edgepin || $1 == haproxy ]] || return 1
-  [ "$1" != direct ] || [[ $2 == rest_plain || $2 == ws_echo ]]
+  [ "$1" != direct ] || [[ $2 == rest_plain || $2 == rest_rate_plain || $2 == ws_echo ]]
 }
 
 # ------------------------------------------------------------------------------- main
@@ -789,6 +823,8 @@ main() {
       "$PROXY_CPUS" "$THREADS" "$LOAD_CPUS"
     printf 'meta\tload\twrk -t1 -c%s; %s idle WebSockets; %s idle keep-alive connections; echo: %s WebSockets, one message each every %s ms; upgrade: %s WebSockets, %s upgrades %s s apart\n' \
       "$CONNECTIONS" "$WS_IDLE" "$KEEPALIVE_IDLE" "$WS_ECHO" "$WS_ECHO_INTERVAL_MS" "$UPGRADE_WS" "$UPGRADES" "$UPGRADE_GAP"
+    printf 'meta\trate\trest_rate_plain %s requests/s, rest_rate_tls %s requests/s, over %s connections, open loop\n' \
+      "$RATE_PLAIN" "$RATE_TLS" "$CONNECTIONS"
     printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
       "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"
