@@ -33,7 +33,6 @@ const ERRORS_SHOWN: u64 = 3;
 /// Bytes of an answer head and body at most (the bench backends send ~100).
 const ANSWER_LIMIT: usize = 64 * 1024;
 
-
 /// What to run: `rps` requests a second over `connections` keep-alive connections, the
 /// first `warmup` not recorded, then `seconds` measured.
 pub struct Plan {
@@ -96,7 +95,11 @@ pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
     let target = Target {
         addr,
         request: format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes(),
-        tls: if plan.tls { Some(insecure_connector(true, &[])?) } else { None },
+        tls: if plan.tls {
+            Some(insecure_connector(true, &[])?)
+        } else {
+            None
+        },
     };
     let mut streams = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
@@ -146,7 +149,13 @@ pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
         "achieved_rps={:.1}",
         if span > 0.0 { latencies.len() as f64 / span } else { 0.0 }
     );
-    for (name, p) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999), ("max", 1.0)] {
+    for (name, p) in [
+        ("p50", 0.50),
+        ("p90", 0.90),
+        ("p99", 0.99),
+        ("p999", 0.999),
+        ("max", 1.0),
+    ] {
         println!("{name}_ms={:.3}", percentile_ms(&latencies, p));
     }
     println!("pacer_late_max_ms={:.3}", late_by.as_secs_f64() * 1000.0);
@@ -223,7 +232,10 @@ async fn connection(
                 if recorded {
                     tally.errors += 1;
                     if errors_shown.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < ERRORS_SHOWN {
-                        eprintln!("bench-client rate: error {:.1} ms after due: {e}", micros(done - at) as f64 / 1e3);
+                        eprintln!(
+                            "bench-client rate: error {:.1} ms after due: {e}",
+                            micros(done - at) as f64 / 1e3
+                        );
                     }
                 }
             }
@@ -295,7 +307,11 @@ mod tests {
 
     #[test]
     fn answer_head_needs_the_whole_head_and_tells_length_and_close() {
-        assert!(answer_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n").unwrap().is_none());
+        assert!(
+            answer_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n")
+                .unwrap()
+                .is_none()
+        );
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
         assert_eq!(answer_head(head).unwrap(), Some((head.len() + 5, false)));
         let closing = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nConnection: Close\r\n\r\n";
