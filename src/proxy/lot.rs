@@ -48,6 +48,8 @@ pub struct Lot<C> {
 const WAKE: Token = Token(0);
 /// Events taken per wake-up of the thread.
 const EVENTS: usize = 256;
+/// The pause after a failed poll.
+const POLL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct State<C> {
     spots: BTreeMap<u64, Spot<C>>,
@@ -191,8 +193,11 @@ fn watch<C: Resume>(mut poll: Poll, lot: &Weak<Lot<C>>) {
         if let Err(e) = poll.poll(&mut events, timeout)
             && e.kind() != io::ErrorKind::Interrupted
         {
+            // Not expected (epoll_wait fails only on bad arguments); keep sweeping
+            // deadlines rather than leave the parked connections unwatched.
             tracing::error!(error = %e, "the parked connections' poll failed");
-            return;
+            events.clear();
+            std::thread::sleep(POLL_RETRY);
         }
         let Some(lot) = lot.upgrade() else {
             return;
