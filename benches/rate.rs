@@ -89,7 +89,7 @@ struct Tally {
 /// (measured), `requests_all` (with the warm-up), `errors`, `achieved_rps`, `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms`, how late the
 /// pacer was at worst (`pacer_late_max_ms`) and the client's own `client_cpu_pct` (of one core, over the whole schedule).
 pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
-    if !(plan.rps > 0.0) || plan.connections == 0 || plan.seconds == 0 {
+    if !plan.rps.is_finite() || plan.rps <= 0.0 || plan.connections == 0 || plan.seconds == 0 {
         return Err("RPS, SECONDS and CONNECTIONS must be positive".into());
     }
     let target = Target {
@@ -255,10 +255,10 @@ async fn exchange(s: &mut Box<dyn Io>, request: &[u8], buf: &mut Vec<u8>) -> Res
         if s.read_buf(buf).await? == 0 {
             return Err("the proxy closed the connection before the whole answer".into());
         }
-        if let Some((length, close)) = answer_head(buf)? {
-            if buf.len() >= length {
-                return Ok(!close);
-            }
+        if let Some((length, close)) = answer_head(buf)?
+            && buf.len() >= length
+        {
+            return Ok(!close);
         }
         if buf.len() > ANSWER_LIMIT {
             return Err(format!("an answer over {ANSWER_LIMIT} bytes").into());
