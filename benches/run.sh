@@ -364,7 +364,7 @@ scenario_rest_tls() {
 # Open loop at a fixed rate (bench-client rate): the same offered load for every proxy,
 # each latency from its request's due time, so a stall counts for every request it
 # delays (no coordinated omission). The WARMUP is inside the run, on the same
-# connections, not recorded; nvcsw_per_10k counts its requests too (its switches are in).
+# connections, not recorded; the proxy's CPU figures count it too.
 measure_rate() { # TARGET SCENARIO RPS plain|tls PORT
   local target=$1 scenario=$2 name="$2-$1-$REP" out all
   proxy_cpu_start
@@ -378,9 +378,10 @@ measure_rate() { # TARGET SCENARIO RPS plain|tls PORT
   # then queueing that grows with the run, not a tail. Say so; the figures are recorded.
   awk -v a="$(value achieved_rps <<<"$out")" -v r="$3" 'BEGIN { exit !(a < 0.98 * r) }' &&
     log "$target $scenario: achieved $(value achieved_rps <<<"$out") of $3 requests/s: the rate is too high for this machine (lower RATE_PLAIN/RATE_TLS)"
+  # The proxy's CPU at this fixed load (its cost per request when not saturated), over
+  # the warm-up and the run, per every answered request.
   all=$(value requests_all <<<"$out")
-  [ -n "$PROXY_PIDS" ] && [ "${all:-0}" -gt 0 ] &&
-    record "$target" "$scenario" nvcsw_per_10k "$(awk -v n="$NVCSW" -v r="$all" 'BEGIN { printf "%.1f", 10000 * n / r }')"
+  [ "${all:-0}" -gt 0 ] && DURATION=$((DURATION + WARMUP)) proxy_cpu_record "$target" "$scenario" "$all"
   return 0
 }
 
