@@ -128,7 +128,7 @@ enum Unaccepted {
 impl Frontend {
     fn serve_h1<S>(&self, io: S, peer: h1::Peer, open: Open) -> impl std::future::Future<Output = ()> + Send + 'static
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: h1::Transport,
     {
         let (shared, pool, places) = (
             Arc::clone(&self.shared),

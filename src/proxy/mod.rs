@@ -13,6 +13,7 @@ mod frontend;
 mod h1;
 mod h2;
 mod local_answer;
+mod lot;
 mod pick_loop;
 mod places;
 mod proxy_protocol;

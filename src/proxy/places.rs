@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
+use super::lot::Evict;
 use crate::state::FrontendCounters;
 
 /// The places, their waiters, and the parked connections that may be closed for them.
@@ -39,11 +40,35 @@ pub struct Places {
 /// the place freed for it may go to an earlier waiter).
 const EVICT_EVERY: Duration = Duration::from_millis(100);
 
-/// Parked connections by the order they parked; `None` until their task is known.
-#[derive(Debug, Default)]
+/// Parked connections by the order they parked; `None` until it is known who closes them.
+#[derive(Default)]
 struct ParkedTable {
     next: u64,
-    tasks: BTreeMap<u64, Option<AbortHandle>>,
+    tasks: BTreeMap<u64, Option<Closer>>,
+}
+
+/// Who closes a parked connection: its task, or the lot it waits in (`proxy::lot`).
+pub enum Closer {
+    Task(AbortHandle),
+    Lot(&'static dyn Evict),
+}
+
+impl Closer {
+    fn close(self, id: u64) {
+        match self {
+            Closer::Task(task) => task.abort(),
+            Closer::Lot(lot) => lot.evict(id),
+        }
+    }
+}
+
+impl std::fmt::Debug for ParkedTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedTable")
+            .field("next", &self.next)
+            .field("parked", &self.tasks.len())
+            .finish()
+    }
 }
 
 /// One waiter, counted while it lives.
@@ -121,7 +146,7 @@ impl Places {
         self.waiting.load(Relaxed)
     }
 
-    /// Register a connection about to park; its task is armed with [`Places::arm`].
+    /// Register a connection about to park; who closes it is armed with [`Places::arm`].
     pub fn park(self: &Arc<Self>) -> Parked {
         let mut t = self.table();
         let id = t.next;
@@ -133,10 +158,10 @@ impl Places {
         }
     }
 
-    /// The task of parked connection `id` (unless it already stopped being parked).
-    pub fn arm(&self, id: u64, task: AbortHandle) {
+    /// Who closes parked connection `id` (unless it already stopped being parked).
+    pub fn arm(&self, id: u64, closer: Closer) {
         if let Some(slot) = self.table().tasks.get_mut(&id) {
-            *slot = Some(task);
+            *slot = Some(closer);
         }
     }
 
@@ -146,8 +171,11 @@ impl Places {
         let Some(id) = t.tasks.iter().find(|(_, task)| task.is_some()).map(|(&id, _)| id) else {
             return false;
         };
-        if let Some(Some(task)) = t.tasks.remove(&id) {
-            task.abort();
+        let closer = t.tasks.remove(&id).flatten();
+        // Closing drops the connection's `Parked`, which takes this lock.
+        drop(t);
+        if let Some(closer) = closer {
+            closer.close(id);
         }
         true
     }
@@ -191,7 +219,7 @@ mod tests {
                 let _hold = (permit, parked);
                 std::future::pending::<()>().await;
             });
-            p.arm(id, task.abort_handle());
+            p.arm(id, Closer::Task(task.abort_handle()));
             held.push(id);
             tasks.push(task);
         }
@@ -242,7 +270,7 @@ mod tests {
         let id = gone.id();
         drop(gone);
         let task = tokio::spawn(async {});
-        p.arm(id, task.abort_handle());
+        p.arm(id, Closer::Task(task.abort_handle()));
         assert_eq!(p.parked(), 0, "arming a connection that stopped parking adds nothing");
     }
 }

@@ -45,6 +45,7 @@ use crate::runtime::Shared;
 use super::places::Places;
 use super::upstream::AnswerBuf;
 use head::Head;
+pub(super) use idle::Transport;
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 4096;
@@ -70,7 +71,7 @@ pub fn serve<S, O>(
     open: O,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Transport,
     O: Send + 'static,
 {
     let conn = Conn {
@@ -98,7 +99,7 @@ where
 /// boxed when taken, so that it is the size of the common path only.
 fn run<S, O>(mut conn: Conn<S>, open: O) -> Pin<Box<dyn Future<Output = ()> + Send>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Transport,
     O: Send + 'static,
 {
     Box::pin(async move {
@@ -112,7 +113,7 @@ where
                 Ok(Waited::Head(len)) => len,
                 Ok(Waited::Ended) => return,
                 Ok(Waited::Park { until }) => {
-                    idle::park(conn.into_idle(), open, until);
+                    S::park(conn.into_idle(), open, until);
                     return;
                 }
                 Err(refused) => {
