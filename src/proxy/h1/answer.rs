@@ -266,7 +266,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             rewrite,
         );
         if parsed.status == 101 {
-            return self.upgrade(ctx, b, member, up, parsed.len, slot).await;
+            // Boxed: a tunnel's set-up is rare, and would be part of every serving future.
+            return Box::pin(self.upgrade(ctx, b, member, up, parsed.len, slot)).await;
         }
         let mut framing = match parsed.body {
             RespBody::None => None,

@@ -7,6 +7,7 @@
 //! (with `pick_loop`'s shared steps).
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,80 +60,85 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         next
     }
 
-    async fn serve(&mut self, mut ctx: Ctx<'_>, snap: &Snapshot) -> Next {
-        let cfg = &snap.config;
-        let head = ctx.head;
-        let host = route::request_host(head.host_bytes(), None);
-        let path = match head.path() {
-            "" => Cow::Borrowed("/"),
-            p => route::normalize_path(p),
-        };
-        let facts = route::Facts {
-            tls: self.tls,
-            host: host.as_deref(),
-            path: &path,
-            path_and_query: head.origin_str(),
-            websocket: head.websocket,
-        };
-        let b_index = match route::resolve(cfg, &facts) {
-            Routed::Backend { route, backend } => {
-                ctx.rec.route = route;
-                backend
-            }
-            Routed::Redirect(location) => {
-                ctx.acct.redirected();
-                return self.answer_local(ctx, &LocalAnswer::redirect(&location), false).await;
-            }
-            Routed::AcmeAnswer => {
-                return match crate::acme::http01_answer(self.shared.cert.as_deref(), &path) {
-                    Some(key) => {
-                        self.answer_local(ctx, &LocalAnswer::plain(200, "text/plain", &key), false)
-                            .await
-                    }
-                    None => self.refuse(ctx, Refusal::Status(404, "no such ACME challenge")).await,
-                };
-            }
-            Routed::Refuse(why) => return self.refuse(ctx, why).await,
-        };
-        ctx.acct.routed(b_index);
-        let b = &snap.backends[b_index];
-        if let Body::Length(n) = head.body()
-            && n > cfg.limits.max_body_bytes
-        {
-            return self.refuse(ctx, Refusal::Status(413, "request body too large")).await;
-        }
-        ctx.sticky = Exchange::on_request(head.query(), b.cfg.balance == Balance::Sticky);
-        if let Err(why) = select::admit_handshake(&self.shared, cfg, b, &ctx.sticky, ctx.client) {
-            return self.refuse(ctx, why).await;
-        }
-        if head.expect_continue && ctx.has_body() && self.pending().is_empty() {
-            // The body is asked for here; the server never sees the Expect.
-            self.wbuf.clear();
-            self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            if !self.flush_client(cfg.timeouts.client).await {
-                return self.gone(ctx);
-            }
-        }
-        let replay = match self.hold_body(&ctx).await {
-            Ok(replay) => replay,
-            Err(f) => {
-                return self
-                    .answer_failure(ctx, failure::classify(f, Progress::default()))
-                    .await;
-            }
-        };
-        // A sid another edge learned: ask the shared table first (sticky.shared).
-        crate::proxy::sid_lookup::resolve(&self.shared, b, ctx.sticky.sid.as_deref()).await;
-        match self.pick_and_try(&mut ctx, b, replay).await {
-            Ok((answer, member, slot)) => {
-                if let Some(n) = replay {
-                    // Sent for good: the body is consumed.
-                    self.rpos += n;
+    /// The request from its route to its end. A plain fn returning an `async move` block:
+    /// an `async fn` keeps each argument twice in its future (the argument, and the local
+    /// it is moved into; rust-lang/rust#62958), and `ctx` is 344 bytes, held by every
+    /// connection while it is served. The request's rare ends (a local answer, a refusal, a
+    /// failure answered) are boxed when taken, so that their futures are not part of it.
+    #[expect(clippy::manual_async_fn, reason = "an async fn would keep `ctx` twice")]
+    fn serve<'a>(&'a mut self, mut ctx: Ctx<'a>, snap: &'a Snapshot) -> impl Future<Output = Next> + 'a {
+        async move {
+            let cfg = &snap.config;
+            let head = ctx.head;
+            let host = route::request_host(head.host_bytes(), None);
+            let path = match head.path() {
+                "" => Cow::Borrowed("/"),
+                p => route::normalize_path(p),
+            };
+            let facts = route::Facts {
+                tls: self.tls,
+                host: host.as_deref(),
+                path: &path,
+                path_and_query: head.origin_str(),
+                websocket: head.websocket,
+            };
+            let b_index = match route::resolve(cfg, &facts) {
+                Routed::Backend { route, backend } => {
+                    ctx.rec.route = route;
+                    backend
                 }
-                self.forward(ctx, b, member, answer, slot).await
+                Routed::Redirect(location) => {
+                    ctx.acct.redirected();
+                    return Box::pin(self.answer_local(ctx, &LocalAnswer::redirect(&location), false)).await;
+                }
+                Routed::AcmeAnswer => {
+                    return match crate::acme::http01_answer(self.shared.cert.as_deref(), &path) {
+                        Some(key) => {
+                            Box::pin(self.answer_local(ctx, &LocalAnswer::plain(200, "text/plain", &key), false)).await
+                        }
+                        None => Box::pin(self.refuse(ctx, Refusal::Status(404, "no such ACME challenge"))).await,
+                    };
+                }
+                Routed::Refuse(why) => return Box::pin(self.refuse(ctx, why)).await,
+            };
+            ctx.acct.routed(b_index);
+            let b = &snap.backends[b_index];
+            if let Body::Length(n) = head.body()
+                && n > cfg.limits.max_body_bytes
+            {
+                return Box::pin(self.refuse(ctx, Refusal::Status(413, "request body too large"))).await;
             }
-            Err(Unanswered::Refused(why)) => self.refuse(ctx, why).await,
-            Err(Unanswered::Failed(v)) => self.answer_failure(ctx, v).await,
+            ctx.sticky = Exchange::on_request(head.query(), b.cfg.balance == Balance::Sticky);
+            if let Err(why) = select::admit_handshake(&self.shared, cfg, b, &ctx.sticky, ctx.client) {
+                return Box::pin(self.refuse(ctx, why)).await;
+            }
+            if head.expect_continue && ctx.has_body() && self.pending().is_empty() {
+                // The body is asked for here; the server never sees the Expect.
+                self.wbuf.clear();
+                self.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                if !self.flush_client(cfg.timeouts.client).await {
+                    return self.gone(ctx);
+                }
+            }
+            let replay = match self.hold_body(&ctx).await {
+                Ok(replay) => replay,
+                Err(f) => {
+                    return Box::pin(self.answer_failure(ctx, failure::classify(f, Progress::default()))).await;
+                }
+            };
+            // A sid another edge learned: ask the shared table first (sticky.shared).
+            crate::proxy::sid_lookup::resolve(&self.shared, b, ctx.sticky.sid.as_deref()).await;
+            match self.pick_and_try(&mut ctx, b, replay).await {
+                Ok((answer, member, slot)) => {
+                    if let Some(n) = replay {
+                        // Sent for good: the body is consumed.
+                        self.rpos += n;
+                    }
+                    self.forward(ctx, b, member, answer, slot).await
+                }
+                Err(Unanswered::Refused(why)) => Box::pin(self.refuse(ctx, why)).await,
+                Err(Unanswered::Failed(v)) => Box::pin(self.answer_failure(ctx, v)).await,
+            }
         }
     }
 

@@ -32,9 +32,9 @@ use super::{Conn, Pool, spare};
 /// connection at once, a Socket.IO poll that follows its answer) come well within it on
 /// a LAN; a client a WAN round trip away parks between requests at any value worth
 /// having. Short, because until it parks a connection holds its serving future (about
-/// 16 KiB in a release build): 5,000 connections opened in a burst held ~800 of them at
-/// once at 50 ms, and the heap kept that high-water mark (`keepalive_idle` 2.10 → 1.50
-/// KiB per idle connection at 5 ms).
+/// 3 KiB) and its answer buffer (16 KiB then, 4 KiB now): 5,000 connections opened in a burst held
+/// ~800 of them at once at 50 ms, and the heap kept that high-water mark
+/// (`keepalive_idle` 2.10 → 1.50 KiB per idle connection at 5 ms).
 pub const PARK_AFTER: Duration = Duration::from_millis(5);
 
 /// What a parked connection keeps (`S`: its socket, or `()` in the lot, which holds it).

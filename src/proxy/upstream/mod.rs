@@ -32,8 +32,13 @@ pub use pool::Pool;
 /// Longest answer head accepted from a server.
 pub const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
-/// Read size for the server's bytes.
-const READ_SIZE: usize = 16 * 1024;
+/// Room made for each read of the server's bytes until the answer head is whole: an
+/// answer head fits, and a buffer that came back from an earlier request (`h1::spare`)
+/// reads as much as it already holds. Not more: a burst of new connections each takes a
+/// buffer of its own, and the heap keeps its high-water mark (16 KiB here was the largest
+/// allocation of a new keep-alive connection, 4x its serving future; `keepalive_idle`).
+/// The body is read in larger steps (`h1::answer`).
+const READ_SIZE: usize = 4 * 1024;
 
 /// The request's client, as an attempt sees it: where the request body comes from, and
 /// where interim answers go. Implemented by each engine.
@@ -345,6 +350,53 @@ mod tests {
         let (mut buf, mut trace) = (AnswerBuf::default(), Trace::default());
         let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
         send(&up, head, &mut NoBody, &mut buf, &a, &mut progress, &mut trace).await
+    }
+
+    /// Every new client connection takes a fresh answer buffer until it has one from the
+    /// thread's spares: reading a small answer must not make it 16 KiB (a burst of new
+    /// connections leaves the heap's high-water mark of them behind).
+    #[tokio::test]
+    async fn a_small_answer_leaves_a_fresh_buffer_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut request).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            s
+        });
+        let a = Attempt {
+            addr,
+            connect: Duration::from_secs(5),
+            server: Duration::from_secs(5),
+            pooled: false,
+            asked: Asked {
+                head_request: false,
+                websocket_key: None,
+            },
+            started: Instant::now(),
+        };
+        let (mut buf, mut trace, mut progress) = (AnswerBuf::default(), Trace::default(), Progress::default());
+        let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let answer = attempt(
+            &Pool::default(),
+            &a,
+            head,
+            &mut NoBody,
+            &mut buf,
+            &mut progress,
+            &mut trace,
+        )
+        .await
+        .expect("an answer");
+        assert_eq!(answer.parsed.status, 200);
+        assert_eq!(&buf.bytes[answer.parsed.len..], b"ok");
+        let capacity = buf.bytes.capacity();
+        assert!(capacity <= 4 * 1024, "a fresh answer buffer grew to {capacity} bytes");
+        drop(server.await);
     }
 
     #[tokio::test]
