@@ -1,116 +1,146 @@
-//! The lot: where idle plain keep-alive connections wait for their next request, outside
-//! the runtime. A parked socket is taken out of tokio's reactor and watched by one thread
-//! with an epoll set of its own (mio). Per connection the lot keeps the socket, its
-//! deadline and what the connection needs to carry on (its cargo, a few words): no task,
-//! no timer and no tokio I/O registration, about 900 bytes less per idle connection than
-//! a task of its own (`keepalive_idle` in benches/README.md).
+//! The lot: where idle plain keep-alive connections wait for their next request. A
+//! parked socket is taken out of tokio's reactor and put in an epoll set of the lot's
+//! own (mio), which one task watches for all of them: the lot's epoll descriptor is
+//! itself registered with tokio, so the proxy thread learns of a client's bytes in its
+//! own event loop, with no thread of the lot's and no hand-over between threads. Per
+//! connection the lot keeps the socket, its deadline and what the connection needs to
+//! carry on (its cargo, a few words): no task, no timer and no tokio I/O registration,
+//! about 900 bytes less per idle connection than a task of its own (`keepalive_idle` in
+//! benches/README.md).
 //!
 //! When the client sends bytes (or closes), the socket leaves the lot and its cargo
-//! [`Resume`]s it, on the lot's thread: it must only hand the socket to a runtime. At its
-//! deadline a socket is closed; [`Places`](super::places::Places) may close the one
-//! parked the longest for a newcomer ([`Evict`]). Entries are keyed by the places' park
-//! ids, which are never reused, so an event or an eviction that comes late finds nothing.
+//! [`Resume`]s, on the watching task: it must only start a task of its own and return.
+//! At its deadline a socket is closed (one timer for the lot: the earliest deadline);
+//! `Places` may close the one parked the longest for a newcomer ([`Lot::evict`]).
+//! Entries are keyed by the places' park ids, which are never reused, so an event or an
+//! eviction that comes late finds nothing.
 //!
-//! This module owns the sockets while they wait; `h1::idle` decides what parks here.
+//! The watching task starts with the first park, on that park's runtime; if it ends (its
+//! runtime shut down) the lot closes what it holds and takes nothing more, and
+//! connections wait in tasks of their own. This module owns the sockets while they wait;
+//! `h1::idle` decides what parks here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 
 /// What a parked connection carries: given its socket back when the client sends.
-pub trait Resume: Send + 'static {
-    /// Called on the lot's thread: hand the socket (parked until `until`) to a runtime
-    /// and return.
-    fn resume(self, socket: TcpStream, until: Instant);
+pub trait Resume: Send {
+    /// Called on the lot's task: start serving `socket` (parked until `until`) in a
+    /// task of its own, and return.
+    fn resume(self: Box<Self>, socket: TcpStream, until: Instant);
+    /// The lot cannot hold it (nothing watches it any more, or epoll refused the
+    /// socket): wait for the client some other way.
+    fn refused(self: Box<Self>, socket: TcpStream, until: Instant);
 }
 
-/// Closes a parked connection for a newcomer (see `Places`).
-pub trait Evict: Send + Sync {
-    /// Close parked connection `id` if it is still parked here.
-    fn evict(&self, id: u64);
-}
-
-/// Sockets waiting for their client, and the thread that watches them.
-pub struct Lot<C> {
+/// Sockets waiting for their client, and what watches them.
+pub struct Lot {
     registry: Registry,
-    /// Wakes the thread: an earlier deadline than it sleeps for, or the lot dropped.
-    waker: Waker,
-    state: Mutex<State<C>>,
+    /// The epoll set, until the first park starts the task that watches it.
+    unwatched: Mutex<Option<Poll>>,
+    /// The watching task lives.
+    watched: AtomicBool,
+    /// Tells the task of a deadline earlier than the one it sleeps for.
+    earlier: Notify,
+    state: Mutex<State>,
 }
 
-/// The waker's token; a socket's token is its park id + 1.
-const WAKE: Token = Token(0);
-/// Events taken per wake-up of the thread.
-const EVENTS: usize = 256;
-/// The pause after a failed poll.
-const POLL_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+impl std::fmt::Debug for Lot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lot")
+            .field("parked", &self.state().spots.len())
+            .field("watched", &self.watched.load(Relaxed))
+            .finish()
+    }
+}
 
-struct State<C> {
-    spots: BTreeMap<u64, Spot<C>>,
+/// Events taken per turn of the watching task.
+const EVENTS: usize = 256;
+
+#[derive(Default)]
+struct State {
+    spots: BTreeMap<u64, Spot>,
     /// `(deadline, id)`, earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
-    /// When the thread wakes next on its own (`None`: not before an event).
+    /// When the task wakes next on its own (`None`: not before an event).
     wakes_at: Option<Instant>,
 }
 
-struct Spot<C> {
+struct Spot {
     socket: TcpStream,
     until: Instant,
-    cargo: C,
+    cargo: Box<dyn Resume>,
 }
 
-impl<C: Resume> Lot<C> {
-    /// A lot and its thread (named `name`); the thread ends when the lot is dropped.
-    pub fn start(name: &str) -> io::Result<Arc<Lot<C>>> {
+impl Lot {
+    /// An empty lot; nothing watches it before its first park.
+    pub fn new() -> io::Result<Lot> {
         let poll = Poll::new()?;
-        let lot = Arc::new(Lot {
+        Ok(Lot {
             registry: poll.registry().try_clone()?,
-            waker: Waker::new(poll.registry(), WAKE)?,
-            state: Mutex::new(State {
-                spots: BTreeMap::new(),
-                deadlines: BTreeSet::new(),
-                wakes_at: None,
-            }),
-        });
-        let weak = Arc::downgrade(&lot);
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || watch(poll, &weak))?;
-        Ok(lot)
+            unwatched: Mutex::new(Some(poll)),
+            watched: AtomicBool::new(false),
+            earlier: Notify::new(),
+            state: Mutex::new(State::default()),
+        })
     }
 
-    fn state(&self) -> MutexGuard<'_, State<C>> {
+    fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Park `socket` as `id` until `until`. Given back with its cargo if it cannot be
-    /// watched (the caller waits for it some other way).
-    pub fn park(&self, id: u64, socket: TcpStream, until: Instant, cargo: C) -> Result<(), (TcpStream, C)> {
+    /// Park `socket` as `id` until `until` (call it inside a runtime); whether it is
+    /// parked here (if not, its cargo was [`refused`](Resume::refused)).
+    pub fn park(self: &Arc<Self>, id: u64, socket: TcpStream, until: Instant, cargo: Box<dyn Resume>) -> bool {
+        if !self.watch() {
+            cargo.refused(socket, until);
+            return false;
+        }
         let fd = socket.as_raw_fd();
         let mut state = self.state();
         // In the table before it is watched: an event for it may come at once.
         state.spots.insert(id, Spot { socket, until, cargo });
         if let Err(e) = self
             .registry
-            .register(&mut SourceFd(&fd), token(id), Interest::READABLE)
+            .register(&mut SourceFd(&fd), Token(id as usize), Interest::READABLE)
         {
             tracing::debug!(error = %e, "a parked connection cannot be watched");
-            let spot = state.spots.remove(&id).expect("inserted above");
-            return Err((spot.socket, spot.cargo));
+            let spot = state.spots.remove(&id);
+            drop(state);
+            if let Some(spot) = spot {
+                spot.cargo.refused(spot.socket, until);
+            }
+            return false;
         }
         state.deadlines.insert((until, id));
         if state.wakes_at.is_none_or(|at| until < at) {
             state.wakes_at = Some(until);
             drop(state);
-            let _ = self.waker.wake();
+            self.earlier.notify_one();
         }
-        Ok(())
+        true
+    }
+
+    /// Close parked connection `id` if it is still parked here.
+    pub fn evict(&self, id: u64) {
+        let mut state = self.state();
+        let spot = state.spots.remove(&id);
+        if let Some(spot) = &spot {
+            state.deadlines.remove(&(spot.until, id));
+        }
+        drop(state);
+        // Closing the socket takes it out of the epoll set too.
+        drop(spot);
     }
 
     /// Connections parked here now.
@@ -119,9 +149,29 @@ impl<C: Resume> Lot<C> {
         self.state().spots.len()
     }
 
+    /// Start the watching task unless it runs; whether one watches.
+    fn watch(self: &Arc<Self>) -> bool {
+        let poll = self.unwatched.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(poll) = poll {
+            // Deprecated for a descriptor that could be closed or replaced while registered
+            // (tokio#8587); the `Poll` owns its epoll descriptor and the `AsyncFd` owns the
+            // `Poll`, so it is closed only after tokio let go of it.
+            #[expect(deprecated, reason = "sound here: the AsyncFd owns the Poll that owns the fd")]
+            let registered = AsyncFd::with_interest(poll, tokio::io::Interest::READABLE);
+            match registered {
+                Ok(fd) => {
+                    self.watched.store(true, Relaxed);
+                    tokio::spawn(watch(Watching(Arc::clone(self)), fd));
+                }
+                Err(e) => tracing::warn!(error = %e, "idle connections wait in tasks: no lot"),
+            }
+        }
+        self.watched.load(Relaxed)
+    }
+
     /// Take the spots whose client sent something (`ready`), and those past their deadline;
-    /// note when the thread must wake next.
-    fn take(&self, ready: impl Iterator<Item = u64>, now: Instant) -> Taken<C> {
+    /// note when the task must wake next.
+    fn take(&self, ready: impl Iterator<Item = u64>, now: Instant) -> Taken {
         let mut state = self.state();
         let mut taken = Taken::default();
         for id in ready {
@@ -137,77 +187,66 @@ impl<C: Resume> Lot<C> {
             taken.expired.extend(state.spots.remove(&id));
         }
         state.wakes_at = state.deadlines.first().map(|&(until, _)| until);
-        taken.wakes_at = state.wakes_at;
         taken
     }
 }
 
-impl<C: Send> Evict for Lot<C> {
-    fn evict(&self, id: u64) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let spot = state.spots.remove(&id);
-        if let Some(spot) = &spot {
-            state.deadlines.remove(&(spot.until, id));
-        }
-        drop(state);
-        // Closing the socket takes it out of the epoll set too.
-        drop(spot);
-    }
+/// What one turn of the task takes out of the lot.
+#[derive(Default)]
+struct Taken {
+    ready: Vec<Spot>,
+    expired: Vec<Spot>,
 }
 
-impl<C> Drop for Lot<C> {
+/// The watching task's hold on its lot: when the task ends, the lot takes nothing more
+/// and closes what it holds.
+struct Watching(Arc<Lot>);
+
+impl Drop for Watching {
     fn drop(&mut self) {
-        // The thread finds the lot gone and ends.
-        let _ = self.waker.wake();
+        self.0.watched.store(false, Relaxed);
+        let spots = std::mem::take(&mut self.0.state().spots);
+        drop(spots);
     }
 }
 
-/// What one wake-up of the thread takes out of the lot.
-struct Taken<C> {
-    ready: Vec<Spot<C>>,
-    expired: Vec<Spot<C>>,
-    wakes_at: Option<Instant>,
-}
-
-impl<C> Default for Taken<C> {
-    fn default() -> Self {
-        Taken {
-            ready: Vec::new(),
-            expired: Vec::new(),
-            wakes_at: None,
-        }
-    }
-}
-
-fn token(id: u64) -> Token {
-    Token(id as usize + 1)
-}
-
-/// The lot's thread: sleeps in epoll until a client sends, a deadline passes or it is
-/// woken; hands sockets back and closes expired ones outside the lock.
-fn watch<C: Resume>(mut poll: Poll, lot: &Weak<Lot<C>>) {
+/// The watching task: waits for the lot's epoll set to have events (through tokio's
+/// reactor), for the earliest deadline, or for news of an earlier one; hands sockets
+/// back and closes expired ones outside the lock.
+async fn watch(lot: Watching, mut fd: AsyncFd<Poll>) {
+    let lot = &lot.0;
     let mut events = Events::with_capacity(EVENTS);
-    let mut wakes_at: Option<Instant> = None;
     loop {
-        let timeout = wakes_at.map(|at| at.saturating_duration_since(Instant::now()));
-        if let Err(e) = poll.poll(&mut events, timeout)
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            // Not expected (epoll_wait fails only on bad arguments); keep sweeping
-            // deadlines rather than leave the parked connections unwatched.
-            tracing::error!(error = %e, "the parked connections' poll failed");
-            events.clear();
-            std::thread::sleep(POLL_RETRY);
-        }
-        let Some(lot) = lot.upgrade() else {
-            return;
+        let wakes_at = lot.state().wakes_at;
+        let deadline = async {
+            match wakes_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
         };
-        let ready = events
-            .iter()
-            .filter(|e| e.token() != WAKE)
-            .map(|e| e.token().0 as u64 - 1);
+        tokio::select! {
+            ready = fd.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        tracing::error!(error = %e, "the parked connections' poll failed");
+                        return;
+                    }
+                    // A full batch may leave more: look again before waiting.
+                    if events.iter().count() < EVENTS {
+                        guard.clear_ready();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the parked connections cannot be watched");
+                    return;
+                }
+            },
+            () = deadline => {}
+            () = lot.earlier.notified() => {}
+        }
+        let ready = events.iter().map(|e| e.token().0 as u64);
         let taken = lot.take(ready, Instant::now());
-        wakes_at = taken.wakes_at;
+        events.clear();
         for spot in taken.ready {
             let _ = lot.registry.deregister(&mut SourceFd(&spot.socket.as_raw_fd()));
             spot.cargo.resume(spot.socket, spot.until);
@@ -221,15 +260,19 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
-    use std::sync::mpsc;
-    use std::time::Duration;
+    use tokio::sync::mpsc;
 
     /// Test cargo: says which socket came back.
-    struct Back(u64, mpsc::Sender<(u64, TcpStream)>);
+    struct Back(u64, mpsc::UnboundedSender<(u64, TcpStream)>);
 
     impl Resume for Back {
-        fn resume(self, socket: TcpStream, _until: Instant) {
+        fn resume(self: Box<Self>, socket: TcpStream, _until: Instant) {
             let _ = self.1.send((self.0, socket));
+        }
+
+        fn refused(self: Box<Self>, socket: TcpStream, _until: Instant) {
+            // Tell it apart from a hand-back: a different id.
+            let _ = self.1.send((self.0 + 1000, socket));
         }
     }
 
@@ -240,53 +283,65 @@ mod tests {
         (client, server)
     }
 
-    #[test]
-    fn a_socket_comes_back_when_its_client_sends_with_the_bytes_unread() {
-        let lot = Lot::<Back>::start("lot-test").unwrap();
+    fn back(id: u64, tx: &mpsc::UnboundedSender<(u64, TcpStream)>) -> Box<dyn Resume> {
+        Box::new(Back(id, tx.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_socket_comes_back_when_its_client_sends_with_the_bytes_unread() {
+        let lot = Arc::new(Lot::new().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let (mut quiet_client, quiet) = pair(&listener);
         let (mut client, server) = pair(&listener);
         let later = Instant::now() + Duration::from_secs(30);
-        assert!(lot.park(1, quiet, later, Back(1, tx.clone())).is_ok());
-        assert!(lot.park(2, server, later, Back(2, tx)).is_ok());
+        assert!(lot.park(1, quiet, later, back(1, &tx)));
+        assert!(lot.park(2, server, later, back(2, &tx)));
         assert_eq!(lot.len(), 2);
         client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-        let (id, mut socket) = rx.recv_timeout(Duration::from_secs(5)).expect("handed back");
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        let (id, mut socket) = got.expect("handed back in time").expect("handed back");
         assert_eq!(id, 2, "only the socket whose client sent");
         assert_eq!(lot.len(), 1);
         socket.set_nonblocking(false).unwrap();
-        let mut got = [0u8; 16];
-        socket.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"GET / HTTP/1.1\r\n", "the lot reads nothing");
+        let mut head = [0u8; 16];
+        socket.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"GET / HTTP/1.1\r\n", "the lot reads nothing");
         // Evicting closes it: its client reads the end.
         lot.evict(1);
         assert_eq!(lot.len(), 0);
         quiet_client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert_eq!(quiet_client.read(&mut got).unwrap(), 0, "closed");
+        assert_eq!(quiet_client.read(&mut head).unwrap(), 0, "closed");
         lot.evict(1);
     }
 
-    #[test]
-    fn a_socket_past_its_deadline_is_closed_and_an_earlier_deadline_wakes_the_thread() {
-        let lot = Lot::<Back>::start("lot-test").unwrap();
+    #[tokio::test]
+    async fn a_socket_past_its_deadline_is_closed_and_an_earlier_deadline_wakes_the_task() {
+        let lot = Arc::new(Lot::new().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let (_late_client, late) = pair(&listener);
-        let (mut client, server) = pair(&listener);
-        // The thread sleeps for the later deadline first; the earlier one must wake it.
+        let (client, server) = pair(&listener);
+        // The task sleeps for the later deadline first; the earlier one must wake it.
         let parked = Instant::now();
-        assert!(
-            lot.park(1, late, parked + Duration::from_secs(60), Back(1, tx.clone()))
-                .is_ok()
+        assert!(lot.park(1, late, parked + Duration::from_secs(60), back(1, &tx)));
+        tokio::task::yield_now().await;
+        assert!(lot.park(2, server, parked + Duration::from_millis(100), back(2, &tx)));
+        let mut client = tokio::net::TcpStream::from_std({
+            client.set_nonblocking(true).unwrap();
+            client
+        })
+        .unwrap();
+        let mut one = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut client, &mut one),
         );
-        assert!(
-            lot.park(2, server, parked + Duration::from_millis(100), Back(2, tx))
-                .is_ok()
+        assert_eq!(
+            read.await.expect("closed in time").unwrap(),
+            0,
+            "closed at its deadline"
         );
-        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut got = [0u8; 1];
-        assert_eq!(client.read(&mut got).unwrap(), 0, "closed at its deadline");
         let waited = parked.elapsed();
         assert!(waited >= Duration::from_millis(100), "not before it: {waited:?}");
         assert!(waited < Duration::from_secs(3), "soon after it: {waited:?}");
@@ -295,18 +350,34 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_lot_closes_what_it_holds() {
-        let lot = Lot::<Back>::start("lot-test").unwrap();
+    fn when_its_runtime_ends_the_lot_closes_what_it_holds_and_takes_no_more() {
+        let lot = Arc::new(Lot::new().unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (tx, _rx) = mpsc::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let (mut client, server) = pair(&listener);
-        assert!(
-            lot.park(1, server, Instant::now() + Duration::from_secs(60), Back(1, tx))
-                .is_ok()
-        );
-        drop(lot);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let until = Instant::now() + Duration::from_secs(60);
+            assert!(lot.park(1, server, until, back(1, &tx)));
+        });
+        drop(runtime);
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut got = [0u8; 1];
-        assert_eq!(client.read(&mut got).unwrap(), 0, "closed with the lot");
+        let mut one = [0u8; 1];
+        assert_eq!(client.read(&mut one).unwrap(), 0, "closed with its runtime");
+        let (_c, another) = pair(&listener);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let parked = runtime.block_on(async { lot.park(2, another, Instant::now(), back(2, &tx)) });
+        assert!(!parked, "no task watches any more");
+        assert_eq!(
+            rx.try_recv().map(|(id, _)| id).ok(),
+            Some(1002),
+            "its cargo was refused, the socket with it"
+        );
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
-use super::lot::Evict;
+use super::lot::Lot;
 use crate::state::FrontendCounters;
 
 /// The places, their waiters, and the parked connections that may be closed for them.
@@ -34,6 +34,8 @@ pub struct Places {
     /// Longest wait for a place before the connection is closed.
     wait: Duration,
     parked: Mutex<ParkedTable>,
+    /// Where idle plain connections wait (`proxy::lot`); `None` if it could not be made.
+    lot: Option<Arc<Lot>>,
 }
 
 /// How often a waiter looks again for a parked connection to close (one may park, or
@@ -41,34 +43,17 @@ pub struct Places {
 const EVICT_EVERY: Duration = Duration::from_millis(100);
 
 /// Parked connections by the order they parked; `None` until it is known who closes them.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ParkedTable {
     next: u64,
     tasks: BTreeMap<u64, Option<Closer>>,
 }
 
-/// Who closes a parked connection: its task, or the lot it waits in (`proxy::lot`).
+/// Who closes a parked connection: its task, or the lot it waits in.
+#[derive(Debug)]
 pub enum Closer {
     Task(AbortHandle),
-    Lot(&'static dyn Evict),
-}
-
-impl Closer {
-    fn close(self, id: u64) {
-        match self {
-            Closer::Task(task) => task.abort(),
-            Closer::Lot(lot) => lot.evict(id),
-        }
-    }
-}
-
-impl std::fmt::Debug for ParkedTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ParkedTable")
-            .field("next", &self.next)
-            .field("parked", &self.tasks.len())
-            .finish()
-    }
+    Lot,
 }
 
 /// One waiter, counted while it lives.
@@ -102,7 +87,16 @@ impl Places {
             max_waiting,
             wait,
             parked: Mutex::new(ParkedTable::default()),
+            lot: Lot::new()
+                .inspect_err(|e| tracing::warn!(error = %e, "idle connections wait in tasks: no lot"))
+                .ok()
+                .map(Arc::new),
         }
+    }
+
+    /// Where idle plain connections wait, if anywhere.
+    pub fn lot(&self) -> Option<&Arc<Lot>> {
+        self.lot.as_ref()
     }
 
     fn table(&self) -> MutexGuard<'_, ParkedTable> {
@@ -174,8 +168,10 @@ impl Places {
         let closer = t.tasks.remove(&id).flatten();
         // Closing drops the connection's `Parked`, which takes this lock.
         drop(t);
-        if let Some(closer) = closer {
-            closer.close(id);
+        match closer {
+            Some(Closer::Task(task)) => task.abort(),
+            Some(Closer::Lot) => self.lot.iter().for_each(|lot| lot.evict(id)),
+            None => {}
         }
         true
     }

@@ -4,21 +4,21 @@
 //! bytes come, a serving task starts again with them. A busy connection never pays for
 //! the parking: the next request usually comes long before [`PARK_AFTER`].
 //!
-//! Where it waits depends on its [`Transport`]: a plain socket leaves the runtime for the
-//! lot (`proxy::lot`, one thread and an epoll set for all of them: the socket and a few
-//! words per connection, no task, timer or tokio registration); a TLS connection, whose
-//! session cannot be taken apart and put back, waits in a small task of its own.
+//! Where it waits depends on its [`Transport`]: a plain socket leaves tokio's reactor for
+//! the lot (`proxy::lot`: one epoll set and one task for all of them, the socket and a few
+//! words per connection, no task, timer or tokio registration of its own); a TLS
+//! connection, whose session cannot be taken apart and put back, waits in a small task of
+//! its own.
 //!
 //! A parked connection is registered in the proxy's [`Places`]: when a new client finds
 //! every place taken, the connection parked the longest is closed for it.
 
 use std::net::IpAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::runtime::Handle;
 use tokio_rustls::server::TlsStream;
 
 use crate::proxy::lot::{Lot, Resume};
@@ -73,8 +73,8 @@ pub(in crate::proxy) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Si
 
 impl Transport for TcpStream {
     fn park<O: Send + 'static>(idle: Idle<Self>, open: O, until: Instant) {
-        match lot() {
-            Some(lot) => to_lot(lot, idle, Box::new(open), until),
+        match idle.places.lot().map(Arc::clone) {
+            Some(lot) => to_lot(&lot, idle, open, until),
             None => in_task(idle, open, until),
         }
     }
@@ -87,27 +87,13 @@ impl Transport for Box<TlsStream<TcpStream>> {
 }
 
 /// A plain connection in the lot: the rest of what it keeps.
-struct Waiting {
+struct Waiting<O> {
     idle: Idle<()>,
-    open: Box<dyn Send>,
+    open: O,
     parked: Parked,
-    /// Where its serving task runs again.
-    runtime: Handle,
 }
 
-/// The process's lot, started with the first connection that parks; `None` (parking in
-/// tasks) if it cannot be.
-fn lot() -> Option<&'static Lot<Waiting>> {
-    static LOT: OnceLock<Option<Arc<Lot<Waiting>>>> = OnceLock::new();
-    LOT.get_or_init(|| {
-        Lot::start("edgepin-lot")
-            .inspect_err(|e| tracing::warn!(error = %e, "idle connections wait in tasks: no lot"))
-            .ok()
-    })
-    .as_deref()
-}
-
-fn to_lot(lot: &'static Lot<Waiting>, idle: Idle<TcpStream>, open: Box<dyn Send>, until: Instant) {
+fn to_lot<O: Send + 'static>(lot: &Arc<Lot>, idle: Idle<TcpStream>, open: O, until: Instant) {
     let (idle, io) = idle.with(());
     let socket = match io.into_std() {
         Ok(socket) => socket,
@@ -119,39 +105,30 @@ fn to_lot(lot: &'static Lot<Waiting>, idle: Idle<TcpStream>, open: Box<dyn Send>
     let parked = idle.places.park();
     let id = parked.id();
     let places = Arc::clone(&idle.places);
-    let waiting = Waiting {
-        idle,
-        open,
-        parked,
-        runtime: Handle::current(),
-    };
-    match lot.park(id, socket, until, waiting) {
-        Ok(()) => places.arm(id, Closer::Lot(lot)),
-        Err((socket, waiting)) => {
-            let Waiting { idle, open, .. } = waiting;
-            match TcpStream::from_std(socket) {
-                Ok(io) => in_task(idle.with(io).0, open, until),
-                Err(e) => tracing::debug!(error = %e, "closing an idle connection that cannot wait"),
-            }
-        }
+    if lot.park(id, socket, until, Box::new(Waiting { idle, open, parked })) {
+        places.arm(id, Closer::Lot);
     }
 }
 
-impl Resume for Waiting {
-    fn resume(self, socket: std::net::TcpStream, until: Instant) {
-        let Waiting {
-            idle,
-            open,
-            parked,
-            runtime,
-        } = self;
+impl<O: Send + 'static> Resume for Waiting<O> {
+    fn resume(self: Box<Self>, socket: std::net::TcpStream, until: Instant) {
+        let Waiting { idle, open, parked } = *self;
         drop(parked);
-        runtime.spawn(async move {
-            match TcpStream::from_std(socket) {
-                Ok(io) => wait(idle.with(io).0, open, until, None).await,
-                Err(e) => tracing::debug!(error = %e, "closing a parked connection: cannot serve it"),
+        match TcpStream::from_std(socket) {
+            Ok(io) => {
+                tokio::spawn(wait(idle.with(io).0, open, until, None));
             }
-        });
+            Err(e) => tracing::debug!(error = %e, "closing a parked connection: cannot serve it"),
+        }
+    }
+
+    fn refused(self: Box<Self>, socket: std::net::TcpStream, until: Instant) {
+        let Waiting { idle, open, parked } = *self;
+        drop(parked);
+        match TcpStream::from_std(socket) {
+            Ok(io) => in_task(idle.with(io).0, open, until),
+            Err(e) => tracing::debug!(error = %e, "closing an idle connection that cannot wait"),
+        }
     }
 }
 
@@ -200,32 +177,37 @@ fn wait<S: Transport, O: Send + 'static>(
 mod tests {
     use super::*;
 
-    /// A plain connection leaves the runtime for the lot (no task waits for it) and
-    /// comes back to be served when its client sends the next request.
+    /// Plain connections leave tokio's reactor for the lot (one task watches them all,
+    /// none waits for each) and come back to be served when their client sends.
     #[tokio::test]
-    async fn a_plain_connection_waits_in_the_lot_and_comes_back_with_its_request() {
+    async fn plain_connections_wait_in_the_lot_and_come_back_with_their_request() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (shared, places, mut client, listener) = super::super::test_connection().await;
-        let (io, _) = listener.accept().await.unwrap();
-        let idle = Idle {
-            shared,
-            pool: Arc::new(Pool::default()),
-            places: Arc::clone(&places),
-            io,
-            peer: None,
-            tls: false,
-            requests: 1,
-        };
-        TcpStream::park(idle, (), Instant::now() + Duration::from_secs(30));
-        assert_eq!(places.parked(), 1);
-        let tasks = Handle::current().metrics().num_alive_tasks();
-        assert_eq!(tasks, 0, "no task waits for a parked plain connection");
+        let mut other = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        for _ in 0..2 {
+            let (io, _) = listener.accept().await.unwrap();
+            let idle = Idle {
+                shared: Arc::clone(&shared),
+                pool: Arc::new(Pool::default()),
+                places: Arc::clone(&places),
+                io,
+                peer: None,
+                tls: false,
+                requests: 1,
+            };
+            TcpStream::park(idle, (), Instant::now() + Duration::from_secs(30));
+        }
+        assert_eq!(places.parked(), 2);
+        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        assert_eq!(tasks, 1, "one task, the lot's, for every parked plain connection");
         // No Host: the engine answers 400 itself, so it served the connection again.
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut answer = [0u8; 12];
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut answer)).await;
-        assert!(read.is_ok_and(|r| r.is_ok()), "answered");
-        assert_eq!(&answer, b"HTTP/1.1 400");
+        for c in [&mut client, &mut other] {
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut answer = [0u8; 12];
+            let read = tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut answer)).await;
+            assert!(read.is_ok_and(|r| r.is_ok()), "answered");
+            assert_eq!(&answer, b"HTTP/1.1 400");
+        }
         assert_eq!(places.parked(), 0, "no longer parked");
     }
 
