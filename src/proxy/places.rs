@@ -10,7 +10,8 @@
 //! closed for a newcomer. The waiters are counted by a guard, so a waiter that gives up
 //! or is dropped is never left counted.
 //!
-//! This module decides and signals; the frontend and the HTTP/1 engine own the sockets.
+//! This module decides and signals; the frontend, the HTTP/1 engine and the lot it keeps
+//! (`proxy::lot`, where idle plain connections wait) own the sockets.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -177,6 +177,19 @@ fn wait<S: Transport, O: Send + 'static>(
 mod tests {
     use super::*;
 
+    /// A connection that served one request, on `io`.
+    fn idle_on(shared: Arc<Shared>, places: Arc<Places>, io: TcpStream) -> Idle<TcpStream> {
+        Idle {
+            shared,
+            pool: Arc::new(Pool::default()),
+            places,
+            io,
+            peer: None,
+            tls: false,
+            requests: 1,
+        }
+    }
+
     /// Plain connections leave tokio's reactor for the lot (one task watches them all,
     /// none waits for each) and come back to be served when their client sends.
     #[tokio::test]
@@ -186,15 +199,7 @@ mod tests {
         let mut other = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         for _ in 0..2 {
             let (io, _) = listener.accept().await.unwrap();
-            let idle = Idle {
-                shared: Arc::clone(&shared),
-                pool: Arc::new(Pool::default()),
-                places: Arc::clone(&places),
-                io,
-                peer: None,
-                tls: false,
-                requests: 1,
-            };
+            let idle = idle_on(Arc::clone(&shared), Arc::clone(&places), io);
             TcpStream::park(idle, (), Instant::now() + Duration::from_secs(30));
         }
         assert_eq!(places.parked(), 2);
@@ -216,15 +221,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_connection_holds_its_socket_and_a_few_words() {
         let (shared, places, io, _listener) = super::super::test_connection().await;
-        let idle = Idle {
-            shared,
-            pool: Arc::new(Pool::default()),
-            places: Arc::clone(&places),
-            io,
-            peer: None,
-            tls: false,
-            requests: 1,
-        };
+        let idle = idle_on(shared, Arc::clone(&places), io);
         // The frontend's hold on a connection is a few words too.
         let open = [0u64; 4];
         let parked = wait(idle, open, Instant::now(), Some(places.park()));
