@@ -320,6 +320,21 @@ mod tests {
         }
     }
 
+    /// An attempt of a plain GET at `addr`, with `wait` for both the connect and the answer.
+    fn get_attempt(addr: std::net::SocketAddr, pooled: bool, wait: Duration) -> Attempt<'static> {
+        Attempt {
+            addr,
+            connect: wait,
+            server: wait,
+            pooled,
+            asked: Asked {
+                head_request: false,
+                websocket_key: None,
+            },
+            started: Instant::now(),
+        }
+    }
+
     /// An answer already waiting on the connection when the request is sent on it:
     /// stray on a reused connection, an early answer on a new one.
     async fn send_after_an_answer_came(reused: bool) -> Result<Option<Parsed>, Failure> {
@@ -332,17 +347,7 @@ mod tests {
             .await
             .unwrap();
         up.readable().await.unwrap();
-        let a = Attempt {
-            addr,
-            connect: Duration::from_secs(1),
-            server: Duration::from_secs(1),
-            pooled: reused,
-            asked: Asked {
-                head_request: false,
-                websocket_key: None,
-            },
-            started: Instant::now(),
-        };
+        let a = get_attempt(addr, reused, Duration::from_secs(1));
         let mut progress = Progress {
             reused,
             ..Progress::default()
@@ -368,17 +373,7 @@ mod tests {
                 .unwrap();
             s
         });
-        let a = Attempt {
-            addr,
-            connect: Duration::from_secs(5),
-            server: Duration::from_secs(5),
-            pooled: false,
-            asked: Asked {
-                head_request: false,
-                websocket_key: None,
-            },
-            started: Instant::now(),
-        };
+        let a = get_attempt(addr, false, Duration::from_secs(5));
         let (mut buf, mut trace, mut progress) = (AnswerBuf::default(), Trace::default(), Progress::default());
         let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
         let answer = attempt(
