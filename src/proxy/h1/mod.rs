@@ -432,13 +432,11 @@ use super::access::{Record, Requested};
 use super::account::{Account, Totals};
 use super::local_answer::LocalAnswer;
 
-/// For the size tests: the proxy's shared state, its places, and a connected socket (with
-/// its listener, kept open).
+/// For the tests of serving and parked connections: the proxy's shared state, its places,
+/// and a connected socket (with its listener, kept open).
 #[cfg(test)]
 async fn test_connection() -> (Arc<Shared>, Arc<Places>, tokio::net::TcpStream, tokio::net::TcpListener) {
-    let text = "listen: { http: 127.0.0.1:1 }\nroutes: [{ path_prefix: /, backend: b }]\n\
-                backends: { b: { servers: [a] } }\nservers:\n  a: { address: 127.0.0.1:3001 }\n";
-    let cfg = crate::config::parse(std::path::Path::new("t.yaml"), text).unwrap();
+    let (shared, _) = crate::runtime::one_backend("balance: roundrobin", 1);
     let places = Arc::new(Places::new(
         Arc::new(tokio::sync::Semaphore::new(4)),
         4,
@@ -448,7 +446,7 @@ async fn test_connection() -> (Arc<Shared>, Arc<Places>, tokio::net::TcpStream, 
     let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
-    (Shared::new(cfg, None), places, io, listener)
+    (shared, places, io, listener)
 }
 
 #[cfg(test)]
