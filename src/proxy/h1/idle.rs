@@ -37,6 +37,20 @@ use super::{Conn, Pool, spare};
 /// (`keepalive_idle` 2.10 → 1.50 KiB per idle connection at 5 ms).
 pub const PARK_AFTER: Duration = Duration::from_millis(5);
 
+/// How long a busy connection waits before parking: one whose last request came less than
+/// this after the one before ended, parked meanwhile or not. Not for memory, for the
+/// timers: every waiting connection arms one, and tokio sleeps in `epoll_wait` only until
+/// the earliest. With every connection at [`PARK_AFTER`], a proxy under steady load always
+/// had one due within 1-6 ms, sooner than the kernel's next tick: each time the thread went
+/// to sleep it armed and cancelled the CPU's earliest timer, and `epoll_wait` took 8.2 µs
+/// from entry to sleep instead of 1.3. A request arriving in that window left the thread
+/// runnable but off the CPU: beside a CPU-bound neighbour the scheduler gave the core to the
+/// neighbour until its next tick (up to 4 ms), 30 times in 3 s where HAProxy (whose
+/// `epoll_wait` timeouts are 100-230 ms) had it once. A connection whose requests come
+/// more than this apart parks after [`PARK_AFTER`], as before; one that comes back sooner
+/// no longer pays a park and a wake per request.
+pub const PARK_AFTER_BUSY: Duration = Duration::from_millis(50);
+
 /// What a parked connection keeps (`S`: its socket, or `()` in the lot, which holds it).
 pub(in crate::proxy) struct Idle<S> {
     pub shared: Arc<Shared>,
@@ -46,6 +60,8 @@ pub(in crate::proxy) struct Idle<S> {
     pub peer: Option<IpAddr>,
     pub tls: bool,
     pub requests: u64,
+    /// Since when it waits for its next request.
+    pub since: Instant,
 }
 
 impl<S> Idle<S> {
@@ -59,6 +75,7 @@ impl<S> Idle<S> {
             peer: self.peer,
             tls: self.tls,
             requests: self.requests,
+            since: self.since,
         };
         (idle, self.io)
     }
@@ -176,6 +193,8 @@ fn wait<S: Transport, O: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     /// A connection that served one request, on `io`.
     fn idle_on(shared: Arc<Shared>, places: Arc<Places>, io: TcpStream) -> Idle<TcpStream> {
@@ -187,6 +206,7 @@ mod tests {
             peer: None,
             tls: false,
             requests: 1,
+            since: Instant::now(),
         }
     }
 
@@ -194,7 +214,6 @@ mod tests {
     /// none waits for each) and come back to be served when their client sends.
     #[tokio::test]
     async fn plain_connections_wait_in_the_lot_and_come_back_with_their_request() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (shared, places, mut client, listener) = super::super::test_connection().await;
         let mut other = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         for _ in 0..2 {
@@ -228,5 +247,132 @@ mod tests {
         let size = std::mem::size_of_val(&parked);
         eprintln!("parked future: {size} bytes");
         assert!(size <= 384, "a parked connection's future is {size} bytes");
+    }
+
+    /// A server that answers every request `200` with `ok`, keeping the connection.
+    async fn answering_server() -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut io, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await {
+                        got.extend_from_slice(&buf[..n]);
+                        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            got.drain(..end + 4);
+                            if io
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One request and its whole answer (the server's 51 bytes, with what edgepin adds).
+    async fn ask(c: &mut TcpStream) {
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "answered: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    }
+
+    /// Wait (at most 2 s) until `n` connections are parked.
+    async fn until_parked(places: &Places, n: usize) {
+        for _ in 0..2000 {
+            if places.parked() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{} parked, not {n}", places.parked());
+    }
+
+    /// A connection parks after `PARK_AFTER` when its requests are far apart, and after
+    /// `PARK_AFTER_BUSY` when its last one came soon after the one before: in its task
+    /// (back to back) or from the lot (parked in between). Under steady load no connection
+    /// then arms a timer due within the kernel's tick (see `PARK_AFTER_BUSY`).
+    #[tokio::test]
+    async fn a_connection_whose_requests_come_soon_after_each_other_waits_longer_to_park() {
+        let server = answering_server().await;
+        let text = format!(
+            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
+             backends: {{ b: {{ servers: [w1] }} }}\nservers:\n  w1: {{ address: {server} }}\n"
+        );
+        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
+        let shared = Shared::new(cfg, None);
+        let places = Arc::new(Places::new(
+            Arc::new(tokio::sync::Semaphore::new(8)),
+            8,
+            Duration::from_secs(1),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = async || {
+            let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (io, _) = listener.accept().await.unwrap();
+            let peer = super::super::Peer { addr: None, tls: false };
+            tokio::spawn(super::super::serve(
+                Arc::clone(&shared),
+                Arc::new(Pool::default()),
+                Arc::clone(&places),
+                io,
+                peer,
+                (),
+            ));
+            client
+        };
+
+        // One request: parks after PARK_AFTER.
+        let mut one = connect().await;
+        ask(&mut one).await;
+        let answered = Instant::now();
+        until_parked(&places, 1).await;
+        assert!(answered.elapsed() >= PARK_AFTER);
+
+        // Parked between two requests that came soon after each other.
+        let mut back = connect().await;
+        ask(&mut back).await;
+        until_parked(&places, 2).await;
+        ask(&mut back).await;
+        let back_answered = Instant::now();
+        assert_eq!(places.parked(), 1, "resumed");
+
+        // Two requests back to back, in its task.
+        let mut busy = connect().await;
+        ask(&mut busy).await;
+        ask(&mut busy).await;
+
+        // Well past PARK_AFTER for both, neither parked (unless this machine took so long
+        // that PARK_AFTER_BUSY passed too).
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        let parked = places.parked();
+        assert!(
+            parked == 1 || back_answered.elapsed() >= PARK_AFTER_BUSY,
+            "{parked} parked {:?} after the busy connections' answers",
+            back_answered.elapsed()
+        );
+        // They park, after PARK_AFTER_BUSY.
+        until_parked(&places, 3).await;
+        assert!(back_answered.elapsed() >= PARK_AFTER_BUSY);
+        // And are served again.
+        for c in [&mut one, &mut back, &mut busy] {
+            ask(c).await;
+        }
     }
 }

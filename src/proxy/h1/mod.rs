@@ -89,6 +89,7 @@ where
         wbuf: Vec::new(),
         answer: AnswerBuf::default(),
         requests: 0,
+        busy: false,
     };
     run(conn, open)
 }
@@ -112,8 +113,8 @@ where
             let len = match read {
                 Ok(Waited::Head(len)) => len,
                 Ok(Waited::Ended) => return,
-                Ok(Waited::Park { until }) => {
-                    S::park(conn.into_idle(), open, until);
+                Ok(Waited::Park { since, until }) => {
+                    S::park(conn.into_idle(since), open, until);
                     return;
                 }
                 Err(refused) => {
@@ -151,8 +152,9 @@ enum Waited {
     Head(usize),
     /// The connection ends quietly (closed, idle past keep-alive, stopping).
     Ended,
-    /// No byte for [`idle::PARK_AFTER`]: park the connection until `until`.
-    Park { until: Instant },
+    /// No byte for [`idle::PARK_AFTER`] (or [`idle::PARK_AFTER_BUSY`]): park the connection
+    /// until `until`.
+    Park { since: Instant, until: Instant },
 }
 
 /// How long and how much a connection waits for a request head: from the config of its
@@ -208,6 +210,9 @@ struct Conn<S> {
     answer: AnswerBuf,
     /// Requests served on this connection.
     requests: u64,
+    /// Its last request came less than [`idle::PARK_AFTER_BUSY`] after the one before
+    /// (parked meanwhile or not): it waits that long for the next before parking.
+    busy: bool,
 }
 
 /// A read from the client that did not happen.
@@ -219,9 +224,9 @@ enum ClientRead {
 }
 
 impl<S> Conn<S> {
-    /// The connection, parked: what it keeps while it waits (its buffers go to the
-    /// thread's spares).
-    fn into_idle(mut self) -> idle::Idle<S> {
+    /// The connection, parked: what it keeps while it waits since `since` (its buffers go
+    /// to the thread's spares).
+    fn into_idle(mut self, since: Instant) -> idle::Idle<S> {
         spare::put(self.take_buffers());
         idle::Idle {
             shared: self.shared,
@@ -231,6 +236,7 @@ impl<S> Conn<S> {
             peer: self.peer,
             tls: self.tls,
             requests: self.requests,
+            since,
         }
     }
 
@@ -265,6 +271,7 @@ impl<S> Conn<S> {
             wbuf: b.wbuf,
             answer: b.answer,
             requests: idle.requests,
+            busy: idle.since.elapsed() < idle::PARK_AFTER_BUSY,
         }
     }
 }
@@ -347,12 +354,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                         _ => limits.keepalive,
                     };
-                    let until = Instant::now() + wait;
-                    match self.read_idle(wait.min(idle::PARK_AFTER)).await {
-                        Err(ClientRead::TimedOut) if wait > idle::PARK_AFTER => {
-                            return Ok(Waited::Park { until });
+                    let since = Instant::now();
+                    let until = since + wait;
+                    let park_after = if self.busy {
+                        idle::PARK_AFTER_BUSY
+                    } else {
+                        idle::PARK_AFTER
+                    };
+                    match self.read_idle(wait.min(park_after)).await {
+                        Err(ClientRead::TimedOut) if wait > park_after => {
+                            return Ok(Waited::Park { since, until });
                         }
-                        other => other,
+                        other => {
+                            self.busy = self.requests > 0;
+                            other
+                        }
                     }
                 }
             };
