@@ -290,10 +290,42 @@ record_output() { # TARGET SCENARIO OUTPUT KEY[:METRIC]…: record bench-client'
 proxy_cpu_start() {
   CPU_TICKS=$(cpu_ticks "$PROXY_PIDS")
   NVCSW=$(ctx_switches "$PROXY_PIDS" nonvoluntary_ctxt_switches)
+  THREAD_START=$(thread_switches "$PROXY_PIDS")
+  KTHREAD_TICKS=$(kthread_ticks)
 }
 proxy_cpu_stop() {
   CPU_TICKS=$(($(cpu_ticks "$PROXY_PIDS") - CPU_TICKS))
   NVCSW=$(($(ctx_switches "$PROXY_PIDS" nonvoluntary_ctxt_switches) - NVCSW))
+  KTHREAD_TICKS=$(($(kthread_ticks) - KTHREAD_TICKS))
+  # Which thread was preempted, which woke, and how long each waited runnable for a CPU:
+  # "nonvoluntary voluntary cpu_ticks runqueue_ms name" per thread over the run, in
+  # $RUN/NAME.threads (NAME: scenario-target-rep), then the machine's kernel threads' CPU
+  # time meanwhile (DAMON's kdamond, RCU, kworkers: they take a core for milliseconds).
+  {
+    join <(sort <<<"$THREAD_START") <(thread_switches "$PROXY_PIDS" | sort) |
+      awk '{ printf "%d %d %d %.1f %s\n", $7 - $2, $8 - $3, $9 - $4, ($10 - $5) / 1e6, $6 }' | sort -rn
+    printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / $(getconf CLK_TCK)))"
+  } >"$RUN/$CURRENT.threads" || true
+}
+
+thread_switches() { # PIDS: "tid nonvoluntary voluntary cpu_ticks runqueue_ns name" per thread
+  local pid task stat sched
+  for pid in ${1//,/ }; do
+    for task in /proc/"$pid"/task/*; do
+      stat=$(cat "$task/stat" 2>/dev/null) || continue
+      sched=$(cat "$task/schedstat" 2>/dev/null) || continue
+      stat=${stat##*) }
+      set -- $stat
+      printf '%s %s %s %s %s %s\n' "${task##*/}" \
+        "$(sed -n 's/^nonvoluntary_ctxt_switches:[[:space:]]*//p' "$task/status" 2>/dev/null)" \
+        "$(sed -n 's/^voluntary_ctxt_switches:[[:space:]]*//p' "$task/status" 2>/dev/null)" \
+        "$((${12} + ${13}))" "$(cut -d' ' -f2 <<<"$sched")" "$(tr ' ' _ <"$task/comm" 2>/dev/null)"
+    done
+  done
+}
+
+kthread_ticks() { # user + system clock ticks of every kernel thread (children of kthreadd)
+  awk '{ sub(/^.*\) /, ""); if ($2 == 2) t += $12 + $13 } END { print t + 0 }' /proc/[0-9]*/stat 2>/dev/null
 }
 
 proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
@@ -858,6 +890,7 @@ main() {
         VARIANT=""
         [ "$scenario" = upgrade ] && VARIANT=-upgrade
         start_proxy "$target"
+        CURRENT=$scenario-$target-$REP
         "scenario_$scenario" "$target"
         stop_proxy
       done
