@@ -1,8 +1,9 @@
-//! A connection between requests that has idled for [`PARK_AFTER`]: parked. Its serving
-//! task ends, holding no buffer (`spare`) and none of the engine's state, and it waits for
-//! the client's next bytes (or the end of its keep-alive, or the client leaving). When
-//! bytes come, a serving task starts again with them. A busy connection never pays for
-//! the parking: the next request usually comes long before [`PARK_AFTER`].
+//! A connection between requests that has idled for [`PARK_AFTER`] ([`PARK_AFTER_BUSY`]
+//! when its requests come soon after each other): parked. Its serving task ends, holding
+//! no buffer (`spare`) and none of the engine's state, and it waits for the client's next
+//! bytes (or the end of its keep-alive, or the client leaving). When bytes come, a serving
+//! task starts again with them. A busy connection never pays for the parking: its next
+//! request comes long before it would park.
 //!
 //! Where it waits depends on its [`Transport`]: a plain socket leaves tokio's reactor for
 //! the lot (`proxy::lot`: one epoll set and one task for all of them, the socket and a few
