@@ -271,7 +271,7 @@ impl<S> Conn<S> {
             wbuf: b.wbuf,
             answer: b.answer,
             requests: idle.requests,
-            busy: idle.since.elapsed() < idle::PARK_AFTER_BUSY,
+            busy: idle.requests > 0 && idle.since.elapsed() < idle::PARK_AFTER_BUSY,
         }
     }
 }
