@@ -310,7 +310,12 @@ proxy_cpu_stop() {
     END { for (i in cpu) if (cpu[i] > 0 && cpu[i] >= all / 100) t += q[i]; printf "%.1f", t }' <<<"$threads")
   {
     echo "$threads"
-    printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / $(getconf CLK_TCK)))"
+    # (Unknown when a kernel thread ended meanwhile: its ticks leave the sum.)
+    if [ "$KTHREAD_TICKS" -ge 0 ]; then
+      printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / $(getconf CLK_TCK)))"
+    else
+      echo 'kernel threads: unknown (one ended during the run)'
+    fi
   } >"$RUN/$CURRENT.threads"
 }
 
