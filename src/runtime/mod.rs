@@ -377,15 +377,23 @@ fn build(config: &Config, registry: &Registry, generation: u64, previous: Option
 /// (`w1`… on 127.0.0.1:3001…), `attrs` added to the backend (`balance: sticky`, …).
 #[cfg(test)]
 pub fn one_backend(attrs: &str, servers: usize) -> (Arc<Shared>, Arc<Snapshot>) {
-    let names: Vec<String> = (1..=servers).map(|i| format!("w{i}")).collect();
+    let addrs: Vec<std::net::SocketAddr> = (0..servers).map(|i| ([127, 0, 0, 1], 3001 + i as u16).into()).collect();
+    one_backend_at(attrs, &addrs)
+}
+
+/// For unit tests elsewhere: a runtime with one backend `b` whose servers `w1`… are at
+/// `addrs` (test servers of their own), `attrs` added to the backend.
+#[cfg(test)]
+pub fn one_backend_at(attrs: &str, addrs: &[std::net::SocketAddr]) -> (Arc<Shared>, Arc<Snapshot>) {
+    let names: Vec<String> = (1..=addrs.len()).map(|i| format!("w{i}")).collect();
     let text = format!(
         "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
          backends: {{ b: {{ {attrs}, servers: [{}] }} }}\nservers:\n{}",
         names.join(", "),
         names
             .iter()
-            .enumerate()
-            .map(|(i, s)| format!("  {s}: {{ address: 127.0.0.1:{} }}\n", 3001 + i))
+            .zip(addrs)
+            .map(|(s, addr)| format!("  {s}: {{ address: {addr} }}\n"))
             .collect::<String>()
     );
     let cfg = config::parse(std::path::Path::new("t.yaml"), &text).unwrap();

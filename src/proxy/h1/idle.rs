@@ -312,12 +312,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_whose_requests_come_soon_after_each_other_waits_longer_to_park() {
         let server = answering_server().await;
-        let text = format!(
-            "listen: {{ http: 127.0.0.1:1 }}\nroutes: [{{ path_prefix: /, backend: b }}]\n\
-             backends: {{ b: {{ servers: [w1] }} }}\nservers:\n  w1: {{ address: {server} }}\n"
-        );
-        let cfg = crate::config::parse(std::path::Path::new("t.yaml"), &text).unwrap();
-        let shared = Shared::new(cfg, None);
+        let (shared, _) = crate::runtime::one_backend_at("balance: roundrobin", &[server]);
         let places = Arc::new(Places::new(
             Arc::new(tokio::sync::Semaphore::new(8)),
             8,
