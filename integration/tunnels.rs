@@ -164,6 +164,9 @@ async fn conversation<C: AsyncRead + AsyncWrite + Unpin>(
     let (mut cr, mut cw) = tokio::io::split(client);
     let writer = async {
         cw.write_all(&up).await.unwrap();
+        // Over TLS the last records may still sit in the client's session (tokio-rustls
+        // takes plaintext it cannot send yet): without a flush they never leave.
+        cw.flush().await.unwrap();
         cw
     };
     let reader = read_n(server, up.len(), Duration::from_secs(30));
@@ -190,10 +193,12 @@ async fn conversation<C: AsyncRead + AsyncWrite + Unpin>(
             close_down
         );
         client.write_all(&close_up).await.unwrap();
+        client.flush().await.unwrap();
         assert_eq!(read_n(server, close_up.len(), Duration::from_secs(5)).await, close_up);
         server.shutdown().await.unwrap();
     } else {
         client.write_all(&close_up).await.unwrap();
+        client.flush().await.unwrap();
         assert_eq!(read_n(server, close_up.len(), Duration::from_secs(5)).await, close_up);
         server.write_all(&close_down).await.unwrap();
         server.shutdown().await.unwrap();
