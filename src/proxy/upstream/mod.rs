@@ -139,6 +139,15 @@ pub(crate) async fn attempt<C: Client>(
 
 /// Write the request while watching the server. `Some`: the server answered before the
 /// whole request was written (the answer's head, parsed).
+///
+/// The first write waits for the rest of the runtime's turn ([`tokio::task::yield_now`]:
+/// the other tasks the same poll of the reactor woke run first), so the requests read in
+/// one turn go out together and a busy server wakes once for several of them. That is
+/// how HAProxy's sends cluster: it reads every ready socket, then runs its streams. Sent
+/// from each task as it ran, spread over the turn, the backends of `make bench` woke 1.9x
+/// as often per request as behind HAProxy; on a saturated machine their core queued, and
+/// its queueing was `rest_plain`'s p99 (see benches/README.md, "Requests of one turn go
+/// out together"). The cost is one more poll of the task per attempt.
 async fn send<C: Client>(
     up: &TcpStream,
     request_head: &[u8],
@@ -148,6 +157,7 @@ async fn send<C: Client>(
     progress: &mut Progress,
     trace: &mut Trace,
 ) -> Result<Option<Parsed>, Failure> {
+    tokio::task::yield_now().await;
     let mut written = 0;
     loop {
         if !buf.bytes.is_empty() {
@@ -392,6 +402,47 @@ mod tests {
         let capacity = buf.bytes.capacity();
         assert!(capacity <= 4 * 1024, "a fresh answer buffer grew to {capacity} bytes");
         drop(server.await);
+    }
+
+    /// The requests of one turn go out together: a task that has a request ready lets
+    /// the other tasks woken with it run before it writes (see `send`).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_goes_out_after_the_other_tasks_of_its_turn_ran() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Connected: tokio knows the connection is writable, the write needs no wait.
+        let up = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let sender = tokio::spawn(async move {
+            let a = get_attempt(addr, true, Duration::from_secs(1));
+            let mut progress = Progress {
+                reused: true,
+                ..Progress::default()
+            };
+            let (mut buf, mut trace) = (AnswerBuf::default(), Trace::default());
+            let sent = send(&up, head, &mut NoBody, &mut buf, &a, &mut progress, &mut trace).await;
+            (sent.map(|early| early.is_none()), up)
+        });
+        // Spawned after the sender, so it runs in the same turn, after the sender's first
+        // poll: the request is not on the wire yet.
+        let other = tokio::spawn(async move {
+            let mut got = [0u8; 64];
+            let seen = std::io::Read::read(&mut server, &mut got).map_err(|e| e.kind());
+            (seen, server)
+        });
+        let (seen, mut server) = other.await.unwrap();
+        assert_eq!(
+            seen,
+            Err(std::io::ErrorKind::WouldBlock),
+            "written before the other task ran"
+        );
+        let (sent, _up) = sender.await.unwrap();
+        assert_eq!(sent, Ok(true));
+        let mut got = [0u8; 64];
+        let n = std::io::Read::read(&mut server, &mut got).unwrap();
+        assert_eq!(&got[..n], head);
     }
 
     #[tokio::test]
