@@ -292,11 +292,13 @@ proxy_cpu_start() {
   NVCSW=$(ctx_switches "$PROXY_PIDS" nonvoluntary_ctxt_switches)
   THREAD_START=$(thread_switches "$PROXY_PIDS")
   KTHREAD_TICKS=$(kthread_ticks)
+  STEAL_TICKS=$(steal_ticks)
 }
 proxy_cpu_stop() {
   CPU_TICKS=$(($(cpu_ticks "$PROXY_PIDS") - CPU_TICKS))
   NVCSW=$(($(ctx_switches "$PROXY_PIDS" nonvoluntary_ctxt_switches) - NVCSW))
   KTHREAD_TICKS=$(($(kthread_ticks) - KTHREAD_TICKS))
+  STEAL_TICKS=$(($(steal_ticks) - STEAL_TICKS))
   # Which thread was preempted, which woke, and how long each waited runnable for a CPU:
   # "nonvoluntary voluntary cpu_ticks runqueue_ms name" per thread over the run, in
   # $RUN/NAME.threads (NAME: scenario-target-rep), then the machine's kernel threads' CPU
@@ -316,6 +318,8 @@ proxy_cpu_stop() {
     else
       echo 'kernel threads: unknown (one ended during the run)'
     fi
+    # Time the hypervisor ran something else while a CPU of this VM wanted to run.
+    printf 'host steal: %s ms\n' "$((STEAL_TICKS * 1000 / $(getconf CLK_TCK)))"
   } >"$RUN/$CURRENT.threads"
 }
 
@@ -333,6 +337,10 @@ thread_switches() { # PIDS: "tid nonvoluntary voluntary cpu_ticks runqueue_ns na
         "$((${12} + ${13}))" "$(cut -d' ' -f2 <<<"$sched")" "$(tr ' ' _ <"$task/comm" 2>/dev/null)"
     done
   done
+}
+
+steal_ticks() { # ticks the host stole from this VM's CPUs (/proc/stat, every CPU)
+  awk '$1 == "cpu" { print $9 + 0 }' /proc/stat
 }
 
 kthread_ticks() { # user + system clock ticks of every kernel thread (children of kthreadd)
