@@ -302,7 +302,8 @@ proxy_cpu_stop() {
   # Which thread was preempted, which woke, and how long each waited runnable for a CPU:
   # "nonvoluntary voluntary cpu_ticks runqueue_ms name" per thread over the run, in
   # $RUN/NAME.threads (NAME: scenario-target-rep), then the machine's kernel threads' CPU
-  # time meanwhile (DAMON's kdamond, RCU, kworkers: they take a core for milliseconds).
+  # time meanwhile (DAMON's kdamond, RCU, kworkers: they take a core for milliseconds) and
+  # the time the host stole from this VM's CPUs.
   local threads
   threads=$(join <(sort <<<"$THREAD_START") <(thread_switches "$PROXY_PIDS" | sort) |
     awk '{ printf "%d %d %d %.1f %s\n", $7 - $2, $8 - $3, $9 - $4, ($10 - $5) / 1e6, $6 }' | sort -rn) || true
