@@ -345,6 +345,20 @@ mod tests {
         }
     }
 
+    /// The head of the tests' plain GET.
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+
+    /// Send the plain GET on `up`, a connection to `addr` (`reused`: from the pool).
+    async fn send_get(up: &TcpStream, addr: std::net::SocketAddr, reused: bool) -> Result<Option<Parsed>, Failure> {
+        let a = get_attempt(addr, reused, Duration::from_secs(1));
+        let mut progress = Progress {
+            reused,
+            ..Progress::default()
+        };
+        let (mut buf, mut trace) = (AnswerBuf::default(), Trace::default());
+        send(up, GET, &mut NoBody, &mut buf, &a, &mut progress, &mut trace).await
+    }
+
     /// An answer already waiting on the connection when the request is sent on it:
     /// stray on a reused connection, an early answer on a new one.
     async fn send_after_an_answer_came(reused: bool) -> Result<Option<Parsed>, Failure> {
@@ -357,14 +371,7 @@ mod tests {
             .await
             .unwrap();
         up.readable().await.unwrap();
-        let a = get_attempt(addr, reused, Duration::from_secs(1));
-        let mut progress = Progress {
-            reused,
-            ..Progress::default()
-        };
-        let (mut buf, mut trace) = (AnswerBuf::default(), Trace::default());
-        let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
-        send(&up, head, &mut NoBody, &mut buf, &a, &mut progress, &mut trace).await
+        send_get(&up, addr, reused).await
     }
 
     /// Every new client connection takes a fresh answer buffer until it has one from the
@@ -385,11 +392,10 @@ mod tests {
         });
         let a = get_attempt(addr, false, Duration::from_secs(5));
         let (mut buf, mut trace, mut progress) = (AnswerBuf::default(), Trace::default(), Progress::default());
-        let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
         let answer = attempt(
             &Pool::default(),
             &a,
-            head,
+            GET,
             &mut NoBody,
             &mut buf,
             &mut progress,
@@ -414,15 +420,8 @@ mod tests {
         let up = TcpStream::connect(addr).await.unwrap();
         let (mut server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
-        let head = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
         let sender = tokio::spawn(async move {
-            let a = get_attempt(addr, true, Duration::from_secs(1));
-            let mut progress = Progress {
-                reused: true,
-                ..Progress::default()
-            };
-            let (mut buf, mut trace) = (AnswerBuf::default(), Trace::default());
-            let sent = send(&up, head, &mut NoBody, &mut buf, &a, &mut progress, &mut trace).await;
+            let sent = send_get(&up, addr, true).await;
             (sent.map(|early| early.is_none()), up)
         });
         // Spawned after the sender, so it runs in the same turn, after the sender's first
@@ -442,7 +441,7 @@ mod tests {
         assert_eq!(sent, Ok(true));
         let mut got = [0u8; 64];
         let n = std::io::Read::read(&mut server, &mut got).unwrap();
-        assert_eq!(&got[..n], head);
+        assert_eq!(&got[..n], GET);
     }
 
     #[tokio::test]
