@@ -311,16 +311,18 @@ proxy_cpu_stop() {
   # thread under SCHED_BATCH waiting for a busy proxy thread delays no request.
   RUNQ_MS=$(awk '{ cpu[NR] = $3; q[NR] = $4; all += $3 }
     END { for (i in cpu) if (cpu[i] > 0 && cpu[i] >= all / 100) t += q[i]; printf "%.1f", t }' <<<"$threads")
+  local hz
+  hz=$(getconf CLK_TCK)
   {
     echo "$threads"
     # (Unknown when a kernel thread ended meanwhile: its ticks leave the sum.)
     if [ "$KTHREAD_TICKS" -ge 0 ]; then
-      printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / $(getconf CLK_TCK)))"
+      printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / hz))"
     else
       echo 'kernel threads: unknown (one ended during the run)'
     fi
     # Time the hypervisor ran something else while a CPU of this VM wanted to run.
-    printf 'host steal: %s ms\n' "$((STEAL_TICKS * 1000 / $(getconf CLK_TCK)))"
+    printf 'host steal: %s ms\n' "$((STEAL_TICKS * 1000 / hz))"
   } >"$RUN/$CURRENT.threads"
 }
 
