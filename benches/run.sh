@@ -3,8 +3,10 @@
 # backends, in one run. See benches/README.md for what each scenario measures.
 #
 # Layout: the proxy runs alone on PROXY_CPUS; wrk, bench-client and the four backends
-# share LOAD_CPUS. Each scenario starts a fresh proxy, runs, and stops it; the
-# repetitions interleave the proxies so a disturbance of the machine hits all alike.
+# share LOAD_CPUS. Each scenario starts a fresh proxy, runs, and stops it. Within a
+# repetition the proxies take turns scenario by scenario, so the runs compared with each
+# other are seconds apart, not minutes, and a slow spell of the machine hits them alike;
+# each repetition starts the turns at the next proxy, so none always runs first.
 # Every process started here is stopped by pid on exit (trap), every run is bounded by
 # `timeout`, and all traffic stays on 127.0.0.1.
 #
@@ -867,6 +869,15 @@ preflight() {
     die "open-file limit $files too low for UPGRADE_WS=$UPGRADE_WS"
 }
 
+# `rotate N A B C...`: the words, the first N moved to the end (N modulo their count).
+rotate() {
+  local n=$1
+  shift
+  local words=("$@")
+  n=$((n % ${#words[@]}))
+  echo "${words[@]:n}" "${words[@]:0:n}"
+}
+
 main() {
   preflight
   mkdir -p "$RUN/nginx-tmp"
@@ -906,12 +917,13 @@ main() {
   STARTED+=("$!")
   for i in "${BACKEND_PORTS[@]}"; do wait_port "$i" || die "backend on $i did not start"; done
 
-  local started=$SECONDS target scenario
+  local started=$SECONDS target scenario order
   for REP in $(seq "$REPS"); do
-    for target in $TARGETS; do
-      for scenario in $SCENARIOS; do
+    order=$(rotate $((REP - 1)) $TARGETS)
+    for scenario in $SCENARIOS; do
+      for target in $order; do
         supports "$target" "$scenario" || continue
-        log "rep $REP/$REPS: $target $scenario"
+        log "rep $REP/$REPS: $scenario $target"
         VARIANT=""
         [ "$scenario" = upgrade ] && VARIANT=-upgrade
         start_proxy "$target"
