@@ -30,6 +30,20 @@ fn better(metric: &str) -> &'static str {
     }
 }
 
+/// Tail latency, compared repetition by repetition as well as by medians.
+fn is_tail(metric: &str) -> bool {
+    let metric = metric.strip_suffix("_tls").unwrap_or(metric);
+    metric == "p99_ms" || metric == "p999_ms"
+}
+
+/// edgepin's value over `other`'s in each repetition both ran (the N-th run of each ran in
+/// the same repetition, seconds apart: see run.sh).
+fn per_repetition(targets: &BTreeMap<String, Vec<f64>>, other: &str) -> Option<Vec<f64>> {
+    let (e, o) = (targets.get("edgepin")?, targets.get(other)?);
+    let ratios: Vec<f64> = e.iter().zip(o).map(|(e, o)| e / o).collect();
+    (!ratios.is_empty()).then_some(ratios)
+}
+
 fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -173,6 +187,19 @@ impl Results {
         out
     }
 
+    /// The tail figures' ratios to HAProxy repetition by repetition: a median can hide
+    /// one bad repetition, and the goal is every repetition.
+    fn tail_by_repetition(&self) -> String {
+        let mut out = String::new();
+        for ((scenario, metric), targets) in self.rows.iter().filter(|((_, m), _)| is_tail(m)) {
+            if let Some(ratios) = per_repetition(targets, "haproxy") {
+                let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                let _ = writeln!(out, "{scenario} {metric}: {}", shown.join(" / "));
+            }
+        }
+        out
+    }
+
     fn json(&self) -> Value {
         let mut results = serde_json::Map::new();
         for ((scenario, metric), targets) in &self.rows {
@@ -184,6 +211,9 @@ impl Results {
             for other in ["haproxy", "nginx"] {
                 if let (Some(e), Some(o)) = (m("edgepin"), m(other)) {
                     per_target.insert(format!("edgepin/{other}"), json!(e / o));
+                }
+                if let Some(ratios) = per_repetition(targets, other).filter(|_| is_tail(metric)) {
+                    per_target.insert(format!("edgepin/{other} runs"), json!(ratios));
                 }
             }
             per_target.insert("better".into(), json!(better(metric)));
@@ -219,6 +249,11 @@ fn main() {
     }
     println!();
     print!("{}", results.table());
+    let tail = results.tail_by_repetition();
+    if !tail.is_empty() {
+        println!("\ntail per repetition, edgepin/HAProxy:");
+        print!("{tail}");
+    }
     let json = serde_json::to_string_pretty(&results.json()).expect("JSON of plain values");
     if let Err(e) = std::fs::write(output, json + "\n") {
         eprintln!("bench-report: {output}: {e}");
