@@ -17,7 +17,8 @@
 # connections), WS_ECHO (echo connections),
 # WS_ECHO_INTERVAL_MS, UPGRADE_WS (WebSockets held across the upgrades), UPGRADES (upgrades
 # in a row), UPGRADE_GAP (seconds between two), BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
-# the whole run: the proxy then shares its core, as on a busy host).
+# the whole run: the proxy then shares its core, as on a busy host), IDLE=poll (idle CPUs
+# poll instead of halting for the whole run; needs root: see benches/README.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,6 +44,7 @@ UPGRADES=${UPGRADES:-3}
 UPGRADE_GAP=${UPGRADE_GAP:-3}
 BASE_PORT=${BASE_PORT:-18100}
 NEIGHBOUR=${NEIGHBOUR:-0}
+IDLE=${IDLE:-halt}
 # ~50-60 % of the slowest proxy's closed-loop capacity on one core (HAProxy: ~65k plain,
 # ~45-50k TLS); a neighbour takes half the core, so half the rate.
 if [ "$NEIGHBOUR" = 1 ]; then
@@ -847,6 +849,7 @@ supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo
 preflight() {
   local t
   for t in $SCENARIOS; do declare -F "scenario_$t" >/dev/null || die "unknown scenario $t"; done
+  [[ "$IDLE" == halt || "$IDLE" == poll ]] || die "IDLE is halt or poll, not $IDLE"
   for t in wrk taskset timeout getconf; do command -v "$t" >/dev/null || die "$t is missing (make bench installs it)"; done
   [[ " $SCENARIOS " == *" rest_h2 "* ]] && { command -v h2load >/dev/null || die "h2load is missing (make bench installs nghttp2-client)"; }
   [[ " $TARGETS " == *" haproxy "* ]] && { command -v haproxy >/dev/null || die "haproxy is missing"; }
@@ -878,8 +881,18 @@ rotate() {
   echo "${words[@]:n}" "${words[@]:0:n}"
 }
 
+# IDLE=poll: a CPU latency request of 0 µs (PM QoS), held open until the script exits, so
+# the kernel's idle loop polls instead of halting the CPU. In a VM a halted vCPU runs again
+# only when the host schedules it: 1-5 ms late at times here, for every proxy alike.
+hold_idle_poll() {
+  [ "$IDLE" = poll ] || return 0
+  exec {IDLE_FD}>/dev/cpu_dma_latency || die "IDLE=poll needs to write /dev/cpu_dma_latency (root)"
+  printf 0 >&"$IDLE_FD"
+}
+
 main() {
   preflight
+  hold_idle_poll
   mkdir -p "$RUN/nginx-tmp"
   : >"$RESULTS"
   "$EDGEPIN" certs --out "$RUN/certs" >/dev/null
@@ -901,6 +914,9 @@ main() {
     printf 'meta\tversions\t%s; %s; %s; %s\n' "edgepin $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
       "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1 | cut -d' ' -f3)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     printf 'meta\tmachine\t%s CPUs, %s\n' "$(nproc)" "$(uname -r)"
+    if [ "$IDLE" = poll ]; then
+      printf 'meta\tidle\tCPUs poll when idle (0 us CPU latency request on /dev/cpu_dma_latency)\n'
+    fi
     if [ "$NEIGHBOUR" = 1 ]; then
       printf 'meta\tneighbour\ta CPU-bound loop pinned to CPU %s\n' "$PROXY_CPUS"
     fi
