@@ -315,18 +315,16 @@ proxy_cpu_stop() {
   # thread under SCHED_BATCH waiting for a busy proxy thread delays no request.
   RUNQ_MS=$(awk '{ cpu[NR] = $3; q[NR] = $4; all += $3 }
     END { for (i in cpu) if (cpu[i] > 0 && cpu[i] >= all / 100) t += q[i]; printf "%.1f", t }' <<<"$threads")
-  local hz
-  hz=$(getconf CLK_TCK)
   {
     echo "$threads"
     # (Unknown when a kernel thread ended meanwhile: its ticks leave the sum.)
     if [ "$KTHREAD_TICKS" -ge 0 ]; then
-      printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / hz))"
+      printf 'kernel threads: %s ms of CPU\n' "$((KTHREAD_TICKS * 1000 / CLK_TCK))"
     else
       echo 'kernel threads: unknown (one ended during the run)'
     fi
     # Time the hypervisor ran something else while a CPU of this VM wanted to run.
-    printf 'host steal: %s ms\n' "$((STEAL_TICKS * 1000 / hz))"
+    printf 'host steal: %s ms\n' "$((STEAL_TICKS * 1000 / CLK_TCK))"
   } >"$RUN/$CURRENT.threads"
 }
 
@@ -357,7 +355,7 @@ kthread_ticks() { # user + system clock ticks of every kernel thread (children o
 proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
   [ -n "$PROXY_PIDS" ] || return 0
   local cpu_s
-  cpu_s=$(awk -v t="$CPU_TICKS" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }')
+  cpu_s=$(awk -v t="$CPU_TICKS" -v hz="$CLK_TCK" 'BEGIN { printf "%.3f", t / hz }')
   record "$1" "$2" proxy_cpu_pct "$(awk -v c="$cpu_s" -v d="$DURATION" 'BEGIN { printf "%.1f", 100 * c / d }')"
   record "$1" "$2" per_proxy_cpu_s "$(awk -v r="$3" -v c="$cpu_s" 'BEGIN { printf "%.0f", (c > 0 ? r / c : 0) }')"
   record "$1" "$2" nvcsw_per_10k "$(awk -v n="$NVCSW" -v r="$3" 'BEGIN { if (r > 0) printf "%.1f", 10000 * n / r }')"
@@ -892,6 +890,7 @@ hold_idle_poll() {
 
 main() {
   preflight
+  CLK_TCK=$(getconf CLK_TCK) # clock ticks per second, for the /proc tick counts
   hold_idle_poll
   mkdir -p "$RUN/nginx-tmp"
   : >"$RESULTS"
