@@ -128,7 +128,7 @@ systemd-verify: build
 	else echo "systemd-analyze not found: packaging/edgepin.service not verified"; fi
 
 unit: deps
-	$(CARGO) test --lib --bins
+	$(CARGO) test --lib --bins --examples
 
 ## End-to-end tests run one at a time: they start processes and measure behaviour.
 integration: deps node-deps chromium pebble dnsmasq deb-tool prometheus proxies

@@ -78,9 +78,20 @@ fn usage() -> ! {
          bench-client tls-handshake ADDR PATH CLIENTS SECONDS\n       \
          bench-client ws-hold ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
          bench-client first-new ADDR PATH OLD_PID[,OLD_PID...] SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]\n       \
-         bench-client rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP_SECONDS plain|tls"
+         bench-client rate ADDR|LABEL=ADDR,LABEL=ADDR... PATH RPS SECONDS CONNECTIONS WARMUP_SECONDS plain|tls [SLICE_MS]"
     );
     std::process::exit(2);
+}
+
+/// `LABEL=ADDR,LABEL=ADDR…` as (label, address) pairs; a plain `ADDR` is one target
+/// without a label.
+fn labelled_targets(list: &str) -> Vec<(String, String)> {
+    list.split(',')
+        .map(|item| match item.split_once('=') {
+            Some((label, addr)) => (label.to_string(), addr.to_string()),
+            None => (String::new(), item.to_string()),
+        })
+        .collect()
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
@@ -139,8 +150,9 @@ fn main() {
                     connections: arg(&args, 5),
                     warmup: arg(&args, 6),
                     tls,
+                    slice: Duration::from_millis(if args.len() > 8 { arg(&args, 8) } else { 500 }),
                 };
-                rate::run(&addr, &path, &plan).await
+                rate::run(&labelled_targets(&addr), &path, &plan).await
             }
             Some("tls-handshake") => tls_handshakes(&addr, &path, arg(&args, 3), arg(&args, 4)).await,
             _ => usage(),

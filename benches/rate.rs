@@ -7,6 +7,14 @@
 //! can, and every request it delayed counts the delay. It only measures: the proxies
 //! are started and stopped by `benches/run.sh`.
 //!
+//! Several targets (`LABEL=ADDR,LABEL=ADDR…`) take turns in slices of the one schedule
+//! (`paired`): slice `k` goes to one target, the next to another, each round starting one
+//! target later, so every target meets the same spells of the machine. Each has its own
+//! connections and its own figures, printed after its label. On a VM whose host delays
+//! come and go within seconds, two runs of one proxy ten seconds apart often differ by
+//! more than the difference between two proxies; slices a few hundred milliseconds long
+//! see the same spells.
+//!
 //! The connections run on the caller's current-thread runtime, like `wrk -t1`; the
 //! schedule is kept by a pacer thread (`pace`): tokio's timer wheel has 1 ms ticks,
 //! which would add up to 1 ms to every latency. (Pacing on the runtime's thread with
@@ -33,14 +41,17 @@ const ERRORS_SHOWN: u64 = 3;
 /// Bytes of an answer head and body at most (the bench backends send ~100).
 const ANSWER_LIMIT: usize = 64 * 1024;
 
-/// What to run: `rps` requests a second over `connections` keep-alive connections, the
-/// first `warmup` not recorded, then `seconds` measured.
+/// What to run: `rps` requests a second over `connections` keep-alive connections (per
+/// target), the first `warmup` seconds not recorded, then `seconds` measured. With
+/// several targets those are each one's: the schedule is as many times longer, and each
+/// target holds it for a `slice` in turn.
 pub struct Plan {
     pub rps: f64,
     pub seconds: u64,
     pub warmup: u64,
     pub connections: usize,
     pub tls: bool,
+    pub slice: Duration,
 }
 
 /// A connection to the proxy, plain or TLS.
@@ -50,15 +61,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
 /// Where the requests go and what they are.
 struct Target<'a> {
     addr: &'a str,
-    request: Vec<u8>,
-    tls: Option<TlsConnector>,
+    request: &'a [u8],
+    tls: Option<&'a TlsConnector>,
 }
 
 impl Target<'_> {
     async fn connect(&self) -> Result<Box<dyn Io>, Failure> {
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
-        Ok(match &self.tls {
+        Ok(match self.tls {
             Some(connector) => Box::new(connector.connect(ServerName::try_from("localhost")?, tcp).await?),
             None => Box::new(tcp),
         })
@@ -82,73 +93,126 @@ struct Tally {
     errors: u64,
     /// Answered requests, the warm-up's too (for per-request figures of the whole run).
     answered_all: u64,
+    /// The last recorded request's due time, and when its answer was in.
+    last_due: Option<Instant>,
     last_answer: Option<Instant>,
 }
 
-/// `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls`: prints `requests`
-/// (measured), `requests_all` (with the warm-up), `errors`, `achieved_rps`, `p50_ms`, `p90_ms`, `p99_ms`, `p999_ms`, `max_ms`, how late the
-/// pacer was at worst (`pacer_late_max_ms`) and the client's own `client_cpu_pct` (of one core, over the whole schedule).
-pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
+/// `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls [SLICE_MS]`: prints `requests`
+/// (measured), `requests_all` (with the warm-up), `errors`, `achieved_rps`, `p50_ms`,
+/// `p90_ms`, `p99_ms`, `p999_ms`, `max_ms`, how late the pacer was at worst
+/// (`pacer_late_max_ms`) and the client's own `client_cpu_pct` (of one core, over the
+/// whole schedule). The lines of a target given as `LABEL=ADDR` start with its label.
+pub async fn run(targets: &[(String, String)], path: &str, plan: &Plan) -> Result<(), Failure> {
     if !plan.rps.is_finite() || plan.rps <= 0.0 || plan.connections == 0 || plan.seconds == 0 {
         return Err("RPS, SECONDS and CONNECTIONS must be positive".into());
     }
-    let target = Target {
-        addr,
-        request: format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes(),
-        tls: if plan.tls {
-            Some(insecure_connector(true, &[])?)
-        } else {
-            None
-        },
+    if targets.is_empty() || plan.slice.is_zero() {
+        return Err("a target and a positive SLICE_MS are needed".into());
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes();
+    let connector = if plan.tls {
+        Some(insecure_connector(true, &[])?)
+    } else {
+        None
     };
-    let mut streams = Vec::with_capacity(plan.connections);
-    for _ in 0..plan.connections {
-        streams.push(tokio::time::timeout(STEP_TIMEOUT, target.connect()).await??);
+    let targets: Vec<(&str, Target)> = targets
+        .iter()
+        .map(|(label, addr)| {
+            let target = Target {
+                addr,
+                request: &request,
+                tls: connector.as_ref(),
+            };
+            (label.as_str(), target)
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(targets.len());
+    for (_, target) in &targets {
+        let mut own = Vec::with_capacity(plan.connections);
+        for _ in 0..plan.connections {
+            own.push(tokio::time::timeout(STEP_TIMEOUT, target.connect()).await??);
+        }
+        streams.push(own);
     }
 
+    // Each target's warm-up and measured seconds, the targets' slices side by side.
+    let turns = targets.len() as u32;
     let start = Instant::now() + Duration::from_millis(10);
-    let measured_from = start + Duration::from_secs(plan.warmup);
-    let end = measured_from + Duration::from_secs(plan.seconds);
+    let measured_from = start + Duration::from_secs(plan.warmup) * turns;
+    let end = measured_from + Duration::from_secs(plan.seconds) * turns;
     let window = Window {
         measured_from,
         give_up: end + DRAIN,
     };
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..plan.connections).map(|_| mpsc::unbounded_channel()).unzip();
-    let due_count = ((plan.warmup + plan.seconds) as f64 * plan.rps) as u64;
-    let rps = plan.rps;
+    let errors_shown = std::sync::atomic::AtomicU64::new(0);
+    let mut senders = Vec::with_capacity(targets.len());
+    let mut connections = FuturesUnordered::new();
+    for (index, ((_, target), own)) in targets.iter().zip(streams).enumerate() {
+        let (to, from): (Vec<_>, Vec<_>) = (0..plan.connections).map(|_| mpsc::unbounded_channel()).unzip();
+        senders.push(to);
+        for (stream, due) in own.into_iter().zip(from) {
+            let tally = connection(target, Some(stream), due, window, &errors_shown);
+            connections.push(async move { (index, tally.await) });
+        }
+    }
+    let schedule = Schedule {
+        start,
+        rps: plan.rps,
+        count: ((plan.warmup + plan.seconds) as f64 * f64::from(turns) * plan.rps) as u64,
+        slice: plan.slice,
+    };
     let cpu_before = cpu_seconds();
     let pacer = std::thread::Builder::new()
         .name("pacer".into())
-        .spawn(move || pace(start, rps, due_count, &senders))?;
+        .spawn(move || pace(&schedule, &senders))?;
 
-    let errors_shown = std::sync::atomic::AtomicU64::new(0);
-    let mut connections: FuturesUnordered<_> = streams
-        .into_iter()
-        .zip(receivers)
-        .map(|(stream, due)| connection(&target, Some(stream), due, window, &errors_shown))
-        .collect();
-    let mut tallies = Vec::with_capacity(plan.connections);
-    while let Some(tally) = connections.next().await {
-        tallies.push(tally);
+    let mut tallies: Vec<Vec<Tally>> = targets.iter().map(|_| Vec::new()).collect();
+    while let Some((index, tally)) = connections.next().await {
+        tallies[index].push(tally);
     }
     let late_by = pacer.join().map_err(|_| "the pacer thread panicked")?;
     let cpu = cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
     let elapsed = start.elapsed().as_secs_f64();
 
+    for ((label, _), tallies) in targets.iter().zip(tallies) {
+        let prefix = if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label} ")
+        };
+        let mut lines = figures(tallies, plan.seconds);
+        lines.push(format!("pacer_late_max_ms={:.3}", late_by.as_secs_f64() * 1000.0));
+        if let Some(cpu) = cpu {
+            lines.push(format!("client_cpu_pct={:.1}", 100.0 * cpu / elapsed));
+        }
+        for line in lines {
+            println!("{prefix}{line}");
+        }
+    }
+    Ok(())
+}
+
+/// One target's figures, as `key=value` lines. `achieved_rps` divides its measured
+/// requests by its measured seconds plus how late its last answer was: a proxy that
+/// falls behind the schedule answers the last request late.
+fn figures(tallies: Vec<Tally>, seconds: u64) -> Vec<String> {
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
     let answered_all: u64 = tallies.iter().map(|t| t.answered_all).sum();
-    let last = tallies.iter().filter_map(|t| t.last_answer).max();
+    let behind = tallies
+        .iter()
+        .filter_map(|t| Some(t.last_answer?.saturating_duration_since(t.last_due?)))
+        .max()
+        .unwrap_or_default();
     let mut latencies: Vec<u32> = tallies.into_iter().flat_map(|t| t.latencies).collect();
     latencies.sort_unstable();
-    let span = last.map_or(0.0, |l| l.duration_since(measured_from).as_secs_f64());
-    println!("target_rps={rps:.0}");
-    println!("requests={}", latencies.len());
-    println!("requests_all={answered_all}");
-    println!("errors={errors}");
-    println!(
-        "achieved_rps={:.1}",
-        if span > 0.0 { latencies.len() as f64 / span } else { 0.0 }
-    );
+    let span = seconds as f64 + behind.as_secs_f64();
+    let mut lines = vec![
+        format!("requests={}", latencies.len()),
+        format!("requests_all={answered_all}"),
+        format!("errors={errors}"),
+        format!("achieved_rps={:.1}", latencies.len() as f64 / span),
+    ];
     for (name, p) in [
         ("p50", 0.50),
         ("p90", 0.90),
@@ -156,32 +220,49 @@ pub async fn run(addr: &str, path: &str, plan: &Plan) -> Result<(), Failure> {
         ("p999", 0.999),
         ("max", 1.0),
     ] {
-        println!("{name}_ms={:.3}", percentile_ms(&latencies, p));
+        lines.push(format!("{name}_ms={:.3}", percentile_ms(&latencies, p)));
     }
-    println!("pacer_late_max_ms={:.3}", late_by.as_secs_f64() * 1000.0);
-    if let Some(cpu) = cpu {
-        println!("client_cpu_pct={:.1}", 100.0 * cpu / elapsed);
-    }
-    Ok(())
+    lines
 }
 
-/// Hand out `count` due times, `1/rps` apart from `start`, round-robin over the
-/// connections, each when it is due (on its own thread: `std::thread::sleep` wakes
-/// within ~0.1 ms on an idle core). Returns how late the pacer itself was at worst: a
-/// client that cannot keep its own schedule blames the proxy for it.
-fn pace(start: Instant, rps: f64, count: u64, connections: &[mpsc::UnboundedSender<Instant>]) -> Duration {
+/// The due times to hand out: `count` of them, `1/rps` apart from `start`, and with
+/// several targets the length of each one's turn.
+struct Schedule {
+    start: Instant,
+    rps: f64,
+    count: u64,
+    slice: Duration,
+}
+
+/// Which of `n` targets holds slice `k`: in turn, each round starting one target later
+/// (for two: A B B A A B …), so none always comes after the same one.
+fn slice_owner(k: u64, n: u64) -> usize {
+    ((k % n + k / n) % n) as usize
+}
+
+/// Hand out the schedule's due times, each when it is due (on its own thread:
+/// `std::thread::sleep` wakes within ~0.1 ms on an idle core), to the target whose
+/// slice it falls in, round-robin over that target's connections. Returns how late the
+/// pacer itself was at worst: a client that cannot keep its own schedule blames the
+/// proxy for it.
+fn pace(schedule: &Schedule, targets: &[Vec<mpsc::UnboundedSender<Instant>>]) -> Duration {
     let mut late_by = Duration::ZERO;
-    for i in 0..count {
-        let due = start + Duration::from_secs_f64(i as f64 / rps);
+    let mut sent = vec![0usize; targets.len()];
+    let slice = schedule.slice.as_nanos();
+    for i in 0..schedule.count {
+        let offset = Duration::from_secs_f64(i as f64 / schedule.rps);
+        let due = schedule.start + offset;
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         } else {
             late_by = late_by.max(now - due);
         }
-        let to = &connections[(i % connections.len() as u64) as usize];
+        let owner = slice_owner((offset.as_nanos() / slice) as u64, targets.len() as u64);
+        let connections = &targets[owner];
         // A connection gone (it never is before its channel closes) just loses its turn.
-        let _ = to.send(due);
+        let _ = connections[sent[owner] % connections.len()].send(due);
+        sent[owner] += 1;
     }
     late_by
 }
@@ -208,7 +289,7 @@ async fn connection(
                     Some(s) => s,
                     None => stream.insert(target.connect().await?),
                 };
-                exchange(s, &target.request, &mut answer).await
+                exchange(s, target.request, &mut answer).await
             };
             match tokio::time::timeout_at(window.give_up.into(), exchange).await {
                 Ok(result) => result,
@@ -224,6 +305,7 @@ async fn connection(
                 }
                 if recorded {
                     tally.latencies.push(micros(done.duration_since(at)));
+                    tally.last_due = Some(at);
                     tally.last_answer = Some(done);
                 }
             }
@@ -303,7 +385,22 @@ fn cpu_seconds() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::answer_head;
+    use super::{answer_head, slice_owner};
+
+    #[test]
+    fn slices_go_round_each_round_starting_one_target_later() {
+        let owners = |n, slices| (0..slices).map(|k| slice_owner(k, n)).collect::<Vec<_>>();
+        assert_eq!(owners(1, 4), [0, 0, 0, 0]);
+        assert_eq!(owners(2, 8), [0, 1, 1, 0, 0, 1, 1, 0]);
+        assert_eq!(owners(3, 9), [0, 1, 2, 1, 2, 0, 2, 0, 1]);
+        // Over n rounds each target holds each place in a round once, and as many slices.
+        for n in 1..=4u64 {
+            let all = owners(n, n * n);
+            for target in 0..n as usize {
+                assert_eq!(all.iter().filter(|&&o| o == target).count(), n as usize);
+            }
+        }
+    }
 
     #[test]
     fn answer_head_needs_the_whole_head_and_tells_length_and_close() {

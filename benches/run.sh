@@ -6,7 +6,10 @@
 # share LOAD_CPUS. Each scenario starts a fresh proxy, runs, and stops it. Within a
 # repetition the proxies take turns scenario by scenario, so the runs compared with each
 # other are seconds apart, not minutes, and a slow spell of the machine hits them alike;
-# each repetition starts the turns at the next proxy, so none always runs first.
+# each repetition starts the turns at the next proxy, so none always runs first. With
+# PAIRED=1 the fixed-rate scenarios go further: every proxy is up at once, on ports of
+# its own, and one schedule is handed to each in turn, SLICE_MS at a time
+# (`run_together`), so they meet the same seconds of the machine.
 # Every process started here is stopped by pid on exit (trap), every run is bounded by
 # `timeout`, and all traffic stays on 127.0.0.1.
 #
@@ -18,7 +21,8 @@
 # WS_ECHO_INTERVAL_MS, UPGRADE_WS (WebSockets held across the upgrades), UPGRADES (upgrades
 # in a row), UPGRADE_GAP (seconds between two), BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
 # the whole run: the proxy then shares its core, as on a busy host), IDLE=poll (idle CPUs
-# poll instead of halting for the whole run; needs root: see benches/README.md).
+# poll instead of halting for the whole run; needs root: see benches/README.md),
+# PAIRED=1 (the fixed-rate scenarios with every proxy at once, in turns of SLICE_MS).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,6 +49,8 @@ UPGRADE_GAP=${UPGRADE_GAP:-3}
 BASE_PORT=${BASE_PORT:-18100}
 NEIGHBOUR=${NEIGHBOUR:-0}
 IDLE=${IDLE:-halt}
+PAIRED=${PAIRED:-0}
+SLICE_MS=${SLICE_MS:-500}
 # ~50-60 % of the slowest proxy's closed-loop capacity on one core (HAProxy: ~65k plain,
 # ~45-50k TLS); a neighbour takes half the core, so half the rate.
 if [ "$NEIGHBOUR" = 1 ]; then
@@ -70,7 +76,9 @@ RESULTS=$RUN/results.tsv
 STARTED=()     # pids to stop on exit
 PROXY_PIDS=""  # the running proxy's processes, comma-separated
 PROXY_TARGET=""
-VARIANT=""     # "-upgrade": start the proxy from its upgrade config (render_upgrade_configs)
+VARIANT=""     # "-upgrade": start the proxy from its upgrade config (render_upgrade_configs);
+               # "-slotN": from its config on the N-th ports of a run together (run_together)
+declare -A PIDS_OF=() PORT_OF=() # in a run together: each target's processes and port
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -200,7 +208,7 @@ start_proxy() { # TARGET: start it pinned on PROXY_CPUS, wait until it proxies
   STARTED+=("$pid")
   PROXY_PIDS=$pid PROXY_TARGET=$target
   wait_port "$HTTP_PORT" && wait_port "$HTTPS_PORT" || die "$target did not open its ports (see $RUN/$target.log)"
-  if [ "$target" = nginx ] && [ -n "$VARIANT" ]; then
+  if [ "$target" = nginx ] && [ "$VARIANT" = -upgrade ]; then
     # Daemonised (a binary upgrade needs it): the master is the one in the pidfile.
     wait "$pid" || die "nginx did not start (see $RUN/nginx-error.log)"
     for _ in $(seq 50); do [ -s "$RUN/nginx$VARIANT.pid" ] && break; sleep 0.1; done
@@ -267,7 +275,7 @@ wrk_numbers() { # FILE: "req/s p50_ms p99_ms errors requests" from wrk --latency
 }
 
 client() { # bench-client args…, on LOAD_CPUS, bounded
-  timeout 180 taskset -c "$LOAD_CPUS" "$EXAMPLES/bench-client" "$@"
+  timeout $((180 + 4 * (DURATION + WARMUP))) taskset -c "$LOAD_CPUS" "$EXAMPLES/bench-client" "$@"
 }
 
 value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
@@ -423,33 +431,51 @@ scenario_rest_tls() {
 # Open loop at a fixed rate (bench-client rate): the same offered load for every proxy,
 # each latency from its request's due time, so a stall counts for every request it
 # delays (no coordinated omission). The WARMUP is inside the run, on the same
-# connections, not recorded; the proxy's CPU figures count it too.
-measure_rate() { # TARGET SCENARIO RPS plain|tls PORT
-  local target=$1 scenario=$2 name="$2-$1-$REP" out all
-  proxy_cpu_start
-  client rate "127.0.0.1:$5" /api/items "$3" "$DURATION" "$CONNECTIONS" "$WARMUP" "$4" \
-    >"$RUN/$name.rate" 2>"$RUN/$name.err" || { log "$target $scenario failed (see $RUN/$name.err)"; return 0; }
-  proxy_cpu_stop
-  out=$(cat "$RUN/$name.rate")
-  record_output "$target" "$scenario" "$out" p50_ms p99_ms p999_ms errors achieved_rps client_cpu_pct \
-    pacer_late_max_ms:client_late_max_ms
-  # Below the offered rate the proxy (or the machine) did not keep up: the latencies are
-  # then queueing that grows with the run, not a tail. Say so; the figures are recorded.
-  awk -v a="$(value achieved_rps <<<"$out")" -v r="$3" 'BEGIN { exit !(a < 0.98 * r) }' &&
-    log "$target $scenario: achieved $(value achieved_rps <<<"$out") of $3 requests/s: the rate is too high for this machine (lower RATE_PLAIN/RATE_TLS)"
-  # The proxy's CPU at this fixed load (its cost per request when not saturated), over
-  # the warm-up and the run, per every answered request.
-  all=$(value requests_all <<<"$out")
-  [ "${all:-0}" -gt 0 ] && DURATION=$((DURATION + WARMUP)) proxy_cpu_record "$target" "$scenario" "$all"
+# connections, not recorded; the proxy's CPU figures count it too. The targets are all
+# running (`run_together`) and share one schedule in slices of SLICE_MS: each gets the
+# whole rate for its slice, then idles while the others have theirs (one target: the
+# whole schedule).
+measure_rate() { # SCENARIO RPS plain|tls TARGET…
+  local scenario=$1 rps=$2 mode=$3 name="$1-$REP" target list="" out all
+  shift 3
+  local -A cpu=() nvcsw=() threads=() kthreads=() steal=()
+  for target in "$@"; do list+="${list:+,}$target=127.0.0.1:${PORT_OF[$target]}"; done
+  for target in "$@"; do
+    PROXY_PIDS=${PIDS_OF[$target]}
+    proxy_cpu_start
+    cpu[$target]=$CPU_TICKS nvcsw[$target]=$NVCSW threads[$target]=$THREAD_START
+    kthreads[$target]=$KTHREAD_TICKS steal[$target]=$STEAL_TICKS
+  done
+  client rate "$list" /api/items "$rps" "$DURATION" "$CONNECTIONS" "$WARMUP" "$mode" "$SLICE_MS" \
+    >"$RUN/$name.rate" 2>"$RUN/$name.err" || { log "$scenario failed (see $RUN/$name.err)"; PROXY_PIDS=""; return 0; }
+  for target in "$@"; do
+    PROXY_PIDS=${PIDS_OF[$target]} CURRENT=$scenario-$target-$REP
+    CPU_TICKS=${cpu[$target]} NVCSW=${nvcsw[$target]} THREAD_START=${threads[$target]}
+    KTHREAD_TICKS=${kthreads[$target]} STEAL_TICKS=${steal[$target]}
+    proxy_cpu_stop
+    out=$(sed -n "s/^$target //p" "$RUN/$name.rate")
+    record_output "$target" "$scenario" "$out" p50_ms p99_ms p999_ms errors achieved_rps client_cpu_pct \
+      pacer_late_max_ms:client_late_max_ms
+    # Below the offered rate the proxy (or the machine) did not keep up: the latencies are
+    # then queueing that grows with the run, not a tail. Say so; the figures are recorded.
+    awk -v a="$(value achieved_rps <<<"$out")" -v r="$rps" 'BEGIN { exit !(a < 0.98 * r) }' &&
+      log "$target $scenario: achieved $(value achieved_rps <<<"$out") of $rps requests/s: the rate is too high for this machine (lower RATE_PLAIN/RATE_TLS)"
+    # The proxy's CPU at this fixed load (its cost per request when not saturated), over
+    # its warm-up and its slices, per every answered request. (The idle time between its
+    # slices counts too: timers and health checks, a few ticks.)
+    all=$(value requests_all <<<"$out")
+    [ "${all:-0}" -gt 0 ] && DURATION=$((DURATION + WARMUP)) proxy_cpu_record "$target" "$scenario" "$all"
+  done
+  PROXY_PIDS=""
   return 0
 }
 
-scenario_rest_rate_plain() {
-  measure_rate "$1" rest_rate_plain "$RATE_PLAIN" plain "$(port_of "$1")"
+scenario_rest_rate_plain() { # TARGET…
+  measure_rate rest_rate_plain "$RATE_PLAIN" plain "$@"
 }
 
-scenario_rest_rate_tls() {
-  measure_rate "$1" rest_rate_tls "$RATE_TLS" tls "$HTTPS_PORT"
+scenario_rest_rate_tls() { # TARGET…
+  measure_rate rest_rate_tls "$RATE_TLS" tls "$@"
 }
 
 h2load_numbers() { # FILE: "req/s mean_ms errors requests" from h2load output
@@ -837,6 +863,55 @@ scenario_upgrade() {
   record_output "$target" upgrade "$out" echo_max_ms
 }
 
+# `run_together SCENARIO TARGET…`: start every target that runs SCENARIO, each on ports of
+# its own (the N-th on HTTP_PORT, HTTPS_PORT and STATS_PORT moved up by 20 × N) and all
+# pinned to PROXY_CPUS, run the scenario once for all of them, and stop them.
+run_together() {
+  local scenario=$1 target slot=0 http https stats ran=()
+  shift
+  PIDS_OF=() PORT_OF=()
+  for target in "$@"; do
+    supports "$target" "$scenario" || continue
+    http=$((HTTP_PORT + 20 * slot)) https=$((HTTPS_PORT + 20 * slot)) stats=$((STATS_PORT + 20 * slot))
+    if [ "$target" = direct ]; then
+      PIDS_OF[direct]="" PORT_OF[direct]=${BACKEND_PORTS[0]}
+    else
+      [ "$slot" = 0 ] || HTTP_PORT=$http HTTPS_PORT=$https STATS_PORT=$stats render_slot "$target" "$slot"
+      HTTP_PORT=$http HTTPS_PORT=$https VARIANT=$([ "$slot" = 0 ] || echo "-slot$slot") start_proxy "$target"
+      PIDS_OF[$target]=$PROXY_PIDS
+      PORT_OF[$target]=$http
+      [[ $scenario == *_tls ]] && PORT_OF[$target]=$https
+      slot=$((slot + 1))
+    fi
+    ran+=("$target")
+  done
+  [ "${#ran[@]}" -gt 0 ] || return 0
+  if [ "${#ran[@]}" -gt 1 ]; then
+    log "rep $REP/$REPS: $scenario ${ran[*]} (together, in turns of $SLICE_MS ms)"
+  else
+    log "rep $REP/$REPS: $scenario ${ran[*]}"
+  fi
+  "scenario_$scenario" "${ran[@]}"
+  slot=0
+  for target in "${ran[@]}"; do
+    [ "$target" = direct ] && continue
+    HTTP_PORT=$((HTTP_PORT + 20 * slot)) PROXY_PIDS=${PIDS_OF[$target]} PROXY_TARGET=$target stop_proxy
+    slot=$((slot + 1))
+  done
+}
+
+render_slot() { # TARGET SLOT: its config on this slot's ports (HTTP_PORT… set by the caller)
+  case $1 in
+    edgepin) render "$ROOT/benches/configs/edgepin.yaml" "$RUN/edgepin-slot$2.yaml" ;;
+    haproxy) render "$ROOT/benches/configs/haproxy.cfg" "$RUN/haproxy-slot$2.cfg" ;;
+    nginx) render "$ROOT/benches/configs/nginx.conf" "$RUN/nginx-slot$2.conf" ;;
+  esac
+}
+
+# The fixed-rate scenarios: their targets run together (`measure_rate`), all of them at
+# once (PAIRED=1) or one at a time.
+sliced() { [[ $1 == rest_rate_plain || $1 == rest_rate_tls ]]; }
+
 supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo; h2 is edgepin vs HAProxy
   [[ $2 != rest_h2 && $2 != h2_idle && $2 != ws_h2_idle ]] || [[ $1 == edgepin || $1 == haproxy ]] || return 1
   [ "$1" != direct ] || [[ $2 == rest_plain || $2 == rest_rate_plain || $2 == ws_echo ]]
@@ -848,6 +923,7 @@ preflight() {
   local t
   for t in $SCENARIOS; do declare -F "scenario_$t" >/dev/null || die "unknown scenario $t"; done
   [[ "$IDLE" == halt || "$IDLE" == poll ]] || die "IDLE is halt or poll, not $IDLE"
+  [[ "$PAIRED" == 0 || "$PAIRED" == 1 ]] || die "PAIRED is 0 or 1, not $PAIRED"
   for t in wrk taskset timeout getconf; do command -v "$t" >/dev/null || die "$t is missing (make bench installs it)"; done
   [[ " $SCENARIOS " == *" rest_h2 "* ]] && { command -v h2load >/dev/null || die "h2load is missing (make bench installs nghttp2-client)"; }
   [[ " $TARGETS " == *" haproxy "* ]] && { command -v haproxy >/dev/null || die "haproxy is missing"; }
@@ -855,7 +931,8 @@ preflight() {
   for t in "$EDGEPIN" "$EXAMPLES/bench-backend" "$EXAMPLES/bench-client" "$EXAMPLES/bench-report"; do
     [ -x "$t" ] || die "$t is missing: run \`make bench\` (it builds them)"
   done
-  for t in "$HTTP_PORT" "$HTTPS_PORT" "${BACKEND_PORTS[@]}"; do
+  for t in "$HTTP_PORT" "$HTTPS_PORT" "${BACKEND_PORTS[@]}" $((HTTP_PORT + 20)) $((HTTPS_PORT + 20)) \
+    $((HTTP_PORT + 40)) $((HTTPS_PORT + 40)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$t") 2>/dev/null && die "port $t is taken: set BASE_PORT"
   done
   # Idle WebSockets need file descriptors: two per connection in the proxy.
@@ -916,6 +993,9 @@ main() {
     if [ "$IDLE" = poll ]; then
       printf 'meta\tidle\tCPUs poll when idle (0 us CPU latency request on /dev/cpu_dma_latency)\n'
     fi
+    if [ "$PAIRED" = 1 ]; then
+      printf 'meta\tpaired\tthe fixed-rate scenarios: every target at once, in turns of %s ms\n' "$SLICE_MS"
+    fi
     if [ "$NEIGHBOUR" = 1 ]; then
       printf 'meta\tneighbour\ta CPU-bound loop pinned to CPU %s\n' "$PROXY_CPUS"
     fi
@@ -936,6 +1016,13 @@ main() {
   for REP in $(seq "$REPS"); do
     order=$(rotate $((REP - 1)) $TARGETS)
     for scenario in $SCENARIOS; do
+      if sliced "$scenario" && [ "$PAIRED" = 1 ]; then
+        run_together "$scenario" $order
+        continue
+      elif sliced "$scenario"; then
+        for target in $order; do run_together "$scenario" "$target"; done
+        continue
+      fi
       for target in $order; do
         supports "$target" "$scenario" || continue
         log "rep $REP/$REPS: $scenario $target"
