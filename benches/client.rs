@@ -11,8 +11,10 @@
 //!   each (keep-alive), read the whole answer, let them idle, and print the growth of
 //!   the resident memory of PIDS per connection, as `ws-idle` does.
 //! - `keepalive-idle-tls ADDR PATH N PIDS`: the same over TLS.
-//! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS`: N WebSockets each send a small Engine.IO
-//!   message every INTERVAL_MS and wait for its echo; prints round-trip p50/p99.
+//! - `ws-echo ADDR PATH N SECONDS INTERVAL_MS [SLICE_MS]`: N WebSockets each send a small
+//!   Engine.IO message every INTERVAL_MS and wait for its echo; prints round-trip
+//!   p50/p99. ADDR may name several targets, `LABEL=ADDR,…`: N sockets to each, and
+//!   the targets take turns of SLICE_MS (as `rate`).
 //! - `h2-idle ADDR PATH N PIDS`: open N HTTP/2 connections over TLS (ALPN h2), send one
 //!   GET of PATH on each, let them idle, and print the memory growth per connection.
 //! - `ws-h2-idle ADDR PATH N PIDS`: N HTTP/2 connections, each with one WebSocket over it
@@ -28,9 +30,10 @@
 //!   connections until one is answered by a process not in OLD_PIDS (`X-Proxy-Pid` header
 //!   or `"pid"` in the body), then AFTER_MS more; prints when, and how many probes (of
 //!   PROXY_ADDR too, when the pid comes from elsewhere) got no answer.
-//! - `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls`: keep-alive GETs at a fixed
-//!   open-loop rate over CONNECTIONS connections, latency counted from each request's due
-//!   time (no coordinated omission); prints p50/p90/p99/p99.9, the achieved rate, errors.
+//! - `rate ADDR PATH RPS SECONDS CONNECTIONS WARMUP plain|tls [SLICE_MS]`: keep-alive GETs
+//!   at a fixed open-loop rate over CONNECTIONS connections, latency counted from each
+//!   request's due time (no coordinated omission); prints p50/p90/p99/p99.9, the achieved
+//!   rate, errors. With several targets (`LABEL=ADDR,…`) they take turns of SLICE_MS.
 //!
 //! One thread (pinned with the load generator), 127.0.0.1 only, every phase bounded.
 
@@ -74,7 +77,7 @@ fn usage() -> ! {
          bench-client keepalive-idle-tls ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
          bench-client ws-h2-idle ADDR PATH CONNECTIONS PID[,PID...]\n       \
-         bench-client ws-echo ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
+         bench-client ws-echo ADDR|LABEL=ADDR,... PATH CONNECTIONS SECONDS INTERVAL_MS [SLICE_MS]\n       \
          bench-client tls-handshake ADDR PATH CLIENTS SECONDS\n       \
          bench-client ws-hold ADDR PATH CONNECTIONS SECONDS INTERVAL_MS\n       \
          bench-client first-new ADDR PATH OLD_PID[,OLD_PID...] SECONDS [AFTER_MS [PROXY_ADDR PROXY_PATH]]\n       \
@@ -119,8 +122,11 @@ fn main() {
             Some("h2-idle") => h2client::idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), false).await,
             Some("ws-h2-idle") => h2client::idle(&addr, &path, arg(&args, 3), &arg::<String>(&args, 4), true).await,
             Some("ws-echo") => {
-                let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
-                ws_echo(&addr, &path, arg(&args, 3), seconds, interval).await
+                let echo = Echo {
+                    interval: Duration::from_millis(arg::<u64>(&args, 5).max(1)),
+                    slice: Duration::from_millis(if args.len() > 6 { arg(&args, 6) } else { 500 }),
+                };
+                ws_echo(&labelled_targets(&addr), &path, arg(&args, 3), arg(&args, 4), echo).await
             }
             Some("ws-hold") => {
                 let (seconds, interval) = (arg(&args, 4), arg(&args, 5));
@@ -352,30 +358,85 @@ async fn keepalive_idle(addr: &str, path: &str, n: usize, pids: &str, tls: bool)
     Ok(())
 }
 
-async fn ws_echo(addr: &str, path: &str, n: usize, seconds: u64, interval_ms: u64) -> Result<(), Failure> {
-    let sockets = open_many(addr, path, n).await?;
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let interval = Duration::from_millis(interval_ms.max(1));
-    let tasks = sockets.into_iter().enumerate().map(|(i, ws)| {
-        // Spread the connections' send times over one interval.
-        let offset = interval * i as u32 / n as u32;
-        echo_loop(ws, until, interval, offset)
-    });
-    let results: Vec<Result<Vec<u32>, Failure>> = futures_util::future::join_all(tasks).await;
-    let mut rtts: Vec<u32> = Vec::new();
-    for r in results {
-        rtts.extend(r?);
+/// `ws-echo`: `n` WebSockets per target, each sending a message every `interval` and
+/// timing its echo. Several targets (`LABEL=ADDR,…`, as `rate`) take turns of `slice`:
+/// a socket sends only in its target's turns, and each target gets `seconds` of them.
+async fn ws_echo(targets: &[(String, String)], path: &str, n: usize, seconds: u64, echo: Echo) -> Result<(), Failure> {
+    let mut sockets = Vec::with_capacity(targets.len());
+    for (_, addr) in targets {
+        sockets.push(open_many(addr, path, n).await?);
     }
-    println!("messages={}", rtts.len());
-    print_percentiles(&mut rtts);
+    let turns = Turns {
+        start: Instant::now(),
+        slice: echo.slice,
+        targets: targets.len() as u64,
+    };
+    let until = turns.start + Duration::from_secs(seconds) * targets.len() as u32;
+    let tasks = sockets.into_iter().enumerate().map(|(target, own)| {
+        let loops = own.into_iter().enumerate().map(move |(i, ws)| {
+            // Spread the connections' send times over one interval.
+            let offset = echo.interval * i as u32 / n as u32;
+            echo_loop(ws, until, echo.interval, offset, (turns, target))
+        });
+        futures_util::future::join_all(loops)
+    });
+    let results = futures_util::future::join_all(tasks).await;
+    for ((label, _), own) in targets.iter().zip(results) {
+        let mut rtts: Vec<u32> = Vec::new();
+        for r in own {
+            rtts.extend(r?);
+        }
+        let prefix = if label.is_empty() {
+            String::new()
+        } else {
+            format!("{label} ")
+        };
+        println!("{prefix}messages={}", rtts.len());
+        print_percentiles(&prefix, &mut rtts);
+    }
     Ok(())
 }
 
-/// Print p50 and p99 of round trips given in microseconds, as milliseconds.
-fn print_percentiles(micros: &mut [u32]) {
+/// How often each echo socket sends, and each target's turn when there are several.
+#[derive(Clone, Copy)]
+struct Echo {
+    interval: Duration,
+    slice: Duration,
+}
+
+/// Whose turn it is, of several targets sharing one run (`rate::slice_owner`).
+#[derive(Clone, Copy)]
+struct Turns {
+    start: Instant,
+    slice: Duration,
+    targets: u64,
+}
+
+impl Turns {
+    fn slice(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.start).as_nanos() / self.slice.as_nanos().max(1)) as u64
+    }
+
+    fn owner(&self, at: Instant) -> usize {
+        rate::slice_owner(self.slice(at), self.targets)
+    }
+
+    /// When `target`'s next turn after `at` begins (each round holds one turn of each).
+    fn next_start(&self, target: usize, at: Instant) -> Instant {
+        let now = self.slice(at);
+        let next = (now + 1..=now + 2 * self.targets)
+            .find(|&k| rate::slice_owner(k, self.targets) == target)
+            .unwrap_or(now + 1);
+        self.start + self.slice * next as u32
+    }
+}
+
+/// Print p50 and p99 of round trips given in microseconds, as milliseconds, each line
+/// after `prefix`.
+fn print_percentiles(prefix: &str, micros: &mut [u32]) {
     micros.sort_unstable();
-    println!("p50_ms={:.3}", percentile_ms(micros, 0.50));
-    println!("p99_ms={:.3}", percentile_ms(micros, 0.99));
+    println!("{prefix}p50_ms={:.3}", percentile_ms(micros, 0.50));
+    println!("{prefix}p99_ms={:.3}", percentile_ms(micros, 0.99));
 }
 
 /// The `p` quantile (0 to 1, nearest rank) of sorted microseconds, in milliseconds; 0 for none.
@@ -390,16 +451,27 @@ fn micros(d: Duration) -> u32 {
 
 /// Send a message every `interval` until `until`, each after the previous echo; returns
 /// the round trips in microseconds.
-async fn echo_loop(mut ws: Ws, until: Instant, interval: Duration, offset: Duration) -> Result<Vec<u32>, Failure> {
+async fn echo_loop(
+    mut ws: Ws,
+    until: Instant,
+    interval: Duration,
+    offset: Duration,
+    (turns, target): (Turns, usize),
+) -> Result<Vec<u32>, Failure> {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rtts = Vec::new();
     loop {
         ticks.tick().await;
-        if Instant::now() >= until {
+        let sent = Instant::now();
+        if sent >= until {
             break;
         }
-        let sent = Instant::now();
+        if turns.owner(sent) != target {
+            // Not this target's turn: sleep until it, at this socket's place in the interval.
+            ticks.reset_at((turns.next_start(target, sent) + offset).into());
+            continue;
+        }
         ws.send(Message::text(ECHO_PAYLOAD)).await?;
         loop {
             match tokio::time::timeout(STEP_TIMEOUT, ws.next()).await? {
@@ -501,7 +573,7 @@ async fn tls_handshakes(addr: &str, path: &str, clients: usize, seconds: u64) ->
     println!("handshakes={}", times.len());
     println!("per_second={:.1}", times.len() as f64 / elapsed);
     println!("errors={errors}");
-    print_percentiles(&mut times);
+    print_percentiles("", &mut times);
     Ok(())
 }
 
@@ -536,5 +608,45 @@ async fn one_tls_request(connector: &TlsConnector, addr: &str, request: &[u8]) -
             String::from_utf8_lossy(&answer[..answer.len().min(64)])
         )
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Instant, Turns, labelled_targets};
+    use std::time::Duration;
+
+    #[test]
+    fn a_target_out_of_turn_waits_for_its_next_slice() {
+        let start = Instant::now();
+        let slice = Duration::from_millis(100);
+        let turns = Turns {
+            start,
+            slice,
+            targets: 2,
+        };
+        // Two targets: slices 0 1 1 0 0 1 1 0 …
+        assert_eq!(turns.owner(start), 0);
+        assert_eq!(turns.owner(start + slice * 2), 1);
+        assert_eq!(turns.next_start(1, start), start + slice);
+        assert_eq!(turns.next_start(0, start + slice / 2), start + slice * 3);
+        assert_eq!(turns.next_start(1, start + slice * 2), start + slice * 5);
+        let one = Turns { targets: 1, ..turns };
+        assert_eq!(one.next_start(0, start), start + slice);
+    }
+
+    #[test]
+    fn targets_are_an_address_or_labelled_addresses() {
+        assert_eq!(
+            labelled_targets("127.0.0.1:1"),
+            [(String::new(), "127.0.0.1:1".to_string())]
+        );
+        assert_eq!(
+            labelled_targets("a=127.0.0.1:1,b.2=127.0.0.1:2"),
+            [
+                ("a".to_string(), "127.0.0.1:1".to_string()),
+                ("b.2".to_string(), "127.0.0.1:2".to_string())
+            ]
+        );
     }
 }

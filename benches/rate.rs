@@ -236,7 +236,7 @@ struct Schedule {
 
 /// Which of `n` targets holds slice `k`: in turn, each round starting one target later
 /// (for two: A B B A A B …), so none always comes after the same one.
-fn slice_owner(k: u64, n: u64) -> usize {
+pub fn slice_owner(k: u64, n: u64) -> usize {
     ((k % n + k / n) % n) as usize
 }
 

@@ -6,9 +6,9 @@
 # share LOAD_CPUS. Each scenario starts a fresh proxy, runs, and stops it. Within a
 # repetition the proxies take turns scenario by scenario, so the runs compared with each
 # other are seconds apart, not minutes, and a slow spell of the machine hits them alike;
-# each repetition starts the turns at the next proxy, so none always runs first. With
-# PAIRED=1 the fixed-rate scenarios go further: every proxy is up at once, on ports of
-# its own, and one schedule is handed to each in turn, SLICE_MS at a time
+# each repetition starts the turns at the next proxy, so none always runs first. The
+# fixed-schedule scenarios (rest_rate_*, ws_echo) go further: every proxy is up at once,
+# on ports of its own, and one schedule is handed to each in turn, SLICE_MS at a time
 # (`run_together`), so they meet the same seconds of the machine.
 # Every process started here is stopped by pid on exit (trap), every run is bounded by
 # `timeout`, and all traffic stays on 127.0.0.1.
@@ -22,7 +22,8 @@
 # in a row), UPGRADE_GAP (seconds between two), BASE_PORT, NEIGHBOUR=1 (a CPU-bound loop pinned to PROXY_CPUS for
 # the whole run: the proxy then shares its core, as on a busy host), IDLE=poll (idle CPUs
 # poll instead of halting for the whole run; needs root: see benches/README.md),
-# PAIRED=1 (the fixed-rate scenarios with every proxy at once, in turns of SLICE_MS).
+# PAIRED=0 (the fixed-schedule scenarios one proxy at a time, as the others), SLICE_MS
+# (their turns with PAIRED=1, the default).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,7 +50,7 @@ UPGRADE_GAP=${UPGRADE_GAP:-3}
 BASE_PORT=${BASE_PORT:-18100}
 NEIGHBOUR=${NEIGHBOUR:-0}
 IDLE=${IDLE:-halt}
-PAIRED=${PAIRED:-0}
+PAIRED=${PAIRED:-1}
 SLICE_MS=${SLICE_MS:-500}
 # ~50-60 % of the slowest proxy's closed-loop capacity on one core (HAProxy: ~65k plain,
 # ~45-50k TLS); a neighbour takes half the core, so half the rate.
@@ -357,7 +358,10 @@ steal_ticks() { # ticks the host stole from this VM's CPUs (/proc/stat, every CP
 }
 
 kthread_ticks() { # user + system clock ticks of every kernel thread (children of kthreadd)
-  awk '{ sub(/^.*\) /, ""); if ($2 == 2) t += $12 + $13 } END { print t + 0 }' /proc/[0-9]*/stat 2>/dev/null
+  # A process may end between the glob and its read: cat goes on past it (mawk, given the
+  # files itself, would stop there with status 2, and `set -e` would end the run).
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } |
+    awk '{ sub(/^.*\) /, ""); if ($2 == 2) t += $12 + $13 } END { print t + 0 }'
 }
 
 proxy_cpu_record() { # TARGET SCENARIO REQUESTS: proxy CPU use and requests per proxy CPU-second
@@ -435,25 +439,26 @@ scenario_rest_tls() {
 # running (`run_together`) and share one schedule in slices of SLICE_MS: each gets the
 # whole rate for its slice, then idles while the others have theirs (one target: the
 # whole schedule).
-measure_rate() { # SCENARIO RPS plain|tls TARGET…
-  local scenario=$1 rps=$2 mode=$3 name="$1-$REP" target list="" out all
+measure_rate() { # SCENARIO RPS plain|tls LABEL… (a target, or TARGET.N for its N-th copy)
+  local scenario=$1 rps=$2 mode=$3 name="$1-$REP" target label list="" out all
   shift 3
   local -A cpu=() nvcsw=() threads=() kthreads=() steal=()
-  for target in "$@"; do list+="${list:+,}$target=127.0.0.1:${PORT_OF[$target]}"; done
-  for target in "$@"; do
-    PROXY_PIDS=${PIDS_OF[$target]}
+  for label in "$@"; do list+="${list:+,}$label=127.0.0.1:${PORT_OF[$label]}"; done
+  for label in "$@"; do
+    PROXY_PIDS=${PIDS_OF[$label]}
     proxy_cpu_start
-    cpu[$target]=$CPU_TICKS nvcsw[$target]=$NVCSW threads[$target]=$THREAD_START
-    kthreads[$target]=$KTHREAD_TICKS steal[$target]=$STEAL_TICKS
+    cpu[$label]=$CPU_TICKS nvcsw[$label]=$NVCSW threads[$label]=$THREAD_START
+    kthreads[$label]=$KTHREAD_TICKS steal[$label]=$STEAL_TICKS
   done
   client rate "$list" /api/items "$rps" "$DURATION" "$CONNECTIONS" "$WARMUP" "$mode" "$SLICE_MS" \
     >"$RUN/$name.rate" 2>"$RUN/$name.err" || { log "$scenario failed (see $RUN/$name.err)"; PROXY_PIDS=""; return 0; }
-  for target in "$@"; do
-    PROXY_PIDS=${PIDS_OF[$target]} CURRENT=$scenario-$target-$REP
-    CPU_TICKS=${cpu[$target]} NVCSW=${nvcsw[$target]} THREAD_START=${threads[$target]}
-    KTHREAD_TICKS=${kthreads[$target]} STEAL_TICKS=${steal[$target]}
+  for label in "$@"; do
+    target=${label%.*}
+    PROXY_PIDS=${PIDS_OF[$label]} CURRENT=$scenario-$label-$REP
+    CPU_TICKS=${cpu[$label]} NVCSW=${nvcsw[$label]} THREAD_START=${threads[$label]}
+    KTHREAD_TICKS=${kthreads[$label]} STEAL_TICKS=${steal[$label]}
     proxy_cpu_stop
-    out=$(sed -n "s/^$target //p" "$RUN/$name.rate")
+    out=$(sed -n "s/^$label //p" "$RUN/$name.rate")
     record_output "$target" "$scenario" "$out" p50_ms p99_ms p999_ms errors achieved_rps client_cpu_pct \
       pacer_late_max_ms:client_late_max_ms
     # Below the offered rate the proxy (or the machine) did not keep up: the latencies are
@@ -538,11 +543,14 @@ scenario_sticky() {
     -H "Cookie: $header"
 }
 
-scenario_ws_echo() {
-  local out
-  out=$(client ws-echo "127.0.0.1:$(port_of "$1")" "/socket.io/?EIO=4&transport=websocket" \
-    "$WS_ECHO" "$DURATION" "$WS_ECHO_INTERVAL_MS") || { log "$1 ws_echo failed"; return 0; }
-  record_output "$1" ws_echo "$out" p50_ms p99_ms messages
+scenario_ws_echo() { # LABEL… (running together, as measure_rate's)
+  local out label list=""
+  for label in "$@"; do list+="${list:+,}$label=127.0.0.1:${PORT_OF[$label]}"; done
+  out=$(client ws-echo "$list" "/socket.io/?EIO=4&transport=websocket" \
+    "$WS_ECHO" "$DURATION" "$WS_ECHO_INTERVAL_MS" "$SLICE_MS") || { log "ws_echo $* failed"; return 0; }
+  for label in "$@"; do
+    record_output "${label%.*}" ws_echo "$(sed -n "s/^$label //p" <<<"$out")" p50_ms p99_ms messages
+  done
 }
 
 scenario_ws_idle() {
@@ -865,25 +873,29 @@ scenario_upgrade() {
 
 # `run_together SCENARIO TARGET…`: start every target that runs SCENARIO, each on ports of
 # its own (the N-th on HTTP_PORT, HTTPS_PORT and STATS_PORT moved up by 20 × N) and all
-# pinned to PROXY_CPUS, run the scenario once for all of them, and stop them.
+# pinned to PROXY_CPUS, run the scenario once for all of them, and stop them. A target
+# named twice (TARGETS="haproxy edgepin haproxy edgepin": each against itself) runs twice,
+# its second copy labelled TARGET.SLOT and recorded as TARGET.
 run_together() {
-  local scenario=$1 target slot=0 http https stats ran=()
+  local scenario=$1 target label slot=0 http https stats ran=()
   shift
   PIDS_OF=() PORT_OF=()
   for target in "$@"; do
     supports "$target" "$scenario" || continue
+    label=$target
+    [ -n "${PORT_OF[$target]+set}" ] && label=$target.$slot
     http=$((HTTP_PORT + 20 * slot)) https=$((HTTPS_PORT + 20 * slot)) stats=$((STATS_PORT + 20 * slot))
     if [ "$target" = direct ]; then
-      PIDS_OF[direct]="" PORT_OF[direct]=${BACKEND_PORTS[0]}
+      PIDS_OF[$label]="" PORT_OF[$label]=${BACKEND_PORTS[0]}
     else
       [ "$slot" = 0 ] || HTTP_PORT=$http HTTPS_PORT=$https STATS_PORT=$stats render_slot "$target" "$slot"
       HTTP_PORT=$http HTTPS_PORT=$https VARIANT=$([ "$slot" = 0 ] || echo "-slot$slot") start_proxy "$target"
-      PIDS_OF[$target]=$PROXY_PIDS
-      PORT_OF[$target]=$http
-      [[ $scenario == *_tls ]] && PORT_OF[$target]=$https
+      PIDS_OF[$label]=$PROXY_PIDS
+      PORT_OF[$label]=$http
+      [[ $scenario == *_tls ]] && PORT_OF[$label]=$https
       slot=$((slot + 1))
     fi
-    ran+=("$target")
+    ran+=("$label")
   done
   [ "${#ran[@]}" -gt 0 ] || return 0
   if [ "${#ran[@]}" -gt 1 ]; then
@@ -893,9 +905,9 @@ run_together() {
   fi
   "scenario_$scenario" "${ran[@]}"
   slot=0
-  for target in "${ran[@]}"; do
-    [ "$target" = direct ] && continue
-    HTTP_PORT=$((HTTP_PORT + 20 * slot)) PROXY_PIDS=${PIDS_OF[$target]} PROXY_TARGET=$target stop_proxy
+  for label in "${ran[@]}"; do
+    [ "${label%.*}" = direct ] && continue
+    HTTP_PORT=$((HTTP_PORT + 20 * slot)) PROXY_PIDS=${PIDS_OF[$label]} PROXY_TARGET=${label%.*} stop_proxy
     slot=$((slot + 1))
   done
 }
@@ -908,9 +920,9 @@ render_slot() { # TARGET SLOT: its config on this slot's ports (HTTP_PORT… set
   esac
 }
 
-# The fixed-rate scenarios: their targets run together (`measure_rate`), all of them at
-# once (PAIRED=1) or one at a time.
-sliced() { [[ $1 == rest_rate_plain || $1 == rest_rate_tls ]]; }
+# The fixed-rate scenarios (rest_rate_*, ws_echo): their targets run together, all of
+# them at once (PAIRED=1) or one at a time.
+sliced() { [[ $1 == rest_rate_plain || $1 == rest_rate_tls || $1 == ws_echo ]]; }
 
 supports() { # TARGET SCENARIO: the direct baseline only has plain HTTP and echo; h2 is edgepin vs HAProxy
   [[ $2 != rest_h2 && $2 != h2_idle && $2 != ws_h2_idle ]] || [[ $1 == edgepin || $1 == haproxy ]] || return 1
@@ -994,7 +1006,7 @@ main() {
       printf 'meta\tidle\tCPUs poll when idle (0 us CPU latency request on /dev/cpu_dma_latency)\n'
     fi
     if [ "$PAIRED" = 1 ]; then
-      printf 'meta\tpaired\tthe fixed-rate scenarios: every target at once, in turns of %s ms\n' "$SLICE_MS"
+      printf 'meta\tpaired\trest_rate_*, ws_echo: every target at once, in turns of %s ms\n' "$SLICE_MS"
     fi
     if [ "$NEIGHBOUR" = 1 ]; then
       printf 'meta\tneighbour\ta CPU-bound loop pinned to CPU %s\n' "$PROXY_CPUS"

@@ -71,7 +71,7 @@ pub async fn hold(addr: &str, path: &str, n: usize, seconds: u64, interval_ms: u
         "echo_max_ms={:.1}",
         f64::from(round_trips.iter().copied().max().unwrap_or(0)) / 1000.0
     );
-    print_percentiles(&mut round_trips);
+    print_percentiles("", &mut round_trips);
     Ok(())
 }
 
