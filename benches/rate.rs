@@ -8,12 +8,13 @@
 //! are started and stopped by `benches/run.sh`.
 //!
 //! Several targets (`LABEL=ADDR,LABEL=ADDR…`) take turns in slices of the one schedule
-//! (`paired`): slice `k` goes to one target, the next to another, each round starting one
-//! target later, so every target meets the same spells of the machine. Each has its own
-//! connections and its own figures, printed after its label. On a VM whose host delays
-//! come and go within seconds, two runs of one proxy ten seconds apart often differ by
-//! more than the difference between two proxies; slices a few hundred milliseconds long
-//! see the same spells.
+//! (run.sh's `PAIRED=1`): slice `k` goes to one target, the next to another, each round
+//! starting one target later, so every target meets the same spells of the machine. Each
+//! has its own connections and its own figures, printed after its label. On a VM whose
+//! host slows down for seconds at a time, two runs of one proxy ten seconds apart often
+//! differ by more than two proxies do; targets in neighbouring slices of half a second
+//! meet the same slow seconds (not the same single stalls: see benches/README.md,
+//! "Proxies in turns").
 //!
 //! The connections run on the caller's current-thread runtime, like `wrk -t1`; the
 //! schedule is kept by a pacer thread (`pace`): tokio's timer wheel has 1 ms ticks,

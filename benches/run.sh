@@ -920,7 +920,7 @@ render_slot() { # TARGET SLOT: its config on this slot's ports (HTTP_PORT… set
   esac
 }
 
-# The fixed-rate scenarios (rest_rate_*, ws_echo): their targets run together, all of
+# The fixed-schedule scenarios (rest_rate_*, ws_echo): their targets run together, all of
 # them at once (PAIRED=1) or one at a time.
 sliced() { [[ $1 == rest_rate_plain || $1 == rest_rate_tls || $1 == ws_echo ]]; }
 
