@@ -165,8 +165,8 @@ bench-broadcast: release node-deps
 	ulimit -n "$$(ulimit -Hn)" && node $(NODE_DIR)/bench-broadcast.js --edgepin ./target/release/edgepin --idle \
 	  --workers 1 --clients 1000,10000 --rooms 100 --out target/bench/broadcast-idle.json
 
-## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~17 min (the `upgrade` scenario ~1 min of it per repetition);
-## `make bench QUICK=1` for one short repetition (~3.5 min). Then the Socket.IO broadcast
+## Side-by-side benchmarks (benches/README.md): edgepin vs HAProxy vs nginx, ~25 min (the `upgrade` scenario ~1 min of it per repetition);
+## `make bench QUICK=1` for one short repetition (~5 min). Then the Socket.IO broadcast
 ## benchmark (about a minute either way).
 bench: deps bench-deps node-deps
 	$(CARGO) build --release --bins
