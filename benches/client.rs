@@ -97,6 +97,20 @@ fn labelled_targets(list: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What the output lines of a target start with: its label and a space, if it has one.
+fn label_prefix(label: &str) -> String {
+    if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label} ")
+    }
+}
+
+/// The optional SLICE_MS at `i`: how long each target's turn is (500 ms when absent).
+fn slice_arg(args: &[String], i: usize) -> Duration {
+    Duration::from_millis(if args.len() > i { arg(args, i) } else { 500 })
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| usage())
 }
@@ -124,7 +138,7 @@ fn main() {
             Some("ws-echo") => {
                 let echo = Echo {
                     interval: Duration::from_millis(arg::<u64>(&args, 5).max(1)),
-                    slice: Duration::from_millis(if args.len() > 6 { arg(&args, 6) } else { 500 }),
+                    slice: slice_arg(&args, 6),
                 };
                 ws_echo(&labelled_targets(&addr), &path, arg(&args, 3), arg(&args, 4), echo).await
             }
@@ -156,7 +170,7 @@ fn main() {
                     connections: arg(&args, 5),
                     warmup: arg(&args, 6),
                     tls,
-                    slice: Duration::from_millis(if args.len() > 8 { arg(&args, 8) } else { 500 }),
+                    slice: slice_arg(&args, 8),
                 };
                 rate::run(&labelled_targets(&addr), &path, &plan).await
             }
@@ -366,7 +380,7 @@ async fn ws_echo(targets: &[(String, String)], path: &str, n: usize, seconds: u6
     for (_, addr) in targets {
         sockets.push(open_many(addr, path, n).await?);
     }
-    let turns = Turns {
+    let turns = rate::Turns {
         start: Instant::now(),
         slice: echo.slice,
         targets: targets.len() as u64,
@@ -386,11 +400,7 @@ async fn ws_echo(targets: &[(String, String)], path: &str, n: usize, seconds: u6
         for r in own {
             rtts.extend(r?);
         }
-        let prefix = if label.is_empty() {
-            String::new()
-        } else {
-            format!("{label} ")
-        };
+        let prefix = label_prefix(label);
         println!("{prefix}messages={}", rtts.len());
         print_percentiles(&prefix, &mut rtts);
     }
@@ -402,33 +412,6 @@ async fn ws_echo(targets: &[(String, String)], path: &str, n: usize, seconds: u6
 struct Echo {
     interval: Duration,
     slice: Duration,
-}
-
-/// Whose turn it is, of several targets sharing one run (`rate::slice_owner`).
-#[derive(Clone, Copy)]
-struct Turns {
-    start: Instant,
-    slice: Duration,
-    targets: u64,
-}
-
-impl Turns {
-    fn slice(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.start).as_nanos() / self.slice.as_nanos().max(1)) as u64
-    }
-
-    fn owner(&self, at: Instant) -> usize {
-        rate::slice_owner(self.slice(at), self.targets)
-    }
-
-    /// When `target`'s next turn after `at` begins (each round holds one turn of each).
-    fn next_start(&self, target: usize, at: Instant) -> Instant {
-        let now = self.slice(at);
-        let next = (now + 1..=now + 2 * self.targets)
-            .find(|&k| rate::slice_owner(k, self.targets) == target)
-            .unwrap_or(now + 1);
-        self.start + self.slice * next as u32
-    }
 }
 
 /// Print p50 and p99 of round trips given in microseconds, as milliseconds, each line
@@ -456,7 +439,7 @@ async fn echo_loop(
     until: Instant,
     interval: Duration,
     offset: Duration,
-    (turns, target): (Turns, usize),
+    (turns, target): (rate::Turns, usize),
 ) -> Result<Vec<u32>, Failure> {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -613,27 +596,7 @@ async fn one_tls_request(connector: &TlsConnector, addr: &str, request: &[u8]) -
 
 #[cfg(test)]
 mod tests {
-    use super::{Instant, Turns, labelled_targets};
-    use std::time::Duration;
-
-    #[test]
-    fn a_target_out_of_turn_waits_for_its_next_slice() {
-        let start = Instant::now();
-        let slice = Duration::from_millis(100);
-        let turns = Turns {
-            start,
-            slice,
-            targets: 2,
-        };
-        // Two targets: slices 0 1 1 0 0 1 1 0 …
-        assert_eq!(turns.owner(start), 0);
-        assert_eq!(turns.owner(start + slice * 2), 1);
-        assert_eq!(turns.next_start(1, start), start + slice);
-        assert_eq!(turns.next_start(0, start + slice / 2), start + slice * 3);
-        assert_eq!(turns.next_start(1, start + slice * 2), start + slice * 5);
-        let one = Turns { targets: 1, ..turns };
-        assert_eq!(one.next_start(0, start), start + slice);
-    }
+    use super::labelled_targets;
 
     #[test]
     fn targets_are_an_address_or_labelled_addresses() {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
-use super::{Failure, STEP_TIMEOUT, insecure_connector, micros, percentile_ms};
+use super::{Failure, STEP_TIMEOUT, insecure_connector, label_prefix, micros, percentile_ms};
 
 /// After the last due time, how long late answers are still awaited; a request not
 /// answered by then is an error.
@@ -158,10 +158,13 @@ pub async fn run(targets: &[(String, String)], path: &str, plan: &Plan) -> Resul
         }
     }
     let schedule = Schedule {
-        start,
         rps: plan.rps,
         count: ((plan.warmup + plan.seconds) as f64 * f64::from(turns) * plan.rps) as u64,
-        slice: plan.slice,
+        turns: Turns {
+            start,
+            slice: plan.slice,
+            targets: targets.len() as u64,
+        },
     };
     let cpu_before = cpu_seconds();
     let pacer = std::thread::Builder::new()
@@ -177,11 +180,7 @@ pub async fn run(targets: &[(String, String)], path: &str, plan: &Plan) -> Resul
     let elapsed = start.elapsed().as_secs_f64();
 
     for ((label, _), tallies) in targets.iter().zip(tallies) {
-        let prefix = if label.is_empty() {
-            String::new()
-        } else {
-            format!("{label} ")
-        };
+        let prefix = label_prefix(label);
         let mut lines = figures(tallies, plan.seconds);
         lines.push(format!("pacer_late_max_ms={:.3}", late_by.as_secs_f64() * 1000.0));
         if let Some(cpu) = cpu {
@@ -226,18 +225,45 @@ fn figures(tallies: Vec<Tally>, seconds: u64) -> Vec<String> {
     lines
 }
 
-/// The due times to hand out: `count` of them, `1/rps` apart from `start`, and with
-/// several targets the length of each one's turn.
+/// The due times to hand out: `count` of them, `1/rps` apart from the turns' start.
 struct Schedule {
-    start: Instant,
     rps: f64,
     count: u64,
-    slice: Duration,
+    turns: Turns,
+}
+
+/// Whose turn it is, of the targets sharing one run, `slice` at a time from `start`
+/// (also `ws-echo`'s).
+#[derive(Clone, Copy)]
+pub struct Turns {
+    pub start: Instant,
+    pub slice: Duration,
+    pub targets: u64,
+}
+
+impl Turns {
+    fn slice(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.start).as_nanos() / self.slice.as_nanos().max(1)) as u64
+    }
+
+    /// The target whose turn `at` falls in.
+    pub fn owner(&self, at: Instant) -> usize {
+        slice_owner(self.slice(at), self.targets)
+    }
+
+    /// When `target`'s next turn after `at` begins (each round holds one turn of each).
+    pub fn next_start(&self, target: usize, at: Instant) -> Instant {
+        let now = self.slice(at);
+        let next = (now + 1..=now + 2 * self.targets)
+            .find(|&k| slice_owner(k, self.targets) == target)
+            .unwrap_or(now + 1);
+        self.start + self.slice * next as u32
+    }
 }
 
 /// Which of `n` targets holds slice `k`: in turn, each round starting one target later
 /// (for two: A B B A A B …), so none always comes after the same one.
-pub fn slice_owner(k: u64, n: u64) -> usize {
+fn slice_owner(k: u64, n: u64) -> usize {
     ((k % n + k / n) % n) as usize
 }
 
@@ -249,17 +275,15 @@ pub fn slice_owner(k: u64, n: u64) -> usize {
 fn pace(schedule: &Schedule, targets: &[Vec<mpsc::UnboundedSender<Instant>>]) -> Duration {
     let mut late_by = Duration::ZERO;
     let mut sent = vec![0usize; targets.len()];
-    let slice = schedule.slice.as_nanos();
     for i in 0..schedule.count {
-        let offset = Duration::from_secs_f64(i as f64 / schedule.rps);
-        let due = schedule.start + offset;
+        let due = schedule.turns.start + Duration::from_secs_f64(i as f64 / schedule.rps);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         } else {
             late_by = late_by.max(now - due);
         }
-        let owner = slice_owner((offset.as_nanos() / slice) as u64, targets.len() as u64);
+        let owner = schedule.turns.owner(due);
         let connections = &targets[owner];
         // A connection gone (it never is before its channel closes) just loses its turn.
         let _ = connections[sent[owner] % connections.len()].send(due);
@@ -386,7 +410,8 @@ fn cpu_seconds() -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{answer_head, slice_owner};
+    use super::{Turns, answer_head, slice_owner};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn slices_go_round_each_round_starting_one_target_later() {
@@ -401,6 +426,25 @@ mod tests {
                 assert_eq!(all.iter().filter(|&&o| o == target).count(), n as usize);
             }
         }
+    }
+
+    #[test]
+    fn a_target_out_of_turn_waits_for_its_next_slice() {
+        let start = Instant::now();
+        let slice = Duration::from_millis(100);
+        let turns = Turns {
+            start,
+            slice,
+            targets: 2,
+        };
+        // Two targets: slices 0 1 1 0 0 1 1 0 …
+        assert_eq!(turns.owner(start), 0);
+        assert_eq!(turns.owner(start + slice * 2), 1);
+        assert_eq!(turns.next_start(1, start), start + slice);
+        assert_eq!(turns.next_start(0, start + slice / 2), start + slice * 3);
+        assert_eq!(turns.next_start(1, start + slice * 2), start + slice * 5);
+        let one = Turns { targets: 1, ..turns };
+        assert_eq!(one.next_start(0, start), start + slice);
     }
 
     #[test]

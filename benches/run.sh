@@ -281,6 +281,14 @@ client() { # bench-client args…, on LOAD_CPUS, bounded
 
 value() { sed -n "s/^$1=//p"; } # KEY: the value of KEY=… lines on stdin
 
+turn_targets() { # LABEL…: "LABEL=127.0.0.1:PORT,…", the targets of a run together (PORT_OF)
+  local label list=""
+  for label in "$@"; do list+="${list:+,}$label=127.0.0.1:${PORT_OF[$label]}"; done
+  echo "$list"
+}
+
+lines_of() { sed -n "s/^$1 //p"; } # LABEL: that target's lines of bench-client's output on stdin
+
 median() { # NUMBER…: the middle one (the lower middle of an even count); nothing for none
   [ "$#" -gt 0 ] || return 0
   printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
@@ -440,17 +448,16 @@ scenario_rest_tls() {
 # whole rate for its slice, then idles while the others have theirs (one target: the
 # whole schedule).
 measure_rate() { # SCENARIO RPS plain|tls LABEL… (a target, or TARGET.N for its N-th copy)
-  local scenario=$1 rps=$2 mode=$3 name="$1-$REP" target label list="" out all
+  local scenario=$1 rps=$2 mode=$3 name="$1-$REP" target label out all
   shift 3
   local -A cpu=() nvcsw=() threads=() kthreads=() steal=()
-  for label in "$@"; do list+="${list:+,}$label=127.0.0.1:${PORT_OF[$label]}"; done
   for label in "$@"; do
     PROXY_PIDS=${PIDS_OF[$label]}
     proxy_cpu_start
     cpu[$label]=$CPU_TICKS nvcsw[$label]=$NVCSW threads[$label]=$THREAD_START
     kthreads[$label]=$KTHREAD_TICKS steal[$label]=$STEAL_TICKS
   done
-  client rate "$list" /api/items "$rps" "$DURATION" "$CONNECTIONS" "$WARMUP" "$mode" "$SLICE_MS" \
+  client rate "$(turn_targets "$@")" /api/items "$rps" "$DURATION" "$CONNECTIONS" "$WARMUP" "$mode" "$SLICE_MS" \
     >"$RUN/$name.rate" 2>"$RUN/$name.err" || { log "$scenario failed (see $RUN/$name.err)"; PROXY_PIDS=""; return 0; }
   for label in "$@"; do
     target=${label%.*}
@@ -458,7 +465,7 @@ measure_rate() { # SCENARIO RPS plain|tls LABEL… (a target, or TARGET.N for it
     CPU_TICKS=${cpu[$label]} NVCSW=${nvcsw[$label]} THREAD_START=${threads[$label]}
     KTHREAD_TICKS=${kthreads[$label]} STEAL_TICKS=${steal[$label]}
     proxy_cpu_stop
-    out=$(sed -n "s/^$label //p" "$RUN/$name.rate")
+    out=$(lines_of "$label" <"$RUN/$name.rate")
     record_output "$target" "$scenario" "$out" p50_ms p99_ms p999_ms errors achieved_rps client_cpu_pct \
       pacer_late_max_ms:client_late_max_ms
     # Below the offered rate the proxy (or the machine) did not keep up: the latencies are
@@ -544,12 +551,11 @@ scenario_sticky() {
 }
 
 scenario_ws_echo() { # LABEL… (running together, as measure_rate's)
-  local out label list=""
-  for label in "$@"; do list+="${list:+,}$label=127.0.0.1:${PORT_OF[$label]}"; done
-  out=$(client ws-echo "$list" "/socket.io/?EIO=4&transport=websocket" \
+  local out label
+  out=$(client ws-echo "$(turn_targets "$@")" "/socket.io/?EIO=4&transport=websocket" \
     "$WS_ECHO" "$DURATION" "$WS_ECHO_INTERVAL_MS" "$SLICE_MS") || { log "ws_echo $* failed"; return 0; }
   for label in "$@"; do
-    record_output "${label%.*}" ws_echo "$(sed -n "s/^$label //p" <<<"$out")" p50_ms p99_ms messages
+    record_output "${label%.*}" ws_echo "$(lines_of "$label" <<<"$out")" p50_ms p99_ms messages
   done
 }
 
